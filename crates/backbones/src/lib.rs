@@ -1,0 +1,44 @@
+//! segkit-backbones: multi-scale feature extractors for segmentation.
+//!
+//! Each backbone implements [`segkit_core::Backbone`]: it reports a [`segkit_core::FeatureSpec`]
+//! (channels, stride) per output so that necks and heads are built from the specs, never from
+//! hand-copied channel counts. Parameter names equal the reference checkpoints' state-dict keys.
+//!
+//! - [`resnet`]: ResNet-18/34/50/101/152 with torchvision (V1b), mmseg V1c (deep stem) and
+//!   V1d (deep stem + average-pool shortcut, mmseg or timm conventions) stems, output stride
+//!   8 / 16 / 32 through dilation, contracted dilation and multi-grid.
+#![deny(missing_docs)]
+
+pub mod resnet;
+
+pub use resnet::{KeyStyle, ResNet, ResNetConfig, ResNetOutput, Stem};
+
+/// Errors of segkit-backbones.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from segkit-core (shapes, weights, ops).
+    #[error(transparent)]
+    Core(#[from] segkit_core::Error),
+    /// A backbone configuration that does not describe a valid network.
+    #[error("invalid backbone config: {0}")]
+    InvalidConfig(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Core(e.into())
+    }
+}
+
+impl From<Error> for segkit_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(e) => e,
+            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
+        }
+    }
+}
+
+/// `Result` with segkit-backbones' [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,20 @@
+//! segkit-core: the foundation every segkit component crate builds on.
+//!
+//! - [`FeatureSpec`] and the [`Backbone`] / [`Neck`] / [`DecodeHead`] traits through which
+//!   components connect without knowing each other's internals;
+//! - [`Error`], the typed error every component crate wraps;
+//! - shared layers in [`nn`] (mmcv-compatible `ConvModule`, `LayerNorm2d`, `Mlp`);
+//! - tensor ops candle lacks in [`ops`], with PyTorch semantics and fast CPU kernels;
+//! - checkpoint reading in [`checkpoint`] (safetensors, PyTorch `.pth` / `.bin`);
+//! - deterministic synthetic weights for parity tests in `testing` (feature `testing`).
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Result};
+pub use spec::{Backbone, DecodeHead, FeatureSpec, Neck};

@@ -1,0 +1,250 @@
+//! 2-D convolution with a fused bias and activation.
+//!
+//! On CPU with f32 tensors, [`conv2d`] runs segkit's own kernels:
+//! - 1x1 stride-1 unpadded convs: one GEMM per image (and group) straight on the NCHW input,
+//!   `out[O x HW] = W[O x C] * X[C x HW]`;
+//! - other convs: im2col into a bounded, reused buffer, one tile of output rows at a time, then
+//!   the same GEMM writing the NCHW output directly;
+//! - depthwise convs (`groups == C`): a direct kernel, parallel over channel planes;
+//! - bias and activation fused into one parallel pass over each freshly written output tile.
+//!
+//! Other devices and dtypes use candle's `conv2d` followed by broadcast bias and activation ops.
+
+mod act;
+mod depthwise;
+mod gemm_conv;
+
+use candle_core::{DType, Device, Storage, Tensor};
+
+use crate::{Error, Result};
+
+/// Activation applied after a convolution or norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// GELU (erf form, PyTorch's default).
+    Gelu,
+}
+
+/// Stride, padding, dilation and groups of a square 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Stride in both dimensions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Dilation in both dimensions.
+    pub dilation: usize,
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// Applies `act` to `x`.
+///
+/// Contiguous f32 CPU tensors use a vectorised, multi-threaded kernel (sigmoid and GELU within
+/// a few ulp of the exact functions); anything else uses candle's ops.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::None {
+        return Ok(x.clone());
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        let y = with_cpu_f32(x, |xs| act::act_vec(xs, act))?;
+        return Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?);
+    }
+    Ok(match act {
+        Activation::None => x.clone(),
+        Activation::Relu => x.relu()?,
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+        Activation::Gelu => x.gelu_erf()?,
+    })
+}
+
+/// Shapes and hyper-parameters of one convolution, validated.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+}
+
+impl Geometry {
+    /// Checks every shape and parameter the way PyTorch does, so that no kernel (ours or
+    /// candle's) sees an input it could panic on.
+    fn new(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Self> {
+        let &[n, c, h, w] = x.dims() else {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d input must be N x C x H x W, got shape {:?}",
+                x.dims()
+            )));
+        };
+        let &[o, cg, kh, kw] = weight.dims() else {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d weight must be O x C/groups x kh x kw, got shape {:?}",
+                weight.dims()
+            )));
+        };
+        if p.stride == 0 || p.dilation == 0 || p.groups == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d stride, dilation and groups must be positive, got {p:?}"
+            )));
+        }
+        if c % p.groups != 0 || o % p.groups != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d groups ({}) must divide the input ({c}) and output ({o}) channels",
+                p.groups
+            )));
+        }
+        if cg * p.groups != c {
+            return Err(Error::shape(
+                "conv2d weight",
+                &[o, c / p.groups, kh, kw],
+                weight.dims(),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.dims() != [o] {
+                return Err(Error::shape("conv2d bias", &[o], b.dims()));
+            }
+        }
+        if x.dtype() != weight.dtype() || bias.is_some_and(|b| b.dtype() != x.dtype()) {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d dtypes differ: input {:?}, weight {:?}, bias {:?}",
+                x.dtype(),
+                weight.dtype(),
+                bias.map(|b| b.dtype())
+            )));
+        }
+        let out_len = |len: usize, k: usize| {
+            let span = p.dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+            let padded = len.checked_add(p.padding.checked_mul(2)?)?;
+            Some(padded.checked_sub(span)? / p.stride + 1)
+        };
+        let (Some(ho), Some(wo)) = (out_len(h, kh), out_len(w, kw)) else {
+            return Err(Error::InvalidArgument(format!(
+                "conv2d kernel {kh}x{kw} (dilation {}) is larger than the padded input \
+                 {h}x{w} (padding {})",
+                p.dilation, p.padding
+            )));
+        };
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            ho,
+            wo,
+            stride: p.stride,
+            padding: p.padding,
+            dilation: p.dilation,
+            groups: p.groups,
+        })
+    }
+}
+
+/// Runs `f` on the f32 elements of a contiguous CPU tensor.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::InvalidArgument("expected a CPU tensor".into()));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let start = layout.start_offset();
+    let data = data
+        .get(start..start + t.elem_count())
+        .ok_or_else(|| Error::InvalidArgument("tensor storage shorter than its layout".into()))?;
+    Ok(f(data))
+}
+
+/// `act(conv2d(x, weight) + bias)` as PyTorch's `F.conv2d` followed by the activation.
+///
+/// CPU f32 tensors take segkit's fused kernels (see the module docs); other devices and dtypes
+/// use candle's ops. Invalid shapes or parameters give an error, never a panic.
+///
+/// # Shapes
+/// `x`: `N x C x H x W`, `weight`: `O x C/groups x kh x kw`, `bias`: `O` -> `N x O x H' x W'`
+/// with `H' = (H + 2 * padding - dilation * (kh - 1) - 1) / stride + 1` (likewise `W'`).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    act: Activation,
+) -> Result<Tensor> {
+    let g = Geometry::new(x, weight, bias, p)?;
+    let on_cpu = x.device().is_cpu()
+        && weight.device().is_cpu()
+        && bias.is_none_or(|b| b.device().is_cpu());
+    let out_shape = (g.n, g.o, g.ho, g.wo);
+    let y = if g.n * g.o * g.ho * g.wo == 0 || g.c == 0 {
+        // Nothing to convolve (empty output, or an empty sum): the kernels never see this.
+        Tensor::zeros(out_shape, x.dtype(), x.device())?
+    } else if on_cpu && x.dtype() == DType::F32 {
+        return conv2d_cpu_f32(x, weight, bias, &g, act);
+    } else {
+        x.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?
+    };
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    };
+    activate(&y, act)
+}
+
+/// The CPU f32 path: picks the depthwise or the GEMM kernel.
+fn conv2d_cpu_f32(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    g: &Geometry,
+    act: Activation,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    let bias = bias.map(Tensor::contiguous).transpose()?;
+    let out = with_cpu_f32(&x, |xs| {
+        with_cpu_f32(&weight, |ws| {
+            let run = |bs: Option<&[f32]>| {
+                if g.groups == g.c && g.groups > 1 {
+                    depthwise::depthwise(xs, ws, bs, g, act)
+                } else {
+                    gemm_conv::conv_gemm(xs, ws, bs, g, act)
+                }
+            };
+            match &bias {
+                Some(b) => with_cpu_f32(b, |bs| run(Some(bs))),
+                None => Ok(run(None)),
+            }
+        })
+    })???;
+    Ok(Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)?)
+}

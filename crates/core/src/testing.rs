@@ -1,0 +1,147 @@
+//! Deterministic synthetic weights for parity tests (feature `testing`).
+//!
+//! A weight is a pure function of its state-dict key and element index, so a parity fixture
+//! stores only the input and the reference outputs, yet checks every key name and every layer of
+//! a full-size model. The Python twin (`tests/parity/synth.py`) computes bit-identical values.
+//!
+//! Definition, for key `k` (UTF-8 bytes), element `i` (row-major) of a tensor of shape `s`:
+//! - `seed = fnv1a64(k)`; `z = splitmix64(seed + i * 0x9E3779B97F4A7C15)` (wrapping);
+//!   `u = (z >> 40) / 2^24`, exactly representable, in `[0, 1)`;
+//! - `*running_var`: `0.5 + u`; `*running_mean`: `0.2 (u - 0.5)`; `*num_batches_tracked`: 0;
+//! - 0-d tensors (scale parameters such as DANet's `gamma`): `0.5 + u` (non-zero, so attention
+//!   branches matter);
+//! - 1-d `*weight` (norm scales): `0.5 + u`; other 1-d tensors (biases): `0.2 (u - 0.5)`;
+//! - n-d tensors, n >= 2: `(2u - 1) / sqrt(fan_in)`, `fan_in = prod(s[1..])` (PyTorch's
+//!   default init range).
+//!
+//! All arithmetic is done in f64 and rounded once to the target dtype.
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// One splitmix64 step applied to `x`.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The values of the synthetic tensor `key` of shape `dims`, row-major, in f64.
+pub fn synthetic_values(key: &str, dims: &[usize]) -> Vec<f64> {
+    let n: usize = dims.iter().product();
+    let seed = fnv1a64(key.as_bytes());
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    (0..n)
+        .map(|i| {
+            let z = splitmix64(seed.wrapping_add((i as u64).wrapping_mul(GOLDEN)));
+            let u = (z >> 40) as f64 / (1u64 << 24) as f64;
+            if last == "running_var" {
+                0.5 + u
+            } else if last == "running_mean" {
+                0.2 * (u - 0.5)
+            } else if last == "num_batches_tracked" {
+                0.0
+            } else if dims.is_empty() {
+                0.5 + u
+            } else if dims.len() == 1 {
+                if last == "weight" {
+                    0.5 + u
+                } else {
+                    0.2 * (u - 0.5)
+                }
+            } else {
+                (2.0 * u - 1.0) * bound
+            }
+        })
+        .collect()
+}
+
+/// The synthetic tensor `key` with shape `shape`.
+pub fn synthetic_tensor(
+    key: &str,
+    shape: impl Into<Shape>,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    let shape = shape.into();
+    let v = synthetic_values(key, shape.dims());
+    Tensor::from_vec(v, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)
+}
+
+/// An input batch with values `U(-2, 2)` from key `key` (Python: `synth.synthetic_input`).
+pub fn synthetic_input(key: &str, shape: impl Into<Shape>, dev: &Device) -> candle_core::Result<Tensor> {
+    let shape = shape.into();
+    let n = shape.elem_count();
+    let seed = fnv1a64(key.as_bytes());
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let z = splitmix64(seed.wrapping_add((i as u64).wrapping_mul(GOLDEN)));
+            let u = (z >> 40) as f64 / (1u64 << 24) as f64;
+            (4.0 * u - 2.0) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, dev)
+}
+
+/// A `VarBuilder` backend that answers every request with the synthetic tensor of that key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyntheticBackend;
+
+impl candle_nn::var_builder::SimpleBackend for SyntheticBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        synthetic_tensor(name, s, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("synthetic weights need a shape for `{name}`")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A `VarBuilder` over [`SyntheticBackend`].
+pub fn synthetic_var_builder(dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(SyntheticBackend), dtype, dev.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // Same numbers as tests/parity/synth.py's self-test.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let v = synthetic_values("conv1.weight", &[2, 3, 1, 1]);
+        assert!(v.iter().all(|x| x.abs() <= 1.0 / 3f64.sqrt()));
+        let rv = synthetic_values("bn1.running_var", &[4]);
+        assert!(rv.iter().all(|x| (0.5..1.5).contains(x)));
+    }
+}
