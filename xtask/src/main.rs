@@ -1,1 +1,70 @@
-fn main() {}
+//! Maintainer tasks for segkit: `cargo xtask <task>`.
+//!
+//! - `fixtures`: make the Python venv (git-ignored `.venv/`), install the pinned reference
+//!   implementations (tests/parity/requirements.txt) and regenerate every parity fixture by
+//!   running `tests/parity/gen_*.py`.
+//! - `bench`: segkit and PyTorch side by side, same shapes, same thread count, each case in a
+//!   fresh process, medians and the segkit/PyTorch ratios printed.
+//!
+//! Only xtask touches the network (PyPI, through pip).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod bench;
+mod fixtures;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, failing with its name when it fails.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {st}"))
+    }
+}
+
+/// The venv's python, creating the venv and installing the pinned requirements if needed.
+fn python(install: bool) -> Result<PathBuf, String> {
+    let root = root();
+    let venv = root.join(".venv");
+    let py = venv.join("bin").join("python");
+    if !py.exists() {
+        eprintln!("xtask: creating {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    if install || !venv.join(".segkit-installed").exists() {
+        let req = root.join("tests/parity/requirements.txt");
+        eprintln!("xtask: installing {}", req.display());
+        run(Command::new(&py).args(["-m", "pip", "install", "-q", "-r"]).arg(&req))?;
+        std::fs::write(venv.join(".segkit-installed"), b"ok")
+            .map_err(|e| format!("cannot mark venv: {e}"))?;
+    }
+    Ok(py)
+}
+
+const USAGE: &str = "usage: cargo xtask <fixtures [NAME..] | bench [--runs N] [--cases a,b,..]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("fixtures") => fixtures::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => Err(USAGE.to_string()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -65,8 +65,10 @@ pub enum KeyStyle {
     Mmseg,
 }
 
-/// Configuration of a [`ResNet`].
+/// Configuration of a [`ResNet`]. Fields missing from a JSON config take torchvision
+/// ResNet-50's values ([`ResNetConfig::default`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ResNetConfig {
     /// Depth: 18 or 34 (basic blocks), 50, 101 or 152 (bottlenecks).
     pub depth: usize,
@@ -91,6 +93,13 @@ pub struct ResNetConfig {
     pub norm_eval: bool,
     /// BatchNorm epsilon. Default 1e-5.
     pub bn_eps: f64,
+}
+
+impl Default for ResNetConfig {
+    /// torchvision's ResNet-50.
+    fn default() -> Self {
+        Self::torchvision(50)
+    }
 }
 
 impl ResNetConfig {

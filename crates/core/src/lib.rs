@@ -9,6 +9,7 @@
 //! - deterministic synthetic weights for parity tests in `testing` (feature `testing`).
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod error;
 pub mod nn;
 pub mod ops;

@@ -1,0 +1,144 @@
+//! `segkit bench CASE`: times one case and prints one JSON line. `cargo xtask bench` runs every
+//! case here and in PyTorch (tests/parity/bench_torch.py), each in a fresh process so that the
+//! peak memory is the case's own, and prints the ratios.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use segkit_backbones::{ResNet, ResNetConfig};
+use segkit_core::ops::{self, Activation, Conv2dParams, GridSampleMode, GridSamplePadding};
+use segkit_core::testing::{synthetic_input, synthetic_tensor, synthetic_var_builder};
+
+use crate::CliError;
+
+/// The cases, with the shapes PyTorch's side uses too.
+pub const CASES: &[(&str, &str)] = &[
+    ("resnet50", "ResNet-50 forward, 1x3x512x512, output stride 32"),
+    ("resnet50_os8", "ResNet-50 forward, 1x3x512x512, output stride 8 (dilated)"),
+    ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
+    ("resize_bilinear", "bilinear 1x256x128x128 -> 512x512, align_corners=False"),
+    ("grid_sample", "grid_sample bilinear zeros, 1x256x64x64, grid 1x128x128x2"),
+    ("roi_align", "roi_align 1x256x200x200, 512 rois, 7x7, sampling 2, aligned"),
+];
+
+/// Arguments of `segkit bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The case to run (`--list` shows them).
+    case: Option<String>,
+    /// List the cases.
+    #[arg(long)]
+    list: bool,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+type Job = Box<dyn Fn() -> Result<Tensor, CliError>>;
+
+fn make(case: &str) -> Result<Job, CliError> {
+    let dev = Device::Cpu;
+    Ok(match case {
+        "resnet50" | "resnet50_os8" => {
+            let os = if case == "resnet50" { 32 } else { 8 };
+            let cfg = ResNetConfig::torchvision(50).with_output_stride(os)?;
+            let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, &dev))?;
+            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
+            Box::new(move || Ok(net.forward(&x, false)?.c5))
+        }
+        "conv3x3_256" => {
+            let x = synthetic_input("input", (1, 256, 128, 128), &dev)?;
+            let w = synthetic_tensor("conv.weight", (256, 256, 3, 3), DType::F32, &dev)?;
+            let b = synthetic_tensor("conv.bias", 256, DType::F32, &dev)?;
+            let p = Conv2dParams {
+                padding: 1,
+                ..Default::default()
+            };
+            Box::new(move || Ok(ops::conv2d(&x, &w, Some(&b), p, Activation::None)?))
+        }
+        "resize_bilinear" => {
+            let x = synthetic_input("input", (1, 256, 128, 128), &dev)?;
+            Box::new(move || Ok(ops::resize_bilinear(&x, (512, 512), false)?))
+        }
+        "grid_sample" => {
+            let x = synthetic_input("input", (1, 256, 64, 64), &dev)?;
+            let g = (synthetic_input("grid", (1, 128, 128, 2), &dev)? * 0.55)?;
+            Box::new(move || {
+                Ok(ops::grid_sample(
+                    &x,
+                    &g,
+                    GridSampleMode::Bilinear,
+                    GridSamplePadding::Zeros,
+                    false,
+                )?)
+            })
+        }
+        "roi_align" => {
+            let x = synthetic_input("input", (1, 256, 200, 200), &dev)?;
+            // Boxes in image coordinates (spatial scale 1/4 -> 800 px image).
+            let u = ((synthetic_input("rois", (512, 4), &dev)? + 2.0)? / 4.0)?;
+            let u = u.to_vec2::<f32>()?;
+            let mut rois = Vec::with_capacity(512 * 5);
+            for r in u {
+                let (x1, y1) = (r[0] * 700.0, r[1] * 700.0);
+                rois.extend_from_slice(&[0.0, x1, y1, x1 + 8.0 + r[2] * 300.0, y1 + 8.0 + r[3] * 300.0]);
+            }
+            let rois = Tensor::from_vec(rois, (512, 5), &dev)?;
+            Box::new(move || Ok(ops::roi_align(&x, &rois, (7, 7), 0.25, 2, true)?))
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown bench case `{other}`; cases: {}",
+                CASES.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    })
+}
+
+/// Runs `segkit bench`.
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    if a.list || a.case.is_none() {
+        for (n, d) in CASES {
+            println!("{n:<16} {d}");
+        }
+        return Ok(());
+    }
+    let case = a.case.unwrap_or_default();
+    let job = make(&case)?;
+    for _ in 0..a.warmup {
+        job()?;
+    }
+    let mut ms = Vec::with_capacity(a.runs.max(1));
+    for _ in 0..a.runs.max(1) {
+        let t = Instant::now();
+        let y = job()?;
+        // Make sure the result is materialised.
+        let _ = y.dims();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let median = ms[ms.len() / 2];
+    println!(
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}}}",
+        ms[0],
+        ms.len(),
+        peak_rss_mb()
+    );
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The CLI's error type: one clear line per failure.
+
+use std::path::PathBuf;
+
+/// Everything the CLI reports to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// An error from segkit's libraries.
+    #[error(transparent)]
+    Core(#[from] segkit_core::Error),
+    /// A backbone error.
+    #[error(transparent)]
+    Backbone(#[from] segkit_backbones::Error),
+    /// A preset name that does not exist.
+    #[error("unknown preset `{name}`; valid presets: {}", .valid.join(", "))]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+        /// The names that exist.
+        valid: Vec<String>,
+    },
+    /// A config file that does not parse.
+    #[error("bad config {}: {reason}", .path.display())]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint that does not fit the model.
+    #[error("model `{model}` from {}: {source}", .checkpoint.display())]
+    Load {
+        /// The preset or config file.
+        model: String,
+        /// The checkpoint file.
+        checkpoint: PathBuf,
+        /// What did not fit.
+        source: segkit_core::Error,
+    },
+    /// Wrong or missing command-line arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<candle_core::Error> for CliError {
+    fn from(e: candle_core::Error) -> Self {
+        CliError::Core(e.into())
+    }
+}

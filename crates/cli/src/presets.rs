@@ -1,0 +1,73 @@
+//! Named model presets and JSON model configs.
+
+use serde::{Deserialize, Serialize};
+use segkit_backbones::ResNetConfig;
+
+use crate::CliError;
+
+/// A model `segkit dump` can run: a closed, tagged enum (`{"type": "ResNet", ...}`), so that a
+/// config file with an unknown type fails at parse time and lists the valid ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// A ResNet backbone (outputs `c2`..`c5`).
+    ResNet(ResNetConfig),
+}
+
+type Ctor = fn() -> Result<ModelConfig, CliError>;
+
+fn rn(cfg: ResNetConfig) -> Result<ModelConfig, CliError> {
+    Ok(ModelConfig::ResNet(cfg))
+}
+
+/// Every preset: name, what it is, constructor.
+pub const PRESETS: &[(&str, &str, Ctor)] = &[
+    ("resnet18", "torchvision resnet18 (C2..C5)", || rn(ResNetConfig::torchvision(18))),
+    ("resnet34", "torchvision resnet34", || rn(ResNetConfig::torchvision(34))),
+    ("resnet50", "torchvision resnet50", || rn(ResNetConfig::torchvision(50))),
+    ("resnet101", "torchvision resnet101", || rn(ResNetConfig::torchvision(101))),
+    ("resnet152", "torchvision resnet152", || rn(ResNetConfig::torchvision(152))),
+    ("resnet50_os8", "torchvision resnet50, dilated to output stride 8", || {
+        rn(ResNetConfig::torchvision(50).with_output_stride(8)?)
+    }),
+    ("resnet50d", "timm resnet50d (deep stem, avg-pool shortcuts)", || {
+        rn(ResNetConfig::timm_d(50, 32)?)
+    }),
+    ("resnet50d_os8", "timm resnet50d, output_stride=8", || rn(ResNetConfig::timm_d(50, 8)?)),
+    ("resnet50d_os16", "timm resnet50d, output_stride=16", || {
+        rn(ResNetConfig::timm_d(50, 16)?)
+    }),
+    ("resnet101d", "timm resnet101d", || rn(ResNetConfig::timm_d(101, 32)?)),
+    ("resnetv1c50_d8", "mmseg ResNetV1c-50, dilations (1,1,2,4), contracted", || {
+        rn(ResNetConfig::mmseg_v1c(50))
+    }),
+    ("resnetv1c101_d8", "mmseg ResNetV1c-101, dilations (1,1,2,4), contracted", || {
+        rn(ResNetConfig::mmseg_v1c(101))
+    }),
+    ("resnetv1d50_d8", "mmseg ResNetV1d-50 (avg-pool shortcuts), output stride 8", || {
+        rn(ResNetConfig::mmseg_v1d(50))
+    }),
+];
+
+/// The config of preset `name`, or an error listing the valid names.
+pub fn preset(name: &str) -> Result<ModelConfig, CliError> {
+    match PRESETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, _, ctor)) => ctor(),
+        None => Err(CliError::UnknownPreset {
+            name: name.to_string(),
+            valid: PRESETS.iter().map(|(n, _, _)| n.to_string()).collect(),
+        }),
+    }
+}
+
+/// Parses a JSON model config file.
+pub fn from_file(path: &std::path::Path) -> Result<ModelConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| CliError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

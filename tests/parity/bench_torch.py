@@ -1,0 +1,85 @@
+"""PyTorch side of `cargo xtask bench`: times one case, prints one JSON line.
+
+Same shapes as `segkit bench` (crates/cli/src/bench.rs), torch.set_num_threads from
+SEGKIT_BENCH_THREADS (default 2), inference mode, median of --runs after --warmup.
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synth  # noqa: E402
+
+
+def make(case):
+    if case in ("resnet50", "resnet50_os8"):
+        import torchvision
+
+        rsd = [False, True, True] if case == "resnet50_os8" else None
+        m = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=rsd).eval()
+        synth.fill_(m)
+        x = synth.synthetic_input((1, 3, 512, 512))
+
+        def run():
+            y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+            y = m.layer1(y)
+            y = m.layer2(y)
+            y = m.layer3(y)
+            return m.layer4(y)
+
+        return run
+    if case == "conv3x3_256":
+        x = synth.synthetic_input((1, 256, 128, 128))
+        w = torch.from_numpy(synth.synthetic_values("conv.weight", (256, 256, 3, 3))).float()
+        b = torch.from_numpy(synth.synthetic_values("conv.bias", (256,))).float()
+        return lambda: F.conv2d(x, w, b, padding=1)
+    if case == "resize_bilinear":
+        x = synth.synthetic_input((1, 256, 128, 128))
+        return lambda: F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False)
+    if case == "grid_sample":
+        x = synth.synthetic_input((1, 256, 64, 64))
+        g = synth.synthetic_input((1, 128, 128, 2), key="grid") * 0.55
+        return lambda: F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if case == "roi_align":
+        from torchvision.ops import roi_align
+
+        x = synth.synthetic_input((1, 256, 200, 200))
+        u = (synth.synthetic_input((512, 4), key="rois") + 2.0) / 4.0
+        x1, y1 = u[:, 0] * 700.0, u[:, 1] * 700.0
+        rois = torch.stack(
+            [torch.zeros(512), x1, y1, x1 + 8.0 + u[:, 2] * 300.0, y1 + 8.0 + u[:, 3] * 300.0], 1
+        )
+        return lambda: roi_align(x, rois, (7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    raise SystemExit(f"unknown case {case}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case")
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("SEGKIT_BENCH_THREADS", "2")))
+    with torch.inference_mode():
+        run = make(a.case)
+        for _ in range(a.warmup):
+            run()
+        ms = []
+        for _ in range(max(1, a.runs)):
+            t = time.perf_counter()
+            run()
+            ms.append((time.perf_counter() - t) * 1e3)
+    ms.sort()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"impl": "torch", "case": a.case, "median_ms": round(ms[len(ms) // 2], 3),
+                      "min_ms": round(ms[0], 3), "runs": len(ms), "peak_rss_mb": round(peak, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+//! `cargo xtask bench`: segkit vs PyTorch, side by side, in one run.
+
+use std::process::Command;
+
+use crate::{python, root, run};
+
+const CASES: &[&str] = &[
+    "resnet50",
+    "resnet50_os8",
+    "conv3x3_256",
+    "resize_bilinear",
+    "grid_sample",
+    "roi_align",
+];
+
+fn field(json: &str, key: &str) -> Option<f64> {
+    let k = format!("\"{key}\":");
+    let i = json.find(&k)? + k.len();
+    let rest = json[i..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn last_json(out: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(str::to_string)
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut runs = "9".to_string();
+    let mut threads = "2".to_string();
+    let mut cases: Vec<String> = CASES.iter().map(|s| s.to_string()).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => runs = it.next().cloned().ok_or("--runs needs a value")?,
+            "--threads" => threads = it.next().cloned().ok_or("--threads needs a value")?,
+            "--cases" => {
+                cases = it
+                    .next()
+                    .ok_or("--cases needs a value")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            o => return Err(format!("unknown bench option {o}")),
+        }
+    }
+    let root = root();
+    run(Command::new("cargo")
+        .args(["build", "--release", "-p", "segkit-cli"])
+        .current_dir(&root))?;
+    let py = python(false)?;
+    let segkit = root.join("target/release/segkit");
+    let script = root.join("tests/parity/bench_torch.py");
+    println!("threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process");
+    println!(
+        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | memory ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for case in &cases {
+        let s = Command::new(&segkit)
+            .args(["bench", case, "--runs", &runs])
+            .env("RAYON_NUM_THREADS", &threads)
+            .output()
+            .map_err(|e| format!("segkit bench {case}: {e}"))?;
+        let t = Command::new(&py)
+            .arg(&script)
+            .args([case.as_str(), "--runs", &runs])
+            .env("SEGKIT_BENCH_THREADS", &threads)
+            .env("OMP_NUM_THREADS", &threads)
+            .env("MKL_NUM_THREADS", &threads)
+            .output()
+            .map_err(|e| format!("torch bench {case}: {e}"))?;
+        let (sj, tj) = match (last_json(&s.stdout), last_json(&t.stdout)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                println!(
+                    "| {case} | failed: {} | {} | | | | |",
+                    String::from_utf8_lossy(&s.stderr).trim(),
+                    String::from_utf8_lossy(&t.stderr).lines().last().unwrap_or("")
+                );
+                continue;
+            }
+        };
+        let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
+        let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
+        let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
+        println!(
+            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x |",
+            sm / tm,
+            sp / tp
+        );
+    }
+    println!("ratios are segkit / PyTorch: below 1.00x means segkit is faster or smaller");
+    Ok(())
+}
