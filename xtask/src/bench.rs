@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::{python, root, run};
+use crate::{python, root, run_cmd};
 
 const CASES: &[&str] = &[
     "resnet50",
@@ -52,7 +52,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     let root = root();
-    run(Command::new("cargo")
+    run_cmd(Command::new("cargo")
         .args(["build", "--release", "-p", "segkit-cli"])
         .current_dir(&root))?;
     let py = python(false)?;

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{python, root, run};
+use crate::{python, root, run_cmd};
 
 fn run_all(names: &[String]) -> Result<(), String> {
     let py = python(false)?;
@@ -27,7 +27,7 @@ fn run_all(names: &[String]) -> Result<(), String> {
     let out = root.join("tests/fixtures");
     for s in &scripts {
         eprintln!("xtask: running {}", s.display());
-        run(Command::new(&py).arg(s).arg(&out).current_dir(&root))?;
+        run_cmd(Command::new(&py).arg(s).arg(&out).current_dir(&root))?;
     }
     eprintln!("xtask: {} generator(s) done; fixtures in {}", scripts.len(), out.display());
     Ok(())

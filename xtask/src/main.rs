@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 }
 
 /// Runs a command, failing with its name when it fails.
-fn run(cmd: &mut Command) -> Result<(), String> {
+fn run_cmd(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
     let st = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
     if st.success() {
@@ -39,12 +39,12 @@ fn python(install: bool) -> Result<PathBuf, String> {
     let py = venv.join("bin").join("python");
     if !py.exists() {
         eprintln!("xtask: creating {}", venv.display());
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     if install || !venv.join(".segkit-installed").exists() {
         let req = root.join("tests/parity/requirements.txt");
         eprintln!("xtask: installing {}", req.display());
-        run(Command::new(&py).args(["-m", "pip", "install", "-q", "-r"]).arg(&req))?;
+        run_cmd(Command::new(&py).args(["-m", "pip", "install", "-q", "-r"]).arg(&req))?;
         std::fs::write(venv.join(".segkit-installed"), b"ok")
             .map_err(|e| format!("cannot mark venv: {e}"))?;
     }

@@ -9,3 +9,26 @@ pub use conv::{activate, conv2d, Activation, Conv2dParams};
 mod pool2d;
 
 pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};
+mod boxes;
+mod grid_sample;
+mod pool;
+mod resize;
+mod roi_align;
+
+pub use boxes::{batched_nms, box_area, box_iou, default_bbox_xform_clip, nms, BoxCoder};
+pub use grid_sample::{grid_sample, GridSampleMode, GridSamplePadding};
+pub use pool::adaptive_avg_pool2d;
+pub use resize::{resize_bilinear, resize_nearest};
+pub use roi_align::roi_align;
+
+// Composed-tensor-op paths of the ops above, public for the parity tests.
+#[doc(hidden)]
+pub use boxes::box_iou_fallback;
+#[doc(hidden)]
+pub use grid_sample::grid_sample_fallback;
+#[doc(hidden)]
+pub use pool::adaptive_avg_pool2d_fallback;
+#[doc(hidden)]
+pub use resize::{resize_bilinear_fallback, resize_nearest_fallback};
+#[doc(hidden)]
+pub use roi_align::{roi_align_cpu, roi_align_fallback};
