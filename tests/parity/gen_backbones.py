@@ -40,10 +40,10 @@ def save(out_dir, name, outs, extra=None):
     print("wrote", path, [tuple(o.shape) for o in outs])
 
 
-def mmseg_resnet(depth):
-    from mmseg.models.backbones import ResNetV1c
+def mmseg_resnet(depth, cls="ResNetV1c", **kw):
+    import mmseg.models.backbones as B
 
-    return ResNetV1c(
+    return getattr(B, cls)(
         depth=depth,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
@@ -53,6 +53,7 @@ def mmseg_resnet(depth):
         norm_eval=False,
         style="pytorch",
         contract_dilation=True,
+        **kw,
     )
 
 
@@ -66,6 +67,14 @@ def main(out_dir):
         m = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
         synth.fill_(m)
         save(out_dir, f"torchvision_resnet{depth}", run_tv_like(m, x))
+    # BasicBlock networks; resnet18 in training mode (batch statistics), batch of 2.
+    m = torchvision.models.resnet34(weights=None).eval()
+    synth.fill_(m)
+    save(out_dir, "torchvision_resnet34", run_tv_like(m, x))
+    m = torchvision.models.resnet18(weights=None).train()
+    synth.fill_(m)
+    x2 = synth.synthetic_input((2, 3, 65, 47), key="input_train")
+    save(out_dir, "torchvision_resnet18_train", run_tv_like(m, x2))
     import timm
 
     for os_ in (8, 16):
@@ -80,6 +89,22 @@ def main(out_dir):
             m.eval()
             synth.fill_(m)
             save(out_dir, f"mmseg_resnetv1c{depth}_d8", list(m(x)))
+        # V1d: average-pool shortcuts (identity pool in the dilated stages).
+        m = mmseg_resnet(50, cls="ResNetV1d")
+        m.eval()
+        synth.fill_(m)
+        save(out_dir, "mmseg_resnetv1d50_d8", list(m(x)))
+        # DANet-style multi-grid on the last stage (absolute dilations).
+        m = mmseg_resnet(50, multi_grid=(4, 8, 16))
+        m.eval()
+        synth.fill_(m)
+        save(out_dir, "mmseg_resnetv1c50_d8_mg", list(m(x)))
+        # Training mode with frozen stem + stage 1 (BatchNorm in eval there, batch stats after).
+        m = mmseg_resnet(50, frozen_stages=1)
+        m.train()
+        synth.fill_(m)
+        x2 = synth.synthetic_input((2, 3, 65, 47), key="input_train")
+        save(out_dir, "mmseg_resnetv1c50_d8_train_frozen1", list(m(x2)))
     except ImportError as e:
         print("mmseg not available, skipping its fixtures:", e)
         raise

@@ -26,15 +26,31 @@ pub fn load_fixture(rel: &str) -> HashMap<String, Tensor> {
 
 /// Gets one tensor from a loaded fixture, panicking with the key name if absent.
 pub fn get<'a>(f: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
-    f.get(key)
-        .unwrap_or_else(|| panic!("fixture has no tensor `{key}`; it has {:?}", f.keys().collect::<Vec<_>>()))
+    f.get(key).unwrap_or_else(|| {
+        panic!(
+            "fixture has no tensor `{key}`; it has {:?}",
+            f.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 /// max |got - want| and max |want|, as f64.
 pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> (f64, f64) {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let w = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let w = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let mut d = 0f64;
     let mut m = 0f64;
     for (a, b) in g.iter().zip(w.iter()) {
@@ -58,7 +74,10 @@ pub fn assert_close_rtol(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
     let (d, m) = max_abs_diff(got, want);
     let tol = rtol * m.max(1.0);
     eprintln!("{what}: max|diff| = {d:.3e}, max|ref| = {m:.3e}, tol = {tol:.3e}");
-    assert!(d <= tol, "{what}: max|diff| {d:e} > tol {tol:e} (max|ref| {m:e})");
+    assert!(
+        d <= tol,
+        "{what}: max|diff| {d:e} > tol {tol:e} (max|ref| {m:e})"
+    );
 }
 
 /// Checks `got` against a sampled reference written by `synth.sample_outputs(name, ..)`:
@@ -76,11 +95,27 @@ pub fn assert_sampled_close(name: &str, got: &Tensor, f: &HashMap<String, Tensor
     let idx = get(f, &format!("{name}.idx")).to_dtype(DType::U32).unwrap();
     let flat = got.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
     let sampled = flat.index_select(&idx, 0).unwrap();
-    assert_close(&format!("{name} (sampled)"), &sampled, get(f, &format!("{name}.val")));
-    let sum = flat.to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    assert_close(
+        &format!("{name} (sampled)"),
+        &sampled,
+        get(f, &format!("{name}.val")),
+    );
+    let sum = flat
+        .to_dtype(DType::F64)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let want = get(f, &format!("{name}.sum")).to_vec1::<f64>().unwrap()[0];
     let abssum = get(f, &format!("{name}.abssum")).to_vec1::<f64>().unwrap()[0];
     let tol = 1e-6 * abssum.max(1.0);
-    eprintln!("{name}: |sum - ref| = {:.3e}, tol = {tol:.3e}", (sum - want).abs());
-    assert!((sum - want).abs() <= tol, "{name}: sum {sum} vs reference {want} (tol {tol})");
+    eprintln!(
+        "{name}: |sum - ref| = {:.3e}, tol = {tol:.3e}",
+        (sum - want).abs()
+    );
+    assert!(
+        (sum - want).abs() <= tol,
+        "{name}: sum {sum} vs reference {want} (tol {tol})"
+    );
 }

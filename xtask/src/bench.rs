@@ -52,13 +52,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     let root = root();
-    run_cmd(Command::new("cargo")
-        .args(["build", "--release", "-p", "segkit-cli"])
-        .current_dir(&root))?;
+    run_cmd(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "segkit-cli"])
+            .current_dir(&root),
+    )?;
     let py = python(false)?;
     let segkit = root.join("target/release/segkit");
     let script = root.join("tests/parity/bench_torch.py");
-    println!("threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process");
+    println!(
+        "threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process"
+    );
     println!(
         "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | memory ratio |"
     );
@@ -83,7 +87,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 println!(
                     "| {case} | failed: {} | {} | | | | |",
                     String::from_utf8_lossy(&s.stderr).trim(),
-                    String::from_utf8_lossy(&t.stderr).lines().last().unwrap_or("")
+                    String::from_utf8_lossy(&t.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 );
                 continue;
             }

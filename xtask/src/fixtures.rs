@@ -16,20 +16,26 @@ fn run_all(names: &[String]) -> Result<(), String> {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             n.starts_with("gen_")
                 && n.ends_with(".py")
-                && (names.is_empty()
-                    || names.iter().any(|w| n == format!("gen_{w}.py")))
+                && (names.is_empty() || names.iter().any(|w| n == format!("gen_{w}.py")))
         })
         .collect();
     scripts.sort();
     if scripts.is_empty() {
-        return Err(format!("no generator matches {names:?} in {}", dir.display()));
+        return Err(format!(
+            "no generator matches {names:?} in {}",
+            dir.display()
+        ));
     }
     let out = root.join("tests/fixtures");
     for s in &scripts {
         eprintln!("xtask: running {}", s.display());
         run_cmd(Command::new(&py).arg(s).arg(&out).current_dir(&root))?;
     }
-    eprintln!("xtask: {} generator(s) done; fixtures in {}", scripts.len(), out.display());
+    eprintln!(
+        "xtask: {} generator(s) done; fixtures in {}",
+        scripts.len(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -24,7 +24,9 @@ fn root() -> PathBuf {
 /// Runs a command, failing with its name when it fails.
 fn run_cmd(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let st = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let st = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if st.success() {
         Ok(())
     } else {
@@ -44,7 +46,11 @@ fn python(install: bool) -> Result<PathBuf, String> {
     if install || !venv.join(".segkit-installed").exists() {
         let req = root.join("tests/parity/requirements.txt");
         eprintln!("xtask: installing {}", req.display());
-        run_cmd(Command::new(&py).args(["-m", "pip", "install", "-q", "-r"]).arg(&req))?;
+        run_cmd(
+            Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "-r"])
+                .arg(&req),
+        )?;
         std::fs::write(venv.join(".segkit-installed"), b"ok")
             .map_err(|e| format!("cannot mark venv: {e}"))?;
     }

@@ -199,7 +199,9 @@ impl ResNetConfig {
             ));
         }
         if let Stem::Deep { width: 0 } = self.stem {
-            return Err(Error::InvalidConfig("deep stem width must be positive".into()));
+            return Err(Error::InvalidConfig(
+                "deep stem width must be positive".into(),
+            ));
         }
         if let Some(mg) = &self.multi_grid {
             if mg.len() != blocks[3] || mg.contains(&0) {
@@ -241,7 +243,10 @@ fn bn(eps: f64) -> Option<Norm> {
 enum ShortcutPool {
     None,
     /// `AvgPool2d(k, s, ceil_mode=True, count_include_pad=False)`.
-    Avg { kernel: usize, stride: usize },
+    Avg {
+        kernel: usize,
+        stride: usize,
+    },
     /// timm's `AvgPool2dSame(2, 1)`: zero-pad one row/column at the end, then a 2x2 mean.
     AvgSame,
 }
@@ -356,7 +361,10 @@ impl ResNet {
                 };
                 let mut convs = Vec::with_capacity(3);
                 for ((cin, cout, s), (cp, np)) in chans.into_iter().zip(paths.iter()) {
-                    let c = ConvModuleConfig::new(cin, cout, 3).stride(s).norm(norm).bias(false);
+                    let c = ConvModuleConfig::new(cin, cout, 3)
+                        .stride(s)
+                        .norm(norm)
+                        .bias(false);
                     convs.push(ConvNormAct::new_with_paths(&c, vb.pp(cp), vb.pp(np))?);
                 }
                 StemLayers { convs }
@@ -372,7 +380,11 @@ impl ResNet {
             let planes = 64 << si;
             let stride = cfg.strides[si];
             let dilation = cfg.dilations[si];
-            let multi_grid = if si == 3 { cfg.multi_grid.as_ref() } else { None };
+            let multi_grid = if si == 3 {
+                cfg.multi_grid.as_ref()
+            } else {
+                None
+            };
             let svb = vb.pp(format!("layer{}", si + 1));
             let mut stage = Vec::with_capacity(nb);
             for bi in 0..nb {
@@ -409,7 +421,8 @@ impl ResNet {
                         _ => 1,
                     };
                     convs.push(conv(inplanes, planes, 3, s, d, 1)?);
-                    convs.push(conv(planes, planes, 3, 1, d2, 2)?.with_activation(Activation::None));
+                    convs
+                        .push(conv(planes, planes, 3, 1, d2, 2)?.with_activation(Activation::None));
                 }
                 let shortcut = if bi == 0 && (s != 1 || inplanes != planes * exp) {
                     let dvb = bvb.pp("downsample");
@@ -417,8 +430,14 @@ impl ResNet {
                         let pool = match cfg.key_style {
                             KeyStyle::Timm if s == 1 && dilation == 1 => ShortcutPool::None,
                             KeyStyle::Timm if dilation > 1 => ShortcutPool::AvgSame,
-                            KeyStyle::Timm => ShortcutPool::Avg { kernel: 2, stride: s },
-                            _ => ShortcutPool::Avg { kernel: s, stride: s },
+                            KeyStyle::Timm => ShortcutPool::Avg {
+                                kernel: 2,
+                                stride: s,
+                            },
+                            _ => ShortcutPool::Avg {
+                                kernel: s,
+                                stride: s,
+                            },
                         };
                         (pool, 1, 1, 2)
                     } else {
@@ -487,7 +506,10 @@ impl ResNet {
             outs.push(y.clone());
         }
         let mut it = outs.into_iter();
-        let mut next = || it.next().ok_or_else(|| Error::InvalidConfig("ResNet has four stages".into()));
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| Error::InvalidConfig("ResNet has four stages".into()))
+        };
         Ok(ResNetOutput {
             c2: next()?,
             c3: next()?,

@@ -14,12 +14,27 @@ use crate::CliError;
 
 /// The cases, with the shapes PyTorch's side uses too.
 pub const CASES: &[(&str, &str)] = &[
-    ("resnet50", "ResNet-50 forward, 1x3x512x512, output stride 32"),
-    ("resnet50_os8", "ResNet-50 forward, 1x3x512x512, output stride 8 (dilated)"),
+    (
+        "resnet50",
+        "ResNet-50 forward, 1x3x512x512, output stride 32",
+    ),
+    (
+        "resnet50_os8",
+        "ResNet-50 forward, 1x3x512x512, output stride 8 (dilated)",
+    ),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
-    ("resize_bilinear", "bilinear 1x256x128x128 -> 512x512, align_corners=False"),
-    ("grid_sample", "grid_sample bilinear zeros, 1x256x64x64, grid 1x128x128x2"),
-    ("roi_align", "roi_align 1x256x200x200, 512 rois, 7x7, sampling 2, aligned"),
+    (
+        "resize_bilinear",
+        "bilinear 1x256x128x128 -> 512x512, align_corners=False",
+    ),
+    (
+        "grid_sample",
+        "grid_sample bilinear zeros, 1x256x64x64, grid 1x128x128x2",
+    ),
+    (
+        "roi_align",
+        "roi_align 1x256x200x200, 512 rois, 7x7, sampling 2, aligned",
+    ),
 ];
 
 /// Arguments of `segkit bench`.
@@ -97,7 +112,13 @@ fn make(case: &str) -> Result<Job, CliError> {
             let mut rois = Vec::with_capacity(512 * 5);
             for r in u {
                 let (x1, y1) = (r[0] * 700.0, r[1] * 700.0);
-                rois.extend_from_slice(&[0.0, x1, y1, x1 + 8.0 + r[2] * 300.0, y1 + 8.0 + r[3] * 300.0]);
+                rois.extend_from_slice(&[
+                    0.0,
+                    x1,
+                    y1,
+                    x1 + 8.0 + r[2] * 300.0,
+                    y1 + 8.0 + r[3] * 300.0,
+                ]);
             }
             let rois = Tensor::from_vec(rois, (512, 5), &dev)?;
             Box::new(move || Ok(ops::roi_align(&x, &rois, (7, 7), 0.25, 2, true)?))

@@ -56,9 +56,8 @@ fn model_config(a: &DumpArgs) -> Result<(String, ModelConfig), CliError> {
 }
 
 fn read_input(path: &PathBuf) -> Result<Tensor, CliError> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        CliError::Usage(format!("cannot read input {}: {e}", path.display()))
-    })?;
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| CliError::Usage(format!("cannot read input {}: {e}", path.display())))?;
     let t = map.get("input").ok_or_else(|| {
         CliError::Usage(format!(
             "input {} has no tensor named `input` (it has: {})",

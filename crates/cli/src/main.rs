@@ -19,7 +19,11 @@ pub use error::CliError;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "segkit", version, about = "Image segmentation building blocks on candle")]
+#[command(
+    name = "segkit",
+    version,
+    about = "Image segmentation building blocks on candle"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,7 +1,7 @@
 //! Named model presets and JSON model configs.
 
-use serde::{Deserialize, Serialize};
 use segkit_backbones::ResNetConfig;
+use serde::{Deserialize, Serialize};
 
 use crate::CliError;
 
@@ -22,31 +22,55 @@ fn rn(cfg: ResNetConfig) -> Result<ModelConfig, CliError> {
 
 /// Every preset: name, what it is, constructor.
 pub const PRESETS: &[(&str, &str, Ctor)] = &[
-    ("resnet18", "torchvision resnet18 (C2..C5)", || rn(ResNetConfig::torchvision(18))),
-    ("resnet34", "torchvision resnet34", || rn(ResNetConfig::torchvision(34))),
-    ("resnet50", "torchvision resnet50", || rn(ResNetConfig::torchvision(50))),
-    ("resnet101", "torchvision resnet101", || rn(ResNetConfig::torchvision(101))),
-    ("resnet152", "torchvision resnet152", || rn(ResNetConfig::torchvision(152))),
-    ("resnet50_os8", "torchvision resnet50, dilated to output stride 8", || {
-        rn(ResNetConfig::torchvision(50).with_output_stride(8)?)
+    ("resnet18", "torchvision resnet18 (C2..C5)", || {
+        rn(ResNetConfig::torchvision(18))
     }),
-    ("resnet50d", "timm resnet50d (deep stem, avg-pool shortcuts)", || {
-        rn(ResNetConfig::timm_d(50, 32)?)
+    ("resnet34", "torchvision resnet34", || {
+        rn(ResNetConfig::torchvision(34))
     }),
-    ("resnet50d_os8", "timm resnet50d, output_stride=8", || rn(ResNetConfig::timm_d(50, 8)?)),
+    ("resnet50", "torchvision resnet50", || {
+        rn(ResNetConfig::torchvision(50))
+    }),
+    ("resnet101", "torchvision resnet101", || {
+        rn(ResNetConfig::torchvision(101))
+    }),
+    ("resnet152", "torchvision resnet152", || {
+        rn(ResNetConfig::torchvision(152))
+    }),
+    (
+        "resnet50_os8",
+        "torchvision resnet50, dilated to output stride 8",
+        || rn(ResNetConfig::torchvision(50).with_output_stride(8)?),
+    ),
+    (
+        "resnet50d",
+        "timm resnet50d (deep stem, avg-pool shortcuts)",
+        || rn(ResNetConfig::timm_d(50, 32)?),
+    ),
+    ("resnet50d_os8", "timm resnet50d, output_stride=8", || {
+        rn(ResNetConfig::timm_d(50, 8)?)
+    }),
     ("resnet50d_os16", "timm resnet50d, output_stride=16", || {
         rn(ResNetConfig::timm_d(50, 16)?)
     }),
-    ("resnet101d", "timm resnet101d", || rn(ResNetConfig::timm_d(101, 32)?)),
-    ("resnetv1c50_d8", "mmseg ResNetV1c-50, dilations (1,1,2,4), contracted", || {
-        rn(ResNetConfig::mmseg_v1c(50))
+    ("resnet101d", "timm resnet101d", || {
+        rn(ResNetConfig::timm_d(101, 32)?)
     }),
-    ("resnetv1c101_d8", "mmseg ResNetV1c-101, dilations (1,1,2,4), contracted", || {
-        rn(ResNetConfig::mmseg_v1c(101))
-    }),
-    ("resnetv1d50_d8", "mmseg ResNetV1d-50 (avg-pool shortcuts), output stride 8", || {
-        rn(ResNetConfig::mmseg_v1d(50))
-    }),
+    (
+        "resnetv1c50_d8",
+        "mmseg ResNetV1c-50, dilations (1,1,2,4), contracted",
+        || rn(ResNetConfig::mmseg_v1c(50)),
+    ),
+    (
+        "resnetv1c101_d8",
+        "mmseg ResNetV1c-101, dilations (1,1,2,4), contracted",
+        || rn(ResNetConfig::mmseg_v1c(101)),
+    ),
+    (
+        "resnetv1d50_d8",
+        "mmseg ResNetV1d-50 (avg-pool shortcuts), output stride 8",
+        || rn(ResNetConfig::mmseg_v1d(50)),
+    ),
 ];
 
 /// The config of preset `name`, or an error listing the valid names.

@@ -74,10 +74,22 @@ fn dump_list_names_presets() {
 
 #[test]
 fn unknown_preset_lists_valid_ones() {
-    let o = segkit(&["dump", "--preset", "resnet51", "--synthetic", "--input", "x", "--out", "y"]);
+    let o = segkit(&[
+        "dump",
+        "--preset",
+        "resnet51",
+        "--synthetic",
+        "--input",
+        "x",
+        "--out",
+        "y",
+    ]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("unknown preset `resnet51`") && e.contains("resnet50"), "{e}");
+    assert!(
+        e.contains("unknown preset `resnet51`") && e.contains("resnet50"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 }
 
@@ -117,7 +129,11 @@ fn bad_checkpoints_fail_cleanly_and_keep_outputs_untouched() {
         assert!(!o.status.success(), "{preset} {needle} should fail");
         assert!(e.contains(needle), "error should name {needle}: {e}");
         assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
-        assert_eq!(std::fs::read(&out).unwrap(), b"user data", "output clobbered");
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"user data",
+            "output clobbered"
+        );
     }
 }
 
@@ -126,7 +142,16 @@ fn bad_config_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("model.json");
     std::fs::write(&cfg, r#"{"type": "Swin", "depth": 50}"#).unwrap();
-    let o = segkit(&["dump", "--config", cfg.to_str().unwrap(), "--synthetic", "--input", "x", "--out", "y"]);
+    let o = segkit(&[
+        "dump",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--synthetic",
+        "--input",
+        "x",
+        "--out",
+        "y",
+    ]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("model.json") && e.contains("ResNet"), "{e}");
