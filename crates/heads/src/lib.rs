@@ -1,0 +1,124 @@
+//! segkit-heads: dense-prediction heads that map features to per-pixel class logits.
+//!
+//! Every head is built from the [`segkit_core::FeatureSpec`]s of the features it receives (a
+//! backbone's or a neck's) and picks its input(s) the way mmseg does (`in_index`,
+//! `input_transform`, see [`DecodeHeadConfig`]). Parameter names equal mmseg 1.2.2's state-dict
+//! keys (`conv_seg`, ConvModule `conv` / `bn`, ...), so an mmseg checkpoint's
+//! `decode_head.*` / `auxiliary_head.*` entries load under `vb.pp("decode_head")`.
+//!
+//! - [`fcn`]: FCN head (also the auxiliary head of most mmseg configs);
+//! - [`psp`]: PSPNet's pyramid pooling head;
+//! - [`danet`]: DANet's dual attention head (position + channel attention);
+//! - [`aspp`]: DeepLabV3's atrous spatial pyramid pooling head;
+//! - [`enc`]: EncNet's context encoding head with its SE-loss branch.
+//!
+//! All heads implement [`segkit_core::DecodeHead`]; their concrete `forward` methods also return
+//! the extra outputs (DANet's per-branch logits, EncNet's SE logits) as named structs.
+#![deny(missing_docs)]
+
+pub mod aspp;
+pub mod danet;
+pub mod decode_head;
+pub mod enc;
+pub mod fcn;
+pub mod psp;
+
+pub use aspp::{AsppHead, AsppHeadConfig};
+pub use danet::{DaHead, DaHeadConfig, DaHeadOutput};
+pub use decode_head::{dropout2d, DecodeHeadConfig, InIndex, InputTransform};
+pub use enc::{EncHead, EncHeadConfig, EncHeadOutput};
+pub use fcn::{FcnHead, FcnHeadConfig};
+pub use psp::{PspHead, PspHeadConfig};
+
+/// Errors of segkit-heads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from segkit-core (shapes, weights, ops).
+    #[error(transparent)]
+    Core(#[from] segkit_core::Error),
+    /// A head configuration that does not describe a valid head for the given input specs.
+    #[error("invalid head config: {0}")]
+    InvalidConfig(String),
+    /// `forward` got a different number of feature maps than the specs the head was built from.
+    #[error("{what}: expected {expected} feature maps (one per input spec), got {got}")]
+    WrongInputCount {
+        /// The head.
+        what: &'static str,
+        /// Number of specs the head was built from.
+        expected: usize,
+        /// Number of tensors passed.
+        got: usize,
+    },
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Core(e.into())
+    }
+}
+
+impl From<Error> for segkit_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(e) => e,
+            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
+            Error::WrongInputCount {
+                what,
+                expected,
+                got,
+            } => segkit_core::Error::shape(
+                format!("{what} inputs (number of feature maps)"),
+                &[expected],
+                &[got],
+            ),
+        }
+    }
+}
+
+/// `Result` with segkit-heads' [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T>(c: T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let j = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<T>(&j).unwrap(), c, "{j}");
+    }
+
+    #[test]
+    fn presets_roundtrip_through_json() {
+        roundtrip(FcnHeadConfig::fcn_r50_d8(19));
+        roundtrip(FcnHeadConfig::aux_r50_d8(150));
+        roundtrip(FcnHeadConfig::aux_fastfcn_r50_d32_jpu(19));
+        roundtrip(PspHeadConfig::pspnet_r50_d8(19));
+        roundtrip(PspHeadConfig::fastfcn_r50_d32_jpu_psp(19));
+        roundtrip(DaHeadConfig::danet_r50_d8(19));
+        roundtrip(AsppHeadConfig::deeplabv3_r50_d8(19));
+        roundtrip(AsppHeadConfig::fastfcn_r50_d32_jpu_aspp(19));
+        roundtrip(EncHeadConfig::encnet_r50_d8(19));
+        roundtrip(EncHeadConfig::fastfcn_r50_d32_jpu_enc(19));
+    }
+
+    #[test]
+    fn head_json_defaults_are_mmseg_class_defaults() {
+        let c: FcnHeadConfig =
+            serde_json::from_str(r#"{"base": {"channels": 512, "num_classes": 19}}"#).unwrap();
+        assert_eq!(
+            (c.num_convs, c.kernel_size, c.concat_input, c.dilation),
+            (2, 3, true, 1)
+        );
+        let c: AsppHeadConfig =
+            serde_json::from_str(r#"{"base": {"channels": 512, "num_classes": 19}}"#).unwrap();
+        assert_eq!(c.dilations, [1, 6, 12, 18]);
+        assert!(serde_json::from_str::<DaHeadConfig>(
+            r#"{"base": {"channels": 512, "num_classes": 19}, "pam_chanels": 64}"#
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! segkit-necks: components that turn a backbone's multi-scale features into other multi-scale
+//! features.
+//!
+//! Each neck is built from the [`segkit_core::FeatureSpec`]s of the features it consumes and
+//! reports its own through [`segkit_core::Neck::output_specs`], so heads are built from the
+//! neck's specs and nobody copies a channel count by hand. Parameter names equal the reference
+//! checkpoints' state-dict keys.
+//!
+//! - [`jpu`]: FastFCN's Joint Pyramid Upsampling (mmseg `necks/jpu.py` keys; official FastFCN
+//!   and mmseg conventions as presets).
+//! - [`fpn`]: the plain Feature Pyramid Network with torchvision
+//!   (`ops/feature_pyramid_network.py`) or mmdet / mmseg (`necks/fpn.py`) key names, optional
+//!   extra levels.
+#![deny(missing_docs)]
+
+pub mod fpn;
+pub mod jpu;
+
+pub use fpn::{ExtraLevels, ExtraSource, Fpn, FpnConfig, FpnKeyStyle};
+pub use jpu::{ConcatOrder, Jpu, JpuConfig, JpuOutput, Passthrough};
+
+use candle_core::Tensor;
+use segkit_core::FeatureSpec;
+
+/// Errors of segkit-necks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from segkit-core (shapes, weights, ops).
+    #[error(transparent)]
+    Core(#[from] segkit_core::Error),
+    /// A neck configuration that does not describe a valid network for the given inputs.
+    #[error("invalid neck config: {0}")]
+    InvalidConfig(String),
+    /// `forward` got a different number of feature maps than the specs the neck was built from.
+    #[error("{what}: expected {expected} feature maps (one per input spec), got {got}")]
+    WrongInputCount {
+        /// The neck.
+        what: &'static str,
+        /// Number of specs the neck was built from.
+        expected: usize,
+        /// Number of tensors passed.
+        got: usize,
+    },
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Core(e.into())
+    }
+}
+
+impl From<Error> for segkit_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(e) => e,
+            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
+            Error::WrongInputCount {
+                what,
+                expected,
+                got,
+            } => segkit_core::Error::shape(
+                format!("{what} inputs (number of feature maps)"),
+                &[expected],
+                &[got],
+            ),
+        }
+    }
+}
+
+/// `Result` with segkit-necks' [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Checks that `features` match `specs`: same count, rank 4, the spec's channel count and one
+/// batch size, non-empty spatial size.
+pub(crate) fn check_features(
+    what: &'static str,
+    features: &[Tensor],
+    specs: &[FeatureSpec],
+) -> Result<()> {
+    if features.len() != specs.len() {
+        return Err(Error::WrongInputCount {
+            what,
+            expected: specs.len(),
+            got: features.len(),
+        });
+    }
+    let mut batch = None;
+    for (i, (t, s)) in features.iter().zip(specs).enumerate() {
+        let dims = t.dims();
+        let &[n, c, h, w] = dims else {
+            return Err(segkit_core::Error::shape(
+                format!("{what} input {i} (N x C x H x W)"),
+                &[1, s.channels, 1, 1],
+                dims,
+            )
+            .into());
+        };
+        if c != s.channels {
+            return Err(segkit_core::Error::shape(
+                format!("{what} input {i} channels"),
+                &[s.channels],
+                &[c],
+            )
+            .into());
+        }
+        if h == 0 || w == 0 {
+            return Err(segkit_core::Error::InvalidArgument(format!(
+                "{what} input {i} has an empty spatial size {h} x {w}"
+            ))
+            .into());
+        }
+        match batch {
+            None => batch = Some(n),
+            Some(b) if b != n => {
+                return Err(segkit_core::Error::shape(
+                    format!("{what} input {i} batch size"),
+                    &[b],
+                    &[n],
+                )
+                .into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
