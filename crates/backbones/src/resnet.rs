@@ -288,7 +288,7 @@ impl Block {
             Some(s) => s.forward(x, train)?,
             None => x.clone(),
         };
-        Ok((y + identity)?.relu()?)
+        Ok(ops::add_act(&y, &identity, Activation::Relu)?)
     }
 }
 

@@ -32,3 +32,6 @@ pub use pool::adaptive_avg_pool2d_fallback;
 pub use resize::{resize_bilinear_fallback, resize_nearest_fallback};
 #[doc(hidden)]
 pub use roi_align::{roi_align_cpu, roi_align_fallback};
+mod eltwise;
+
+pub use eltwise::add_act;
