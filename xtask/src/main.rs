@@ -5,6 +5,7 @@
 //!   running `tests/parity/gen_*.py`.
 //! - `bench`: segkit and PyTorch side by side, same shapes, same thread count, each case in a
 //!   fresh process, medians and the segkit/PyTorch ratios printed.
+//! - `convert`: an mmseg checkpoint -> safetensors, checked against a segkit preset.
 //!
 //! Only xtask touches the network (PyPI, through pip).
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod convert;
 mod fixtures;
 
 fn root() -> PathBuf {
@@ -57,13 +59,15 @@ fn python(install: bool) -> Result<PathBuf, String> {
     Ok(py)
 }
 
-const USAGE: &str = "usage: cargo xtask <fixtures [NAME..] | bench [--runs N] [--cases a,b,..]>";
+const USAGE: &str = "usage: cargo xtask <fixtures [NAME..] | bench [--runs N] [--cases a,b,..] | \
+                     convert IN.pth OUT.safetensors --preset NAME>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("fixtures") => fixtures::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("convert") => convert::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match r {

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
+use segkit::EncoderDecoder;
 use segkit_backbones::ResNet;
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::testing::synthetic_var_builder;
 
-use crate::presets::{self, ModelConfig, PRESETS};
+use crate::presets::{self, ModelConfig};
 use crate::CliError;
 
 /// Arguments of `segkit dump`.
@@ -71,8 +72,8 @@ fn read_input(path: &PathBuf) -> Result<Tensor, CliError> {
 /// Runs `segkit dump`.
 pub fn run(a: DumpArgs) -> Result<(), CliError> {
     if a.list {
-        for (name, about, _) in PRESETS {
-            println!("{name:<18} {about}");
+        for (name, about) in presets::list() {
+            println!("{name:<44} {about}");
         }
         return Ok(());
     }
@@ -126,6 +127,14 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
                 ("c5".into(), o.c5),
             ]
         }
+        ModelConfig::EncoderDecoder(c) => {
+            let model = load_segmentor(&a, &name, c, &dev)?;
+            let o = model.forward_t(&x, false)?;
+            o.named()
+                .into_iter()
+                .map(|(k, t)| (k.to_string(), t.clone()))
+                .collect()
+        }
     };
     let mut map = HashMap::new();
     for (k, t) in outputs {
@@ -135,4 +144,116 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
     checkpoint::save_safetensors(&map, out)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Builds a segmentor from synthetic weights or a whole mmseg checkpoint (`backbone.*`,
+/// `decode_head.*`, ...; `--prefix` selects a sub-tree first).
+fn load_segmentor(
+    a: &DumpArgs,
+    name: &str,
+    cfg: &segkit::SegmentorConfig,
+    dev: &Device,
+) -> Result<EncoderDecoder, CliError> {
+    let mut cfg = cfg.clone();
+    if a.preset.is_none() {
+        // A JSON config: name errors after the file, as for the backbones.
+        cfg.name = name.to_string();
+    }
+    match (&a.weights, a.synthetic) {
+        (_, true) => Ok(EncoderDecoder::new(
+            &cfg,
+            synthetic_var_builder(DType::F32, dev),
+        )?),
+        (Some(w), false) if a.prefix.is_empty() && !a.allow_unused => {
+            Ok(EncoderDecoder::from_checkpoint(&cfg, w, dev)?)
+        }
+        (Some(w), false) => {
+            let load_err = |source: segkit_core::Error| CliError::Load {
+                model: name.to_string(),
+                checkpoint: w.clone(),
+                source,
+            };
+            let mut sd = StateDict::load(w).map_err(load_err)?;
+            if !a.prefix.is_empty() {
+                sd = sd.select_prefix(&a.prefix).map_err(load_err)?;
+            }
+            let build = |vb| EncoderDecoder::new(&cfg, vb).map_err(segkit_core::Error::from);
+            let loaded = if a.allow_unused {
+                checkpoint::load_model_lenient(&sd, DType::F32, dev, build).map(|r| r.0)
+            } else {
+                checkpoint::load_model(&sd, DType::F32, dev, build)
+            };
+            loaded.map_err(load_err)
+        }
+        (None, false) => Err(CliError::Usage(
+            "give --weights CHECKPOINT or --synthetic".into(),
+        )),
+    }
+}
+
+impl From<segkit::Error> for CliError {
+    fn from(e: segkit::Error) -> Self {
+        match e {
+            segkit::Error::Checkpoint {
+                model,
+                checkpoint,
+                source,
+            } => CliError::Load {
+                model,
+                checkpoint,
+                source: *source,
+            },
+            segkit::Error::UnknownPreset { name, valid } => CliError::UnknownPreset { name, valid },
+            other => CliError::Core(other.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path, preset: &str, weights: Option<PathBuf>) -> DumpArgs {
+        let input = dir.join("input.safetensors");
+        let x =
+            segkit_core::testing::synthetic_input("input", (1, 3, 33, 41), &Device::Cpu).unwrap();
+        checkpoint::save_safetensors([("input", &x)], &input).unwrap();
+        DumpArgs {
+            list: false,
+            preset: Some(preset.to_string()),
+            config: None,
+            synthetic: weights.is_none(),
+            weights,
+            prefix: String::new(),
+            allow_unused: false,
+            input: Some(input),
+            out: Some(dir.join("out.safetensors")),
+        }
+    }
+
+    #[test]
+    fn segmentor_presets_write_every_head_output() {
+        let dir = std::env::temp_dir().join(format!("segkit-dump-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        run(args(&dir, "danet_r50-d8_cityscapes-512x1024", None)).unwrap();
+        let out =
+            candle_core::safetensors::load(dir.join("out.safetensors"), &Device::Cpu).unwrap();
+        let mut keys: Vec<&str> = out.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["aux_logits", "cam_logits", "logits", "pam_logits"]);
+        assert_eq!(out["logits"].dims(), &[1, 19, 5, 6]);
+
+        // A checkpoint of something else: one line naming the preset and the missing key.
+        let ckpt = dir.join("other.safetensors");
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        checkpoint::save_safetensors([("decode_head.conv_seg.bias", &t)], &ckpt).unwrap();
+        let e = run(args(&dir, "pspnet_r50-d8_ade20k-512x512", Some(ckpt)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pspnet_r50-d8_ade20k-512x512") && e.contains("backbone.stem.0.weight"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,5 +1,9 @@
 //! Named model presets and JSON model configs.
+//!
+//! Two kinds: backbones (the `PRESETS` table) and segmentors (the `segkit` facade's mmseg
+//! presets, `danet_r50-d8_cityscapes-512x1024` etc., see [`segkit::Preset`]).
 
+use segkit::{Preset, SegmentorConfig};
 use segkit_backbones::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +16,10 @@ use crate::CliError;
 pub enum ModelConfig {
     /// A ResNet backbone (outputs `c2`..`c5`).
     ResNet(ResNetConfig),
+    /// An mmseg-style encoder-decoder segmentor (outputs `logits` at the decode head's
+    /// stride, and `aux_logits`, `pam_logits`, `cam_logits`, `se_logits` where the model has
+    /// them). Checkpoints are whole mmseg checkpoints (`backbone.*`, `decode_head.*`, ...).
+    EncoderDecoder(Box<SegmentorConfig>),
 }
 
 type Ctor = fn() -> Result<ModelConfig, CliError>;
@@ -73,13 +81,39 @@ pub const PRESETS: &[(&str, &str, Ctor)] = &[
     ),
 ];
 
+/// Every preset name with a one-line description: the backbones, then the segmentors.
+pub fn list() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = PRESETS
+        .iter()
+        .map(|(n, about, _)| (n.to_string(), about.to_string()))
+        .collect();
+    for p in Preset::all() {
+        let about = format!(
+            "mmseg {} ({} classes; logits, aux_logits{})",
+            p.arch.name(),
+            p.dataset.num_classes(),
+            match p.arch {
+                segkit::Architecture::DanetR50D8 | segkit::Architecture::DanetR101D8 =>
+                    ", pam_logits, cam_logits",
+                segkit::Architecture::FastfcnR50D32JpuEnc => ", se_logits",
+                _ => "",
+            }
+        );
+        v.push((p.name(), about));
+    }
+    v
+}
+
 /// The config of preset `name`, or an error listing the valid names.
 pub fn preset(name: &str) -> Result<ModelConfig, CliError> {
-    match PRESETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, _, ctor)) => ctor(),
-        None => Err(CliError::UnknownPreset {
+    if let Some((_, _, ctor)) = PRESETS.iter().find(|(n, _, _)| *n == name) {
+        return ctor();
+    }
+    match name.parse::<Preset>() {
+        Ok(p) => Ok(ModelConfig::EncoderDecoder(Box::new(p.config()))),
+        Err(_) => Err(CliError::UnknownPreset {
             name: name.to_string(),
-            valid: PRESETS.iter().map(|(n, _, _)| n.to_string()).collect(),
+            valid: list().into_iter().map(|(n, _)| n).collect(),
         }),
     }
 }
