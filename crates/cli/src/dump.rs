@@ -110,7 +110,7 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
                     loaded.map_err(|source| CliError::Load {
                         model: name.clone(),
                         checkpoint: w.clone(),
-                        source,
+                        source: Box::new(source),
                     })?
                 }
                 (None, false) => {
@@ -171,7 +171,7 @@ fn load_segmentor(
             let load_err = |source: segkit_core::Error| CliError::Load {
                 model: name.to_string(),
                 checkpoint: w.clone(),
-                source,
+                source: Box::new(source),
             };
             let mut sd = StateDict::load(w).map_err(load_err)?;
             if !a.prefix.is_empty() {
@@ -201,7 +201,7 @@ impl From<segkit::Error> for CliError {
             } => CliError::Load {
                 model,
                 checkpoint,
-                source: *source,
+                source,
             },
             segkit::Error::UnknownPreset { name, valid } => CliError::UnknownPreset { name, valid },
             other => CliError::Core(other.into()),

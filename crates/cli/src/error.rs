@@ -35,7 +35,7 @@ pub enum CliError {
         /// The checkpoint file.
         checkpoint: PathBuf,
         /// What did not fit.
-        source: segkit_core::Error,
+        source: Box<segkit_core::Error>,
     },
     /// Wrong or missing command-line arguments.
     #[error("{0}")]
