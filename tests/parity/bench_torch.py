@@ -17,6 +17,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import synth  # noqa: E402
 
 
+SEGMENTORS = {
+    "danet_r50-d8": "danet_r50-d8_ade20k-512x512",
+    "pspnet_r50-d8": "pspnet_r50-d8_ade20k-512x512",
+    "fastfcn_jpu_psp": "fastfcn_r50-d32_jpu_psp_ade20k-512x512",
+    "fastfcn_jpu_aspp": "fastfcn_r50-d32_jpu_aspp_ade20k-512x512",
+    "fastfcn_jpu_enc": "fastfcn_r50-d32_jpu_enc_ade20k-512x512",
+}
+
+
 def make(case):
     if case in ("resnet50", "resnet50_os8"):
         import torchvision
@@ -34,6 +43,13 @@ def make(case):
             return m.layer4(y)
 
         return run
+    if case in SEGMENTORS:
+        import gen_segmentors as gs
+
+        m, _ = gs.build(SEGMENTORS[case])
+        synth.fill_(m)
+        x = synth.synthetic_input((1, 3, 512, 512))
+        return lambda: m._forward(x)
     if case == "conv3x3_256":
         x = synth.synthetic_input((1, 256, 128, 128))
         w = torch.from_numpy(synth.synthetic_values("conv.weight", (256, 256, 3, 3))).float()

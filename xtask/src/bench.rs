@@ -7,6 +7,11 @@ use crate::{python, root, run_cmd};
 const CASES: &[&str] = &[
     "resnet50",
     "resnet50_os8",
+    "danet_r50-d8",
+    "pspnet_r50-d8",
+    "fastfcn_jpu_psp",
+    "fastfcn_jpu_aspp",
+    "fastfcn_jpu_enc",
     "conv3x3_256",
     "resize_bilinear",
     "grid_sample",

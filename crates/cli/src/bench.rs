@@ -22,6 +22,11 @@ pub const CASES: &[(&str, &str)] = &[
         "resnet50_os8",
         "ResNet-50 forward, 1x3x512x512, output stride 8 (dilated)",
     ),
+    ("danet_r50-d8", "DANet R50-D8 (ADE20K preset) decode logits, 1x3x512x512"),
+    ("pspnet_r50-d8", "PSPNet R50-D8 (ADE20K preset) decode logits, 1x3x512x512"),
+    ("fastfcn_jpu_psp", "FastFCN R50-D32 JPU + PSP (ADE20K preset) decode logits, 1x3x512x512"),
+    ("fastfcn_jpu_aspp", "FastFCN R50-D32 JPU + ASPP (ADE20K preset) decode logits, 1x3x512x512"),
+    ("fastfcn_jpu_enc", "FastFCN R50-D32 JPU + EncHead (ADE20K preset) decode logits, 1x3x512x512"),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
     (
         "resize_bilinear",
@@ -76,6 +81,25 @@ fn make(case: &str) -> Result<Job, CliError> {
             let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, &dev))?;
             let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
             Box::new(move || Ok(net.forward(&x, false)?.c5))
+        }
+        "danet_r50-d8" | "pspnet_r50-d8" | "fastfcn_jpu_psp" | "fastfcn_jpu_aspp"
+        | "fastfcn_jpu_enc" => {
+            let preset = match case {
+                "fastfcn_jpu_psp" => "fastfcn_r50-d32_jpu_psp_ade20k-512x512".to_string(),
+                "fastfcn_jpu_aspp" => "fastfcn_r50-d32_jpu_aspp_ade20k-512x512".to_string(),
+                "fastfcn_jpu_enc" => "fastfcn_r50-d32_jpu_enc_ade20k-512x512".to_string(),
+                c => format!("{c}_ade20k-512x512"),
+            };
+            let cfg = segkit::SegmentorConfig::preset(&preset)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let model = segkit::EncoderDecoder::new(&cfg, synthetic_var_builder(DType::F32, &dev))
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
+            Box::new(move || {
+                model
+                    .logits(&x, false)
+                    .map_err(|e| CliError::Usage(e.to_string()))
+            })
         }
         "conv3x3_256" => {
             let x = synthetic_input("input", (1, 256, 128, 128), &dev)?;
