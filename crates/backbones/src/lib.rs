@@ -7,11 +7,15 @@
 //! - [`resnet`]: ResNet-18/34/50/101/152 with torchvision (V1b), mmseg V1c (deep stem) and
 //!   V1d (deep stem + average-pool shortcut, mmseg or timm conventions) stems, output stride
 //!   8 / 16 / 32 through dilation, contracted dilation and multi-grid.
+//! - [`swin`]: Swin Transformer T / S / B / L (HF `SwinBackbone` keys and numerics,
+//!   stages 1..4 at strides 4 / 8 / 16 / 32), configured from an HF `backbone_config`.
 #![deny(missing_docs)]
 
 pub mod resnet;
+pub mod swin;
 
 pub use resnet::{KeyStyle, ResNet, ResNetConfig, ResNetOutput, Stem};
+pub use swin::{HiddenAct, Swin, SwinConfig, SwinOutput};
 
 /// Errors of segkit-backbones.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,340 @@
+//! Fused CPU kernel for (shifted) window attention at inference.
+//!
+//! One pass per window and head does what the composed path does with a gather, a permute,
+//! two batched matmuls, two broadcast adds, a softmax, another permute and a scatter: it reads
+//! the query / key / value rows of the window's tokens straight from the `B x L x 3C` qkv
+//! projection of the unpadded map (a padding token reads the projection of a zero vector, i.e.
+//! the qkv bias), adds the relative position bias and the shift mask, applies the softmax, and
+//! writes each token's output row to its place in the unpadded `B x L x C` map. The scores of
+//! one window never leave the L1 cache. Windows are split over `candle_core::utils::
+//! get_num_threads()` scoped threads; AVX2 + FMA are used when the CPU has them.
+
+use std::ops::Range;
+
+/// Everything the kernel reads, as flat row-major slices.
+pub(crate) struct WindowAttention<'a> {
+    /// `B x L x 3C`: queries, keys, values without their bias (the query part already scaled
+    /// by `head_dim^-1/2`).
+    pub qkv: &'a [f32],
+    /// `3C`: the qkv bias (query part scaled), added to every row; a padding token (a zero
+    /// vector before the projection) reads the bias alone.
+    pub qkv_bias: &'a [f32],
+    /// `nW x N`: source token of each windowed position, `L` for padding.
+    pub index: &'a [u32],
+    /// `heads x N x N` relative position bias.
+    pub bias: &'a [f32],
+    /// `nW x N x N` shift mask, if shifted.
+    pub mask: Option<&'a [f32]>,
+    pub batch: usize,
+    pub tokens: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub window_area: usize,
+}
+
+impl WindowAttention<'_> {
+    /// Runs the attention; returns `B x L x C`.
+    pub fn run(&self) -> Vec<f32> {
+        let (l, c) = (self.tokens, self.dim);
+        let mut out = vec![0f32; self.batch * l * c];
+        let nw = self.index.len() / self.window_area;
+        let jobs = self.batch * nw;
+        let threads = candle_core::utils::get_num_threads().clamp(1, jobs.max(1));
+        let dst = OutPtr(out.as_mut_ptr());
+        let simd = has_avx2_fma();
+        let work = |r: Range<usize>| {
+            let dst = &dst;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX2 and FMA were detected on this CPU.
+                unsafe { self.windows_avx2(r, dst) };
+                return;
+            }
+            let _ = simd;
+            self.windows::<false>(r, dst)
+        };
+        if threads == 1 {
+            work(0..jobs);
+        } else {
+            let per = jobs.div_ceil(threads);
+            std::thread::scope(|s| {
+                for t in 1..threads {
+                    let r = (t * per).min(jobs)..((t + 1) * per).min(jobs);
+                    s.spawn(move || work(r));
+                }
+                work(0..per.min(jobs));
+            });
+        }
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn windows_avx2(&self, jobs: Range<usize>, dst: &OutPtr) {
+        self.windows::<true>(jobs, dst)
+    }
+
+    /// Windows `jobs` (indices into `batch x nW`).
+    #[inline(always)]
+    fn windows<const FMA: bool>(&self, jobs: Range<usize>, dst: &OutPtr) {
+        let (l, c, n, heads) = (self.tokens, self.dim, self.window_area, self.heads);
+        let hd = c / heads;
+        let nw = self.index.len() / n;
+        let mut kt = vec![0f32; hd * n];
+        let mut v = vec![0f32; n * hd];
+        let mut s = vec![0f32; n];
+        let mut o = vec![0f32; hd];
+        let mut qb = vec![0f32; hd];
+        let zeros = vec![0f32; 3 * c];
+        let mut rows: Vec<&[f32]> = Vec::with_capacity(n);
+        for job in jobs {
+            let (b, w) = (job / nw, job % nw);
+            let idx = &self.index[w * n..(w + 1) * n];
+            rows.clear();
+            rows.extend(idx.iter().map(|&t| {
+                let t = t as usize;
+                if t < l {
+                    &self.qkv[(b * l + t) * 3 * c..(b * l + t + 1) * 3 * c]
+                } else {
+                    &zeros
+                }
+            }));
+            let mask = self.mask.map(|m| &m[w * n * n..(w + 1) * n * n]);
+            for h in 0..heads {
+                let (qh, kh, vh) = (h * hd, c + h * hd, 2 * c + h * hd);
+                let (bq, bk, bv) = (
+                    &self.qkv_bias[qh..qh + hd],
+                    &self.qkv_bias[kh..kh + hd],
+                    &self.qkv_bias[vh..vh + hd],
+                );
+                for (j, row) in rows.iter().enumerate() {
+                    for (d, (&kv, &b)) in row[kh..kh + hd].iter().zip(bk).enumerate() {
+                        kt[d * n + j] = kv + b;
+                    }
+                    let vr = &row[vh..vh + hd];
+                    for ((dst, &x), &b) in v[j * hd..(j + 1) * hd].iter_mut().zip(vr).zip(bv) {
+                        *dst = x + b;
+                    }
+                }
+                let bias_h = &self.bias[h * n * n..(h + 1) * n * n];
+                for (i, row) in rows.iter().enumerate() {
+                    let t = idx[i] as usize;
+                    if t >= l {
+                        continue; // a padding token's output is cropped away
+                    }
+                    for ((dst, &x), &b) in qb.iter_mut().zip(&row[qh..qh + hd]).zip(bq) {
+                        *dst = x + b;
+                    }
+                    s.copy_from_slice(&bias_h[i * n..(i + 1) * n]);
+                    if let Some(m) = mask {
+                        s.iter_mut()
+                            .zip(&m[i * n..(i + 1) * n])
+                            .for_each(|(a, b)| *a += b);
+                    }
+                    scores::<FMA>(&mut s, &qb, &kt, n);
+                    let sum = softmax_numerators::<FMA>(&mut s);
+                    weighted_sum::<FMA>(&mut o, &s, &v, hd);
+                    let inv = 1.0 / sum;
+                    // SAFETY: `t < l` is a real token; every real token appears in exactly one
+                    // window position (the index is a bijection onto 0..l plus padding), so this
+                    // row slice of `out` is written by this thread only, once per head, and the
+                    // buffer outlives the scoped threads.
+                    let dst_row = unsafe {
+                        std::slice::from_raw_parts_mut(dst.0.add((b * l + t) * c + h * hd), hd)
+                    };
+                    dst_row.iter_mut().zip(&o).for_each(|(d, &x)| *d = x * inv);
+                }
+            }
+        }
+    }
+}
+
+/// `s[j] += sum_d q[d] kt[d][j]` (`kt` is `hd x n`), four `d` at a time so that each pass
+/// over `s` does four multiply-adds per element.
+#[inline(always)]
+fn scores<const FMA: bool>(s: &mut [f32], q: &[f32], kt: &[f32], n: usize) {
+    let mut qd = q.chunks_exact(4);
+    let mut kd = kt.chunks_exact(4 * n);
+    for (q4, k4) in (&mut qd).zip(&mut kd) {
+        let (k0, rest) = k4.split_at(n);
+        let (k1, rest) = rest.split_at(n);
+        let (k2, k3) = rest.split_at(n);
+        for ((((a, &x0), &x1), &x2), &x3) in s.iter_mut().zip(k0).zip(k1).zip(k2).zip(k3) {
+            let t = madd::<FMA>(q4[0], x0, *a);
+            let t = madd::<FMA>(q4[1], x1, t);
+            let t = madd::<FMA>(q4[2], x2, t);
+            *a = madd::<FMA>(q4[3], x3, t);
+        }
+    }
+    for (&qv, k) in qd.remainder().iter().zip(kd.remainder().chunks_exact(n)) {
+        s.iter_mut()
+            .zip(k)
+            .for_each(|(a, &x)| *a = madd::<FMA>(qv, x, *a));
+    }
+}
+
+/// `s[j] = exp(s[j] - max s)` in place; returns their sum (lane-wise partial sums so that the
+/// loops vectorise).
+#[inline(always)]
+fn softmax_numerators<const FMA: bool>(s: &mut [f32]) -> f32 {
+    const L: usize = 8;
+    let mut m = [f32::NEG_INFINITY; L];
+    let mut ch = s.chunks_exact(L);
+    for c in &mut ch {
+        for (a, &x) in m.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut max = m
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+    for &x in ch.remainder() {
+        max = if x > max { x } else { max };
+    }
+    s.iter_mut().for_each(|x| *x = exp_approx::<FMA>(*x - max));
+    let mut acc = [0f32; L];
+    let mut ch = s.chunks_exact(L);
+    for c in &mut ch {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + ch.remainder().iter().sum::<f32>()
+}
+
+/// `o[d] = sum_j p[j] v[j][d]` (`v` is `n x hd`), four `j` at a time.
+#[inline(always)]
+fn weighted_sum<const FMA: bool>(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+    o.fill(0.0);
+    let mut pj = p.chunks_exact(4);
+    let mut vj = v.chunks_exact(4 * hd);
+    for (p4, v4) in (&mut pj).zip(&mut vj) {
+        let (v0, rest) = v4.split_at(hd);
+        let (v1, rest) = rest.split_at(hd);
+        let (v2, v3) = rest.split_at(hd);
+        for ((((a, &x0), &x1), &x2), &x3) in o.iter_mut().zip(v0).zip(v1).zip(v2).zip(v3) {
+            let t = madd::<FMA>(p4[0], x0, *a);
+            let t = madd::<FMA>(p4[1], x1, t);
+            let t = madd::<FMA>(p4[2], x2, t);
+            *a = madd::<FMA>(p4[3], x3, t);
+        }
+    }
+    for (&pv, vr) in pj.remainder().iter().zip(vj.remainder().chunks_exact(hd)) {
+        o.iter_mut()
+            .zip(vr)
+            .for_each(|(a, &x)| *a = madd::<FMA>(pv, x, *a));
+    }
+}
+
+/// The output buffer, shared by the scoped threads (disjoint rows).
+struct OutPtr(*mut f32);
+// SAFETY: the threads write disjoint rows (see `windows`), and the buffer outlives them.
+unsafe impl Sync for OutPtr {}
+
+#[inline]
+pub(super) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+pub(super) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `exp(x)` for `x <= 0` by range reduction `x = k ln2 + r`, `|r| <= ln2 / 2`, and a degree-6
+/// polynomial for `exp(r)` (Cephes coefficients, ~2 ulp); flushes to 0 below -87.
+#[inline(always)]
+pub(super) fn exp_approx<const FMA: bool>(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.max(-87.0);
+    let kf = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
+    let k = kf.to_bits() as i32 - ROUND.to_bits() as i32;
+    let kf = kf - ROUND;
+    // r = x - k ln2 in two parts (ln2 = 0.693359375 - 2.12194440e-4).
+    let r = madd::<FMA>(kf, -0.693_359_4, x);
+    let r = madd::<FMA>(kf, 2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 0.5);
+    let e = madd::<FMA>(p, r * r, r) + 1.0;
+    e * f32::from_bits(((k + 127) << 23) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in 0..20_000 {
+            let x = -(i as f32) * 0.00435; // down to -87
+            let (a, b) = (exp_approx::<false>(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b.max(f32::MIN_POSITIVE),
+                "{x}: {a} vs {b}"
+            );
+        }
+        assert_eq!(exp_approx::<false>(-1000.0), (-87f32).exp());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::swin::window::WindowGeometry;
+
+    /// Stage-1 attention of Swin-T at 512x512 (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn bench_window_attention() {
+        let dev = candle_core::Device::Cpu;
+        for (hw, c, heads, shift) in [(128, 96, 3, 3), (32, 384, 12, 0)] {
+            let geo = WindowGeometry::new(hw, hw, 7, shift, candle_core::DType::F32, &dev).unwrap();
+            let l = hw * hw;
+            let n = 49;
+            let qkv: Vec<f32> = (0..l * 3 * c)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+                .collect();
+            let qkv_bias = vec![0.1f32; 3 * c];
+            let bias: Vec<f32> = (0..heads * n * n).map(|i| (i % 13) as f32 * 0.01).collect();
+            let k = WindowAttention {
+                qkv: &qkv,
+                qkv_bias: &qkv_bias,
+                index: &geo.forward_host,
+                bias: &bias,
+                mask: geo.mask_host.as_deref(),
+                batch: 1,
+                tokens: l,
+                dim: c,
+                heads,
+                window_area: n,
+            };
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                std::hint::black_box(k.run());
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let flops = 4.0 * (geo.num_windows * n * n * c) as f64;
+            eprintln!(
+                "{hw}x{hw} C={c}: {:.2} ms, {:.1} GFLOP/s",
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+    }
+}
