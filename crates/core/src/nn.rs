@@ -443,7 +443,11 @@ impl Mlp {
         let mut layers = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
             let din = if i == 0 { in_dim } else { hidden_dim };
-            let dout = if i + 1 == num_layers { out_dim } else { hidden_dim };
+            let dout = if i + 1 == num_layers {
+                out_dim
+            } else {
+                hidden_dim
+            };
             layers.push(candle_nn::linear(din, dout, vb.pp("layers").pp(i))?);
         }
         Ok(Self { layers })
@@ -462,4 +466,3 @@ impl Mlp {
         Ok(x)
     }
 }
-

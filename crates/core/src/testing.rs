@@ -86,7 +86,11 @@ pub fn synthetic_tensor(
 }
 
 /// An input batch with values `U(-2, 2)` from key `key` (Python: `synth.synthetic_input`).
-pub fn synthetic_input(key: &str, shape: impl Into<Shape>, dev: &Device) -> candle_core::Result<Tensor> {
+pub fn synthetic_input(
+    key: &str,
+    shape: impl Into<Shape>,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
     let shape = shape.into();
     let n = shape.elem_count();
     let seed = fnv1a64(key.as_bytes());

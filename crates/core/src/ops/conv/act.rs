@@ -37,7 +37,7 @@ fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 8.333_452e-3);
     p = madd::<FMA>(p, r, 4.166_579_6e-2);
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 5.000_000_1e-1);
+    p = madd::<FMA>(p, r, 0.5);
     let y = madd::<FMA>(p, r * r, r) + 1.0;
     y * f32::from_bits(((n_bits + 127) << 23) as u32)
 }
@@ -117,7 +117,7 @@ unsafe fn act_map_avx2(src: &[f32], dst: &mut [f32], act: Activation) {
 
 /// Whether the running CPU has AVX2 and FMA (cached by std).
 #[inline]
-pub(super) fn has_avx2_fma() -> bool {
+fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -125,6 +125,34 @@ pub(super) fn has_avx2_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Which instruction set the kernels may use: AVX2 + FMA only when the running CPU has them
+/// ([`Simd::detect`]), so that a `Simd` can be passed down safely.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Simd {
+    avx2: bool,
+}
+
+impl Simd {
+    /// The best the running CPU supports.
+    pub(super) fn detect() -> Self {
+        Self {
+            avx2: has_avx2_fma(),
+        }
+    }
+
+    /// Portable code only (tests of the fallback paths).
+    #[cfg(test)]
+    pub(super) fn portable() -> Self {
+        Self { avx2: false }
+    }
+
+    /// Whether AVX2 + FMA code may run.
+    #[inline]
+    pub(super) fn avx2(self) -> bool {
+        self.avx2
     }
 }
 

@@ -1,4 +1,5 @@
-//! Convolution as GEMM straight on NCHW memory.
+//! Convolution as GEMM straight on NCHW memory with the `gemm` crate: the path for CPUs
+//! without AVX2 + FMA (other architectures included), where `gemm` has tuned kernels.
 //!
 //! Per image and group, `out[O x Ho*Wo] = W[O x C*kh*kw] * col[C*kh*kw x Ho*Wo]` with the
 //! `gemm` crate, written directly into the NCHW output (no transposes). `col` is the input
@@ -13,6 +14,7 @@ use rayon::prelude::*;
 
 use super::act::epilogue;
 use super::depthwise::valid_range;
+use super::im2col::gather;
 use super::{Activation, Geometry};
 
 /// Target size of one im2col tile, in f32 elements.
@@ -58,14 +60,7 @@ fn im2col(xg: &[f32], col: &mut [f32], r0: usize, r1: usize, g: &Geometry) {
             drow[..lo].fill(0.0);
             drow[hi..].fill(0.0);
             let start = ((lo * s) as isize + off) as usize;
-            if s == 1 {
-                drow[lo..hi].copy_from_slice(&in_row[start..start + (hi - lo)]);
-            } else {
-                let src = &in_row[start..];
-                for (k, v) in drow[lo..hi].iter_mut().enumerate() {
-                    *v = src[k * s];
-                }
-            }
+            gather::<false>(&mut drow[lo..hi], hi - lo, &in_row[start..], s);
         }
     };
     col.par_chunks_mut(pt)

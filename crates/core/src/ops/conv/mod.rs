@@ -1,22 +1,37 @@
 //! 2-D convolution with a fused bias and activation.
 //!
-//! On CPU with f32 tensors, [`conv2d`] runs segkit's own kernels:
-//! - 1x1 stride-1 unpadded convs: one GEMM per image (and group) straight on the NCHW input,
-//!   `out[O x HW] = W[O x C] * X[C x HW]`;
-//! - other convs: im2col into a bounded, reused buffer, one tile of output rows at a time, then
-//!   the same GEMM writing the NCHW output directly;
-//! - depthwise convs (`groups == C`): a direct kernel, parallel over channel planes;
-//! - bias and activation fused into one parallel pass over each freshly written output tile.
+//! On CPU with f32 tensors, [`conv2d`] runs segkit's own kernels (rayon over blocks of the
+//! output, NCHW in and out, no transposes, the output `Vec` handed to the tensor without a
+//! copy):
+//! - on x86-64 with AVX2 + FMA, a packed GEMM (`kernel`: weights packed once per call, a 6 x 16
+//!   register-tile microkernel) driven two ways:
+//!   - `winograd`: 3x3 stride-1 convs (any padding / dilation) as Winograd F(2x2, 3x3), 2.25x
+//!     fewer multiplications, the transforms writing straight into the GEMM's packed layout;
+//!   - `im2col`: every other conv (1x1 stride 1 included); the im2col matrix is never
+//!     materialised, each task packs the block of it that it needs straight from the input;
+//! - elsewhere, `gemm_conv`: im2col in bounded tiles plus the `gemm` crate;
+//! - depthwise convs (`groups == C`): a direct kernel, parallel over channel planes
+//!   (`depthwise`);
+//! - bias and activation fused into the pass that finishes each output block (`act`, whose
+//!   sigmoid and GELU are vectorised approximations within a few ulp).
 //!
-//! Other devices and dtypes use candle's `conv2d` followed by broadcast bias and activation ops.
+//! Buffers that tasks reuse (packed input blocks, Winograd scratch, padded planes) live in a
+//! thread-local scratch vector of at most a few MiB per thread. Other devices and dtypes use
+//! candle's `conv2d` followed by broadcast bias and activation ops.
 
 mod act;
 mod depthwise;
 mod gemm_conv;
+mod im2col;
+mod kernel;
+#[cfg(test)]
+mod tests;
+mod winograd;
 
 use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::{Error, Result};
+use act::Simd;
 
 /// Activation applied after a convolution or norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -201,9 +216,8 @@ pub fn conv2d(
     act: Activation,
 ) -> Result<Tensor> {
     let g = Geometry::new(x, weight, bias, p)?;
-    let on_cpu = x.device().is_cpu()
-        && weight.device().is_cpu()
-        && bias.is_none_or(|b| b.device().is_cpu());
+    let on_cpu =
+        x.device().is_cpu() && weight.device().is_cpu() && bias.is_none_or(|b| b.device().is_cpu());
     let out_shape = (g.n, g.o, g.ho, g.wo);
     let y = if g.n * g.o * g.ho * g.wo == 0 || g.c == 0 {
         // Nothing to convolve (empty output, or an empty sum): the kernels never see this.
@@ -220,7 +234,28 @@ pub fn conv2d(
     activate(&y, act)
 }
 
-/// The CPU f32 path: picks the depthwise or the GEMM kernel.
+/// Picks the kernel for `g`: depthwise, Winograd, or im2col + GEMM (with the `gemm` crate on
+/// CPUs without AVX2 + FMA, whose GEMM has tuned kernels for them).
+fn run_kernel(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    act: Activation,
+    simd: Simd,
+) -> Vec<f32> {
+    if g.groups == g.c && g.groups > 1 {
+        depthwise::depthwise(x, w, bias, g, act, simd)
+    } else if !simd.avx2() {
+        gemm_conv::conv_gemm(x, w, bias, g, act)
+    } else if winograd::applies(g) {
+        winograd::conv_winograd(x, w, bias, g, act, simd)
+    } else {
+        im2col::conv_im2col(x, w, bias, g, act, simd)
+    }
+}
+
+/// The CPU f32 path: contiguous slices in, a new tensor out.
 fn conv2d_cpu_f32(
     x: &Tensor,
     weight: &Tensor,
@@ -233,13 +268,7 @@ fn conv2d_cpu_f32(
     let bias = bias.map(Tensor::contiguous).transpose()?;
     let out = with_cpu_f32(&x, |xs| {
         with_cpu_f32(&weight, |ws| {
-            let run = |bs: Option<&[f32]>| {
-                if g.groups == g.c && g.groups > 1 {
-                    depthwise::depthwise(xs, ws, bs, g, act)
-                } else {
-                    gemm_conv::conv_gemm(xs, ws, bs, g, act)
-                }
-            };
+            let run = |bs: Option<&[f32]>| run_kernel(xs, ws, bs, g, act, Simd::detect());
             match &bias {
                 Some(b) => with_cpu_f32(b, |bs| run(Some(bs))),
                 None => Ok(run(None)),

@@ -1,0 +1,160 @@
+//! Every kernel, on its AVX2 and its portable path, against a naive f64 convolution.
+
+use super::act::Simd;
+use super::{depthwise, gemm_conv, im2col, winograd, Activation, Geometry};
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geometry(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    groups: usize,
+) -> Geometry {
+    let span = d * (k - 1) + 1;
+    Geometry {
+        n,
+        c,
+        h,
+        w,
+        o,
+        kh: k,
+        kw: k,
+        ho: (h + 2 * p - span) / s + 1,
+        wo: (w + 2 * p - span) / s + 1,
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups,
+    }
+}
+
+fn naive(x: &[f32], w: &[f32], b: &[f32], g: &Geometry) -> Vec<f32> {
+    let (cg, og) = (g.c / g.groups, g.o / g.groups);
+    let mut out = vec![0f32; g.n * g.o * g.ho * g.wo];
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let gi = o / og;
+            for ho in 0..g.ho {
+                for wo in 0..g.wo {
+                    let mut acc = b[o] as f64;
+                    for ci in 0..cg {
+                        let c = gi * cg + ci;
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let h =
+                                    (ho * g.stride + i * g.dilation) as isize - g.padding as isize;
+                                let ww =
+                                    (wo * g.stride + j * g.dilation) as isize - g.padding as isize;
+                                if h >= 0 && ww >= 0 && (h as usize) < g.h && (ww as usize) < g.w {
+                                    let xv =
+                                        x[((n * g.c + c) * g.h + h as usize) * g.w + ww as usize];
+                                    let wv = w[((o * cg + ci) * g.kh + i) * g.kw + j];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[((n * g.o + o) * g.ho + ho) * g.wo + wo] = acc.max(0.0) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check(
+    g: &Geometry,
+    kernel: impl Fn(&[f32], &[f32], Option<&[f32]>, &Geometry, Activation) -> Vec<f32>,
+) {
+    let x = values(g.n * g.c * g.h * g.w, 1);
+    let w = values(g.o * (g.c / g.groups) * g.kh * g.kw, 2);
+    let b = values(g.o, 3);
+    let want = naive(&x, &w, &b, g);
+    let got = kernel(&x, &w, Some(&b), g, Activation::Relu);
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-4 * scale, "{g:?}: max err {err} (scale {scale})");
+}
+
+fn simds() -> Vec<Simd> {
+    vec![Simd::portable(), Simd::detect()]
+}
+
+#[test]
+fn im2col_matches_naive() {
+    for simd in simds() {
+        for g in [
+            geometry(2, 5, 9, 11, 7, 3, 1, 1, 1, 1),
+            geometry(1, 6, 13, 10, 8, 3, 2, 2, 2, 2),
+            geometry(1, 3, 20, 21, 13, 7, 2, 3, 1, 1),
+            geometry(1, 300, 6, 7, 9, 1, 1, 0, 1, 1),
+            geometry(1, 40, 17, 5, 20, 3, 1, 1, 1, 1),
+        ] {
+            check(&g, |x, w, b, g, a| im2col::conv_im2col(x, w, b, g, a, simd));
+        }
+    }
+}
+
+#[test]
+fn winograd_matches_naive() {
+    for simd in simds() {
+        for g in [
+            geometry(1, 16, 35, 37, 16, 3, 1, 1, 1, 1),
+            geometry(2, 20, 19, 18, 22, 3, 1, 2, 2, 1),
+            geometry(1, 300, 24, 40, 17, 3, 1, 0, 3, 1),
+        ] {
+            assert!(winograd::applies(&g), "{g:?}");
+            check(&g, |x, w, b, g, a| {
+                winograd::conv_winograd(x, w, b, g, a, simd)
+            });
+        }
+    }
+}
+
+#[test]
+fn depthwise_matches_naive() {
+    for simd in simds() {
+        for g in [
+            geometry(2, 6, 9, 40, 6, 3, 1, 4, 4, 6),
+            geometry(1, 4, 11, 13, 8, 3, 2, 1, 1, 4),
+            geometry(1, 5, 7, 70, 5, 5, 1, 2, 1, 5),
+        ] {
+            check(&g, |x, w, b, g, a| {
+                depthwise::depthwise(x, w, b, g, a, simd)
+            });
+        }
+    }
+}
+
+#[test]
+fn gemm_crate_path_matches_naive() {
+    for g in [
+        geometry(2, 5, 9, 11, 7, 3, 1, 1, 1, 1),
+        geometry(1, 6, 13, 10, 8, 3, 2, 2, 2, 2),
+        geometry(1, 64, 6, 7, 9, 1, 1, 0, 1, 1),
+        geometry(1, 32, 40, 40, 16, 1, 2, 0, 1, 1),
+    ] {
+        check(&g, gemm_conv::conv_gemm);
+    }
+}
