@@ -22,11 +22,26 @@ pub const CASES: &[(&str, &str)] = &[
         "resnet50_os8",
         "ResNet-50 forward, 1x3x512x512, output stride 8 (dilated)",
     ),
-    ("danet_r50-d8", "DANet R50-D8 (ADE20K preset) decode logits, 1x3x512x512"),
-    ("pspnet_r50-d8", "PSPNet R50-D8 (ADE20K preset) decode logits, 1x3x512x512"),
-    ("fastfcn_jpu_psp", "FastFCN R50-D32 JPU + PSP (ADE20K preset) decode logits, 1x3x512x512"),
-    ("fastfcn_jpu_aspp", "FastFCN R50-D32 JPU + ASPP (ADE20K preset) decode logits, 1x3x512x512"),
-    ("fastfcn_jpu_enc", "FastFCN R50-D32 JPU + EncHead (ADE20K preset) decode logits, 1x3x512x512"),
+    (
+        "danet_r50-d8",
+        "DANet R50-D8 (ADE20K preset) decode logits, 1x3x512x512",
+    ),
+    (
+        "pspnet_r50-d8",
+        "PSPNet R50-D8 (ADE20K preset) decode logits, 1x3x512x512",
+    ),
+    (
+        "fastfcn_jpu_psp",
+        "FastFCN R50-D32 JPU + PSP (ADE20K preset) decode logits, 1x3x512x512",
+    ),
+    (
+        "fastfcn_jpu_aspp",
+        "FastFCN R50-D32 JPU + ASPP (ADE20K preset) decode logits, 1x3x512x512",
+    ),
+    (
+        "fastfcn_jpu_enc",
+        "FastFCN R50-D32 JPU + EncHead (ADE20K preset) decode logits, 1x3x512x512",
+    ),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
     (
         "resize_bilinear",

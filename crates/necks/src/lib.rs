@@ -11,13 +11,20 @@
 //! - [`fpn`]: the plain Feature Pyramid Network with torchvision
 //!   (`ops/feature_pyramid_network.py`) or mmdet / mmseg (`necks/fpn.py`) key names, optional
 //!   extra levels.
+//! - [`msdeform`]: the multi-scale deformable-attention pixel decoder of OneFormer / Mask2Former
+//!   (transformers' `OneFormerPixelDecoder` keys), with a CPU kernel for the attention core.
 #![deny(missing_docs)]
 
 pub mod fpn;
 pub mod jpu;
+pub mod msdeform;
 
 pub use fpn::{ExtraLevels, ExtraSource, Fpn, FpnConfig, FpnKeyStyle};
 pub use jpu::{ConcatOrder, Jpu, JpuConfig, JpuOutput, Passthrough};
+pub use msdeform::{
+    multi_scale_deformable_attention, MsDeformAttn, MsDeformAttnPixelDecoder,
+    MsDeformAttnPixelDecoderConfig, PixelDecoderOutput,
+};
 
 use candle_core::Tensor;
 use segkit_core::FeatureSpec;
