@@ -12,6 +12,7 @@ const CASES: &[&str] = &[
     "fastfcn_jpu_psp",
     "fastfcn_jpu_aspp",
     "fastfcn_jpu_enc",
+    "swin_t",
     "conv3x3_256",
     "resize_bilinear",
     "grid_sample",
@@ -69,9 +70,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process"
     );
     println!(
-        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | memory ratio |"
+        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for case in &cases {
         let s = Command::new(&segkit)
             .args(["bench", case, "--runs", &runs])
@@ -103,12 +104,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
         let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
         let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
+        let (sf, tf) = (g(&sj, "forward_mb"), g(&tj, "forward_mb"));
         println!(
-            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x |",
+            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {sf:.0} | {tf:.0} |",
             sm / tm,
             sp / tp
         );
     }
     println!("ratios are segkit / PyTorch: below 1.00x means segkit is faster or smaller");
+    println!("peak = process peak RSS during the timed runs (weights and runtime included);");
+    println!(
+        "fwd = that peak minus the RSS just before the first run (memory the forward passes add)"
+    );
     Ok(())
 }

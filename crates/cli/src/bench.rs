@@ -42,6 +42,10 @@ pub const CASES: &[(&str, &str)] = &[
         "fastfcn_jpu_enc",
         "FastFCN R50-D32 JPU + EncHead (ADE20K preset) decode logits, 1x3x512x512",
     ),
+    (
+        "swin_t",
+        "Swin-T backbone (OneFormer config), 1x3x512x512, stage1..4",
+    ),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
     (
         "resize_bilinear",
@@ -73,16 +77,23 @@ pub struct BenchArgs {
     warmup: usize,
 }
 
-fn peak_rss_mb() -> f64 {
+/// A `/proc/self/status` field in MB (`VmHWM` = peak RSS, `VmRSS` = current).
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Resets the peak-RSS counter (Linux `clear_refs`), so that the reported peak is the one of
+/// the timed runs, not of model construction. PyTorch's side does the same.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 type Job = Box<dyn Fn() -> Result<Tensor, CliError>>;
@@ -114,6 +125,18 @@ fn make(case: &str) -> Result<Job, CliError> {
                 model
                     .logits(&x, false)
                     .map_err(|e| CliError::Usage(e.to_string()))
+            })
+        }
+        "swin_t" => {
+            let cfg = segkit_backbones::swin::SwinConfig::oneformer_swin_tiny();
+            let net =
+                segkit_backbones::swin::Swin::new(&cfg, synthetic_var_builder(DType::F32, &dev))?;
+            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
+            Box::new(move || {
+                let o = net.forward(&x, false)?.into_vec();
+                o.into_iter()
+                    .last()
+                    .ok_or_else(|| CliError::Usage("Swin returned no features".into()))
             })
         }
         "conv3x3_256" => {
@@ -181,6 +204,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     let case = a.case.unwrap_or_default();
     let job = make(&case)?;
+    reset_peak_rss();
+    let rss_before = status_mb("VmRSS:");
     for _ in 0..a.warmup {
         job()?;
     }
@@ -195,10 +220,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}}}",
         ms[0],
         ms.len(),
-        peak_rss_mb()
+        status_mb("VmHWM:"),
+        status_mb("VmHWM:") - rss_before
     );
     Ok(())
 }
