@@ -42,8 +42,10 @@ def main(out_dir):
     periodic_(m)
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
-    with gzip.open(os.path.join(d, "resnet50_torchvision.pth.gz"), "wb", compresslevel=9) as f:
-        f.write(buf.getvalue())
+    # mtime=0: the .gz bytes depend only on the checkpoint (regeneration is reproducible).
+    with open(os.path.join(d, "resnet50_torchvision.pth.gz"), "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
+            f.write(buf.getvalue())
     x = synth.synthetic_input(INPUT)
     y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     y = m.layer4(m.layer3(m.layer2(m.layer1(y))))
