@@ -11,7 +11,6 @@ import io
 import os
 import sys
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -26,9 +25,8 @@ def periodic_(model):
     sd = model.state_dict()
     new = {}
     for k, t in sd.items():
-        full = synth.synthetic_values(k, t.shape).reshape(-1)
-        v = full[np.arange(full.size) % PERIOD] if full.size else full
-        new[k] = torch.from_numpy(v.reshape(tuple(t.shape))).to(t.dtype)
+        v = synth.synthetic_values(k, t.shape, period=PERIOD)
+        new[k] = torch.from_numpy(v).to(t.dtype)
     model.load_state_dict(new)
 
 

@@ -25,7 +25,6 @@ The photo is written from scikit-image's data set on the first run (then scikit-
 in the venv); later runs read the committed tests/fixtures/images/astronaut.png.
 """
 import gzip
-import math
 import os
 import shutil
 import sys
@@ -161,24 +160,7 @@ def gen_slide(out_dir):
 
 def periodic_values(key, shape, period):
     """synth.synthetic_values(key, shape) with element i taken from element i % period."""
-    shape = tuple(int(s) for s in shape)
-    n = int(np.prod(shape)) if shape else 1
-    k = min(n, period)
-    u = synth.uniform(key, k)
-    last = key.rsplit(".", 1)[-1]
-    if last == "running_var":
-        v = 0.5 + u
-    elif last == "running_mean":
-        v = 0.2 * (u - 0.5)
-    elif last == "num_batches_tracked":
-        v = np.zeros(k)
-    elif len(shape) == 0:
-        v = 0.5 + u
-    elif len(shape) == 1:
-        v = 0.5 + u if last == "weight" else 0.2 * (u - 0.5)
-    else:
-        v = (2.0 * u - 1.0) * (1.0 / math.sqrt(int(np.prod(shape[1:])) or 1))
-    return np.resize(v, n).reshape(shape)
+    return synth.synthetic_values(key, shape, period=period)
 
 
 def astronaut_png(out_dir):
