@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::{self, Activation, Conv2dParams};
@@ -466,3 +466,42 @@ impl Mlp {
         Ok(x)
     }
 }
+
+/// HF's `OneFormerSinePositionEmbedding` (normalize = true, scale 2 pi, temperature 10000)
+/// for an unmasked `h x w` map, flattened: `(h w) x (2 feats)`, y features first, each half
+/// interleaving sin (even) and cos (odd). Computed in f32 as PyTorch does.
+///
+/// Used by the deformable-attention pixel decoder and OneFormer's transformer decoder.
+pub fn sine_position_embedding(h: usize, w: usize, feats: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    let scale = (2.0 * std::f64::consts::PI) as f32;
+    let eps = 1e-6f32;
+    let dim_t: Vec<f32> = (0..feats)
+        .map(|k| {
+            let e = (2 * (k / 2)) as f32 / feats as f32;
+            10000f32.powf(e)
+        })
+        .collect();
+    let ye: Vec<f32> = (1..=h)
+        .map(|i| i as f32 / (h as f32 + eps) * scale)
+        .collect();
+    let xe: Vec<f32> = (1..=w)
+        .map(|j| j as f32 / (w as f32 + eps) * scale)
+        .collect();
+    let enc = |v: f32, k: usize| {
+        let a = v / dim_t[k];
+        if k % 2 == 0 {
+            a.sin()
+        } else {
+            a.cos()
+        }
+    };
+    let mut out = Vec::with_capacity(h * w * 2 * feats);
+    for &y in &ye {
+        for &x in &xe {
+            out.extend((0..feats).map(|k| enc(y, k)));
+            out.extend((0..feats).map(|k| enc(x, k)));
+        }
+    }
+    Tensor::from_vec(out, (h * w, 2 * feats), dev)
+}
+

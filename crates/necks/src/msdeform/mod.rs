@@ -431,7 +431,7 @@ impl MsDeformAttnPixelDecoder {
             shapes.push((h, w));
             let y = proj.forward_t(x, false)?;
             srcs.push(y.flatten_from(2)?.transpose(1, 2)?);
-            let pos = sine_position_embedding(h, w, d / 2, dev)?.to_dtype(dt)?;
+            let pos = segkit_core::nn::sine_position_embedding(h, w, d / 2, dev)?.to_dtype(dt)?;
             let lvl = self.level_embed.get(l)?.reshape((1, d))?;
             poss.push(pos.broadcast_add(&lvl)?);
             refs.push(reference_points(h, w, dev)?.to_dtype(dt)?);
@@ -491,42 +491,6 @@ impl Neck for MsDeformAttnPixelDecoder {
         v.extend(o.multi_scale_features.into_iter().rev());
         Ok(v)
     }
-}
-
-/// HF's `OneFormerSinePositionEmbedding` (normalize = true, scale 2 pi, temperature 10000)
-/// for an unmasked `h x w` map, flattened: `(h w) x (2 feats)`, y features first, each half
-/// interleaving sin (even) and cos (odd). Computed in f32 as PyTorch does.
-fn sine_position_embedding(h: usize, w: usize, feats: usize, dev: &Device) -> Result<Tensor> {
-    let scale = (2.0 * std::f64::consts::PI) as f32;
-    let eps = 1e-6f32;
-    let dim_t: Vec<f32> = (0..feats)
-        .map(|k| {
-            let e = (2 * (k / 2)) as f32 / feats as f32;
-            10000f32.powf(e)
-        })
-        .collect();
-    let ye: Vec<f32> = (1..=h)
-        .map(|i| i as f32 / (h as f32 + eps) * scale)
-        .collect();
-    let xe: Vec<f32> = (1..=w)
-        .map(|j| j as f32 / (w as f32 + eps) * scale)
-        .collect();
-    let enc = |v: f32, k: usize| {
-        let a = v / dim_t[k];
-        if k % 2 == 0 {
-            a.sin()
-        } else {
-            a.cos()
-        }
-    };
-    let mut out = Vec::with_capacity(h * w * 2 * feats);
-    for &y in &ye {
-        for &x in &xe {
-            out.extend((0..feats).map(|k| enc(y, k)));
-            out.extend((0..feats).map(|k| enc(x, k)));
-        }
-    }
-    Ok(Tensor::from_vec(out, (h * w, 2 * feats), dev)?)
 }
 
 /// HF's encoder reference points of an `h x w` level with valid ratios 1: pixel centres

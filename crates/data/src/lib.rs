@@ -1,0 +1,31 @@
+//! segkit-data: dataset layouts, augmentation, metrics, RLE, palettes and overlays.
+#![deny(missing_docs)]
+
+/// Errors of segkit-data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from segkit-core.
+    #[error(transparent)]
+    Core(#[from] segkit_core::Error),
+    /// A dataset file that is missing or malformed; names the file.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The offending file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An argument outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Core(e.into())
+    }
+}
+
+/// Result alias of segkit-data.
+pub type Result<T> = std::result::Result<T, Error>;
