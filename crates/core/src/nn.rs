@@ -472,7 +472,12 @@ impl Mlp {
 /// interleaving sin (even) and cos (odd). Computed in f32 as PyTorch does.
 ///
 /// Used by the deformable-attention pixel decoder and OneFormer's transformer decoder.
-pub fn sine_position_embedding(h: usize, w: usize, feats: usize, dev: &Device) -> candle_core::Result<Tensor> {
+pub fn sine_position_embedding(
+    h: usize,
+    w: usize,
+    feats: usize,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
     let scale = (2.0 * std::f64::consts::PI) as f32;
     let eps = 1e-6f32;
     let dim_t: Vec<f32> = (0..feats)
@@ -505,3 +510,80 @@ pub fn sine_position_embedding(h: usize, w: usize, feats: usize, dev: &Device) -
     Tensor::from_vec(out, (h * w, 2 * feats), dev)
 }
 
+/// `torch.nn.LayerNorm` over the last dimension (`weight`, `bias`), computed in two passes.
+///
+/// candle's fused `layer_norm` takes the variance as `E[x^2] - E[x]^2` in f32, which loses
+/// every significant digit when the mean is large against the spread (OneFormer's task token
+/// is a linear map of raw token ids, with values around 1e4). This kernel accumulates the mean
+/// and then the squared deviations in f64, one row per rayon task. When the input or the
+/// weights record gradients (`Tensor::track_op`), or off the CPU, or for other dtypes, it runs
+/// as composed (differentiable) tensor ops with the same two-pass formula.
+///
+/// # Shapes
+/// `... x d` -> `... x d`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of length `size`.
+    pub fn new(size: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.weight.elem_count();
+        if x.dim(candle_core::D::Minus1)? != d {
+            return Err(Error::shape("LayerNorm input (last dim)", &[d], x.dims()));
+        }
+        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if !tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.forward_cpu(x);
+        }
+        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&self.weight.to_dtype(x.dtype())?)?
+            .broadcast_add(&self.bias.to_dtype(x.dtype())?)?)
+    }
+
+    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let d = self.weight.elem_count();
+        let xs = x.contiguous()?;
+        let xv = xs.flatten_all()?.to_vec1::<f32>()?;
+        let w = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let b = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let eps = self.eps;
+        let mut out = vec![0f32; xv.len()];
+        if d > 0 {
+            out.par_chunks_mut(d)
+                .zip(xv.par_chunks(d))
+                .for_each(|(o, r)| {
+                    let mean = r.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                    let var = r
+                        .iter()
+                        .map(|&v| {
+                            let c = v as f64 - mean;
+                            c * c
+                        })
+                        .sum::<f64>()
+                        / d as f64;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for k in 0..d {
+                        o[k] = ((r[k] as f64 - mean) * inv) as f32 * w[k] + b[k];
+                    }
+                });
+        }
+        Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+    }
+}

@@ -1,5 +1,16 @@
 //! segkit-data: dataset layouts, augmentation, metrics, RLE, palettes and overlays.
+//!
+//! - [`metrics`]: mIoU and friends (mmseg `IoUMetric`), PQ (panopticapi), mask AP
+//!   (pycocotools `COCOeval`);
+//! - [`rle`]: COCO run-length encoding (pycocotools `mask`);
+//! - [`palette`]: colour maps and overlays (VOC palette, mmseg's visualizer blend).
 #![deny(missing_docs)]
+
+pub mod metrics;
+pub mod palette;
+pub mod rle;
+
+pub use rle::Rle;
 
 /// Errors of segkit-data.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,58 @@
 //! segkit-losses: the training losses of the segkit models, with forward values and gradients
 //! equal to the PyTorch references (torch.nn.functional, mmseg, transformers' Mask2Former /
 //! OneFormer loss code, the official Gated-SCNN repository).
+//!
+//! Every loss is composed from candle tensor ops that have a backward pass, so
+//! `loss.backward()` yields the gradients with respect to the logits (and any other
+//! [`candle_core::Var`] involved). What the references compute under `torch.no_grad()`
+//! (OHEM weights, class-balanced edge weights, Hungarian matching, importance-sampled point
+//! coordinates) is computed on the host and enters the graph as constants.
+//!
+//! | module | reference |
+//! |---|---|
+//! | [`cross_entropy`] | mmseg `CrossEntropyLoss` / `cross_entropy` (both averaging modes), PSSL class weights |
+//! | [`ohem`] | mmseg `OHEMPixelSampler` + `CrossEntropyLoss` |
+//! | [`gscnn`] | nv-tlabs/GSCNN `loss.py` (`JointEdgeSegLoss`, `bce2d`, `ImageBasedCrossEntropyLoss2d`), `my_functionals/DualTaskLoss.py` |
+//! | [`mask`] | transformers `dice_loss`, `sigmoid_cross_entropy_loss`, `pair_wise_*`, MaskFormer `sigmoid_focal_loss`; torchvision `sigmoid_focal_loss` |
+//! | [`point_sample`](mod@point_sample) | transformers `sample_point`, `sample_points_using_uncertainty` |
+//! | [`lsap`] | scipy `linear_sum_assignment` (rectangular shortest augmenting path) |
+//! | [`matcher`] | transformers `OneFormerHungarianMatcher` |
+//! | [`criterion`] | transformers `OneFormerLoss` (set criterion, auxiliary layers) |
+//! | [`contrastive`] | transformers `OneFormerLoss.loss_contrastive` |
 #![deny(missing_docs)]
+
+pub mod contrastive;
+pub mod criterion;
+pub mod cross_entropy;
+pub mod gscnn;
+pub mod lsap;
+pub mod mask;
+pub mod matcher;
+pub mod ohem;
+pub mod point_sample;
+mod util;
+
+pub use contrastive::query_text_contrastive_loss;
+pub use criterion::{
+    ContrastiveInputs, LayerLosses, OneFormerLoss, OneFormerLossConfig, OneFormerLosses,
+    SetPrediction,
+};
+pub use cross_entropy::{pssl_class_weight, CrossEntropyLoss};
+pub use gscnn::{
+    edge_attention_target, edge_bce_loss, DualTaskLoss, ImageBasedCrossEntropyLoss,
+    JointEdgeSegLoss, JointEdgeSegLosses, SegLossMode,
+};
+pub use lsap::linear_sum_assignment;
+pub use mask::{
+    dice_loss, pair_wise_dice_loss, pair_wise_sigmoid_cross_entropy_loss,
+    sigmoid_cross_entropy_loss, sigmoid_focal_loss, sigmoid_focal_loss_torchvision, Reduction,
+};
+pub use matcher::{MaskTargets, Matching, OneFormerHungarianMatcher};
+pub use ohem::{OhemCrossEntropyLoss, OhemPixelSampler};
+pub use point_sample::{
+    point_sample, sample_points_using_uncertainty, PointSource, ReplayPointSource,
+    SeededPointSource,
+};
 
 /// Errors of segkit-losses.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +64,28 @@ pub enum Error {
     /// An argument outside its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A cost matrix with a NaN or `-inf` entry (scipy: "matrix contains invalid numeric
+    /// entries").
+    #[error("cost matrix contains an invalid entry ({value}) at row {row}, column {col}")]
+    InvalidCost {
+        /// Row of the first invalid entry.
+        row: usize,
+        /// Column of the first invalid entry.
+        col: usize,
+        /// The entry.
+        value: f64,
+    },
+    /// A cost matrix whose `+inf` entries leave no complete assignment (scipy: "cost matrix is
+    /// infeasible").
+    #[error(
+        "cost matrix ({rows}x{cols}) is infeasible: `+inf` entries leave no complete assignment"
+    )]
+    InfeasibleCost {
+        /// Rows of the matrix.
+        rows: usize,
+        /// Columns of the matrix.
+        cols: usize,
+    },
 }
 
 impl From<candle_core::Error> for Error {
@@ -26,6 +99,9 @@ impl From<Error> for segkit_core::Error {
         match e {
             Error::Core(c) => c,
             Error::InvalidArgument(m) => segkit_core::Error::InvalidArgument(m),
+            other @ (Error::InvalidCost { .. } | Error::InfeasibleCost { .. }) => {
+                segkit_core::Error::InvalidArgument(other.to_string())
+            }
         }
     }
 }

@@ -1,1 +1,213 @@
-//! (being written)
+//! OneFormer's text mapper (training only): encodes the tokenised text entries of an image
+//! ("a photo with a {class}", padded with "a/an {task} photo") into text queries that the
+//! query-text contrastive loss matches against the decoder's queries.
+//!
+//! Paper: Jain et al., OneFormer (CVPR 2023), Sec. 3.1 "Task Conditioned Joint Training" /
+//! 3.3 "Query-Text Contrastive Loss". Reference: transformers'
+//! `models/oneformer/modeling_oneformer.py` (`OneFormerTextMapper`, `OneFormerTextEncoder`,
+//! `OneFormerTextTransformerLayer`, `OneFormerTextMLP`); keys under `model.text_mapper.`.
+//!
+//! Faithful to the transformers port, which the checkpoints were trained / converted with:
+//! - the text transformer's self-attention runs *without* the causal mask (HF builds the mask
+//!   and stores it on each layer, but never passes it to `nn.MultiheadAttention`);
+//! - heads = width / 64 (4 for width 256); QuickGELU MLPs; pre-norm;
+//! - the pooled feature is the one at `argmax(ids)` (the end-of-text token has the largest id);
+//! - the projector is a 2-layer ReLU MLP (`text_projector.layers.{i}.0`), and the 16 learnable
+//!   context embeddings (`prompt_ctx`) are appended after the entries.
+//!
+//! # Shapes
+//! `text_inputs: B x T x L` token ids (u32 / i64 / float) -> `B x (T + n_ctx) x hidden_dim`.
+
+use candle_core::{DType, IndexOp, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use segkit_core::nn::LayerNorm;
+
+use crate::decoder::{MultiheadAttention, PredictionMlp};
+use crate::{Error, Result};
+
+/// Configuration of the text mapper, with `OneFormerConfig` field names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TextMapperConfig {
+    /// Width of the text transformer. 256.
+    pub text_encoder_width: usize,
+    /// Token context length `L`. 77.
+    pub text_encoder_context_length: usize,
+    /// Layers of the text transformer. 6.
+    pub text_encoder_num_layers: usize,
+    /// Vocabulary size (CLIP BPE). 49408.
+    pub text_encoder_vocab_size: usize,
+    /// Layers of the projector MLP. 2.
+    pub text_encoder_proj_layers: usize,
+    /// Number of learnable context embeddings appended to the text queries. 16.
+    pub text_encoder_n_ctx: usize,
+    /// Width of the decoder's queries (the projector's output). 256.
+    pub hidden_dim: usize,
+    /// Epsilon of the LayerNorms. 1e-5.
+    pub layer_norm_eps: f64,
+}
+
+impl Default for TextMapperConfig {
+    fn default() -> Self {
+        Self {
+            text_encoder_width: 256,
+            text_encoder_context_length: 77,
+            text_encoder_num_layers: 6,
+            text_encoder_vocab_size: 49408,
+            text_encoder_proj_layers: 2,
+            text_encoder_n_ctx: 16,
+            hidden_dim: 256,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TextLayer {
+    attn: MultiheadAttention,
+    ln1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ln2: LayerNorm,
+}
+
+impl TextLayer {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.ln1.forward(x)?;
+        let x = (x + self.attn.forward(&h, &h, &h, None, train)?)?;
+        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?; // QuickGELU
+        Ok((x + self.fc2.forward(&h)?)?)
+    }
+}
+
+/// OneFormer's text mapper: text encoder + projector + context embeddings.
+#[derive(Debug, Clone)]
+pub struct TextMapper {
+    cfg: TextMapperConfig,
+    token_embedding: Embedding,
+    positional_embedding: Tensor,
+    layers: Vec<TextLayer>,
+    ln_final: LayerNorm,
+    projector: PredictionMlp,
+    prompt_ctx: Option<Tensor>,
+}
+
+impl TextMapper {
+    /// Loads the mapper from `vb` (`model.text_mapper`).
+    pub fn new(cfg: &TextMapperConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        let w = cfg.text_encoder_width;
+        if w == 0 || w % 64 != 0 || cfg.text_encoder_context_length == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "text mapper: text_encoder_width {w} must be a positive multiple of 64 (heads = \
+                 width / 64) and the context length positive"
+            )));
+        }
+        if cfg.text_encoder_n_ctx > 0 && w != cfg.hidden_dim {
+            return Err(Error::InvalidConfig(format!(
+                "text mapper: the context embeddings (width {w}) are concatenated with the \
+                 projected queries (hidden_dim {}); they must be equal",
+                cfg.hidden_dim
+            )));
+        }
+        let eps = cfg.layer_norm_eps;
+        let e = vb.pp("text_encoder");
+        let layers = (0..cfg.text_encoder_num_layers)
+            .map(|i| -> Result<TextLayer> {
+                let l = e.pp("transformer").pp("layers").pp(i);
+                Ok(TextLayer {
+                    attn: MultiheadAttention::new(w, w / 64, 0.0, l.pp("self_attn"))?,
+                    ln1: LayerNorm::new(w, eps, l.pp("layer_norm1"))?,
+                    fc1: candle_nn::linear(w, 4 * w, l.pp("mlp").pp("fc1"))?,
+                    fc2: candle_nn::linear(4 * w, w, l.pp("mlp").pp("fc2"))?,
+                    ln2: LayerNorm::new(w, eps, l.pp("layer_norm2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prompt_ctx = if cfg.text_encoder_n_ctx > 0 {
+            Some(
+                vb.pp("prompt_ctx")
+                    .get((cfg.text_encoder_n_ctx, w), "weight")?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            token_embedding: candle_nn::embedding(
+                cfg.text_encoder_vocab_size,
+                w,
+                e.pp("token_embedding"),
+            )?,
+            positional_embedding: e
+                .get((cfg.text_encoder_context_length, w), "positional_embedding")?,
+            layers,
+            ln_final: LayerNorm::new(w, eps, e.pp("ln_final"))?,
+            projector: PredictionMlp::new(
+                w,
+                cfg.hidden_dim,
+                cfg.hidden_dim,
+                cfg.text_encoder_proj_layers,
+                vb.pp("text_projector"),
+            )?,
+            prompt_ctx,
+        })
+    }
+
+    /// The configuration this mapper was built from.
+    pub fn config(&self) -> &TextMapperConfig {
+        &self.cfg
+    }
+
+    /// Encodes `M x L` token ids into `M x width` (pooled at the end-of-text token).
+    pub fn encode(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        let (m, l) = ids.dims2()?;
+        if l != self.cfg.text_encoder_context_length {
+            return Err(Error::InvalidArgument(format!(
+                "text inputs have length {l}, the text encoder's context length is {}",
+                self.cfg.text_encoder_context_length
+            )));
+        }
+        let ids = ids.to_dtype(DType::U32)?;
+        let x = self
+            .token_embedding
+            .forward(&ids)?
+            .broadcast_add(&self.positional_embedding)?;
+        let mut x = x;
+        for layer in &self.layers {
+            x = layer.forward(&x, train)?;
+        }
+        let x = self.ln_final.forward(&x)?;
+        let eot = ids.to_dtype(DType::F32)?.argmax(D::Minus1)?; // first maximum, as torch
+        let eot = eot.to_vec1::<u32>()?;
+        let rows = (0..m)
+            .map(|i| x.i((i, eot[i] as usize)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Text queries `B x (T + n_ctx) x hidden_dim` of `B x T x L` token ids (HF `encode_text`).
+    /// `train` enables dropout (the mapper has none; kept for the convention).
+    pub fn forward(&self, text_inputs: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, l) = text_inputs.dims3().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "text inputs must be B x T x L token ids, got {:?}",
+                text_inputs.dims()
+            ))
+        })?;
+        let enc = self.encode(&text_inputs.reshape((b * t, l))?, train)?;
+        let q = self
+            .projector
+            .forward(&enc)?
+            .reshape((b, t, self.cfg.hidden_dim))?;
+        match &self.prompt_ctx {
+            Some(ctx) => {
+                let ctx = ctx
+                    .unsqueeze(0)?
+                    .broadcast_as((b, ctx.dim(0)?, ctx.dim(1)?))?;
+                Ok(Tensor::cat(&[&q, &ctx], 1)?)
+            }
+            None => Ok(q),
+        }
+    }
+}

@@ -50,6 +50,7 @@ pub mod config;
 pub mod datasets;
 pub mod image;
 pub mod inference;
+pub mod oneformer;
 pub mod presets;
 pub mod segmentor;
 
@@ -57,6 +58,7 @@ pub use segkit_backbones as backbones;
 pub use segkit_core as core;
 pub use segkit_heads as heads;
 pub use segkit_necks as necks;
+pub use segkit_oneformer as oneformer_parts;
 
 pub use config::{
     BackboneConfig, DataPreprocessorConfig, HeadConfig, NeckConfig, SegmentorConfig, TestMode,
@@ -64,6 +66,7 @@ pub use config::{
 };
 pub use datasets::DatasetMeta;
 pub use inference::Prediction;
+pub use oneformer::{OneFormer, OneFormerConfig, OneFormerOutput};
 pub use presets::{Architecture, Dataset, Preset};
 pub use segmentor::{EncoderDecoder, SegmentorOutput};
 

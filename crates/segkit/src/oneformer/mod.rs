@@ -1,0 +1,227 @@
+//! OneFormer (Jain et al., CVPR 2023) assembled from segkit's parts: the Swin backbone
+//! (segkit-backbones), the multi-scale deformable-attention pixel decoder (segkit-necks) and the
+//! task-conditioned transformer decoder, text mapper, tokenizer and post-processing
+//! (segkit-oneformer).
+//!
+//! Weight paths are transformers' `OneFormerForUniversalSegmentation` state-dict keys
+//! (`model.pixel_level_module.encoder.*`, `model.pixel_level_module.decoder.*`,
+//! `model.transformer_module.*`, `model.task_encoder.*`, `model.text_mapper.*`,
+//! `criterion.*`), so a directory written by `save_pretrained` or downloaded from the hub
+//! (shi-labs/oneformer_*) loads unchanged ([`OneFormer::from_hf_dir`]).
+//!
+//! # Shapes
+//! `pixel_values: B x 3 x H x W` (normalised), `task_inputs: B x 77` (token ids as floats) ->
+//! class logits `B x N x (K + 1)` and mask logits `B x N x ceil(H/4) x ceil(W/4)`.
+
+mod config;
+
+pub use config::{OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig};
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use segkit_backbones::Swin;
+use segkit_core::checkpoint::{self, StateDict};
+use segkit_core::Backbone;
+use segkit_necks::MsDeformAttnPixelDecoder;
+use segkit_oneformer::decoder::{StagePrediction, TransformerDecoder};
+use segkit_oneformer::text_mapper::TextMapper;
+
+use crate::{Error, Result};
+
+/// Everything [`OneFormer::forward`] computes (HF's `OneFormerForUniversalSegmentationOutput`
+/// fields that segkit uses).
+#[derive(Debug, Clone)]
+pub struct OneFormerOutput {
+    /// `B x N x (K + 1)`: class logits of the last decoder stage ("no object" last).
+    pub class_queries_logits: Tensor,
+    /// `B x N x H/4 x W/4`: mask logits of the last decoder stage.
+    pub masks_queries_logits: Tensor,
+    /// The earlier decoder stages, for auxiliary losses.
+    pub auxiliary: Vec<StagePrediction>,
+    /// `B x N x C`: the queries the contrastive loss compares with `text_queries`.
+    pub contrastive_queries: Tensor,
+    /// `B x (T + n_ctx) x C`: the text mapper's queries, when text inputs were given.
+    pub text_queries: Option<Tensor>,
+    /// `B x C`: the task token.
+    pub task_token: Tensor,
+    /// The pixel decoder's stride-4 mask features `B x mask_dim x H/4 x W/4`.
+    pub mask_features: Tensor,
+}
+
+/// A OneFormer model: Swin backbone, pixel decoder, transformer decoder and (when the
+/// checkpoint has it) the text mapper.
+pub struct OneFormer {
+    cfg: OneFormerConfig,
+    backbone: Swin,
+    pixel_decoder: MsDeformAttnPixelDecoder,
+    decoder: TransformerDecoder,
+    text_mapper: Option<TextMapper>,
+    logit_scale: Option<Tensor>,
+    device: Device,
+}
+
+impl OneFormer {
+    /// Builds the model from `vb` at the root of an HF state dict. The text mapper is built
+    /// when `cfg.is_training` or when the weights contain it.
+    pub fn new(cfg: &OneFormerConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        cfg.validate()?;
+        let device = vb.device().clone();
+        let m = vb.pp("model");
+        let plm = m.pp("pixel_level_module");
+        let backbone = Swin::new(&cfg.backbone, plm.pp("encoder"))?;
+        // transformers >= 5 keeps a whole SwinModel inside SwinBackbone and saves its final
+        // LayerNorm (`encoder.swin.layernorm`), which the backbone never applies; checkpoints
+        // written by transformers 4 (the shi-labs hub repos) do not have it.
+        let unused_norm = plm.pp("encoder").pp("swin").pp("layernorm");
+        if unused_norm.contains_tensor("weight") {
+            let c = cfg.backbone.stage_dim(cfg.backbone.num_stages() - 1);
+            let _ = unused_norm.get(c, "weight")?;
+            let _ = unused_norm.get(c, "bias")?;
+        }
+        let pixel_decoder = MsDeformAttnPixelDecoder::new(
+            &cfg.pixel_decoder,
+            &backbone.feature_specs(),
+            plm.pp("decoder"),
+        )?;
+        let decoder = TransformerDecoder::new(
+            &cfg.decoder,
+            m.pp("task_encoder"),
+            m.pp("transformer_module"),
+        )
+        .map_err(oneformer_err)?;
+        let tm = m.pp("text_mapper");
+        let text_mapper = if cfg.is_training || tm.contains_tensor("prompt_ctx.weight") {
+            Some(TextMapper::new(&cfg.text_mapper, tm).map_err(oneformer_err)?)
+        } else {
+            None
+        };
+        let c = vb.pp("criterion");
+        let logit_scale = if c.contains_tensor("logit_scale") {
+            Some(c.get((), "logit_scale")?)
+        } else {
+            None
+        };
+        if c.contains_tensor("empty_weight") {
+            // The no-object class weight (a buffer HF saves); segkit takes it from the config.
+            let _ = c.get(cfg.decoder.num_labels + 1, "empty_weight")?;
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            backbone,
+            pixel_decoder,
+            decoder,
+            text_mapper,
+            logit_scale,
+            device,
+        })
+    }
+
+    /// Builds the model from a state dict with HF's keys, strictly: every key used and every
+    /// weight found with its shape (errors name the key).
+    pub fn from_state_dict(cfg: &OneFormerConfig, sd: &StateDict, device: &Device) -> Result<Self> {
+        Self::load(cfg, sd, device, Path::new("<state dict>"))
+    }
+
+    /// Loads an HF model directory (`config.json`, `model.safetensors` or `pytorch_model.bin`
+    /// (sharded or not), optional `preprocessor_config.json`): the layout `save_pretrained`
+    /// writes and a hub download produces.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = OneFormerConfig::from_hf_dir(dir)?;
+        let sd = StateDict::load(dir).map_err(|source| Error::Checkpoint {
+            model: cfg.name.clone(),
+            checkpoint: dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        Self::load(&cfg, &sd, device, dir)
+    }
+
+    fn load(cfg: &OneFormerConfig, sd: &StateDict, device: &Device, path: &Path) -> Result<Self> {
+        checkpoint::load_model(sd, DType::F32, device, |vb| Self::new(cfg, vb)).map_err(|e| match e
+        {
+            Error::Core(
+                source @ (segkit_core::Error::MissingWeight { .. }
+                | segkit_core::Error::ShapeMismatch { .. }
+                | segkit_core::Error::UnexpectedWeights { .. }),
+            ) => Error::Checkpoint {
+                model: cfg.name.clone(),
+                checkpoint: path.to_path_buf(),
+                source: Box::new(source),
+            },
+            other => other,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OneFormerConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The text mapper, when the model has one.
+    pub fn text_mapper(&self) -> Option<&TextMapper> {
+        self.text_mapper.as_ref()
+    }
+
+    /// The contrastive loss' learned `logit_scale` (`criterion.logit_scale`), when the
+    /// checkpoint has it.
+    pub fn logit_scale(&self) -> Option<&Tensor> {
+        self.logit_scale.as_ref()
+    }
+
+    /// Runs the model. `text_inputs` (`B x T x 77` token ids) is encoded by the text mapper
+    /// when given (an error if the model has none); `train` enables dropout and drop path.
+    pub fn forward(
+        &self,
+        pixel_values: &Tensor,
+        task_inputs: &Tensor,
+        text_inputs: Option<&Tensor>,
+        train: bool,
+    ) -> Result<OneFormerOutput> {
+        let feats = self.backbone.forward(pixel_values, train)?.into_vec();
+        let pd = self.pixel_decoder.forward(&feats, train)?;
+        let out = self
+            .decoder
+            .forward(
+                &pd.multi_scale_features,
+                &pd.mask_features,
+                task_inputs,
+                train,
+            )
+            .map_err(oneformer_err)?;
+        let text_queries = match (text_inputs, &self.text_mapper) {
+            (None, _) => None,
+            (Some(t), Some(m)) => Some(m.forward(t, train).map_err(oneformer_err)?),
+            (Some(_), None) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{}: text inputs given but the model has no text mapper (is_training = false \
+                     and no model.text_mapper.* weights)",
+                    self.cfg.name
+                )))
+            }
+        };
+        Ok(OneFormerOutput {
+            class_queries_logits: out.class_queries_logits,
+            masks_queries_logits: out.masks_queries_logits,
+            auxiliary: out.auxiliary,
+            contrastive_queries: out.contrastive_queries,
+            text_queries,
+            task_token: out.task_token,
+            mask_features: pd.mask_features,
+        })
+    }
+}
+
+fn oneformer_err(e: segkit_oneformer::Error) -> Error {
+    match e {
+        segkit_oneformer::Error::Core(c) => Error::Core(c),
+        segkit_oneformer::Error::InvalidConfig(m) => Error::InvalidConfig(m),
+        other => Error::Core(other.into()),
+    }
+}

@@ -1,0 +1,218 @@
+"""Parity fixtures for segkit's OneFormer (facade `segkit::OneFormer` over segkit-backbones'
+Swin, segkit-necks' pixel decoder and segkit-oneformer's transformer decoder / text mapper)
+against transformers' `OneFormerForUniversalSegmentation` (transformers 5.24, CPU, f32).
+
+Weights: synthetic (synth.py) for every tensor of the checkpoint as `save_pretrained` writes
+it (`model.*`, `criterion.*`; legacy Swin names such as `attention.self.query`), loaded back
+with `from_pretrained` (as gen_swin.py). Inputs: `synth.synthetic_input`; task inputs are the CLIP ids of
+"the task is {task}" padded to 77 as `OneFormerProcessor` makes them (tokenizer built offline
+from open_clip's bpe_simple_vocab_16e6, see gen_tokenizer.py).
+
+Cases (outputs stored with synth.sample_outputs):
+- oneformer/full_swin_tiny_{task}: the oneformer_ade20k_swin_tiny architecture (150 queries,
+  150 classes, Swin-T, 6 encoder layers, 10 decoder layers), eval mode, 1x3x97x129, for each
+  task: class / mask logits, contrastive queries, task token, first auxiliary stage.
+- oneformer/reduced_train: a reduced config (batch 2, 12 queries, 7 classes, width 64, Swin
+  embed 16, MLP ratio 2) in training mode with dropout and drop path 0 and the text mapper (width 64, 2
+  layers, 4 context embeddings, 8 text entries per image): logits, text queries, and HF's
+  `loss_contrastive` for those queries.
+- oneformer/hf_dir_{safetensors,bin}/: the reduced config at width 32 without text mapper written by
+  `save_pretrained` (model.safetensors), and the same with `torch.save`'s pytorch_model.bin + the model outputs for its input in
+  oneformer/hf_dir_outputs.safetensors.
+
+Run by `cargo xtask fixtures`, or: python tests/parity/gen_oneformer.py tests/fixtures
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synth  # noqa: E402
+
+TASKS = ["semantic", "instance", "panoptic"]
+
+
+def clip_tokenizer():
+    """HF CLIPTokenizer built offline from open_clip's embedded BPE file (the same file
+    segkit-oneformer embeds)."""
+    import tempfile
+
+    from gen_tokenizer import clip_vocab_and_merges, write_pair
+    from transformers import CLIPTokenizer
+
+    d = tempfile.mkdtemp(prefix="segkit_clip_")
+    vocab, merges = clip_vocab_and_merges()
+    write_pair(d, vocab, merges)
+    return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+
+
+def task_inputs(tok, tasks, length=77):
+    ids = tok([f"the task is {t}" for t in tasks], padding="max_length", max_length=length, truncation=True)
+    return torch.tensor(ids["input_ids"], dtype=torch.float32)
+
+
+def text_inputs(tok, entries, length=77):
+    ids = tok(entries, padding="max_length", max_length=length, truncation=True)["input_ids"]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def full_config():
+    from transformers import OneFormerConfig, SwinConfig
+
+    backbone = SwinConfig(
+        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+        drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    labels = {i: f"class_{i}" for i in range(150)}
+    return OneFormerConfig(backbone_config=backbone, id2label=labels, label2id={v: k for k, v in labels.items()})
+
+
+def reduced_config(is_training, width):
+    from transformers import OneFormerConfig, SwinConfig
+
+    backbone = SwinConfig(
+        embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=7, mlp_ratio=2.0,
+        drop_path_rate=0.0, out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    labels = {i: f"thing_{i}" for i in range(7)}
+    return OneFormerConfig(
+        backbone_config=backbone, id2label=labels, label2id={v: k for k, v in labels.items()},
+        num_queries=12, conv_dim=width, mask_dim=width, hidden_dim=width, num_attention_heads=4,
+        dim_feedforward=2 * width, encoder_layers=2, encoder_feedforward_dim=96, decoder_layers=4,
+        query_dec_layers=1, dropout=0.0, is_training=is_training, text_encoder_width=64,
+        text_encoder_num_layers=2, text_encoder_n_ctx=4, text_encoder_proj_layers=2,
+    )
+
+
+def build(config):
+    """The model with every tensor of its *checkpoint* (the key names `save_pretrained` writes,
+    which transformers 5 converts on load, e.g. Swin's `attention.self.query`) set to its
+    synthetic value, as gen_swin.py does."""
+    import tempfile
+
+    from safetensors.torch import load_file
+    from transformers import OneFormerForUniversalSegmentation
+
+    model = OneFormerForUniversalSegmentation(config)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        path = os.path.join(d, "model.safetensors")
+        sd = load_file(path)
+        filled = {k: torch.from_numpy(synth.synthetic_values(k, v.shape)).to(v.dtype) for k, v in sd.items()}
+        save_file(filled, path, metadata={"format": "pt"})
+        model, info = OneFormerForUniversalSegmentation.from_pretrained(d, output_loading_info=True)
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        assert not info.get(kind), f"{kind}: {info[kind]}"
+    want = sorted(round(float(v.double().sum()), 4) for v in filled.values())
+    got = sorted(round(float(p.detach().double().sum()), 4) for p in model.state_dict().values() if p.is_floating_point())
+    missing = set(want) - set(got)
+    assert not missing, f"loaded tensors differ from the synthetic checkpoint: {sorted(missing)[:5]}"
+    return model
+
+
+def outputs_dict(out, prefix, n=2048):
+    d = {}
+    d.update(synth.sample_outputs(f"{prefix}class_queries_logits", out.class_queries_logits, n=n))
+    d.update(synth.sample_outputs(f"{prefix}masks_queries_logits", out.masks_queries_logits, n=n))
+    d.update(synth.sample_outputs(f"{prefix}contrastive_queries", out.transformer_decoder_contrastive_queries, n=n))
+    d.update(synth.sample_outputs(f"{prefix}task_token", out.task_token, n=n))
+    aux = out.auxiliary_predictions
+    d.update(synth.sample_outputs(f"{prefix}aux0.class_queries_logits", aux[0]["class_queries_logits"], n=n))
+    d.update(synth.sample_outputs(f"{prefix}aux0.masks_queries_logits", aux[0]["masks_queries_logits"], n=n))
+    return d
+
+
+def save(out_dir, name, d):
+    path = os.path.join(out_dir, "oneformer", name + ".safetensors")
+    save_file({k: v.contiguous() for k, v in d.items()}, path)
+    print("wrote", path, os.path.getsize(path), "bytes")
+
+
+def write_config(out_dir, name, config):
+    path = os.path.join(out_dir, "oneformer", name + "_config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json_string(use_diff=False))
+
+
+def full_cases(out_dir, tok):
+    write_config(out_dir, "full", full_config())
+    model = build(full_config()).eval()
+    x = synth.synthetic_input((1, 3, 97, 129), key="oneformer.full")
+    for task in TASKS:
+        ti = task_inputs(tok, [task])
+        with torch.no_grad():
+            out = model(pixel_values=x, task_inputs=ti)
+        d = outputs_dict(out, "")
+        d["task_inputs"] = ti
+        print(task, tuple(out.class_queries_logits.shape), tuple(out.masks_queries_logits.shape),
+              float(out.masks_queries_logits.abs().max()), float(out.class_queries_logits.abs().max()))
+        save(out_dir, f"full_swin_tiny_{task}", d)
+
+
+def reduced_train(out_dir, tok):
+    from transformers.models.oneformer.modeling_oneformer import OneFormerLoss
+
+    write_config(out_dir, "reduced_train", reduced_config(True, 64))
+    model = build(reduced_config(True, 64)).train()
+    x = synth.synthetic_input((2, 3, 61, 83), key="oneformer.reduced")
+    ti = task_inputs(tok, ["panoptic", "semantic"])
+    # num_text = num_queries - n_ctx = 8 entries per image (the processor's padding texts).
+    entries = [
+        ["a photo with a thing_1", "a photo with a thing_4"] + ["an panoptic photo"] * 6,
+        ["a photo with a thing_0"] + ["a semantic photo"] * 7,
+    ]
+    tx = torch.stack([text_inputs(tok, e) for e in entries])
+    out = model(pixel_values=x, task_inputs=ti, text_inputs=tx)
+    d = outputs_dict(out, "")
+    d.update(synth.sample_outputs("text_queries", out.text_queries))
+    d["task_inputs"] = ti
+    d["text_inputs"] = tx
+    crit = model.criterion
+    # HF's contrastive loss on these queries (logit_scale = the synthetic criterion.logit_scale).
+    loss = OneFormerLoss.loss_contrastive(crit, out.transformer_decoder_contrastive_queries, out.text_queries)
+    d["loss_contrastive"] = loss["loss_contrastive"].detach().reshape(1)
+    print("reduced train", tuple(out.text_queries.shape), float(d["loss_contrastive"]))
+    save(out_dir, "reduced_train", d)
+
+
+def hf_dirs(out_dir, tok):
+    model = build(reduced_config(False, 32)).eval()
+    x = synth.synthetic_input((1, 3, 45, 70), key="oneformer.hfdir")
+    ti = task_inputs(tok, ["instance"])
+    with torch.no_grad():
+        out = model(pixel_values=x, task_inputs=ti)
+    d = outputs_dict(out, "")
+    d["task_inputs"] = ti
+    save(out_dir, "hf_dir_outputs", d)
+    for kind in ["safetensors", "bin"]:
+        path = os.path.join(out_dir, "oneformer", f"hf_dir_{kind}")
+        shutil.rmtree(path, ignore_errors=True)
+        model.save_pretrained(path)
+        if kind == "bin":
+            # transformers 5 writes safetensors only; a pytorch_model.bin directory is what
+            # transformers 4 (and the shi-labs hub repos) hold: torch.save of the checkpoint dict.
+            from safetensors.torch import load_file
+
+            st = os.path.join(path, "model.safetensors")
+            torch.save(load_file(st), os.path.join(path, "pytorch_model.bin"))
+            os.remove(st)
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        print("wrote", path, sorted(os.listdir(path)), size, "bytes")
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "fixtures")
+    os.makedirs(os.path.join(out_dir, "oneformer"), exist_ok=True)
+    torch.manual_seed(0)
+    tok = clip_tokenizer()
+    full_cases(out_dir, tok)
+    reduced_train(out_dir, tok)
+    hf_dirs(out_dir, tok)
+
+
+if __name__ == "__main__":
+    main()
