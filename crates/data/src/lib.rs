@@ -1,15 +1,18 @@
 //! segkit-data: dataset layouts, augmentation, metrics, RLE, palettes and overlays.
 //!
+//! - [`dataset`]: the [`Sample`] type and the [`SegDataset`] trait readers implement;
 //! - [`metrics`]: mIoU and friends (mmseg `IoUMetric`), PQ (panopticapi), mask AP
 //!   (pycocotools `COCOeval`);
 //! - [`rle`]: COCO run-length encoding (pycocotools `mask`);
 //! - [`palette`]: colour maps and overlays (VOC palette, mmseg's visualizer blend).
 #![deny(missing_docs)]
 
+pub mod dataset;
 pub mod metrics;
 pub mod palette;
 pub mod rle;
 
+pub use dataset::{DatasetInfo, InstanceAnnotation, Sample, SegDataset};
 pub use rle::Rle;
 
 /// Errors of segkit-data.
