@@ -204,6 +204,92 @@ def hf_dirs(out_dir, tok):
         print("wrote", path, sorted(os.listdir(path)), size, "bytes")
 
 
+PHOTO = (128, 96)  # width, height of the real-photo case
+
+
+def photo_case(out_dir, tok):
+    """The real photo end to end: OneFormerProcessor (ADE20K class info of the shi-labs
+    checkpoints, written to a temp dir as the processor's `class_info_file`), the full model,
+    and the three post-processing functions of OneFormerImageProcessor."""
+    import tempfile
+
+    import numpy as np
+    from gen_tokenizer import ONEFORMER_ADE20K
+    from PIL import Image
+    from transformers import OneFormerImageProcessor, OneFormerProcessor
+
+    src = os.path.join(os.path.dirname(__file__), "..", "fixtures", "images", "astronaut.png")
+    img = Image.open(src).convert("RGB").crop((0, 64, 512, 448)).resize(PHOTO, Image.BILINEAR)
+    png = os.path.join(out_dir, "oneformer", "photo.png")
+    img.save(png)
+    img = Image.open(png).convert("RGB")
+    tmp = tempfile.mkdtemp(prefix="segkit_oneformer_")
+    info = {str(i): {"name": n, "isthing": t} for i, (n, t) in enumerate(ONEFORMER_ADE20K)}
+    with open(os.path.join(tmp, "ade20k_panoptic.json"), "w") as f:
+        json.dump(info, f)
+    ip = OneFormerImageProcessor(
+        repo_path=tmp, class_info_file="ade20k_panoptic.json", num_text=134, num_labels=150,
+        size={"shortest_edge": PHOTO[1], "longest_edge": 2048},
+    )
+    proc = OneFormerProcessor(image_processor=ip, tokenizer=tok)
+    with open(os.path.join(out_dir, "oneformer", "photo_preprocessor_config.json"), "w") as f:
+        f.write(ip.to_json_string())
+    model = build(full_config()).eval()
+    stuff = [i for i, (_, t) in enumerate(ONEFORMER_ADE20K) if not t]
+    d = {}
+    meta = {"thing_ids": ip.metadata["thing_ids"], "stuff_ids": stuff, "tasks": {}}
+    target = [(PHOTO[1], PHOTO[0])]
+    for task in TASKS:
+        enc = proc(images=[img], task_inputs=[task], return_tensors="pt")
+        pv = enc["pixel_values"]
+        assert tuple(pv.shape) == (1, 3, PHOTO[1], PHOTO[0]), pv.shape
+        manual = (torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0
+                  - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        print("processor vs manual normalisation", float((pv[0] - manual).abs().max()))
+        with torch.no_grad():
+            out = model(pixel_values=pv, task_inputs=enc["task_inputs"])
+        d[f"{task}.task_inputs"] = enc["task_inputs"].float()
+        d.update(synth.sample_outputs(f"{task}.class_queries_logits", out.class_queries_logits))
+        d.update(synth.sample_outputs(f"{task}.masks_queries_logits", out.masks_queries_logits))
+        probs = out.class_queries_logits.softmax(-1)[0, :, :-1]
+        print(task, "max class prob", float(probs.max()))
+        if task == "semantic":
+            sem = ip.post_process_semantic_segmentation(out, target_sizes=target)[0]
+            d["semantic.map"] = sem.to(torch.int32).contiguous()
+            print("semantic classes", torch.unique(sem).tolist()[:20])
+        elif task == "instance":
+            # Synthetic weights give near-uniform class probabilities (max ~0.03): thresholds low
+            # enough that segments exist.
+            kw = dict(threshold=0.015, mask_threshold=0.02, overlap_mask_area_threshold=0.05)
+            r = ip.post_process_instance_segmentation(out, task_type="instance", target_sizes=target, **kw)[0]
+            d["instance.map"] = r["segmentation"].to(torch.int32).contiguous()
+            meta["tasks"]["instance"] = {**kw, "segments": r["segments_info"]}
+            print("instance segments", len(r["segments_info"]), torch.unique(r["segmentation"]).tolist())
+        else:
+            kw = dict(threshold=0.015, mask_threshold=0.018, overlap_mask_area_threshold=0.05)
+            r = ip.post_process_panoptic_segmentation(out, label_ids_to_fuse=set(stuff), target_sizes=target, **kw)[0]
+            d["panoptic.map"] = r["segmentation"].to(torch.int32).contiguous()
+            # The full logits, so that the test can run segkit's post-processing on exactly
+            # transformers' model outputs too (the synthetic weights give near-uniform class
+            # scores, so a few pixels are near-ties end to end).
+            d["panoptic.class_queries_logits.full"] = out.class_queries_logits.contiguous()
+            # Per pixel, the margin between the best and second-best score x mask product of
+            # the kept queries (HF's compute_segments arg-max input): where it is at float
+            # rounding level, the arg-max is a tie.
+            scores, labels = out.class_queries_logits.softmax(-1)[0].max(-1)
+            keep = (labels != out.class_queries_logits.shape[-1] - 1) & (scores > kw["threshold"])
+            mk = torch.nn.functional.interpolate(out.masks_queries_logits[0, keep].sigmoid()[None], size=target[0],
+                                                 mode="bilinear", align_corners=False, antialias=True)[0]
+            top2 = (scores[keep][:, None, None] * mk).topk(2, dim=0).values
+            d["panoptic.margin"] = (top2[0] - top2[1]).contiguous()
+            d["panoptic.masks_queries_logits.full"] = out.masks_queries_logits.contiguous()
+            meta["tasks"]["panoptic"] = {**kw, "segments": r["segments_info"]}
+            print("panoptic segments", len(r["segments_info"]), torch.unique(r["segmentation"]).tolist())
+    save(out_dir, "photo", d)
+    with open(os.path.join(out_dir, "oneformer", "photo.json"), "w") as f:
+        json.dump(meta, f, indent=1, default=float)
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "fixtures")
     os.makedirs(os.path.join(out_dir, "oneformer"), exist_ok=True)
@@ -212,6 +298,7 @@ def main():
     full_cases(out_dir, tok)
     reduced_train(out_dir, tok)
     hf_dirs(out_dir, tok)
+    photo_case(out_dir, tok)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,147 @@ fn hf_dir_safetensors_loads_unchanged() {
 fn hf_dir_pytorch_bin_loads_unchanged() {
     hf_dir("bin");
 }
+
+/// The real photo end to end: segkit's preprocessing, tokenizer, model and post-processing vs
+/// OneFormerProcessor + the model + OneFormerImageProcessor's post-processing (thresholds
+/// lowered in both because synthetic weights give near-uniform class probabilities).
+#[test]
+fn real_photo_three_tasks_end_to_end() {
+    use segkit::oneformer_parts::tokenizer::Task;
+    use segkit::{OneFormerPrediction, PredictOptions};
+    let dev = Device::Cpu;
+    let mut cfg = config("full");
+    let pre: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_path("oneformer/photo_preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg.preprocess = segkit::oneformer::OneFormerPreprocessConfig::from_json(&pre).unwrap();
+    assert_eq!(cfg.preprocess.shortest_edge, 96);
+    let model = OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev)).unwrap();
+    let f = load_fixture("oneformer/photo.safetensors");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_path("oneformer/photo.json")).unwrap(),
+    )
+    .unwrap();
+    let img = segkit::image::open(fixture_path("oneformer/photo.png")).unwrap();
+    for task in [Task::Semantic, Task::Instance, Task::Panoptic] {
+        let t = task.as_str();
+        // Tokenizer: the processor's task inputs.
+        let ti = model.task_inputs(task).unwrap();
+        let want_ti = get(&f, &format!("{t}.task_inputs"));
+        let d = (&ti - want_ti).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{t}: task inputs");
+        // Model on the preprocessed photo.
+        let x = model.preprocess(&img.to_rgb8()).unwrap();
+        let out = model.forward(&x, &ti, None, false).unwrap();
+        assert_sampled_close(
+            &format!("{t}.class_queries_logits"),
+            &out.class_queries_logits,
+            &f,
+        );
+        assert_sampled_close(
+            &format!("{t}.masks_queries_logits"),
+            &out.masks_queries_logits,
+            &f,
+        );
+        // Post-processing.
+        let mut opts = PredictOptions::default();
+        if let Some(m) = meta["tasks"].get(t) {
+            let kw = |k: &str| m[k].as_f64().unwrap();
+            opts.instance.threshold = kw("threshold");
+            opts.instance.mask_threshold = kw("mask_threshold");
+            opts.instance.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
+            opts.panoptic.threshold = kw("threshold");
+            opts.panoptic.mask_threshold = kw("mask_threshold");
+            opts.panoptic.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
+            opts.panoptic.label_ids_to_fuse = meta["stuff_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+        }
+        let want_map: Vec<i32> = get(&f, &format!("{t}.map"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i32>()
+            .unwrap();
+        match model.predict_image(&img, task, &opts).unwrap() {
+            OneFormerPrediction::Semantic(r) => {
+                let got: Vec<i32> = r.segmentation.iter().map(|&v| v as i32).collect();
+                let differ = got.iter().zip(&want_map).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "semantic map: {differ} pixels differ");
+            }
+            OneFormerPrediction::Instance(r) | OneFormerPrediction::Panoptic(r) => {
+                let differ = r
+                    .segmentation
+                    .iter()
+                    .zip(&want_map)
+                    .filter(|(a, b)| a != b)
+                    .count();
+                eprintln!(
+                    "{t}: {differ} of {} pixels differ end to end",
+                    want_map.len()
+                );
+                if t == "panoptic" {
+                    // Synthetic weights make every query's class score ~0.033 (spread 1e-5), so
+                    // the per-pixel arg-max of score x mask has ties at float-rounding level.
+                    // Every pixel that differs must be one where transformers' own top-2
+                    // margin is within the logits' agreement (1e-6 relative to the score).
+                    let margin = get(&f, "panoptic.margin")
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let tie = |i: usize| margin[i] <= 0.033 * 1e-6;
+                    let check = |map: &[i32], what: &str| {
+                        let bad: Vec<usize> = (0..want_map.len())
+                            .filter(|&i| map[i] != want_map[i] && !tie(i))
+                            .collect();
+                        let n = (0..want_map.len())
+                            .filter(|&i| map[i] != want_map[i])
+                            .count();
+                        eprintln!("{what}: {n} pixels differ, all at ties: {}", bad.is_empty());
+                        assert!(
+                            bad.is_empty(),
+                            "{what}: pixels {bad:?} differ without a tie"
+                        );
+                    };
+                    check(&r.segmentation, "panoptic end to end");
+                    let exact =
+                        segkit::oneformer_parts::postprocess::post_process_panoptic_segmentation(
+                            get(&f, "panoptic.class_queries_logits.full"),
+                            get(&f, "panoptic.masks_queries_logits.full"),
+                            &opts.panoptic,
+                            Some(&[(96, 128)]),
+                        )
+                        .unwrap()
+                        .remove(0);
+                    check(&exact.segmentation, "panoptic on transformers' logits");
+                    assert_eq!(
+                        exact.segments, r.segments,
+                        "panoptic segments on HF's logits"
+                    );
+                } else {
+                    assert_eq!(differ, 0, "{t}: {differ} pixels differ");
+                }
+                let want = meta["tasks"][t]["segments"].as_array().unwrap();
+                assert_eq!(r.segments.len(), want.len(), "{t}: segment count");
+                assert!(!want.is_empty(), "{t}: the fixture has no segments");
+                for (g, w) in r.segments.iter().zip(want) {
+                    assert_eq!(g.id as i64, w["id"].as_i64().unwrap(), "{t}: id");
+                    assert_eq!(
+                        g.label_id as i64,
+                        w["label_id"].as_i64().unwrap(),
+                        "{t}: label"
+                    );
+                    assert!(
+                        (g.score - w["score"].as_f64().unwrap()).abs() <= 1e-5,
+                        "{t}: score"
+                    );
+                }
+                eprintln!("{t}: {} segments equal", r.segments.len());
+            }
+        }
+    }
+}

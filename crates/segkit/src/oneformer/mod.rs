@@ -26,7 +26,11 @@ use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::Backbone;
 use segkit_necks::MsDeformAttnPixelDecoder;
 use segkit_oneformer::decoder::{StagePrediction, TransformerDecoder};
+use segkit_oneformer::postprocess::{
+    self, InstanceConfig, PanopticConfig, SegmentationResult, SemanticResult, TaskType,
+};
 use segkit_oneformer::text_mapper::TextMapper;
+use segkit_oneformer::tokenizer::{Task, TaskTokenizer};
 
 use crate::{Error, Result};
 
@@ -59,7 +63,28 @@ pub struct OneFormer {
     decoder: TransformerDecoder,
     text_mapper: Option<TextMapper>,
     logit_scale: Option<Tensor>,
+    tokenizer: TaskTokenizer,
     device: Device,
+}
+
+/// Post-processing settings of [`OneFormer::predict_image`] (transformers' defaults).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PredictOptions {
+    /// Instance post-processing (its `task` is set from the task that ran).
+    pub instance: InstanceConfig,
+    /// Panoptic post-processing.
+    pub panoptic: PanopticConfig,
+}
+
+/// The post-processed result of one image, by task.
+#[derive(Debug, Clone)]
+pub enum OneFormerPrediction {
+    /// A class per pixel.
+    Semantic(SemanticResult),
+    /// Segment ids per pixel and the instance list.
+    Instance(SegmentationResult),
+    /// Segment ids per pixel and the panoptic segments (stuff fused per class).
+    Panoptic(SegmentationResult),
 }
 
 impl OneFormer {
@@ -114,8 +139,20 @@ impl OneFormer {
             decoder,
             text_mapper,
             logit_scale,
+            tokenizer: TaskTokenizer::clip_default().map_err(oneformer_err)?,
             device,
         })
+    }
+
+    /// Replaces the task tokenizer (e.g. one read from a checkpoint's vocab.json / merges.txt).
+    pub fn with_tokenizer(mut self, tokenizer: TaskTokenizer) -> Self {
+        self.tokenizer = tokenizer;
+        self
+    }
+
+    /// The task tokenizer.
+    pub fn tokenizer(&self) -> &TaskTokenizer {
+        &self.tokenizer
     }
 
     /// Builds the model from a state dict with HF's keys, strictly: every key used and every
@@ -135,7 +172,14 @@ impl OneFormer {
             checkpoint: dir.to_path_buf(),
             source: Box::new(source),
         })?;
-        Self::load(&cfg, &sd, device, dir)
+        let model = Self::load(&cfg, &sd, device, dir)?;
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if vocab.is_file() && merges.is_file() {
+            let tok = TaskTokenizer::from_files(&vocab, &merges).map_err(oneformer_err)?;
+            Ok(model.with_tokenizer(tok))
+        } else {
+            Ok(model)
+        }
     }
 
     fn load(cfg: &OneFormerConfig, sd: &StateDict, device: &Device, path: &Path) -> Result<Self> {
@@ -173,6 +217,100 @@ impl OneFormer {
     /// checkpoint has it.
     pub fn logit_scale(&self) -> Option<&Tensor> {
         self.logit_scale.as_ref()
+    }
+
+    /// The task inputs `1 x task_seq_len` of `task` ("the task is {task}", CLIP ids padded with
+    /// 0, as floats), as `OneFormerProcessor` makes them.
+    pub fn task_inputs(&self, task: Task) -> Result<Tensor> {
+        self.tokenizer
+            .task_inputs(task, self.cfg.decoder.task_seq_len, &self.device)
+            .map_err(oneformer_err)
+    }
+
+    /// `OneFormerImageProcessor`'s image path for one RGB image: resize (shortest edge, longest
+    /// edge; skipped when the size already fits), rescale, normalise. Returns `1 x 3 x H x W`.
+    ///
+    /// The processor resizes 8-bit images with torchvision's antialiased bilinear filter in
+    /// fixed point; segkit runs the same filter in f32 and rounds to 8 bits, which can differ
+    /// by one level on a few pixels. Parity tests feed images that need no resize.
+    pub fn preprocess(&self, img: &::image::RgbImage) -> Result<Tensor> {
+        let p = &self.cfg.preprocess;
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if w == 0 || h == 0 {
+            return Err(Error::BadImage {
+                what: "OneFormer input".into(),
+                reason: "empty image".into(),
+            });
+        }
+        let raw = Tensor::from_vec(img.as_raw().clone(), (h, w, 3), &Device::Cpu)?
+            .permute((2, 0, 1))?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?;
+        let (oh, ow) = p.output_size((h, w));
+        let x = if (oh, ow) != (h, w) {
+            postprocess::resize_bilinear_antialias(&raw, (oh, ow))
+                .map_err(oneformer_err)?
+                .round()?
+                .clamp(0f32, 255f32)?
+        } else {
+            raw
+        };
+        let scale = if p.do_rescale { p.rescale_factor } else { 1.0 };
+        let mean: Vec<f32> = p.image_mean.iter().map(|&m| m as f32).collect();
+        let std: Vec<f32> = p.image_std.iter().map(|&s| s as f32).collect();
+        let mean = Tensor::from_vec(mean, (1, 3, 1, 1), &Device::Cpu)?;
+        let std = Tensor::from_vec(std, (1, 3, 1, 1), &Device::Cpu)?;
+        let x = (x * scale)?
+            .to_dtype(DType::F32)?
+            .broadcast_sub(&mean)?
+            .broadcast_div(&std)?;
+        Ok(x.to_device(&self.device)?)
+    }
+
+    /// Segments one image for `task`: preprocessing, the model, and transformers'
+    /// post-processing for that task at the image's own size.
+    pub fn predict_image(
+        &self,
+        img: &::image::DynamicImage,
+        task: Task,
+        opts: &PredictOptions,
+    ) -> Result<OneFormerPrediction> {
+        let rgb = crate::image::to_rgb8(img)?;
+        let x = self.preprocess(&rgb)?;
+        let out = self.forward(&x, &self.task_inputs(task)?, None, false)?;
+        let target = [(rgb.height() as usize, rgb.width() as usize)];
+        let (cls, masks) = (&out.class_queries_logits, &out.masks_queries_logits);
+        let first = |mut v: Vec<SegmentationResult>| {
+            v.pop()
+                .ok_or_else(|| Error::InvalidConfig("post-processing returned no result".into()))
+        };
+        Ok(match task {
+            Task::Semantic => OneFormerPrediction::Semantic(
+                postprocess::post_process_semantic_segmentation(cls, masks, Some(&target))
+                    .map_err(oneformer_err)?
+                    .pop()
+                    .ok_or_else(|| {
+                        Error::InvalidConfig("post-processing returned no result".into())
+                    })?,
+            ),
+            Task::Instance => {
+                let mut c = opts.instance.clone();
+                c.task = TaskType::Instance;
+                OneFormerPrediction::Instance(first(
+                    postprocess::post_process_instance_segmentation(cls, masks, &c, Some(&target))
+                        .map_err(oneformer_err)?,
+                )?)
+            }
+            Task::Panoptic => OneFormerPrediction::Panoptic(first(
+                postprocess::post_process_panoptic_segmentation(
+                    cls,
+                    masks,
+                    &opts.panoptic,
+                    Some(&target),
+                )
+                .map_err(oneformer_err)?,
+            )?),
+        })
     }
 
     /// Runs the model. `text_inputs` (`B x T x 77` token ids) is encoded by the text mapper
