@@ -55,6 +55,20 @@ def make(case):
         m = gen_swin.synthetic_backbone(**gen_swin.ONEFORMER_SWIN_TINY)
         x = synth.synthetic_input((1, 3, 512, 512))
         return lambda: m(x)
+    if case == "oneformer_swin_t":
+        import gen_oneformer
+
+        m = gen_oneformer.build(gen_oneformer.full_config()).eval()
+        x = synth.synthetic_input((1, 3, 512, 512))
+        ti = gen_oneformer.task_inputs(gen_oneformer.clip_tokenizer(), ["semantic"])
+        return lambda: m(pixel_values=x, task_inputs=ti).masks_queries_logits
+    if case == "pixel_decoder":
+        import gen_pixel_decoder as gp
+        from transformers import OneFormerConfig
+
+        dec = gp.build_decoder(OneFormerConfig(), gp.SWIN_T)
+        feats = gp.features("bench", 1, gp.SWIN_T, [(128, 128), (64, 64), (32, 32), (16, 16)])
+        return lambda: dec(feats).mask_features
     if case == "conv3x3_256":
         x = synth.synthetic_input((1, 256, 128, 128))
         w = torch.from_numpy(synth.synthetic_values("conv.weight", (256, 256, 3, 3))).float()

@@ -77,6 +77,19 @@ fn reduced_training_mode_with_text_mapper() {
     check_outputs(&out, &f);
     let text = out.text_queries.as_ref().unwrap();
     assert_sampled_close("text_queries", text, &f);
+    // The query-text contrastive loss (segkit-losses) on these queries with the checkpoint's
+    // logit_scale, against transformers' OneFormerLoss.loss_contrastive.
+    let scale = model.logit_scale().expect("criterion.logit_scale");
+    let loss = segkit_losses::contrastive::query_text_contrastive_loss(
+        &out.contrastive_queries,
+        text,
+        scale,
+    )
+    .unwrap();
+    let got = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let want = get(&f, "loss_contrastive").to_vec1::<f32>().unwrap()[0] as f64;
+    eprintln!("contrastive loss {got} vs {want}");
+    assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0));
 }
 
 fn hf_dir(kind: &str) {

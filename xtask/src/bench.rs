@@ -13,6 +13,8 @@ const CASES: &[&str] = &[
     "fastfcn_jpu_aspp",
     "fastfcn_jpu_enc",
     "swin_t",
+    "pixel_decoder",
+    "oneformer_swin_t",
     "conv3x3_256",
     "resize_bilinear",
     "grid_sample",

@@ -6,15 +6,22 @@
 //! - `bench`: segkit and PyTorch side by side, same shapes, same thread count, each case in a
 //!   fresh process, medians and the segkit/PyTorch ratios printed.
 //! - `convert`: an mmseg checkpoint -> safetensors, checked against a segkit preset.
+//! - `download NAME..`: a checkpoint of `weights/registry.toml` into `weights/NAME/` (mmseg
+//!   model-zoo URLs with resume and sha256; Hugging Face repos through the hub cache), with
+//!   `--convert` running the entry's converter.
+//! - `list`: the registry with what is present and verified.
 //!
-//! Only xtask touches the network (PyPI, through pip).
+//! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
 mod convert;
+mod download;
 mod fixtures;
+mod list;
+mod registry;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,8 +66,9 @@ fn python(install: bool) -> Result<PathBuf, String> {
     Ok(py)
 }
 
-const USAGE: &str = "usage: cargo xtask <fixtures [NAME..] | bench [--runs N] [--cases a,b,..] | \
-                     convert IN.pth OUT.safetensors --preset NAME>";
+const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
+                     convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
+                     bench [--runs N] [--cases a,b,..]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +76,8 @@ fn main() -> ExitCode {
         Some("fixtures") => fixtures::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("convert") => convert::run(&args[1..]),
+        Some("download") => download::run(&args[1..]),
+        Some("list") => list::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match r {

@@ -46,6 +46,14 @@ pub const CASES: &[(&str, &str)] = &[
         "swin_t",
         "Swin-T backbone (OneFormer config), 1x3x512x512, stage1..4",
     ),
+    (
+        "pixel_decoder",
+        "OneFormer deformable-attention pixel decoder (Swin-T levels of a 512x512 image)",
+    ),
+    (
+        "oneformer_swin_t",
+        "OneFormer Swin-T (oneformer_ade20k_swin_tiny), task semantic, 1x3x512x512",
+    ),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
     (
         "resize_bilinear",
@@ -137,6 +145,50 @@ fn make(case: &str) -> Result<Job, CliError> {
                 o.into_iter()
                     .last()
                     .ok_or_else(|| CliError::Usage("Swin returned no features".into()))
+            })
+        }
+        "pixel_decoder" => {
+            let channels = [96, 192, 384, 768];
+            let specs: Vec<segkit_core::FeatureSpec> = channels
+                .iter()
+                .zip([4, 8, 16, 32])
+                .map(|(&c, s)| segkit_core::FeatureSpec::new(c, s))
+                .collect();
+            let cfg = segkit::necks::MsDeformAttnPixelDecoderConfig::oneformer_ade20k_swin_tiny();
+            let dec = segkit::necks::MsDeformAttnPixelDecoder::new(
+                &cfg,
+                &specs,
+                synthetic_var_builder(DType::F32, &dev),
+            )
+            .map_err(segkit_core::Error::from)?;
+            let feats = channels
+                .iter()
+                .zip([128, 64, 32, 16])
+                .enumerate()
+                .map(|(i, (&c, s))| {
+                    synthetic_input(&format!("bench.stage{}", i + 1), (1, c, s, s), &dev)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Box::new(move || {
+                Ok(dec
+                    .forward(&feats, false)
+                    .map_err(segkit_core::Error::from)?
+                    .mask_features)
+            })
+        }
+        "oneformer_swin_t" => {
+            let cfg = segkit::OneFormerConfig::ade20k_swin_tiny();
+            let model = segkit::OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev))
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
+            let ti = model
+                .task_inputs(segkit::oneformer_parts::tokenizer::Task::Semantic)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            Box::new(move || {
+                Ok(model
+                    .forward(&x, &ti, None, false)
+                    .map_err(|e| CliError::Usage(e.to_string()))?
+                    .masks_queries_logits)
             })
         }
         "conv3x3_256" => {

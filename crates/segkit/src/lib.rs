@@ -66,7 +66,9 @@ pub use config::{
 };
 pub use datasets::DatasetMeta;
 pub use inference::Prediction;
-pub use oneformer::{OneFormer, OneFormerConfig, OneFormerOutput};
+pub use oneformer::{
+    OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,
+};
 pub use presets::{Architecture, Dataset, Preset};
 pub use segmentor::{EncoderDecoder, SegmentorOutput};
 

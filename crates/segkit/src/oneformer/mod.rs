@@ -14,6 +14,7 @@
 //! class logits `B x N x (K + 1)` and mask logits `B x N x ceil(H/4) x ceil(W/4)`.
 
 mod config;
+pub mod presets;
 
 pub use config::{OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig};
 
