@@ -51,13 +51,19 @@ def clip_tokenizer():
 
 
 def task_inputs(tok, tasks, length=77):
-    ids = tok([f"the task is {t}" for t in tasks], padding="max_length", max_length=length, truncation=True)
-    return torch.tensor(ids["input_ids"], dtype=torch.float32)
+    """OneFormerProcessor's task inputs (its own _preprocess_text: padded ids times the
+    attention mask, so padding is 0), as floats."""
+    from gen_tokenizer import preprocess_text
+
+    ids = preprocess_text(tok, [f"the task is {t}" for t in tasks], max_length=length)
+    return torch.cat(ids).float() if isinstance(ids, list) else ids.float()
 
 
 def text_inputs(tok, entries, length=77):
-    ids = tok(entries, padding="max_length", max_length=length, truncation=True)["input_ids"]
-    return torch.tensor(ids, dtype=torch.int64)
+    from gen_tokenizer import preprocess_text
+
+    ids = preprocess_text(tok, entries, max_length=length)
+    return torch.cat(ids).long() if isinstance(ids, list) else ids.long()
 
 
 def full_config():

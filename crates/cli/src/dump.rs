@@ -44,6 +44,11 @@ pub struct DumpArgs {
     /// Output safetensors file (written atomically).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// OneFormer only: the task token (`semantic`, `instance` or `panoptic`); the
+    /// post-processed result for that task is written too (`segmentation`, and the segments in
+    /// OUT with the extension `.json`).
+    #[arg(long, default_value = "semantic")]
+    task: String,
 }
 
 fn model_config(a: &DumpArgs) -> Result<(String, ModelConfig), CliError> {
@@ -76,6 +81,13 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
             println!("{name:<44} {about}");
         }
         return Ok(());
+    }
+    let oneformer_dir = a
+        .weights
+        .as_ref()
+        .is_some_and(|w| w.is_dir() && w.join("config.json").is_file());
+    if oneformer_dir || a.preset.as_deref().is_some_and(|p| p.starts_with("oneformer_")) {
+        return run_oneformer(&a);
     }
     let (name, cfg) = model_config(&a)?;
     let input = a
@@ -143,6 +155,122 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
     }
     checkpoint::save_safetensors(&map, out)?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `segkit dump` for OneFormer: an HF model directory (`--weights DIR`) or a preset with
+/// synthetic weights; outputs `class_queries_logits`, `masks_queries_logits` and the task's
+/// post-processed map (`segmentation`, transformers' defaults, at the input's size), plus the
+/// segments as JSON next to the output.
+fn run_oneformer(a: &DumpArgs) -> Result<(), CliError> {
+    use segkit::oneformer_parts::tokenizer::Task;
+    use segkit::{OneFormer, OneFormerConfig};
+    let input = a
+        .input
+        .as_ref()
+        .ok_or_else(|| CliError::Usage("--input FILE is required".into()))?;
+    let out = a
+        .out
+        .as_ref()
+        .ok_or_else(|| CliError::Usage("--out FILE is required".into()))?;
+    let task: Task = a
+        .task
+        .parse()
+        .map_err(|e: segkit::oneformer_parts::Error| CliError::Usage(e.to_string()))?;
+    let dev = Device::Cpu;
+    let model = match (&a.weights, a.synthetic, a.preset.as_deref()) {
+        (Some(dir), false, _) => OneFormer::from_hf_dir(dir, &dev)?,
+        (_, true, Some(p)) => {
+            let cfg = OneFormerConfig::preset(p).map_err(|_| CliError::UnknownPreset {
+                name: p.to_string(),
+                valid: presets::list().into_iter().map(|(n, _)| n).collect(),
+            })?;
+            OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev))?
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "OneFormer: give --weights HF_DIR, or --preset NAME with --synthetic".into(),
+            ))
+        }
+    };
+    let x = read_input(input)?;
+    let (b, _, h, w) = x.dims4()?;
+    let ti = model.task_inputs(task)?;
+    let ti = ti.broadcast_as((b, ti.dim(1)?))?.contiguous()?;
+    let o = model.forward(&x, &ti, None, false)?;
+    let mut map = HashMap::new();
+    let (cls, masks) = (&o.class_queries_logits, &o.masks_queries_logits);
+    let sizes = vec![(h, w); b];
+    let pp = |e: segkit::oneformer_parts::Error| CliError::Core(e.into());
+    let opts = segkit::PredictOptions::default();
+    let (maps, segments): (Vec<Vec<i64>>, serde_json::Value) = match task {
+        Task::Semantic => {
+            let r = segkit::oneformer_parts::postprocess::post_process_semantic_segmentation(
+                cls,
+                masks,
+                Some(&sizes),
+            )
+            .map_err(pp)?;
+            let maps = r
+                .iter()
+                .map(|s| s.segmentation.iter().map(|&v| v as i64).collect())
+                .collect();
+            (maps, serde_json::Value::Null)
+        }
+        Task::Instance | Task::Panoptic => {
+            let r = if task == Task::Instance {
+                segkit::oneformer_parts::postprocess::post_process_instance_segmentation(
+                    cls,
+                    masks,
+                    &opts.instance,
+                    Some(&sizes),
+                )
+            } else {
+                segkit::oneformer_parts::postprocess::post_process_panoptic_segmentation(
+                    cls,
+                    masks,
+                    &opts.panoptic,
+                    Some(&sizes),
+                )
+            }
+            .map_err(pp)?;
+            let maps = r
+                .iter()
+                .map(|s| s.segmentation.iter().map(|&v| v as i64).collect())
+                .collect();
+            let segs = serde_json::to_value(r.iter().map(|s| &s.segments).collect::<Vec<_>>())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            (maps, segs)
+        }
+    };
+    let flat: Vec<i64> = maps.into_iter().flatten().collect();
+    map.insert(
+        "segmentation".to_string(),
+        Tensor::from_vec(flat, (b, h, w), &dev)?,
+    );
+    map.insert("class_queries_logits".to_string(), cls.clone());
+    map.insert("masks_queries_logits".to_string(), masks.clone());
+    for (k, t) in &map {
+        eprintln!("{k}: {:?}", t.dims());
+    }
+    checkpoint::save_safetensors(&map, out)?;
+    eprintln!("wrote {}", out.display());
+    if !segments.is_null() {
+        let json = out.with_extension("json");
+        let text = serde_json::to_string_pretty(&segments)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let tmp = json.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &json))
+            .map_err(|source| {
+                let _ = std::fs::remove_file(&tmp);
+                CliError::Core(segkit_core::Error::Io {
+                    path: json.clone(),
+                    source,
+                })
+            })?;
+        eprintln!("wrote {}", json.display());
+    }
     Ok(())
 }
 

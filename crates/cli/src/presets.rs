@@ -87,6 +87,14 @@ pub fn list() -> Vec<(String, String)> {
         .iter()
         .map(|(n, about, _)| (n.to_string(), about.to_string()))
         .collect();
+    for name in segkit::oneformer::presets::ONEFORMER_PRESETS {
+        v.push((
+            name.to_string(),
+            "OneFormer (HF shi-labs; --weights HF_DIR or --synthetic; --task; \
+             class_queries_logits, masks_queries_logits, segmentation)"
+                .to_string(),
+        ));
+    }
     for p in Preset::all() {
         let about = format!(
             "mmseg {} ({} classes; logits, aux_logits{})",

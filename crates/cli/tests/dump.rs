@@ -156,3 +156,53 @@ fn bad_config_file_is_a_clear_error() {
     let e = stderr(&o);
     assert!(e.contains("model.json") && e.contains("ResNet"), "{e}");
 }
+
+/// `segkit dump` on a directory written by transformers' `save_pretrained` reproduces
+/// transformers' OneFormer logits (fixture: tests/parity/gen_oneformer.py), and writes the
+/// instance post-processing with its segments JSON.
+#[test]
+fn dump_oneformer_hf_dir_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = synthetic_input("oneformer.hfdir", (1, 3, 45, 70), &Device::Cpu).unwrap();
+    let input = dir.path().join("input.safetensors");
+    candle_core::safetensors::save(&[("input", x)].into_iter().collect(), &input).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let hf = fixture_path("oneformer/hf_dir_safetensors");
+    let o = segkit(&[
+        "dump",
+        "--weights",
+        hf.to_str().unwrap(),
+        "--task",
+        "instance",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let want = load_fixture("oneformer/hf_dir_outputs.safetensors");
+    assert_sampled_close("class_queries_logits", &got["class_queries_logits"], &want);
+    assert_sampled_close("masks_queries_logits", &got["masks_queries_logits"], &want);
+    assert_eq!(got["segmentation"].dims(), &[1, 45, 70]);
+    let segs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert!(segs.is_array());
+    // A bad task name is one clear line and writes nothing.
+    let out2 = dir.path().join("out2.safetensors");
+    let o = segkit(&[
+        "dump",
+        "--weights",
+        hf.to_str().unwrap(),
+        "--task",
+        "depth",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("semantic"), "{}", stderr(&o));
+    assert!(!out2.exists());
+}

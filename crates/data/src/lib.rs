@@ -1,18 +1,28 @@
 //! segkit-data: dataset layouts, augmentation, metrics, RLE, palettes and overlays.
 //!
 //! - [`dataset`]: the [`Sample`] type and the [`SegDataset`] trait readers implement;
+//! - [`layouts`]: readers of ADE20K, Cityscapes, PASCAL VOC (+ SBD aug), COCO panoptic /
+//!   instances and mmseg's generic folder layout; [`io`]: the file decoding they share;
+//! - [`augment`]: mmseg's training augmentations on whole samples, under a seed;
 //! - [`metrics`]: mIoU and friends (mmseg `IoUMetric`), PQ (panopticapi), mask AP
 //!   (pycocotools `COCOeval`);
 //! - [`rle`]: COCO run-length encoding (pycocotools `mask`);
 //! - [`palette`]: colour maps and overlays (VOC palette, mmseg's visualizer blend).
 #![deny(missing_docs)]
 
+pub mod augment;
 pub mod dataset;
+pub mod io;
+pub mod layouts;
 pub mod metrics;
 pub mod palette;
 pub mod rle;
 
 pub use dataset::{DatasetInfo, InstanceAnnotation, Sample, SegDataset};
+pub use layouts::{
+    Ade20kDataset, CityscapesDataset, CocoInstanceDataset, CocoPanopticDataset, ConcatDataset,
+    CustomConfig, CustomDataset, VocDataset,
+};
 pub use rle::Rle;
 
 /// Errors of segkit-data.
