@@ -356,6 +356,7 @@ mod tests {
             allow_unused: false,
             input: Some(input),
             out: Some(dir.join("out.safetensors")),
+            task: "semantic".into(),
         }
     }
 
