@@ -44,7 +44,10 @@ fn full_swin_tiny_all_tasks() {
     let cfg = config("full");
     assert_eq!(cfg.decoder.num_queries, 150);
     assert_eq!(cfg.decoder.decoder_layers, 10);
-    assert_eq!(cfg.backbone.depths, vec![2, 2, 6, 2]);
+    match &cfg.backbone {
+        segkit::oneformer::OneFormerBackboneConfig::Swin(s) => assert_eq!(s.depths, vec![2, 2, 6, 2]),
+        other => panic!("expected Swin, got {other:?}"),
+    }
     let model = OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev)).unwrap();
     let x = synthetic_input("oneformer.full", &[1, 3, 97, 129], &dev).unwrap();
     for task in ["semantic", "instance", "panoptic"] {
@@ -257,4 +260,23 @@ fn real_photo_three_tasks_end_to_end() {
             }
         }
     }
+}
+
+/// OneFormer on transformers' `ResNetBackbone` (ResNet-50): segkit's torchvision-layout ResNet
+/// under a key rename table.
+#[test]
+fn resnet50_backbone_config() {
+    let dev = Device::Cpu;
+    let cfg = config("resnet50");
+    assert!(matches!(
+        cfg.backbone,
+        segkit::oneformer::OneFormerBackboneConfig::ResNet(_)
+    ));
+    let model = OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev)).unwrap();
+    let f = load_fixture("oneformer/resnet50.safetensors");
+    let x = synthetic_input("oneformer.resnet", &[1, 3, 65, 97], &dev).unwrap();
+    let out = model
+        .forward(&x, get(&f, "task_inputs"), None, false)
+        .unwrap();
+    check_outputs(&out, &f);
 }

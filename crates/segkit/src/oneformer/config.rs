@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use segkit_backbones::SwinConfig;
+use segkit_backbones::{ResNetConfig, SwinConfig};
 use segkit_necks::MsDeformAttnPixelDecoderConfig;
 use segkit_oneformer::decoder::TransformerDecoderConfig;
 use segkit_oneformer::text_mapper::TextMapperConfig;
@@ -127,14 +127,113 @@ impl OneFormerPreprocessConfig {
     }
 }
 
+/// OneFormer's backbone: transformers' `SwinBackbone` (the shi-labs checkpoints) or
+/// `ResNetBackbone` (the official repo's R50 configs), both returning four stages (strides 4-32).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneFormerBackboneConfig {
+    /// `backbone_config.model_type == "swin"`: HF `SwinBackbone` keys.
+    Swin(SwinConfig),
+    /// `backbone_config.model_type == "resnet"`: HF `ResNetBackbone` (keys
+    /// `embedder.embedder.*`, `encoder.stages.{s}.layers.{l}.{layer.{k},shortcut}.*`), which is
+    /// torchvision's ResNet (v1.5, stride in the 3x3) under other names; segkit builds its
+    /// torchvision-layout ResNet and renames the keys (a rename table, no weight changes).
+    ResNet(ResNetConfig),
+}
+
+impl OneFormerBackboneConfig {
+    fn validate(&self) -> Result<()> {
+        match self {
+            Self::Swin(c) => Ok(c.validate()?),
+            Self::ResNet(_) => Ok(()),
+        }
+    }
+
+    /// transformers' `ResNetConfig` (JSON) -> segkit's torchvision-layout ResNet, for the
+    /// architectures torchvision has (depth 18/34 basic, 50/101/152 bottleneck, stem width 64,
+    /// widths 256..2048 or 64..512, v1.5 strides, all four stages returned).
+    fn hf_resnet(v: &Value, name: &str) -> Result<Self> {
+        let bad = |m: String| {
+            Err(Error::InvalidConfig(format!(
+                "{name}: ResNet backbone: {m}"
+            )))
+        };
+        let arr = |k: &str| -> Vec<u64> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default()
+        };
+        let depths = arr("depths");
+        let depths = if depths.is_empty() {
+            vec![3, 4, 6, 3]
+        } else {
+            depths
+        };
+        let layer = v
+            .get("layer_type")
+            .and_then(Value::as_str)
+            .unwrap_or("bottleneck");
+        let depth = match (layer, depths.as_slice()) {
+            ("basic", [2, 2, 2, 2]) => 18,
+            ("basic", [3, 4, 6, 3]) => 34,
+            ("bottleneck", [3, 4, 6, 3]) => 50,
+            ("bottleneck", [3, 4, 23, 3]) => 101,
+            ("bottleneck", [3, 8, 36, 3]) => 152,
+            _ => {
+                return bad(format!(
+                    "layer_type `{layer}` with depths {depths:?} is not a torchvision ResNet"
+                ))
+            }
+        };
+        let emb = v
+            .get("embedding_size")
+            .and_then(Value::as_u64)
+            .unwrap_or(64);
+        let hidden = arr("hidden_sizes");
+        let want: Vec<u64> = if depth < 50 {
+            vec![64, 128, 256, 512]
+        } else {
+            vec![256, 512, 1024, 2048]
+        };
+        if emb != 64 || (!hidden.is_empty() && hidden != want) {
+            return bad(format!("embedding_size {emb} / hidden_sizes {hidden:?} differ from torchvision's 64 / {want:?}"));
+        }
+        let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        if flag("downsample_in_bottleneck") || flag("downsample_in_first_stage") {
+            return bad("downsample_in_bottleneck / downsample_in_first_stage are not supported (torchvision v1.5 layout only)".into());
+        }
+        if v.get("hidden_act")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a != "relu")
+        {
+            return bad("hidden_act must be relu".into());
+        }
+        let outs: Vec<String> = v
+            .get("out_features")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !outs.is_empty() && outs != ["stage1", "stage2", "stage3", "stage4"] {
+            return bad(format!(
+                "out_features {outs:?}: OneFormer needs stage1..stage4"
+            ));
+        }
+        Ok(Self::ResNet(ResNetConfig::torchvision(depth)))
+    }
+}
+
 /// The configuration of a whole OneFormer model. The component configs keep transformers'
 /// field names, so `config.json` maps onto them directly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OneFormerConfig {
     /// A name for messages (the preset or the directory).
     pub name: String,
-    /// The Swin backbone (`backbone_config`).
-    pub backbone: SwinConfig,
+    /// The backbone (`backbone_config`).
+    pub backbone: OneFormerBackboneConfig,
     /// The multi-scale deformable-attention pixel decoder.
     pub pixel_decoder: MsDeformAttnPixelDecoderConfig,
     /// Task MLP, query transformer, masked-attention decoder and predictions.
@@ -214,20 +313,28 @@ impl OneFormerConfig {
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("swin");
-        if bt != "swin" {
-            return Err(Error::InvalidConfig(format!(
-                "{name}: backbone `{bt}` is not supported; supported OneFormer backbones: swin"
-            )));
-        }
-        let backbone: SwinConfig = if bb.is_null() {
-            SwinConfig::oneformer_swin_tiny()
-        } else {
-            parse(&bb, "backbone_config")?
-        };
-        let backbone = if backbone.out_features.is_none() && backbone.out_indices.is_none() {
-            backbone.with_out_features(["stage1", "stage2", "stage3", "stage4"])
-        } else {
-            backbone
+        let backbone = match bt {
+            "swin" => {
+                let sw: SwinConfig = if bb.is_null() {
+                    SwinConfig::oneformer_swin_tiny()
+                } else {
+                    parse(&bb, "backbone_config")?
+                };
+                OneFormerBackboneConfig::Swin(
+                    if sw.out_features.is_none() && sw.out_indices.is_none() {
+                        sw.with_out_features(["stage1", "stage2", "stage3", "stage4"])
+                    } else {
+                        sw
+                    },
+                )
+            }
+            "resnet" => OneFormerBackboneConfig::hf_resnet(&bb, name)?,
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "{name}: backbone `{bt}` is not supported; supported OneFormer backbones: \
+                     swin, resnet"
+                )))
+            }
         };
         let mut labels: Vec<(usize, String)> = match v.get("id2label") {
             Some(Value::Object(m)) => m

@@ -16,13 +16,15 @@
 mod config;
 pub mod presets;
 
-pub use config::{OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig};
+pub use config::{
+    OneFormerBackboneConfig, OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig,
+};
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use segkit_backbones::Swin;
+use segkit_backbones::{ResNet, Swin};
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::Backbone;
 use segkit_necks::MsDeformAttnPixelDecoder;
@@ -59,7 +61,7 @@ pub struct OneFormerOutput {
 /// checkpoint has it) the text mapper.
 pub struct OneFormer {
     cfg: OneFormerConfig,
-    backbone: Swin,
+    backbone: Encoder,
     pixel_decoder: MsDeformAttnPixelDecoder,
     decoder: TransformerDecoder,
     text_mapper: Option<TextMapper>,
@@ -90,22 +92,40 @@ pub enum OneFormerPrediction {
 
 impl OneFormer {
     /// Builds the model from `vb` at the root of an HF state dict. The text mapper is built
-    /// when `cfg.is_training` or when the weights contain it.
+    /// when `cfg.is_training` (as transformers does).
     pub fn new(cfg: &OneFormerConfig, vb: VarBuilder<'_>) -> Result<Self> {
         cfg.validate()?;
         let device = vb.device().clone();
         let m = vb.pp("model");
         let plm = m.pp("pixel_level_module");
-        let backbone = Swin::new(&cfg.backbone, plm.pp("encoder"))?;
-        // transformers >= 5 keeps a whole SwinModel inside SwinBackbone and saves its final
-        // LayerNorm (`encoder.swin.layernorm`), which the backbone never applies; checkpoints
-        // written by transformers 4 (the shi-labs hub repos) do not have it.
-        let unused_norm = plm.pp("encoder").pp("swin").pp("layernorm");
-        if unused_norm.contains_tensor("weight") {
-            let c = cfg.backbone.stage_dim(cfg.backbone.num_stages() - 1);
-            let _ = unused_norm.get(c, "weight")?;
-            let _ = unused_norm.get(c, "bias")?;
-        }
+        let backbone = match &cfg.backbone {
+            OneFormerBackboneConfig::Swin(sc) => {
+                let sw = Swin::new(sc, plm.pp("encoder"))?;
+                // transformers >= 5 keeps a whole SwinModel inside SwinBackbone and saves its
+                // final LayerNorm (`encoder.swin.layernorm`), which the backbone never applies;
+                // checkpoints written by transformers 4 (the shi-labs hub repos) lack it.
+                let unused_norm = plm.pp("encoder").pp("swin").pp("layernorm");
+                if unused_norm.contains_tensor("weight") {
+                    let c = sc.stage_dim(sc.num_stages() - 1);
+                    let _ = unused_norm.get(c, "weight")?;
+                    let _ = unused_norm.get(c, "bias")?;
+                }
+                Encoder::Swin(sw)
+            }
+            OneFormerBackboneConfig::ResNet(rc) => {
+                let prefix = "model.pixel_level_module.encoder.";
+                let renamed = vb
+                    .clone()
+                    .rename_f(move |k: &str| match k.strip_prefix(prefix) {
+                        Some(rest) => format!("{prefix}{}", hf_resnet_key(rest)),
+                        None => k.to_string(),
+                    });
+                Encoder::ResNet(ResNet::new(
+                    rc,
+                    renamed.pp("model.pixel_level_module.encoder"),
+                )?)
+            }
+        };
         let pixel_decoder = MsDeformAttnPixelDecoder::new(
             &cfg.pixel_decoder,
             &backbone.feature_specs(),
@@ -117,9 +137,9 @@ impl OneFormer {
             m.pp("transformer_module"),
         )
         .map_err(oneformer_err)?;
-        let tm = m.pp("text_mapper");
-        let text_mapper = if cfg.is_training || tm.contains_tensor("prompt_ctx.weight") {
-            Some(TextMapper::new(&cfg.text_mapper, tm).map_err(oneformer_err)?)
+        // As transformers: the text mapper exists iff `is_training`.
+        let text_mapper = if cfg.is_training {
+            Some(TextMapper::new(&cfg.text_mapper, m.pp("text_mapper")).map_err(oneformer_err)?)
         } else {
             None
         };
@@ -168,11 +188,23 @@ impl OneFormer {
     pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = OneFormerConfig::from_hf_dir(dir)?;
-        let sd = StateDict::load(dir).map_err(|source| Error::Checkpoint {
+        let mut sd = StateDict::load(dir).map_err(|source| Error::Checkpoint {
             model: cfg.name.clone(),
             checkpoint: dir.to_path_buf(),
             source: Box::new(source),
         })?;
+        if !cfg.is_training {
+            // A checkpoint saved from a training run keeps the text mapper; transformers
+            // ignores those weights when `is_training` is false, and so does segkit.
+            let tm: Vec<String> = sd
+                .keys()
+                .filter(|k| k.starts_with("model.text_mapper."))
+                .map(String::from)
+                .collect();
+            for k in tm {
+                sd.remove(&k);
+            }
+        }
         let model = Self::load(&cfg, &sd, device, dir)?;
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if vocab.is_file() && merges.is_file() {
@@ -323,7 +355,7 @@ impl OneFormer {
         text_inputs: Option<&Tensor>,
         train: bool,
     ) -> Result<OneFormerOutput> {
-        let feats = self.backbone.forward(pixel_values, train)?.into_vec();
+        let feats = self.backbone.forward(pixel_values, train)?;
         let pd = self.pixel_decoder.forward(&feats, train)?;
         let out = self
             .decoder
@@ -354,6 +386,74 @@ impl OneFormer {
             task_token: out.task_token,
             mask_features: pd.mask_features,
         })
+    }
+}
+
+/// The backbone of a [`OneFormer`].
+enum Encoder {
+    Swin(Swin),
+    ResNet(ResNet),
+}
+
+impl Encoder {
+    fn feature_specs(&self) -> Vec<segkit_core::FeatureSpec> {
+        match self {
+            Self::Swin(s) => s.feature_specs(),
+            Self::ResNet(r) => r.feature_specs(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        Ok(match self {
+            Self::Swin(s) => s.forward(x, train)?.into_vec(),
+            Self::ResNet(r) => r.forward(x, train)?.into_vec(),
+        })
+    }
+}
+
+/// torchvision ResNet key (what segkit's ResNet asks for) -> transformers `ResNetBackbone` key.
+fn hf_resnet_key(k: &str) -> String {
+    let parts: Vec<&str> = k.split('.').collect();
+    let norm_or_conv = |p: &str| -> Option<&'static str> {
+        if p.starts_with("conv") {
+            Some("convolution")
+        } else if p.starts_with("bn") {
+            Some("normalization")
+        } else {
+            None
+        }
+    };
+    match parts.as_slice() {
+        [p, rest @ ..] if norm_or_conv(p).is_some() && (*p == "conv1" || *p == "bn1") => format!(
+            "embedder.embedder.{}.{}",
+            norm_or_conv(p).unwrap_or_default(),
+            rest.join(".")
+        ),
+        [layer, block, "downsample", idx, rest @ ..] if layer.starts_with("layer") => {
+            let s = layer[5..].parse::<usize>().unwrap_or(1).saturating_sub(1);
+            let which = if *idx == "0" {
+                "convolution"
+            } else {
+                "normalization"
+            };
+            format!(
+                "encoder.stages.{s}.layers.{block}.shortcut.{which}.{}",
+                rest.join(".")
+            )
+        }
+        [layer, block, p, rest @ ..] if layer.starts_with("layer") && norm_or_conv(p).is_some() => {
+            let s = layer[5..].parse::<usize>().unwrap_or(1).saturating_sub(1);
+            let k = p[p.len() - 1..]
+                .parse::<usize>()
+                .unwrap_or(1)
+                .saturating_sub(1);
+            format!(
+                "encoder.stages.{s}.layers.{block}.layer.{k}.{}.{}",
+                norm_or_conv(p).unwrap_or_default(),
+                rest.join(".")
+            )
+        }
+        _ => k.to_string(),
     }
 }
 

@@ -13,7 +13,9 @@ use segkit_necks::MsDeformAttnPixelDecoderConfig;
 use segkit_oneformer::decoder::TransformerDecoderConfig;
 use segkit_oneformer::text_mapper::TextMapperConfig;
 
-use super::{OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig};
+use super::{
+    OneFormerBackboneConfig, OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig,
+};
 use crate::{Error, Result};
 
 /// ADE20K-150 class names as in the shi-labs OneFormer checkpoints' `id2label` (detectron2's
@@ -341,7 +343,7 @@ fn build(
     };
     OneFormerConfig {
         name: name.to_string(),
-        backbone,
+        backbone: OneFormerBackboneConfig::Swin(backbone),
         pixel_decoder: MsDeformAttnPixelDecoderConfig::oneformer_ade20k_swin_tiny(),
         decoder,
         text_mapper: TextMapperConfig::default(),
