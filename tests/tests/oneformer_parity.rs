@@ -45,7 +45,9 @@ fn full_swin_tiny_all_tasks() {
     assert_eq!(cfg.decoder.num_queries, 150);
     assert_eq!(cfg.decoder.decoder_layers, 10);
     match &cfg.backbone {
-        segkit::oneformer::OneFormerBackboneConfig::Swin(s) => assert_eq!(s.depths, vec![2, 2, 6, 2]),
+        segkit::oneformer::OneFormerBackboneConfig::Swin(s) => {
+            assert_eq!(s.depths, vec![2, 2, 6, 2])
+        }
         other => panic!("expected Swin, got {other:?}"),
     }
     let model = OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev)).unwrap();
@@ -89,7 +91,11 @@ fn reduced_training_mode_with_text_mapper() {
         scale,
     )
     .unwrap();
-    let got = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let got = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let want = get(&f, "loss_contrastive").to_vec1::<f32>().unwrap()[0] as f64;
     eprintln!("contrastive loss {got} vs {want}");
     assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0));

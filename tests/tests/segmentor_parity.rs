@@ -410,8 +410,12 @@ fn weight_registry_names_real_presets() {
         };
         if line.starts_with("preset =") {
             let p = value(line).unwrap();
-            p.parse::<Preset>()
-                .unwrap_or_else(|e| panic!("registry: {e}"));
+            if p.starts_with("oneformer_") {
+                segkit::OneFormerConfig::preset(&p).unwrap_or_else(|e| panic!("registry: {e}"));
+            } else {
+                p.parse::<Preset>()
+                    .unwrap_or_else(|e| panic!("registry: {e}"));
+            }
             current = Some(p);
         } else if line.starts_with("url =") {
             let url = value(line).unwrap();

@@ -10,6 +10,8 @@
 //!   model-zoo URLs with resume and sha256; Hugging Face repos through the hub cache), with
 //!   `--convert` running the entry's converter.
 //! - `list`: the registry with what is present and verified.
+//! - `make-demo-data`: the demo dataset (Fashion-MNIST canvases) into `target/demo-data`.
+//! - `train-demo`: trains segkit's demo model on this CPU into `weights/segkit-demo/`.
 //!
 //! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
@@ -18,6 +20,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod convert;
+mod demo;
 mod download;
 mod fixtures;
 mod list;
@@ -68,7 +71,8 @@ fn python(install: bool) -> Result<PathBuf, String> {
 
 const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
-                     bench [--runs N] [--cases a,b,..]>";
+                     bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
+                     train-demo [--iterations N]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -78,6 +82,8 @@ fn main() -> ExitCode {
         Some("convert") => convert::run(&args[1..]),
         Some("download") => download::run(&args[1..]),
         Some("list") => list::run(&args[1..]),
+        Some("make-demo-data") => demo::run_make_data(&args[1..]),
+        Some("train-demo") => demo::run_train(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match r {

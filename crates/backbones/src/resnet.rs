@@ -93,6 +93,10 @@ pub struct ResNetConfig {
     pub norm_eval: bool,
     /// BatchNorm epsilon. Default 1e-5.
     pub bn_eps: f64,
+    /// Width of the first stage (mmseg `base_channels`): stage `i` has `base_channels * 2^i`
+    /// planes (times 4 at a bottleneck's output). Default 64, every published ResNet; smaller
+    /// values make narrow networks (segkit's demo model uses 16).
+    pub base_channels: usize,
 }
 
 impl Default for ResNetConfig {
@@ -117,6 +121,7 @@ impl ResNetConfig {
             frozen_stages: -1,
             norm_eval: false,
             bn_eps: 1e-5,
+            base_channels: 64,
         }
     }
 
@@ -187,6 +192,11 @@ impl ResNetConfig {
 
     fn validate(&self) -> Result<()> {
         let (blocks, _) = self.layout()?;
+        if self.base_channels == 0 {
+            return Err(Error::InvalidConfig(
+                "ResNet base_channels must be positive".into(),
+            ));
+        }
         if self.strides.contains(&0) || self.dilations.contains(&0) {
             return Err(Error::InvalidConfig(
                 "ResNet strides and dilations must be positive".into(),
@@ -228,7 +238,7 @@ impl ResNetConfig {
         Ok((0..4)
             .map(|i| {
                 stride *= self.strides[i];
-                FeatureSpec::new(64 * (1 << i) * exp, stride)
+                FeatureSpec::new(self.base_channels * (1 << i) * exp, stride)
             })
             .collect())
     }
@@ -377,7 +387,7 @@ impl ResNet {
         };
         let mut stages = Vec::with_capacity(4);
         for (si, &nb) in blocks.iter().enumerate() {
-            let planes = 64 << si;
+            let planes = cfg.base_channels << si;
             let stride = cfg.strides[si];
             let dilation = cfg.dilations[si];
             let multi_grid = if si == 3 {

@@ -86,7 +86,11 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         .weights
         .as_ref()
         .is_some_and(|w| w.is_dir() && w.join("config.json").is_file());
-    if oneformer_dir || a.preset.as_deref().is_some_and(|p| p.starts_with("oneformer_")) {
+    if oneformer_dir
+        || a.preset
+            .as_deref()
+            .is_some_and(|p| p.starts_with("oneformer_"))
+    {
         return run_oneformer(&a);
     }
     let (name, cfg) = model_config(&a)?;
@@ -257,8 +261,8 @@ fn run_oneformer(a: &DumpArgs) -> Result<(), CliError> {
     eprintln!("wrote {}", out.display());
     if !segments.is_null() {
         let json = out.with_extension("json");
-        let text = serde_json::to_string_pretty(&segments)
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&segments).map_err(|e| CliError::Usage(e.to_string()))?;
         let tmp = json.with_extension("json.tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &json))

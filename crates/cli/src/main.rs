@@ -1,8 +1,12 @@
 //! `segkit`: the command-line tool.
 //!
+//! - `segkit infer`: segment images with a model (default `segkit-demo`) and write class
+//!   maps, colour maps, overlays and JSON summaries.
 //! - `segkit dump`: run a preset (or a JSON config) with a checkpoint on an input tensor and
 //!   write every output to a safetensors file — the tool for checking a port against PyTorch.
 //! - `segkit bench`: time one benchmark case (used by `cargo xtask bench`).
+//! - `segkit train`: train a segmentor from a training config (`docs/TRAINING.md`).
+//! - `segkit eval`: evaluate weights on a dataset (aAcc, mIoU, per-class IoU; JSON).
 
 use std::process::ExitCode;
 
@@ -11,7 +15,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod dump;
 mod error;
+mod infer;
 mod presets;
+mod train;
 
 pub use error::CliError;
 
@@ -31,17 +37,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Segment images: class map, colour map, overlay and JSON (with COCO RLE) per image.
+    Infer(infer::InferArgs),
     /// Run a model on an input tensor and write every output to a safetensors file.
     Dump(dump::DumpArgs),
     /// Time one benchmark case and print a JSON line (see `cargo xtask bench`).
     Bench(bench::BenchArgs),
+    /// Train a segmentor from a training config (JSON).
+    Train(train::TrainArgs),
+    /// Evaluate weights on a dataset: aAcc, mIoU, per-class IoU (printed and written as JSON).
+    Eval(train::EvalArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
+        Command::Infer(a) => infer::run(a),
         Command::Dump(a) => dump::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run_train(a),
+        Command::Eval(a) => train::run_eval(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,6 +109,13 @@ pub fn list() -> Vec<(String, String)> {
         );
         v.push((p.name(), about));
     }
+    for name in segkit::train::demo::preset_names() {
+        v.push((
+            name,
+            "segkit's demo: ResNetV1c-18 at width 16 + PSP head, 11 Fashion-MNIST canvas classes"
+                .into(),
+        ));
+    }
     v
 }
 
@@ -116,6 +123,9 @@ pub fn list() -> Vec<(String, String)> {
 pub fn preset(name: &str) -> Result<ModelConfig, CliError> {
     if let Some((_, _, ctor)) = PRESETS.iter().find(|(n, _, _)| *n == name) {
         return ctor();
+    }
+    if let Some(cfg) = segkit::train::demo::preset(name) {
+        return Ok(ModelConfig::EncoderDecoder(Box::new(cfg)));
     }
     match name.parse::<Preset>() {
         Ok(p) => Ok(ModelConfig::EncoderDecoder(Box::new(p.config()))),

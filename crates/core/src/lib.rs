@@ -6,6 +6,7 @@
 //! - shared layers in [`nn`] (mmcv-compatible `ConvModule`, `LayerNorm2d`, `Mlp`);
 //! - tensor ops candle lacks in [`ops`], with PyTorch semantics and fast CPU kernels;
 //! - checkpoint reading in [`checkpoint`] (safetensors, PyTorch `.pth` / `.bin`);
+//! - a seedable per-thread random source for training-time randomness in [`random`];
 //! - deterministic synthetic weights for parity tests in `testing` (feature `testing`).
 #![deny(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod nn;
 pub mod ops;
+pub mod random;
 pub mod spec;
 #[cfg(feature = "testing")]
 pub mod testing;

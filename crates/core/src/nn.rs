@@ -240,15 +240,18 @@ impl ConvNormAct {
                 let bias = norm_vb.get(c, "bias")?;
                 let mean = norm_vb.get(c, "running_mean")?;
                 let var = norm_vb.get(c, "running_var")?;
-                let bn = candle_nn::BatchNorm::new(
+                // Training updates the running statistics in place (they share storage with
+                // `mean` / `var`, e.g. a VarMap's variables), as PyTorch:
+                // `r = (1 - momentum) r + momentum s`, with the unbiased batch variance.
+                let bn = candle_nn::BatchNorm::new_with_momentum(
                     c,
                     mean.clone(),
                     var.clone(),
                     weight.clone(),
                     bias.clone(),
                     eps,
+                    momentum,
                 )?;
-                let _ = momentum;
                 Some(NormLayer::Batch {
                     bn,
                     weight,
@@ -291,11 +294,20 @@ impl ConvNormAct {
         &self.weight
     }
 
-    /// Weight and bias with an inference BatchNorm folded in (cached after the first call).
-    fn folded(&self) -> Result<&(Tensor, Option<Tensor>)> {
+    /// Weight and bias with an inference BatchNorm folded in (cached after the first call,
+    /// unless the weights are variables that training may still change).
+    fn folded(&self) -> Result<std::borrow::Cow<'_, (Tensor, Option<Tensor>)>> {
         if let Some(f) = self.folded.get() {
-            return Ok(f);
+            return Ok(std::borrow::Cow::Borrowed(f));
         }
+        let f = self.fold()?;
+        if self.weight.is_variable() {
+            return Ok(std::borrow::Cow::Owned(f));
+        }
+        Ok(std::borrow::Cow::Borrowed(self.folded.get_or_init(|| f)))
+    }
+
+    fn fold(&self) -> Result<(Tensor, Option<Tensor>)> {
         let f = match &self.norm {
             Some(NormLayer::Batch {
                 weight,
@@ -326,7 +338,7 @@ impl ConvNormAct {
             }
             _ => (self.weight.clone(), self.bias.clone()),
         };
-        Ok(self.folded.get_or_init(|| f))
+        Ok(f)
     }
 
     /// Runs conv -> norm -> activation. `train` uses batch statistics for BatchNorm.
@@ -334,8 +346,8 @@ impl ConvNormAct {
         let p = self.cfg.params();
         match (&self.norm, train) {
             (None, _) | (Some(NormLayer::Batch { .. }), false) => {
-                let (w, b) = self.folded()?;
-                ops::conv2d(x, w, b.as_ref(), p, self.cfg.act)
+                let f = self.folded()?;
+                ops::conv2d(x, &f.0, f.1.as_ref(), p, self.cfg.act)
             }
             (Some(NormLayer::Batch { bn, .. }), true) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;

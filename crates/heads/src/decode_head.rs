@@ -289,7 +289,8 @@ pub(crate) fn single_input_transform(
 }
 
 /// `Dropout2d(p)` as PyTorch: in training, each channel of each sample is zeroed with
-/// probability `p` and the kept ones are scaled by `1 / (1 - p)`; identity otherwise.
+/// probability `p` and the kept ones are scaled by `1 / (1 - p)`; identity otherwise. The
+/// mask comes from [`segkit_core::random::uniform`] (reproducible when the thread is seeded).
 ///
 /// # Shapes
 /// `N x C x H x W` -> same.
@@ -301,7 +302,8 @@ pub fn dropout2d(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
         return Ok(x.zeros_like()?);
     }
     let (n, c, _, _) = x.dims4()?;
-    let mask = Tensor::rand(0f32, 1f32, (n, c, 1, 1), x.device())?
+    // Seeded per thread when training asks for reproducibility (segkit_core::random).
+    let mask = segkit_core::random::uniform(&[n, c, 1, 1], x.device())?
         .ge(p)?
         .to_dtype(DType::F32)?;
     let mask = (mask * (1.0 / (1.0 - p as f64)))?.to_dtype(x.dtype())?;

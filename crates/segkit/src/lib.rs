@@ -19,7 +19,11 @@
 //!   `slide` inference, logits resized to the image and arg-maxed, optional flip and
 //!   multi-scale test-time augmentation (mmseg's `SegTTAModel`);
 //! - images ([`image`]): decoding with typed [`Error::BadImage`] errors and the
-//!   `DynamicImage` -> tensor path.
+//!   `DynamicImage` -> tensor path;
+//! - the front door ([`segmenter`]): [`Segmenter::load`] takes a registry name
+//!   (`"segkit-demo"`, an mmseg preset checkpoint, a OneFormer download) or a model directory,
+//!   and [`Segmenter::segment`] returns a typed [`Segmentation`] (class map, instances or
+//!   panoptic segments with COCO RLE masks) that paints, overlays and saves itself.
 //!
 //! Design choice: composition is typed, not a string registry. A preset is a named
 //! constructor that returns a plain [`SegmentorConfig`]; a JSON config with the same shape
@@ -52,7 +56,9 @@ pub mod image;
 pub mod inference;
 pub mod oneformer;
 pub mod presets;
+pub mod segmenter;
 pub mod segmentor;
+pub mod train;
 
 pub use segkit_backbones as backbones;
 pub use segkit_core as core;
@@ -70,6 +76,9 @@ pub use oneformer::{
     OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,
 };
 pub use presets::{Architecture, Dataset, Preset};
+pub use segmenter::{
+    InstanceResult, PanopticResult, Segmentation, Segmenter, SemanticResult, Task, DEFAULT_MODEL,
+};
 pub use segmentor::{EncoderDecoder, SegmentorOutput};
 
 use std::path::PathBuf;
@@ -124,6 +133,60 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A model name that is neither an existing path nor a known name ([`Segmenter::load`]).
+    #[error(
+        "unknown model `{name}` (no such file or directory, and not a model name); models \
+         present: {}; registered but not downloaded: {}",
+        list_or_none(.present),
+        list_or_none(.not_downloaded)
+    )]
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// Names whose files are present.
+        present: Vec<String>,
+        /// Registered names whose files are not (`cargo xtask download NAME`).
+        not_downloaded: Vec<String>,
+    },
+    /// A registered model whose files are not present.
+    #[error(
+        "model `{name}` is not present in {}: {hint}",
+        .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )]
+    ModelNotDownloaded {
+        /// The name.
+        name: String,
+        /// The weights directories searched.
+        searched: Vec<PathBuf>,
+        /// How to get it.
+        hint: String,
+    },
+    /// A model directory, config or file that cannot be loaded as a model.
+    #[error("bad model {}: {reason}", .path.display())]
+    BadModel {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A task the model cannot do (e.g. instance segmentation with a semantic model).
+    #[error("model `{model}` does not do {task} segmentation; it supports: {}", .supported.join(", "))]
+    UnsupportedTask {
+        /// The model's name.
+        model: String,
+        /// The task asked for.
+        task: String,
+        /// The tasks it supports.
+        supported: Vec<String>,
+    },
+    /// A device that cannot be used.
+    #[error("device `{name}`: {reason}")]
+    Device {
+        /// The device name given.
+        name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
 }
 
 impl From<candle_core::Error> for Error {
@@ -146,6 +209,14 @@ impl From<Error> for segkit_core::Error {
             }
             other => segkit_core::Error::InvalidConfig(other.to_string()),
         }
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -20,7 +20,10 @@ pub fn add_act(a: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
     if a.dims() != b.dims() {
         return Err(Error::shape("add_act operand", a.dims(), b.dims()));
     }
-    let fast = a.device().is_cpu()
+    // The fused pass has no backward: tensors that record gradients take candle's ops.
+    let fast = !a.track_op()
+        && !b.track_op()
+        && a.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
         && matches!(act, Activation::None | Activation::Relu);

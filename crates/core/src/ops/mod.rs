@@ -29,7 +29,7 @@ pub use grid_sample::grid_sample_fallback;
 #[doc(hidden)]
 pub use pool::adaptive_avg_pool2d_fallback;
 #[doc(hidden)]
-pub use resize::{resize_bilinear_fallback, resize_nearest_fallback};
+pub use resize::{resize_bilinear_fallback, resize_bilinear_matmul, resize_nearest_fallback};
 #[doc(hidden)]
 pub use roi_align::{roi_align_cpu, roi_align_fallback};
 mod eltwise;

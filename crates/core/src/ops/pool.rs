@@ -7,7 +7,9 @@
 //!
 //! On CPU the kernel sums each bin directly from a contiguous `f32` buffer, in parallel over the
 //! `N x C` planes. Other devices use two small averaging matrices and batched matmuls
-//! ([`adaptive_avg_pool2d_fallback`]).
+//! ([`adaptive_avg_pool2d_fallback`]). Tensors that record gradients ([`Tensor::track_op`])
+//! take the matmul path on every device: it is differentiable (its backward is two more
+//! matmuls), the CPU kernel is not.
 //!
 //! # Shapes
 //! `x`: `N x C x H x W` -> `N x C x oh x ow`; `H`, `W`, `oh`, `ow` must be positive.
@@ -65,7 +67,7 @@ fn check_args(x: &Tensor, size: (usize, usize)) -> Result<(usize, usize, usize, 
 /// Errors if `x` is not rank 4 or a spatial size (input or output) is zero.
 pub fn adaptive_avg_pool2d(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     let (n, c, h, w) = check_args(x, size)?;
-    if !x.device().is_cpu() {
+    if x.track_op() || !x.device().is_cpu() {
         return adaptive_avg_pool2d_fallback(x, size);
     }
     let (oh, ow) = size;

@@ -15,6 +15,12 @@
 //! `index_select` and broadcast multiplies ([`resize_bilinear_fallback`],
 //! [`resize_nearest_fallback`]). Other dtypes are computed in `f32` on CPU.
 //!
+//! Training: the CPU kernels have no backward pass, so a tensor that records gradients
+//! ([`Tensor::track_op`]) takes composed candle ops on every device: bilinear resizing as two
+//! matmuls with the dense interpolation matrices, `A_h x A_w^T` ([`resize_bilinear_matmul`],
+//! whose backward is two more matmuls with the transposes), nearest resizing as the two
+//! `index_select`s of the fallback (backward: `index_add`).
+//!
 //! # Shapes
 //! `x`: `N x C x H x W` -> `N x C x oh x ow` for `size = (oh, ow)`; `N` or `C` may be zero,
 //! `H`, `W`, `oh` and `ow` may not.
@@ -223,6 +229,9 @@ fn rows_per_block(planes: usize, oh: usize) -> usize {
 /// Errors if `x` is not rank 4 or a spatial size (input or output) is zero.
 pub fn resize_bilinear(x: &Tensor, size: (usize, usize), align_corners: bool) -> Result<Tensor> {
     let (n, c, h, w) = check_resize_args(x, size, "resize_bilinear")?;
+    if x.track_op() {
+        return resize_bilinear_matmul(x, size, align_corners);
+    }
     if !x.device().is_cpu() {
         return resize_bilinear_fallback(x, size, align_corners);
     }
@@ -312,7 +321,7 @@ fn bilinear_block(
 /// Errors if `x` is not rank 4 or a spatial size (input or output) is zero.
 pub fn resize_nearest(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     let (n, c, h, w) = check_resize_args(x, size, "resize_nearest")?;
-    if !x.device().is_cpu() {
+    if x.track_op() || !x.device().is_cpu() {
         return resize_nearest_fallback(x, size);
     }
     let (oh, ow) = size;
@@ -381,6 +390,51 @@ pub fn resize_bilinear_fallback(
     };
     let y = interp(x, &linear_table(w, ow, align_corners), 3)?;
     interp(&y, &linear_table(h, oh, align_corners), 2)
+}
+
+/// The `out x in` matrix of 1-D linear interpolation (row `d` holds `w0` at `i0` and `w1` at
+/// `i1`, summed where they coincide).
+fn interp_matrix(input: usize, output: usize, align_corners: bool) -> Vec<f32> {
+    let t = linear_table(input, output, align_corners);
+    let mut m = vec![0f32; output * input];
+    for d in 0..output {
+        m[d * input + t.i0[d]] += t.w0[d];
+        m[d * input + t.i1[d]] += t.w1[d];
+    }
+    m
+}
+
+/// [`resize_bilinear`] as two matmuls, `A_h (oh x H) . x . A_w^T (W x ow)` with the dense
+/// interpolation matrices of PyTorch's index/weight tables: differentiable on every device
+/// (the path taken by tensors that record gradients), public for tests. Values equal the
+/// kernel's up to the rounding of the two-term sums.
+#[doc(hidden)]
+pub fn resize_bilinear_matmul(
+    x: &Tensor,
+    size: (usize, usize),
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = check_resize_args(x, size, "resize_bilinear")?;
+    let (oh, ow) = size;
+    let dev = x.device();
+    if n * c == 0 {
+        return Ok(Tensor::zeros((n, c, oh, ow), x.dtype(), dev)?);
+    }
+    let mut y = x.contiguous()?.reshape((n * c, h, w))?;
+    if ow != w {
+        let awt = Tensor::from_vec(interp_matrix(w, ow, align_corners), (ow, w), dev)?
+            .to_dtype(x.dtype())?
+            .t()?
+            .contiguous()?
+            .reshape((1, w, ow))?;
+        y = y.broadcast_matmul(&awt)?; // (NC, H, ow)
+    }
+    if oh != h {
+        let ah = Tensor::from_vec(interp_matrix(h, oh, align_corners), (1, oh, h), dev)?
+            .to_dtype(x.dtype())?;
+        y = ah.broadcast_matmul(&y)?; // (NC, oh, ow)
+    }
+    Ok(y.reshape((n, c, oh, ow))?)
 }
 
 /// [`resize_nearest`] composed from candle tensor ops (two `index_select`s): the path taken on

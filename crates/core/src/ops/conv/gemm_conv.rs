@@ -30,7 +30,7 @@ thread_local! {
     static COL: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-fn parallelism() -> Parallelism {
+pub(super) fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -39,7 +39,7 @@ fn parallelism() -> Parallelism {
 
 /// Fills `col` (`Cg*kh*kw` rows of `(r1 - r0) * Wo`) with the receptive fields of output rows
 /// `r0..r1`, reading the group's input channels `xg` (`Cg x H x W`).
-fn im2col(xg: &[f32], col: &mut [f32], r0: usize, r1: usize, g: &Geometry) {
+pub(super) fn im2col(xg: &[f32], col: &mut [f32], r0: usize, r1: usize, g: &Geometry) {
     let pt = (r1 - r0) * g.wo;
     let hw = g.h * g.w;
     let (s, p, d) = (g.stride, g.padding as isize, g.dilation);

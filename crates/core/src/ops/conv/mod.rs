@@ -18,10 +18,19 @@
 //! Buffers that tasks reuse (packed input blocks, Winograd scratch, padded planes) live in a
 //! thread-local scratch vector of at most a few MiB per thread. Other devices and dtypes use
 //! candle's `conv2d` followed by broadcast bias and activation ops.
+//!
+//! Training: when the input, the weight or the bias records gradients
+//! ([`Tensor::track_op`]), the convolution is a candle custom op whose forward *and* backward
+//! passes run on these kernels (`grad`: the input gradient as a stride-1 convolution of the
+//! zero-upsampled output gradient with the flipped kernel, the weight gradient as per-image
+//! im2col GEMMs summed in a fixed order), followed by candle's broadcast bias add and
+//! activation, which have their own backward passes. Off the CPU or for other dtypes the
+//! tracked path is candle's `conv2d` (whose backward candle provides).
 
 mod act;
 mod depthwise;
 mod gemm_conv;
+mod grad;
 mod im2col;
 mod kernel;
 #[cfg(test)]
@@ -79,7 +88,8 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     if act == Activation::None {
         return Ok(x.clone());
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+    // The fused kernel has no backward pass: tracked tensors take candle's ops.
+    if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
         let y = with_cpu_f32(x, |xs| act::act_vec(xs, act))?;
         return Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?);
     }
@@ -219,7 +229,15 @@ pub fn conv2d(
     let on_cpu =
         x.device().is_cpu() && weight.device().is_cpu() && bias.is_none_or(|b| b.device().is_cpu());
     let out_shape = (g.n, g.o, g.ho, g.wo);
-    let y = if g.n * g.o * g.ho * g.wo == 0 || g.c == 0 {
+    let tracked = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op);
+    let y = if tracked && g.n * g.o * g.ho * g.wo > 0 && g.c > 0 {
+        if on_cpu && x.dtype() == DType::F32 {
+            x.contiguous()?
+                .apply_op2(&weight.contiguous()?, grad::Conv2dOp { g })?
+        } else {
+            x.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?
+        }
+    } else if g.n * g.o * g.ho * g.wo == 0 || g.c == 0 {
         // Nothing to convolve (empty output, or an empty sum): the kernels never see this.
         Tensor::zeros(out_shape, x.dtype(), x.device())?
     } else if on_cpu && x.dtype() == DType::F32 {

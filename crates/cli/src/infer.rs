@@ -1,0 +1,506 @@
+//! `segkit infer`: segment images with a model and write, for each image `STEM`,
+//! `STEM_classes.png` (class ids), `STEM_color.png` (palette colours), `STEM_overlay.png`
+//! (colours blended over the image) and `STEM.json` (a summary with COCO RLE masks).
+//!
+//! Failure behaviour, in order:
+//! 1. everything that can be checked before any work is checked first — the alpha, the
+//!    device, every input (exists, is an image by its header; directories and globs
+//!    expanded), that no two inputs share a stem, that the output directory is (or can be
+//!    created as) a writable directory, the model (loaded once) and that it does the task —
+//!    and a failure there writes nothing (not even the output directory);
+//! 2. then images are processed in order; each image's four files are encoded in memory,
+//!    written as hidden temporary files in the output directory and renamed into place
+//!    together, so an image that fails (corrupt pixel data, a full disk) leaves none of its
+//!    files. The run stops at the first failing image with one line naming it and how many
+//!    images were written before it, and exits non-zero; the earlier images' files stay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use image::{DynamicImage, ImageFormat};
+use segkit::segmenter::results::encode_image;
+use segkit::{Segmentation, Segmenter, Task};
+use serde_json::{json, Value};
+
+use crate::CliError;
+
+/// The segmentation task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    /// A class per pixel.
+    Semantic,
+    /// Object instances (OneFormer).
+    Instance,
+    /// Stuff and thing segments (OneFormer).
+    Panoptic,
+}
+
+impl From<TaskArg> for Task {
+    fn from(t: TaskArg) -> Self {
+        match t {
+            TaskArg::Semantic => Task::Semantic,
+            TaskArg::Instance => Task::Instance,
+            TaskArg::Panoptic => Task::Panoptic,
+        }
+    }
+}
+
+/// Arguments of `segkit infer`.
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// Images: files, directories (the .png / .jpg / .jpeg files directly inside, sorted by
+    /// name) or glob patterns (quote them: `'photos/*.jpg'`, `'data/**/*.png'`).
+    #[arg(required = true, value_name = "IMAGE|DIR|GLOB")]
+    inputs: Vec<String>,
+    /// Output directory (created when missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The model: a registry name (weights/NAME/ or $SEGKIT_WEIGHTS/NAME/), a segkit model
+    /// directory (config.json + model.safetensors) or a Hugging Face OneFormer directory.
+    #[arg(long, value_name = "NAME|PATH", default_value = segkit::DEFAULT_MODEL)]
+    model: String,
+    /// The task; semantic models do `semantic` only, OneFormer all three.
+    #[arg(long, value_enum, default_value_t = TaskArg::Semantic)]
+    task: TaskArg,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
+    /// OneFormer instance / panoptic only: the minimum class probability of a kept segment
+    /// (transformers' default 0.5).
+    #[arg(long, value_name = "P")]
+    threshold: Option<f64>,
+    /// Opacity of the colours in STEM_overlay.png, in [0, 1].
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// No progress bar and no summary line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Image extensions a directory input contributes.
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+fn is_image_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// The image files directly inside `dir`, sorted by name.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list input directory {}: {e}", dir.display()))?;
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_image_name(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Files, directories and glob patterns -> image paths, in argument order, without repeats.
+fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let push = |p: PathBuf, out: &mut Vec<PathBuf>| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for a in args {
+        let p = Path::new(a);
+        if p.is_dir() {
+            let found = images_in(p)?;
+            if found.is_empty() {
+                return Err(format!(
+                    "input directory {a} has no .png / .jpg / .jpeg images (subdirectories are \
+                     not searched: use a glob such as '{a}/**/*.png')"
+                ));
+            }
+            found.into_iter().for_each(|f| push(f, &mut out));
+        } else if p.exists() {
+            push(p.to_path_buf(), &mut out);
+        } else if a.contains(['*', '?', '[']) {
+            let paths = glob::glob(a).map_err(|e| format!("bad glob pattern `{a}`: {e}"))?;
+            let mut any = false;
+            for entry in paths {
+                let path = entry.map_err(|e| format!("glob `{a}`: {e}"))?;
+                if path.is_dir() {
+                    for f in images_in(&path)? {
+                        any = true;
+                        push(f, &mut out);
+                    }
+                } else {
+                    any = true;
+                    push(path, &mut out);
+                }
+            }
+            if !any {
+                return Err(format!("no file matches `{a}`"));
+            }
+        } else {
+            return Err(format!("input {a} does not exist"));
+        }
+    }
+    Ok(out)
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".to_string())
+}
+
+/// Two inputs with one stem would overwrite each other's outputs.
+fn check_stems(inputs: &[PathBuf]) -> Result<(), String> {
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    for p in inputs {
+        if let Some(first) = seen.insert(stem(p), p) {
+            return Err(format!(
+                "inputs {} and {} would both write {}_*.png; rename one or run them separately",
+                first.display(),
+                p.display(),
+                stem(p)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads each input's header: it must exist and be an image in a format segkit decodes.
+fn check_image(p: &Path) -> Result<(), String> {
+    let reader = image::ImageReader::open(p)
+        .map_err(|e| format!("cannot read input {}: {e}", p.display()))?
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read input {}: {e}", p.display()))?;
+    if reader.format().is_none() {
+        return Err(format!(
+            "input {} is not an image (not PNG or JPEG data)",
+            p.display()
+        ));
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("input {} is not an image: {e}", p.display()))?;
+    if w == 0 || h == 0 {
+        return Err(format!("input {} is empty ({w} x {h} pixels)", p.display()));
+    }
+    Ok(())
+}
+
+/// Creates and removes a file in `dir` to prove it is writable.
+fn probe_writable(dir: &Path, out: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".segkit-infer-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| {
+            format!(
+                "output directory {} is not writable ({}: {e})",
+                out.display(),
+                dir.display()
+            )
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The output directory must be a writable directory, or creatable inside one; nothing is
+/// created here.
+fn check_out_dir(out: &Path) -> Result<(), String> {
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(format!(
+                "output directory {} is a file, not a directory",
+                out.display()
+            ));
+        }
+        return probe_writable(out, out);
+    }
+    let ancestor = out
+        .ancestors()
+        .skip(1)
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."));
+    if !ancestor.is_dir() {
+        return Err(format!(
+            "cannot create output directory {}: {} is not a directory",
+            out.display(),
+            ancestor.display()
+        ));
+    }
+    probe_writable(ancestor, out)
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes every file or none: all as temporary files first, then renamed into place; on any
+/// failure the temporary files and the files already renamed are removed.
+fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
+    let mut temps: Vec<PathBuf> = Vec::new();
+    let cleanup = |temps: &[PathBuf], done: &[PathBuf]| {
+        for t in temps.iter().chain(done) {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (path, bytes) in files {
+        let tmp = tmp_name(path);
+        temps.push(tmp.clone());
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            cleanup(&temps, &[]);
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    let mut done: Vec<PathBuf> = Vec::new();
+    for ((path, _), tmp) in files.iter().zip(&temps) {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            cleanup(&temps, &done);
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
+        done.push(path.clone());
+    }
+    Ok(())
+}
+
+fn rle_json(m: &segkit::segmenter::Rle) -> Value {
+    json!({"size": [m.height(), m.width()], "counts": m.to_compressed()})
+}
+
+/// The per-image summary written to `STEM.json`.
+fn summary(seg: &Segmenter, input: &Path, out: &Segmentation, files: [&str; 3], bits: u8) -> Value {
+    let sem = out.semantic();
+    let classes: Vec<Value> = sem
+        .class_areas()
+        .into_iter()
+        .map(|c| {
+            json!({"id": c.class_id, "name": c.class_name, "area": c.area,
+                   "fraction": c.fraction})
+        })
+        .collect();
+    let mut v = json!({
+        "model": seg.name(),
+        "model_source": seg.source().map(|p| p.display().to_string()),
+        "task": out.task().as_str(),
+        "image": input.display().to_string(),
+        "width": out.width(),
+        "height": out.height(),
+        "files": {"classes": files[0], "color": files[1], "overlay": files[2]},
+        "class_png": {"bits": bits, "unlabeled": if bits == 8 { 255 } else { 65535 }},
+        "classes": classes,
+    });
+    match out {
+        Segmentation::Semantic(_) => {}
+        Segmentation::Instance(r) => {
+            v["unlabeled_area"] = json!(sem.unlabeled_area());
+            v["instances"] = r
+                .instances
+                .iter()
+                .map(|i| {
+                    json!({"id": i.id, "class_id": i.class_id, "class_name": i.class_name,
+                           "score": i.score, "area": i.area, "bbox": i.bbox,
+                           "segmentation": rle_json(&i.mask)})
+                })
+                .collect();
+        }
+        Segmentation::Panoptic(r) => {
+            v["unlabeled_area"] = json!(sem.unlabeled_area());
+            v["segments"] = r
+                .segments
+                .iter()
+                .map(|s| {
+                    json!({"id": s.id, "class_id": s.class_id, "class_name": s.class_name,
+                           "isthing": s.isthing, "score": s.score, "area": s.area,
+                           "bbox": s.bbox, "segmentation": rle_json(&s.mask)})
+                })
+                .collect();
+        }
+    }
+    v
+}
+
+/// Segments one image and writes its four files (all or none).
+fn process(
+    seg: &Segmenter,
+    task: Task,
+    input: &Path,
+    out_dir: &Path,
+    alpha: f64,
+) -> Result<(), String> {
+    let img = segkit::image::open(input).map_err(|e| e.to_string())?;
+    let out = seg.segment(&img, task).map_err(|e| e.to_string())?;
+    let sem = out.semantic();
+    let png = |img: &DynamicImage| encode_image(img, ImageFormat::Png).map_err(|e| e.to_string());
+    let class_img = sem.class_image().map_err(|e| e.to_string())?;
+    let bits = if matches!(class_img, DynamicImage::ImageLuma8(_)) {
+        8
+    } else {
+        16
+    };
+    let color = DynamicImage::ImageRgb8(sem.color_image().map_err(|e| e.to_string())?);
+    let overlay =
+        DynamicImage::ImageRgb8(sem.overlay_image(&img, alpha).map_err(|e| e.to_string())?);
+    let s = stem(input);
+    let names = [
+        format!("{s}_classes.png"),
+        format!("{s}_color.png"),
+        format!("{s}_overlay.png"),
+    ];
+    let json = summary(seg, input, &out, [&names[0], &names[1], &names[2]], bits);
+    let mut json_bytes = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+    json_bytes.push(b'\n');
+    let files = [
+        (out_dir.join(&names[0]), png(&class_img)?),
+        (out_dir.join(&names[1]), png(&color)?),
+        (out_dir.join(&names[2]), png(&overlay)?),
+        (out_dir.join(format!("{s}.json")), json_bytes),
+    ];
+    write_all_or_none(&files)
+}
+
+fn progress_bar(n: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+fn fail(msg: impl std::fmt::Display) -> CliError {
+    CliError::Usage(msg.to_string().replace('\n', " "))
+}
+
+/// Runs `segkit infer`.
+pub fn run(a: InferArgs) -> Result<(), CliError> {
+    if !(0.0..=1.0).contains(&a.alpha) {
+        return Err(fail(format!("--alpha {} is outside [0, 1]", a.alpha)));
+    }
+    if let Some(t) = a.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        return Err(fail(format!("--threshold {t} is outside [0, 1]")));
+    }
+    let task: Task = a.task.into();
+    let device = segkit::segmenter::device(&a.device).map_err(fail)?;
+    let inputs = expand_inputs(&a.inputs).map_err(fail)?;
+    check_stems(&inputs).map_err(fail)?;
+    for p in &inputs {
+        check_image(p).map_err(fail)?;
+    }
+    check_out_dir(&a.out).map_err(fail)?;
+    let mut seg = Segmenter::load(&a.model, &device).map_err(fail)?;
+    if let Some(t) = a.threshold {
+        let mut opts = segkit::PredictOptions::default();
+        opts.instance.threshold = t;
+        opts.panoptic.threshold = t;
+        seg = seg.with_predict_options(opts);
+    }
+    if !seg.supports(task) {
+        let supported: Vec<&str> = seg.supported_tasks().iter().map(|t| t.as_str()).collect();
+        return Err(fail(format!(
+            "model `{}` does not do {task} segmentation; it supports: {}",
+            seg.name(),
+            supported.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        fail(format!(
+            "cannot create output directory {}: {e}",
+            a.out.display()
+        ))
+    })?;
+    let pb = progress_bar(inputs.len(), a.quiet);
+    for (i, input) in inputs.iter().enumerate() {
+        pb.set_message(stem(input));
+        if let Err(e) = process(&seg, task, input, &a.out, a.alpha) {
+            pb.finish_and_clear();
+            return Err(fail(format!(
+                "image {}/{} {}: {e} ({} earlier image(s) written to {})",
+                i + 1,
+                inputs.len(),
+                input.display(),
+                i,
+                a.out.display()
+            )));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if !a.quiet {
+        eprintln!(
+            "segmented {} image(s) with `{}` ({task}) into {}",
+            inputs.len(),
+            seg.name(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_expand_in_order_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["b.png", "a.JPG", "c.txt", "d.jpeg"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let d = dir.path().display().to_string();
+        let got = expand_inputs(&[format!("{d}/d.jpeg"), d.clone()]).unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["d.jpeg", "a.JPG", "b.png"]);
+        let got = expand_inputs(&[format!("{d}/*.png"), format!("{d}/*.txt")]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(expand_inputs(&[format!("{d}/*.gif")])
+            .unwrap_err()
+            .contains("no file matches"));
+        assert!(expand_inputs(&[format!("{d}/zz.png")])
+            .unwrap_err()
+            .contains("does not exist"));
+        let e = check_stems(&[dir.path().join("x.png"), dir.path().join("x.jpg")]).unwrap_err();
+        assert!(e.contains("x_*.png"), "{e}");
+    }
+
+    #[test]
+    fn all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = [
+            (dir.path().join("a"), b"1".to_vec()),
+            (dir.path().join("b"), b"2".to_vec()),
+        ];
+        write_all_or_none(&ok).unwrap();
+        let bad = [
+            (dir.path().join("c"), b"1".to_vec()),
+            (dir.path().join("missing").join("d"), b"2".to_vec()),
+        ];
+        assert!(write_all_or_none(&bad).is_err());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+    }
+}

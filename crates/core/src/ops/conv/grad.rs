@@ -1,0 +1,228 @@
+//! The differentiable CPU convolution: segkit's forward kernels wrapped in a candle
+//! `CustomOp2` whose backward pass also runs on segkit's kernels.
+//!
+//! For `y = conv2d(x, w)` (stride `s`, padding `p`, dilation `d`, groups `G`):
+//! - `dL/dx` is a transposed convolution, computed as an ordinary stride-1 convolution (so it
+//!   takes the Winograd / im2col kernels) of `dy` zero-upsampled by `s` (plus PyTorch's
+//!   `output_padding` rows and columns at the end, the remainder of the strided sweep), with
+//!   the kernel flipped in both spatial axes and its in/out channels swapped per group,
+//!   padding `d (k - 1) - p` (a negative value crops instead) and dilation `d`;
+//! - `dL/dw[o, c, i, j] = sum_{n, y, x} dy[n, o, y, x] * x_pad[n, c, y s + i d, x s + j d]`,
+//!   per image a GEMM `dy_n (O x Ho Wo) * im2col(x_n)^T`, built one bounded tile of output
+//!   rows at a time. Images run in parallel, each into its own buffer, and the per-image
+//!   gradients are summed in image order, so the result does not depend on the thread count
+//!   or on scheduling (training resumes reproduce uninterrupted runs bit for bit).
+//!
+//! The bias and the activation are separate candle ops (with their own backward passes).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm_conv::im2col;
+use super::{conv2d, Activation, Conv2dParams, Geometry};
+
+/// Target size of one im2col tile of the weight gradient, in f32 elements.
+const COL_BUDGET: usize = 1 << 19;
+
+/// `conv2d(x, w)` without bias or activation, differentiable in `x` and `w`.
+pub(super) struct Conv2dOp {
+    pub(super) g: Geometry,
+}
+
+fn contiguous_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("segkit conv2d: non-contiguous operand"),
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "segkit-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s1, l1)?;
+        let w = contiguous_slice(s2, l2)?;
+        let g = &self.g;
+        let out = super::run_kernel(x, w, None, g, Activation::None, super::act::Simd::detect());
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
+        let dy = dy.detach().contiguous()?;
+        let x = x.detach().contiguous()?;
+        let w = w.detach().contiguous()?;
+        let dx = input_grad(&dy, &w, &g).map_err(candle_core::Error::wrap)?;
+        let dw = {
+            let (s, l) = x.storage_and_layout();
+            let candle_core::Storage::Cpu(xs) = &*s else {
+                candle_core::bail!("segkit conv2d backward: CPU tensors only")
+            };
+            let xs = contiguous_slice(xs, l)?;
+            let (s2, l2) = dy.storage_and_layout();
+            let candle_core::Storage::Cpu(dys) = &*s2 else {
+                candle_core::bail!("segkit conv2d backward: CPU tensors only")
+            };
+            let dys = contiguous_slice(dys, l2)?;
+            weight_grad(xs, dys, &g)
+        };
+        let dw = Tensor::from_vec(dw, w.shape(), w.device())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dL/dx`: the transposed convolution of `dy`, run as a stride-1 convolution.
+fn input_grad(dy: &Tensor, w: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
+    let (cg, og) = (g.c / g.groups, g.o / g.groups);
+    // Flip the taps and swap in/out channels within each group: wt[gi*cg + c, o', ..] =
+    // w[gi*og + o', c, kh-1-i, kw-1-j].
+    let wt = w
+        .reshape((g.groups, og, cg, g.kh, g.kw))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .flip_hw(g.kh, g.kw)?
+        .contiguous()?
+        .reshape((g.c, og, g.kh, g.kw))?;
+    let span_h = g.dilation * (g.kh - 1);
+    let span_w = g.dilation * (g.kw - 1);
+    // Rows the strided forward sweep never reached (PyTorch's output_padding).
+    let rem_h = (g.h + 2 * g.padding - span_h - 1) % g.stride;
+    let rem_w = (g.w + 2 * g.padding - span_w - 1) % g.stride;
+    let up = if g.stride == 1 {
+        dy.clone()
+    } else {
+        zero_upsample(dy, g, rem_h, rem_w)?
+    };
+    // Padding d(k-1) - p; the convolution takes one symmetric padding, so pad by the larger
+    // of the two axes' needs and crop what is too much (also when d(k-1) < p).
+    let qh = span_h as isize - g.padding as isize;
+    let qw = span_w as isize - g.padding as isize;
+    let q = qh.max(qw).max(0) as usize;
+    let p = Conv2dParams {
+        stride: 1,
+        padding: q,
+        dilation: g.dilation,
+        groups: g.groups,
+    };
+    let dx = conv2d(&up, &wt, None, p, Activation::None)?;
+    let (_, _, hh, ww) = dx.dims4()?;
+    let top = (q as isize - qh) as usize;
+    let left = (q as isize - qw) as usize;
+    let dx = if top == 0 && left == 0 && hh == g.h && ww == g.w {
+        dx
+    } else {
+        dx.narrow(2, top, g.h)?.narrow(3, left, g.w)?.contiguous()?
+    };
+    Ok(dx)
+}
+
+/// Flips the last two dims of a rank-5 tensor.
+trait FlipHw {
+    fn flip_hw(&self, kh: usize, kw: usize) -> candle_core::Result<Tensor>;
+}
+
+impl FlipHw for Tensor {
+    fn flip_hw(&self, kh: usize, kw: usize) -> candle_core::Result<Tensor> {
+        let dev = self.device();
+        let rh: Vec<u32> = (0..kh as u32).rev().collect();
+        let rw: Vec<u32> = (0..kw as u32).rev().collect();
+        let t = self.index_select(&Tensor::new(rh.as_slice(), dev)?, 3)?;
+        t.index_select(&Tensor::new(rw.as_slice(), dev)?, 4)
+    }
+}
+
+/// `dy` with `s - 1` zeros between its rows and columns and `rem` zeros after the last.
+fn zero_upsample(dy: &Tensor, g: &Geometry, rem_h: usize, rem_w: usize) -> crate::Result<Tensor> {
+    let s = g.stride;
+    let hu = (g.ho - 1) * s + 1 + rem_h;
+    let wu = (g.wo - 1) * s + 1 + rem_w;
+    let src = dy.flatten_all()?.to_vec1::<f32>()?;
+    let planes = g.n * g.o;
+    let mut out = vec![0f32; planes * hu * wu];
+    out.par_chunks_mut(hu * wu)
+        .zip(src.par_chunks(g.ho * g.wo))
+        .for_each(|(dst, plane)| {
+            for (y, row) in plane.chunks_exact(g.wo).enumerate() {
+                let drow = &mut dst[y * s * wu..][..wu];
+                for (x, &v) in row.iter().enumerate() {
+                    drow[x * s] = v;
+                }
+            }
+        });
+    Ok(Tensor::from_vec(out, (g.n, g.o, hu, wu), dy.device())?)
+}
+
+/// `dL/dw` (`O x C/G x kh x kw`, row-major) from contiguous `x` and `dy`.
+fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (cg, og) = (g.c / g.groups, g.o / g.groups);
+    let k = cg * g.kh * g.kw;
+    let (hw, p_out) = (g.h * g.w, g.ho * g.wo);
+    let wlen = g.o * k;
+    let rows = (COL_BUDGET / (k * g.wo).max(1)).clamp(1, g.ho.max(1));
+    let per_image: Vec<Vec<f32>> = (0..g.n)
+        .into_par_iter()
+        .map(|n| {
+            let mut dw = vec![0f32; wlen];
+            let mut col = vec![0f32; k * rows * g.wo];
+            for gi in 0..g.groups {
+                let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
+                let dyg = &dy[(n * g.o + gi * og) * p_out..][..og * p_out];
+                let dwg = &mut dw[gi * og * k..][..og * k];
+                for r0 in (0..g.ho).step_by(rows) {
+                    let r1 = (r0 + rows).min(g.ho);
+                    let pt = (r1 - r0) * g.wo;
+                    im2col(xg, &mut col[..k * pt], r0, r1, g);
+                    // SAFETY: dwg is og x k row-major; lhs is the og x pt block of dyg starting
+                    // at column r0 * wo (rows p_out apart); rhs is col^T, pt x k with element
+                    // (l, kk) at col[kk * pt + l]; every index lies inside its slice.
+                    unsafe {
+                        gemm::gemm(
+                            og,
+                            k,
+                            pt,
+                            dwg.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            true,
+                            dyg[r0 * g.wo..].as_ptr(),
+                            1,
+                            p_out as isize,
+                            col.as_ptr(),
+                            pt as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; wlen];
+    for part in &per_image {
+        for (a, b) in dw.iter_mut().zip(part) {
+            *a += *b;
+        }
+    }
+    dw
+}

@@ -1,0 +1,585 @@
+//! The front door: load a model by name or path, segment an image, get a typed result.
+//!
+//! ```no_run
+//! # fn main() -> segkit::Result<()> {
+//! use segkit::{Segmenter, Task};
+//!
+//! let seg = Segmenter::load("segkit-demo", &candle_core::Device::Cpu)?; // a name or a path
+//! let img = segkit::image::open("photo.jpg")?;
+//! let out = seg.segment(&img, Task::Semantic)?;
+//! out.semantic().save_color("seg.png")?;
+//! out.semantic().save_overlay("overlay.png", &img, 0.5)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Segmenter::load`] takes
+//! - a **segkit model directory**: `config.json` holding a [`crate::SegmentorConfig`] (the
+//!   JSON `segkit train` writes) and `model.safetensors` (or one other `.safetensors` /
+//!   `.pth` checkpoint) -> an [`crate::EncoderDecoder`];
+//! - a **Hugging Face OneFormer directory** (`config.json` with `"model_type": "oneformer"`
+//!   and its weights, as `save_pretrained` writes it) -> a [`crate::OneFormer`];
+//! - a **name** from [`registry`]: `weights/NAME/` of the workspace or `$SEGKIT_WEIGHTS/NAME/`;
+//!   an mmseg name builds its preset's `EncoderDecoder` from the checkpoint in that directory
+//!   (a converted `.safetensors` is preferred over the downloaded `.pth`). The default name is
+//!   [`DEFAULT_MODEL`] (`segkit-demo`).
+//!
+//! An existing path wins over a name (write `./NAME` to make a relative path explicit). An
+//! unknown name is an [`Error::UnknownModel`] listing the names that exist and whether their
+//! files are present.
+//!
+//! Tasks: semantic models ([`crate::EncoderDecoder`]) do [`Task::Semantic`] only (another
+//! task is an [`Error::UnsupportedTask`]); OneFormer does all three, with transformers'
+//! post-processing defaults ([`crate::PredictOptions`]).
+
+pub mod registry;
+pub mod results;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use image::DynamicImage;
+
+pub use registry::{DEFAULT_MODEL, WEIGHTS_ENV};
+pub use results::{
+    ClassArea, Instance, InstanceResult, PanopticResult, PanopticSegment, Rle, Segmentation,
+    SemanticResult, UNLABELED,
+};
+pub use segkit_oneformer::tokenizer::Task;
+
+use crate::oneformer::OneFormerPrediction;
+use crate::{EncoderDecoder, Error, OneFormer, PredictOptions, Result, SegmentorConfig};
+
+/// Which architecture a [`Segmenter`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// An mmseg-style encoder-decoder (semantic segmentation only).
+    EncoderDecoder,
+    /// OneFormer (semantic, instance and panoptic).
+    OneFormer,
+}
+
+enum Model {
+    EncoderDecoder(Box<EncoderDecoder>),
+    OneFormer(Box<OneFormer>),
+}
+
+/// A loaded model with its class names and palette, ready to segment images.
+pub struct Segmenter {
+    name: String,
+    source: Option<PathBuf>,
+    model: Model,
+    classes: Vec<String>,
+    palette: Vec<[u8; 3]>,
+    things: Option<Vec<u32>>,
+    options: PredictOptions,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("kind", &self.kind())
+            .field("classes", &self.classes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A palette for `classes`: the dataset's when the names are ADE20K's or Cityscapes', else
+/// the VOC bit-shuffling palette.
+fn default_palette(classes: &[String]) -> Vec<[u8; 3]> {
+    use crate::datasets::{ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE};
+    use crate::oneformer::presets::ONEFORMER_ADE20K_CLASSES;
+    let same = |names: &[&str]| {
+        names.len() == classes.len() && names.iter().zip(classes).all(|(a, b)| *a == b)
+    };
+    if same(&ADE20K_CLASSES) || same(&ONEFORMER_ADE20K_CLASSES) {
+        ADE20K_PALETTE.to_vec()
+    } else if same(&CITYSCAPES_CLASSES) {
+        CITYSCAPES_PALETTE.to_vec()
+    } else {
+        segkit_data::palette::voc_palette(classes.len())
+    }
+}
+
+fn bad_model(path: &Path, reason: impl Into<String>) -> Error {
+    Error::BadModel {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The checkpoint of a model directory: `model.safetensors`, else the first (by name)
+/// `.safetensors`, `.pth`, `.bin` or `.pt` file.
+fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
+    let preferred = dir.join("model.safetensors");
+    if preferred.is_file() {
+        return Ok(preferred);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad_model(dir, format!("cannot list the directory: {e}")))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    for ext in ["safetensors", "pth", "bin", "pt"] {
+        if let Some(f) = files
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+        {
+            return Ok(f.clone());
+        }
+    }
+    Err(bad_model(
+        dir,
+        "no weights file (model.safetensors, or a .safetensors / .pth / .bin checkpoint)",
+    ))
+}
+
+/// What a directory's `config.json` describes.
+enum DirConfig {
+    Segkit(Box<SegmentorConfig>),
+    OneFormer,
+}
+
+fn read_dir_config(config: &Path) -> Result<DirConfig> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| bad_model(config, format!("cannot read: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bad_model(config, format!("not valid JSON: {e}")))?;
+    let model_type = v.get("model_type").and_then(|t| t.as_str());
+    if model_type == Some("oneformer") {
+        return Ok(DirConfig::OneFormer);
+    }
+    if v.get("backbone").is_some() && v.get("decode_head").is_some() {
+        let cfg = SegmentorConfig::from_json(&text).map_err(|e| match e {
+            Error::InvalidConfig(m) => {
+                bad_model(config, format!("not a valid segkit model config: {m}"))
+            }
+            other => other,
+        })?;
+        return Ok(DirConfig::Segkit(Box::new(cfg)));
+    }
+    Err(bad_model(
+        config,
+        match model_type {
+            Some(t) => format!(
+                "model_type `{t}` is not supported (segkit loads `oneformer` Hugging Face \
+                 directories and segkit configs with `backbone` and `decode_head`)"
+            ),
+            None => "neither a segkit model config (`backbone`, `decode_head`) nor a Hugging \
+                     Face OneFormer config (`model_type: oneformer`)"
+                .to_string(),
+        },
+    ))
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(dir)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// Parses a device name: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+///
+/// Errors: [`Error::Device`] for another name, for `cuda` in a build without segkit's `cuda`
+/// feature, and when CUDA cannot open the GPU.
+pub fn device(name: &str) -> Result<Device> {
+    let spec = name.trim().to_ascii_lowercase();
+    let err = |reason: String| Error::Device {
+        name: name.to_string(),
+        reason,
+    };
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let index = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|i| i.parse::<usize>().ok())
+            .ok_or_else(|| err("valid devices: cpu, cuda, cuda:N".into()))?,
+        None => return Err(err("valid devices: cpu, cuda, cuda:N".into())),
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(err(
+            "this build of segkit has no CUDA support; rebuild with `--features cuda`".into(),
+        ));
+    }
+    Device::new_cuda(index).map_err(|e| err(e.to_string().replace('\n', " ")))
+}
+
+impl Segmenter {
+    /// Loads a model by registry name or path (see the [module docs](self)) onto `device`.
+    ///
+    /// Errors: [`Error::UnknownModel`] (lists the valid names), [`Error::ModelNotDownloaded`]
+    /// (a registered name whose files are missing, with the command that fetches them),
+    /// [`Error::BadModel`] (a directory or config that is not a model), and
+    /// [`Error::Checkpoint`] (weights that do not fit the config: missing or unused keys,
+    /// wrong shapes, unreadable files).
+    pub fn load(name_or_path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let given = name_or_path.as_ref();
+        if given.exists() {
+            return Self::load_path(given, device);
+        }
+        let s = given.to_string_lossy();
+        if !registry::is_name(&s) {
+            return Err(bad_model(given, "no such file or directory"));
+        }
+        let entry = registry::find_model(&s)?;
+        let Some(dir) = entry.dir.clone() else {
+            return Err(Error::ModelNotDownloaded {
+                name: entry.name.clone(),
+                searched: registry::weights_roots(),
+                hint: entry.fetch_hint(),
+            });
+        };
+        let mut seg = Self::load_dir(&dir, Some(&entry), device)?;
+        seg.name = entry.name;
+        Ok(seg)
+    }
+
+    /// [`Segmenter::load`] of [`DEFAULT_MODEL`].
+    pub fn load_default(device: &Device) -> Result<Self> {
+        Self::load(DEFAULT_MODEL, device)
+    }
+
+    fn load_path(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            let entry = registry::entry_for_dir_name(&dir_name(path));
+            return Self::load_dir(path, entry.as_ref(), device);
+        }
+        // A file: `config.json` stands for its directory; a checkpoint needs the directory's
+        // config (or a registry name for the directory) to say which model it is.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if path.file_name().is_some_and(|n| n == "config.json") {
+            return Self::load_dir(&parent, None, device);
+        }
+        let config = parent.join("config.json");
+        if config.is_file() {
+            if let DirConfig::Segkit(cfg) = read_dir_config(&config)? {
+                return Self::from_checkpoint(dir_name(&parent), &cfg, path, device);
+            }
+            return Err(bad_model(
+                path,
+                "a OneFormer checkpoint loads from its directory: give the directory",
+            ));
+        }
+        if let Some(preset) =
+            registry::entry_for_dir_name(&dir_name(&parent)).and_then(|e| e.preset)
+        {
+            let cfg = SegmentorConfig::preset(&preset)?;
+            return Self::from_checkpoint(dir_name(&parent), &cfg, path, device);
+        }
+        Err(bad_model(
+            path,
+            "a checkpoint alone does not say which model it is: give a directory with a \
+             config.json, or a registry name",
+        ))
+    }
+
+    fn load_dir(dir: &Path, entry: Option<&registry::ModelEntry>, device: &Device) -> Result<Self> {
+        let name = dir_name(dir);
+        let config = dir.join("config.json");
+        if config.is_file() {
+            return match read_dir_config(&config)? {
+                DirConfig::Segkit(cfg) => {
+                    let ckpt = find_checkpoint(dir)?;
+                    Self::from_checkpoint(name, &cfg, &ckpt, device)
+                }
+                DirConfig::OneFormer => {
+                    let model = OneFormer::from_hf_dir(dir, device).map_err(|e| match e {
+                        Error::InvalidConfig(m) => bad_model(&config, m),
+                        other => other,
+                    })?;
+                    let mut seg = Self::from_oneformer(name, model);
+                    seg.source = Some(dir.to_path_buf());
+                    Ok(seg)
+                }
+            };
+        }
+        match entry.and_then(|e| e.preset.as_deref()) {
+            Some(p) if !p.starts_with("oneformer_") => {
+                let cfg = SegmentorConfig::preset(p)?;
+                let ckpt = find_checkpoint(dir)?;
+                Self::from_checkpoint(name, &cfg, &ckpt, device)
+            }
+            _ => Err(bad_model(
+                dir,
+                "no config.json: a model directory holds a segkit config.json + \
+                 model.safetensors, or a Hugging Face OneFormer save_pretrained",
+            )),
+        }
+    }
+
+    fn from_checkpoint(
+        name: String,
+        cfg: &SegmentorConfig,
+        ckpt: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let model = EncoderDecoder::from_checkpoint(cfg, ckpt, device)?;
+        let mut seg = Self::from_encoder_decoder(name, model);
+        seg.source = Some(ckpt.to_path_buf());
+        Ok(seg)
+    }
+
+    /// Wraps a built [`EncoderDecoder`]; class names and palette come from its config's
+    /// `meta` (`class_<i>` and the VOC palette where it has none).
+    pub fn from_encoder_decoder(name: impl Into<String>, model: EncoderDecoder) -> Self {
+        let cfg = model.config();
+        let n = cfg.num_classes();
+        let classes: Vec<String> = if cfg.meta.classes.len() == n {
+            cfg.meta.classes.clone()
+        } else {
+            (0..n).map(|i| format!("class_{i}")).collect()
+        };
+        let palette = if cfg.meta.palette.len() == n {
+            cfg.meta.palette.clone()
+        } else {
+            default_palette(&classes)
+        };
+        Self {
+            name: name.into(),
+            source: None,
+            model: Model::EncoderDecoder(Box::new(model)),
+            classes,
+            palette,
+            things: None,
+            options: PredictOptions::default(),
+        }
+    }
+
+    /// Wraps a built [`OneFormer`]; class names are its labels, the palette the dataset's
+    /// (ADE20K, Cityscapes) or VOC's, thing classes those segkit knows for the label set.
+    pub fn from_oneformer(name: impl Into<String>, model: OneFormer) -> Self {
+        let cfg = model.config();
+        let classes = cfg.labels.clone();
+        let palette = default_palette(&classes);
+        let things = Some(cfg.thing_classes()).filter(|t| !t.is_empty());
+        Self {
+            name: name.into(),
+            source: None,
+            model: Model::OneFormer(Box::new(model)),
+            classes,
+            palette,
+            things,
+            options: PredictOptions::default(),
+        }
+    }
+
+    /// OneFormer post-processing settings (thresholds, stuff fusing); ignored by semantic
+    /// models.
+    pub fn with_predict_options(mut self, options: PredictOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The name: the registry name it was loaded by, else the model directory's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file or directory the weights were read from (`None` for a wrapped model).
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The architecture.
+    pub fn kind(&self) -> ModelKind {
+        match self.model {
+            Model::EncoderDecoder(_) => ModelKind::EncoderDecoder,
+            Model::OneFormer(_) => ModelKind::OneFormer,
+        }
+    }
+
+    /// The tasks [`Segmenter::segment`] accepts.
+    pub fn supported_tasks(&self) -> &'static [Task] {
+        match self.model {
+            Model::EncoderDecoder(_) => &[Task::Semantic],
+            Model::OneFormer(_) => &Task::ALL,
+        }
+    }
+
+    /// Whether `task` is supported.
+    pub fn supports(&self, task: Task) -> bool {
+        self.supported_tasks().contains(&task)
+    }
+
+    /// Class names, indexed by class id.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// One RGB colour per class.
+    pub fn palette(&self) -> &[[u8; 3]] {
+        &self.palette
+    }
+
+    /// The thing classes, when known (OneFormer on ADE20K, COCO or Cityscapes labels).
+    pub fn thing_classes(&self) -> Option<&[u32]> {
+        self.things.as_deref()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        match &self.model {
+            Model::EncoderDecoder(m) => m.device(),
+            Model::OneFormer(m) => m.device(),
+        }
+    }
+
+    /// The encoder-decoder, for a semantic model.
+    pub fn encoder_decoder(&self) -> Option<&EncoderDecoder> {
+        match &self.model {
+            Model::EncoderDecoder(m) => Some(m),
+            Model::OneFormer(_) => None,
+        }
+    }
+
+    /// The OneFormer model, for a OneFormer segmenter.
+    pub fn oneformer(&self) -> Option<&OneFormer> {
+        match &self.model {
+            Model::OneFormer(m) => Some(m),
+            Model::EncoderDecoder(_) => None,
+        }
+    }
+
+    /// Segments `image` for `task` at the image's own size: the model's test pipeline
+    /// (mmseg's for encoder-decoders, `OneFormerProcessor`'s for OneFormer), the model and
+    /// the task's post-processing.
+    ///
+    /// Errors: [`Error::UnsupportedTask`] naming the tasks the model does; [`Error::BadImage`]
+    /// for an empty image.
+    pub fn segment(&self, image: &DynamicImage, task: Task) -> Result<Segmentation> {
+        if !self.supports(task) {
+            return Err(Error::UnsupportedTask {
+                model: self.name.clone(),
+                task: task.as_str().to_string(),
+                supported: self
+                    .supported_tasks()
+                    .iter()
+                    .map(|t| t.as_str().to_string())
+                    .collect(),
+            });
+        }
+        match &self.model {
+            Model::EncoderDecoder(m) => {
+                let p = m.predict_image(image)?;
+                Ok(Segmentation::Semantic(SemanticResult {
+                    height: p.height(),
+                    width: p.width(),
+                    class_map: p.class_ids()?,
+                    classes: self.classes.clone(),
+                    palette: self.palette.clone(),
+                }))
+            }
+            Model::OneFormer(m) => Ok(match m.predict_image(image, task, &self.options)? {
+                OneFormerPrediction::Semantic(r) => Segmentation::Semantic(SemanticResult {
+                    height: r.height,
+                    width: r.width,
+                    class_map: r.segmentation,
+                    classes: self.classes.clone(),
+                    palette: self.palette.clone(),
+                }),
+                OneFormerPrediction::Instance(r) => {
+                    let (map, segs) = self.segments(&r)?;
+                    Segmentation::Instance(InstanceResult {
+                        height: r.height,
+                        width: r.width,
+                        instances: segs
+                            .into_iter()
+                            .map(|s| Instance {
+                                id: s.id,
+                                class_id: s.class_id,
+                                class_name: s.class_name,
+                                score: s.score,
+                                area: s.area,
+                                bbox: s.bbox,
+                                mask: s.mask,
+                            })
+                            .collect(),
+                        segment_map: map,
+                        classes: self.classes.clone(),
+                        palette: self.palette.clone(),
+                    })
+                }
+                OneFormerPrediction::Panoptic(r) => {
+                    let (map, segments) = self.segments(&r)?;
+                    Segmentation::Panoptic(PanopticResult {
+                        height: r.height,
+                        width: r.width,
+                        segment_map: map,
+                        segments,
+                        classes: self.classes.clone(),
+                        palette: self.palette.clone(),
+                    })
+                }
+            }),
+        }
+    }
+
+    /// The segment map (0 = none) and one segment per id (fused stuff segments, which
+    /// transformers lists once per query, merged; the highest score kept) with its mask.
+    fn segments(
+        &self,
+        r: &segkit_oneformer::postprocess::SegmentationResult,
+    ) -> Result<(Vec<u32>, Vec<PanopticSegment>)> {
+        let map: Vec<u32> = r
+            .segmentation
+            .iter()
+            .map(|&v| u32::try_from(v).unwrap_or(0))
+            .collect();
+        let mut uniq: Vec<(u32, u32, f64)> = Vec::new();
+        for s in &r.segments {
+            let Ok(id) = u32::try_from(s.id) else {
+                continue;
+            };
+            if id == 0 {
+                continue;
+            }
+            match uniq.iter_mut().find(|u| u.0 == id) {
+                Some(u) => u.2 = u.2.max(s.score),
+                None => uniq.push((id, s.label_id, s.score)),
+            }
+        }
+        let ids: Vec<u32> = uniq.iter().map(|u| u.0).collect();
+        let rles = results::rles_of_segments(&map, r.height, r.width, &ids)?;
+        let segments = uniq
+            .into_iter()
+            .zip(rles)
+            .map(|((id, class_id, score), mask)| PanopticSegment {
+                id,
+                class_id,
+                class_name: self
+                    .classes
+                    .get(class_id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class_{class_id}")),
+                isthing: self.things.as_ref().map(|t| t.contains(&class_id)),
+                score,
+                area: mask.area(),
+                bbox: mask.to_bbox(),
+                mask,
+            })
+            .collect();
+        Ok((map, segments))
+    }
+}
+
+#[cfg(test)]
+mod tests;

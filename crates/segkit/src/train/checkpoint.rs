@@ -1,0 +1,185 @@
+//! Training checkpoints: one safetensors file holding the model (`model.{key}`, mmseg keys,
+//! BatchNorm running statistics included), the optimizer state (`optim.{key}.{buffer}`) and,
+//! in the header's metadata, the iteration, the data order's position, the dropout stream's
+//! state, the AdamW step counts and both configs as JSON.
+//!
+//! Files are written atomically: the bytes go to a temporary file in the same directory,
+//! which is flushed to disk and renamed over the target, so a failed or interrupted write
+//! leaves the previous checkpoint intact (and no temporary file behind).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
+
+use super::{TrainError, TrainResult};
+
+/// Format tag stored in the metadata.
+pub const FORMAT: &str = "segkit-train-checkpoint/1";
+
+/// A checkpoint's contents.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Tensors by name (f32).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Header metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn ck_err(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Serialises f32 tensors and metadata to safetensors bytes.
+pub fn to_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> TrainResult<Vec<u8>> {
+    let mut bufs = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = t
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        bufs.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let views = bufs
+        .iter()
+        .map(|(n, shape, b)| {
+            TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ck_err(Path::new(n), e.to_string()))
+        })
+        .collect::<TrainResult<Vec<_>>>()?;
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| ck_err(Path::new("<checkpoint>"), e.to_string()))
+}
+
+/// Writes `bytes` to `path` atomically (see the module docs).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> TrainResult<()> {
+    write_atomic_with(path, bytes, |f, b| f.write_all(b))
+}
+
+/// [`write_atomic`] with the write itself supplied (tests use it to make a write fail
+/// half-way).
+#[doc(hidden)]
+pub fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    write: impl FnOnce(&mut File, &[u8]) -> io::Result<()>,
+) -> TrainResult<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        write(&mut f, bytes)?;
+        f.flush()?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable (best effort: not every platform can sync a folder).
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(
+            path,
+            format!("writing failed ({e}); the previous file is kept"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> TrainResult<()> {
+    let bytes = to_bytes(tensors, metadata)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a checkpoint written by [`save`].
+pub fn load(path: &Path) -> TrainResult<Checkpoint> {
+    let buf = fs::read(path).map_err(|e| io_err(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&buf)
+        .map_err(|e| ck_err(path, format!("not a readable safetensors file ({e})")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&buf)
+        .map_err(|e| ck_err(path, format!("unreadable header ({e})")))?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(ck_err(
+            path,
+            format!("not a segkit training checkpoint (format tag `{FORMAT}` missing)"),
+        ));
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(ck_err(path, format!("tensor `{name}` is not f32")));
+        }
+        let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)
+            .map_err(|e| ck_err(path, format!("tensor `{name}`: {e}")))?;
+        tensors.insert(name, t);
+    }
+    Ok(Checkpoint { tensors, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let mut meta = BTreeMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        save(&path, &[("a".into(), t.clone())], &meta).unwrap();
+        let bytes = to_bytes(&[("a".into(), (t * 3.0).unwrap())], &meta).unwrap();
+        let e = write_atomic_with(&path, &bytes, |f, b| {
+            f.write_all(&b[..b.len() / 2])?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        let back = load(&path).unwrap();
+        assert_eq!(back.tensors["a"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+}

@@ -1,0 +1,531 @@
+//! The training configuration file: a JSON document (serde, closed `#[serde(tag = "type")]`
+//! enums, unknown fields rejected) naming the model, the dataset, the data pipeline, the
+//! optimizer, the learning-rate schedule and the loop's sizes and intervals.
+//!
+//! Relative paths (`dataset.root`, `output_dir`, `model.path`, `load_from`) are resolved
+//! against the directory of the config file.
+//!
+//! ```
+//! use segkit::train::TrainConfig;
+//! let cfg = TrainConfig::from_json(r#"{
+//!     "model": {"type": "Preset", "name": "segkit_demo_r18w16_psp_fashion-128x128"},
+//!     "dataset": {"type": "Custom", "root": "data/fashion"},
+//!     "optimizer": {"type": "SGD", "lr": 0.01},
+//!     "iterations": 100, "batch_size": 8, "output_dir": "work_dirs/demo"
+//! }"#).unwrap();
+//! assert_eq!(cfg.aux_loss_weight, 0.4);
+//! let e = TrainConfig::from_json(r#"{"optimizer": {"type": "Adam"}}"#).unwrap_err();
+//! assert!(e.to_string().contains("AdamW"), "{e}");
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{TrainError, TrainResult};
+use crate::SegmentorConfig;
+
+/// Which model to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// A named preset (`segkit_demo_r18w16_psp_fashion-128x128`, or any mmseg preset).
+    Preset {
+        /// The preset's name.
+        name: String,
+    },
+    /// A full segmentor config inline.
+    Config {
+        /// The config.
+        config: Box<SegmentorConfig>,
+    },
+    /// A segmentor config JSON file.
+    File {
+        /// Path of the file.
+        path: PathBuf,
+    },
+}
+
+fn default_train_split() -> String {
+    "train".into()
+}
+fn default_val_split() -> String {
+    "val".into()
+}
+fn default_ignore() -> u8 {
+    255
+}
+
+/// The dataset (layout and root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum DatasetConfig {
+    /// segkit's custom layout (segkit-data `CustomDataset`): `images/{split}/NAME.png` with
+    /// the class map `annotations/{split}/NAME.png` (8-bit class ids, `ignore_index`
+    /// unlabelled); class names and palette come from the model config.
+    Custom {
+        /// Dataset root.
+        root: PathBuf,
+        /// Training split folder name. Default `train`.
+        #[serde(default = "default_train_split")]
+        train_split: String,
+        /// Validation split folder name. Default `val`.
+        #[serde(default = "default_val_split")]
+        val_split: String,
+        /// Label value of unlabelled pixels. Default 255.
+        #[serde(default = "default_ignore")]
+        ignore_index: u8,
+    },
+    /// ADE20K (`ADEChallengeData2016`: `training` / `validation`, `reduce_zero_label`).
+    #[serde(rename = "ADE20K")]
+    Ade20k {
+        /// The `ADEChallengeData2016` folder.
+        root: PathBuf,
+    },
+    /// Cityscapes (`leftImg8bit` + `gtFine` `labelTrainIds`: `train` / `val`).
+    Cityscapes {
+        /// The folder holding `leftImg8bit` and `gtFine`.
+        root: PathBuf,
+    },
+    /// Pascal VOC 2012 (`train` / `val` lists; with `aug`, training on `SegmentationClassAug`
+    /// with mmseg's `aug` list).
+    #[serde(rename = "VOC")]
+    Voc {
+        /// The `VOC2012` folder.
+        root: PathBuf,
+        /// Train on the augmented set. Default false.
+        #[serde(default)]
+        aug: bool,
+    },
+}
+
+/// One training-pipeline transform (segkit-data's mmseg augmentation; the JSON form is
+/// mmseg's dict: `{"type": "RandomCrop", "crop_size": [512, 512], "cat_max_ratio": 0.75}`):
+/// `RandomResize`, `Resize`, `RandomCrop`, `RandomFlip`, `PhotoMetricDistortion`, `Pad`,
+/// `Normalize`.
+pub type TransformConfig = segkit_data::augment::Transform;
+
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_sgd_wd() -> f64 {
+    5e-4
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_wd() -> f64 {
+    0.01
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// `torch.optim.SGD` as mmseg configures it (`lr=0.01, momentum=0.9,
+    /// weight_decay=5e-4`): L2 weight decay added to the gradient of **every** parameter
+    /// (mmseg's default has no `paramwise_cfg`), then momentum `buf = m buf + g` (dampening
+    /// 0), `p -= lr buf` (Nesterov: `p -= lr (g + m buf)`).
+    #[serde(rename = "SGD")]
+    Sgd {
+        /// Base learning rate.
+        lr: f64,
+        /// Momentum. Default 0.9.
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        /// L2 weight decay. Default 5e-4.
+        #[serde(default = "default_sgd_wd")]
+        weight_decay: f64,
+        /// Nesterov momentum. Default false.
+        #[serde(default)]
+        nesterov: bool,
+    },
+    /// `torch.optim.AdamW` (decoupled weight decay `p *= 1 - lr wd`, then Adam with bias
+    /// correction). As OneFormer / detectron2 configure it (`WEIGHT_DECAY_NORM = 0`), norm
+    /// parameters get no decay; biases get none either unless `decay_bias` (detectron2's
+    /// default `WEIGHT_DECAY_BIAS = WEIGHT_DECAY` decays them; timm and HF exclude them).
+    AdamW {
+        /// Base learning rate.
+        lr: f64,
+        /// `(beta1, beta2)`. Default (0.9, 0.999).
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        /// Denominator epsilon. Default 1e-8.
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+        /// Decoupled weight decay. Default 0.01 (PyTorch's).
+        #[serde(default = "default_adamw_wd")]
+        weight_decay: f64,
+        /// Decay normalisation weights and biases too (1-D parameters). Default false.
+        #[serde(default)]
+        decay_norm_and_bias: bool,
+    },
+}
+
+impl OptimizerConfig {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. } => *lr,
+        }
+    }
+}
+
+fn default_power() -> f64 {
+    0.9
+}
+fn default_min_lr() -> f64 {
+    1e-4
+}
+
+/// The learning-rate policy over the iterations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum LrPolicy {
+    /// mmseg `PolyLR(power, eta_min)`: `(base - min) (1 - it / iters)^power + min`.
+    Poly {
+        /// Exponent. Default 0.9.
+        #[serde(default = "default_power")]
+        power: f64,
+        /// Learning rate at the end (`eta_min`). Default 1e-4.
+        #[serde(default = "default_min_lr")]
+        min_lr: f64,
+    },
+    /// The base learning rate throughout.
+    Constant {},
+}
+
+fn default_start_factor() -> f64 {
+    1e-3
+}
+
+/// Linear warm-up (mmengine `LinearLR`, detectron2 `WarmupPolyLR`'s linear warm-up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupConfig {
+    /// Length of the warm-up in iterations.
+    pub iters: usize,
+    /// Factor at iteration 0, rising linearly to 1 at `iters`. Default 1e-3.
+    #[serde(default = "default_start_factor")]
+    pub start_factor: f64,
+}
+
+/// The learning-rate schedule: a policy, optionally multiplied by a linear warm-up factor
+/// (as detectron2's `WarmupPolyLR`: `lr = warmup(it) * policy(it)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// The policy. Default Poly (0.9, 1e-4).
+    #[serde(default = "default_policy")]
+    pub policy: LrPolicy,
+    /// Optional warm-up. Default none.
+    #[serde(default)]
+    pub warmup: Option<WarmupConfig>,
+}
+
+fn default_policy() -> LrPolicy {
+    LrPolicy::Poly {
+        power: default_power(),
+        min_lr: default_min_lr(),
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            policy: default_policy(),
+            warmup: None,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// The learning rate of iteration `it` (0-based) of `iters`, for base rate `base`.
+    pub fn lr_at(&self, base: f64, it: usize, iters: usize) -> f64 {
+        let t = if iters == 0 {
+            1.0
+        } else {
+            (it as f64 / iters as f64).min(1.0)
+        };
+        let lr = match self.policy {
+            LrPolicy::Poly { power, min_lr } => (base - min_lr) * (1.0 - t).powf(power) + min_lr,
+            LrPolicy::Constant {} => base,
+        };
+        match &self.warmup {
+            Some(w) if it < w.iters && w.iters > 0 => {
+                let f = w.start_factor + (1.0 - w.start_factor) * it as f64 / w.iters as f64;
+                lr * f
+            }
+            _ => lr,
+        }
+    }
+}
+
+fn default_pipeline() -> Vec<TransformConfig> {
+    vec![TransformConfig::RandomFlip {
+        prob: 0.5,
+        direction: segkit_data::augment::FlipDirection::Horizontal,
+    }]
+}
+fn default_accumulate() -> usize {
+    1
+}
+fn default_aux_weight() -> f64 {
+    0.4
+}
+fn default_log_interval() -> usize {
+    10
+}
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: ModelSpec,
+    /// The dataset.
+    pub dataset: DatasetConfig,
+    /// Training transforms after loading, in order (mmseg's `train_pipeline` without the
+    /// loading steps). Default: a horizontal flip with probability 0.5. Samples are then
+    /// normalised by the model's data preprocessor (unless the pipeline has `Normalize`) and
+    /// padded (image 0 after normalisation, label 255) to its `size` when it has one, else to
+    /// the batch's largest.
+    #[serde(default = "default_pipeline")]
+    pub pipeline: Vec<TransformConfig>,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule. Default Poly(0.9, min 1e-4), no warm-up.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Number of optimizer steps.
+    pub iterations: usize,
+    /// Samples per forward pass.
+    pub batch_size: usize,
+    /// Forward/backward passes whose gradients are summed (each loss divided by this) before
+    /// one optimizer step: the effective batch is `batch_size * accumulate`. Default 1.
+    #[serde(default = "default_accumulate")]
+    pub accumulate: usize,
+    /// Weight of the auxiliary head's loss (mmseg's `loss_weight=0.4` of the FCN auxiliary
+    /// head). Default 0.4.
+    #[serde(default = "default_aux_weight")]
+    pub aux_loss_weight: f64,
+    /// Evaluate on the validation split every this many iterations (and at the end); 0:
+    /// only at the end.
+    #[serde(default)]
+    pub eval_interval: usize,
+    /// Write a checkpoint every this many iterations (and at the end); 0: at each
+    /// evaluation and at the end.
+    #[serde(default)]
+    pub checkpoint_interval: usize,
+    /// Log (metrics file, and the progress line when stderr is not a terminal) every this many
+    /// iterations. Default 10.
+    #[serde(default = "default_log_interval")]
+    pub log_interval: usize,
+    /// Samples per evaluation batch. Default: `batch_size`.
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
+    /// Use only the first `n` validation samples. Default: all.
+    #[serde(default)]
+    pub val_limit: Option<usize>,
+    /// Seed of the weight initialisation, the data order, the augmentation and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Start from these weights (a model safetensors / mmseg checkpoint) instead of the
+    /// random initialisation.
+    #[serde(default)]
+    pub load_from: Option<PathBuf>,
+    /// Where checkpoints, logs and the final model go.
+    pub output_dir: PathBuf,
+}
+
+impl TrainConfig {
+    /// Parses a config (no path resolution); errors name the offending field or variant.
+    pub fn from_json(text: &str) -> TrainResult<Self> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| TrainError::Config {
+            path: PathBuf::from("<json>"),
+            reason: e.to_string(),
+        })?;
+        cfg.validate().map_err(|reason| TrainError::Config {
+            path: PathBuf::from("<json>"),
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file; relative paths in it are resolved against its directory.
+    pub fn load(path: impl AsRef<Path>) -> TrainResult<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut cfg: Self = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate().map_err(|reason| TrainError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Makes the relative paths of the config relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.output_dir);
+        match &mut self.dataset {
+            DatasetConfig::Custom { root, .. }
+            | DatasetConfig::Ade20k { root }
+            | DatasetConfig::Cityscapes { root }
+            | DatasetConfig::Voc { root, .. } => fix(root),
+        }
+        if let ModelSpec::File { path } = &mut self.model {
+            fix(path);
+        }
+        if let Some(p) = &mut self.load_from {
+            fix(p);
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.iterations == 0 {
+            return Err("`iterations` must be positive".into());
+        }
+        if self.batch_size == 0 || self.accumulate == 0 {
+            return Err("`batch_size` and `accumulate` must be positive".into());
+        }
+        if self.eval_batch_size == Some(0) {
+            return Err("`eval_batch_size` must be positive".into());
+        }
+        let lr = self.optimizer.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("optimizer lr must be positive, got {lr}"));
+        }
+        match &self.optimizer {
+            OptimizerConfig::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                if !(0.0..1.0).contains(momentum) || *weight_decay < 0.0 {
+                    return Err(format!(
+                        "SGD needs momentum in [0, 1) and weight_decay >= 0, got {momentum} and \
+                         {weight_decay}"
+                    ));
+                }
+            }
+            OptimizerConfig::AdamW {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                if betas.iter().any(|b| !(0.0..1.0).contains(b))
+                    || *eps <= 0.0
+                    || *weight_decay < 0.0
+                {
+                    return Err(format!(
+                        "AdamW needs betas in [0, 1), eps > 0 and weight_decay >= 0, got {betas:?}, \
+                         {eps} and {weight_decay}"
+                    ));
+                }
+            }
+        }
+        if let LrPolicy::Poly { power, min_lr } = self.schedule.policy {
+            if power < 0.0 || min_lr < 0.0 || min_lr > lr {
+                return Err(format!(
+                    "Poly schedule needs power >= 0 and 0 <= min_lr <= lr, got {power} and \
+                     {min_lr}"
+                ));
+            }
+        }
+        if let Some(w) = &self.schedule.warmup {
+            if !(0.0..=1.0).contains(&w.start_factor) {
+                return Err(format!(
+                    "warm-up start_factor must be in [0, 1], got {}",
+                    w.start_factor
+                ));
+            }
+        }
+        segkit_data::augment::Pipeline::new(self.pipeline.clone())
+            .map_err(|e| format!("pipeline: {e}"))?;
+        Ok(())
+    }
+
+    /// The segmentor config the model spec names.
+    pub fn segmentor_config(&self) -> TrainResult<SegmentorConfig> {
+        match &self.model {
+            ModelSpec::Preset { name } => super::resolve_preset(name),
+            ModelSpec::Config { config } => {
+                config.validate()?;
+                Ok((**config).clone())
+            }
+            ModelSpec::File { path } => {
+                let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                SegmentorConfig::from_json(&text).map_err(|e| TrainError::Config {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_mmseg_poly_and_warmup() {
+        let s = ScheduleConfig::default();
+        assert_eq!(s.lr_at(0.01, 0, 100), 0.01);
+        let want = (0.01 - 1e-4) * (0.5f64).powf(0.9) + 1e-4;
+        assert!((s.lr_at(0.01, 50, 100) - want).abs() < 1e-15);
+        assert!((s.lr_at(0.01, 100, 100) - 1e-4).abs() < 1e-15);
+        let w = ScheduleConfig {
+            policy: LrPolicy::Constant {},
+            warmup: Some(WarmupConfig {
+                iters: 10,
+                start_factor: 0.1,
+            }),
+        };
+        assert!((w.lr_at(1.0, 0, 100) - 0.1).abs() < 1e-15);
+        assert!((w.lr_at(1.0, 5, 100) - 0.55).abs() < 1e-15);
+        assert_eq!(w.lr_at(1.0, 10, 100), 1.0);
+    }
+
+    #[test]
+    fn bad_configs_are_clear() {
+        let base = r#""model": {"type": "Preset", "name": "x"}, "dataset": {"type": "Custom", "root": "d"},
+            "iterations": 10, "batch_size": 2, "output_dir": "o""#;
+        let e = TrainConfig::from_json(&format!(
+            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01, "momentum": 1.5}}}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("momentum"), "{e}");
+        let e = TrainConfig::from_json(&format!(
+            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01}}, "pipeline": [{{"type": "Blur"}}]}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("RandomCrop"), "{e}");
+        let e = TrainConfig::from_json(&format!(
+            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01}}, "iteration": 3}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("iteration"), "{e}");
+    }
+}
