@@ -5,7 +5,7 @@
 //! ```
 //! MODEL is a registry name (`cargo xtask list`), a segkit model directory or a Hugging Face
 //! OneFormer directory; without it, the committed demo model (`segkit-demo`) is used. Writes
-//! `IMAGE_color.png` and `IMAGE_overlay.png` next to the image.
+//! `STEM_color.png` and `STEM_overlay.png` into the current directory.
 
 use candle_core::Device;
 use segkit::{Segmenter, Task};
@@ -23,7 +23,9 @@ fn main() -> segkit::Result<()> {
     let seg = Segmenter::load(&model, &Device::Cpu)?; // registry name or path
     let img = segkit::image::open(&image)?;
     let out = seg.segment(&img, Task::Semantic)?; // typed result
-    let stem = image.trim_end_matches(".png").trim_end_matches(".jpg");
+    let stem = std::path::Path::new(&image)
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
     out.semantic().save_color(format!("{stem}_color.png"))?;
     out.semantic()
         .save_overlay(format!("{stem}_overlay.png"), &img, 0.5)?;
