@@ -239,6 +239,11 @@ impl Segmenter {
         }
         let entry = registry::find_model(&s)?;
         let Some(dir) = entry.dir.clone() else {
+            if s == DEFAULT_MODEL {
+                // Not on disk (e.g. an installed binary far from the repository): the copy
+                // compiled into this crate.
+                return Self::load_embedded_default(device);
+            }
             return Err(Error::ModelNotDownloaded {
                 name: entry.name.clone(),
                 searched: registry::weights_roots(),
@@ -253,6 +258,25 @@ impl Segmenter {
     /// [`Segmenter::load`] of [`DEFAULT_MODEL`].
     pub fn load_default(device: &Device) -> Result<Self> {
         Self::load(DEFAULT_MODEL, device)
+    }
+
+    /// The demo model compiled into this crate (`weights/segkit-demo/{config.json,
+    /// model.safetensors}`, 3.3 MB, `include_bytes!`): what [`Segmenter::load`] of
+    /// [`DEFAULT_MODEL`] falls back to when `weights/segkit-demo/` is not found, so the default
+    /// works offline wherever the binary runs.
+    pub fn load_embedded_default(device: &Device) -> Result<Self> {
+        const CONFIG: &str = include_str!("../../../../weights/segkit-demo/config.json");
+        const WEIGHTS: &[u8] = include_bytes!("../../../../weights/segkit-demo/model.safetensors");
+        let what = Path::new("<embedded segkit-demo>");
+        let cfg = SegmentorConfig::from_json(CONFIG)
+            .map_err(|e| bad_model(what, format!("embedded config: {e}")))?;
+        let tensors = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)?;
+        let mut sd = segkit_core::checkpoint::StateDict::new();
+        for (k, t) in tensors {
+            sd.insert(k, t);
+        }
+        let model = EncoderDecoder::from_state_dict(&cfg, &sd, device)?;
+        Ok(Self::from_encoder_decoder(DEFAULT_MODEL, model))
     }
 
     fn load_path(path: &Path, device: &Device) -> Result<Self> {

@@ -229,3 +229,23 @@ fn registry_entries_with_a_preset_build_it_from_the_directory_checkpoint() {
     let e = Segmenter::load_dir(&dir, None, &Device::Cpu).unwrap_err();
     assert!(matches!(e, Error::BadModel { .. }), "{e}");
 }
+
+/// The compiled-in demo model equals the one on disk: same class map on the bundled example.
+#[test]
+fn embedded_default_equals_the_committed_demo_model() {
+    let img = crate::image::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo_canvas.png"),
+    )
+    .unwrap();
+    let disk = Segmenter::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/segkit-demo"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let embedded = Segmenter::load_embedded_default(&Device::Cpu).unwrap();
+    assert_eq!(embedded.name(), DEFAULT_MODEL);
+    assert_eq!(embedded.classes(), disk.classes());
+    let a = disk.segment(&img, Task::Semantic).unwrap();
+    let b = embedded.segment(&img, Task::Semantic).unwrap();
+    assert_eq!(a.semantic().class_map, b.semantic().class_map);
+}
