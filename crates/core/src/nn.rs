@@ -526,8 +526,8 @@ pub fn sine_position_embedding(
 ///
 /// candle's fused `layer_norm` takes the variance as `E[x^2] - E[x]^2` in f32, which loses
 /// every significant digit when the mean is large against the spread (OneFormer's task token
-/// is a linear map of raw token ids, with values around 1e4). This kernel accumulates the mean
-/// and then the squared deviations in f64, one row per rayon task. When the input or the
+/// is a linear map of raw token ids, with values around 1e4). This kernel takes the mean and
+/// then the mean squared deviation, in f32 as PyTorch does, one row per rayon task. When the input or the
 /// weights record gradients (`Tensor::track_op`), or off the CPU, or for other dtypes, it runs
 /// as composed (differentiable) tensor ops with the same two-pass formula.
 ///
@@ -571,31 +571,27 @@ impl LayerNorm {
     fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
         use rayon::prelude::*;
         let d = self.weight.elem_count();
-        let xs = x.contiguous()?;
-        let xv = xs.flatten_all()?.to_vec1::<f32>()?;
         let w = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let b = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let eps = self.eps;
-        let mut out = vec![0f32; xv.len()];
-        if d > 0 {
-            out.par_chunks_mut(d)
-                .zip(xv.par_chunks(d))
-                .for_each(|(o, r)| {
-                    let mean = r.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                    let var = r
-                        .iter()
-                        .map(|&v| {
-                            let c = v as f64 - mean;
-                            c * c
-                        })
-                        .sum::<f64>()
-                        / d as f64;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for k in 0..d {
-                        o[k] = ((r[k] as f64 - mean) * inv) as f32 * w[k] + b[k];
-                    }
-                });
-        }
+        let out = crate::ops::with_cpu_f32(x, |xv| {
+            let mut out = vec![0f32; xv.len()];
+            if d > 0 {
+                out.par_chunks_mut(d)
+                    .zip(xv.par_chunks(d))
+                    .for_each(|(o, r)| {
+                        // Two passes in f32, as PyTorch: the mean, then the mean squared
+                        // deviation (never E[x^2] - E[x]^2).
+                        let m = r.iter().sum::<f32>() / d as f32;
+                        let var = r.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / d as f32;
+                        let inv = 1.0 / (var + eps as f32).sqrt();
+                        for k in 0..d {
+                            o[k] = (r[k] - m) * inv * w[k] + b[k];
+                        }
+                    });
+            }
+            Ok(out)
+        })?;
         Ok(Tensor::from_vec(out, x.dims(), x.device())?)
     }
 }

@@ -21,39 +21,18 @@ use crate::Result;
 /// and output norms (only the blocks' norms take `layer_norm_eps`).
 pub(crate) const TORCH_LN_EPS: f64 = 1e-5;
 
-/// LayerNorm over the last dimension (`weight`, `bias`).
-pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
+/// segkit-core's two-pass LayerNorm over the last dimension (`weight`, `bias`); `train` is
+/// accepted for the call sites' symmetry, the norm itself takes the differentiable path when
+/// its input records gradients.
+pub(crate) struct LayerNorm(segkit_core::nn::LayerNorm);
 
 impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
-            eps,
-        })
+        Ok(Self(segkit_core::nn::LayerNorm::new(dim, eps, vb)?))
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // candle's fused kernel (no gradient) exists for f32 / f16 / bf16.
-        if !train && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-            let x = x.contiguous()?;
-            return Ok(candle_nn::ops::layer_norm(
-                &x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?);
-        }
-        // Differentiable two-pass form (as torch: mean, then the biased variance).
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    pub fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        Ok(self.0.forward(x)?)
     }
 }
 

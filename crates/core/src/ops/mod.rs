@@ -13,6 +13,7 @@ mod boxes;
 mod grid_sample;
 mod pool;
 mod resize;
+pub(crate) use resize::with_cpu_f32;
 mod roi_align;
 
 pub use boxes::{batched_nms, box_area, box_iou, default_bbox_xform_clip, nms, BoxCoder};

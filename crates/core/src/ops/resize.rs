@@ -46,7 +46,7 @@ use crate::{Error, Result};
 
 /// Runs `f` on the contiguous `f32` data of a CPU tensor, converting the dtype or making the
 /// tensor contiguous first when needed (both are no-ops for a contiguous `f32` tensor).
-pub(super) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| {

@@ -212,49 +212,13 @@ pub struct PixelDecoderOutput {
     pub multi_scale_features: Vec<Tensor>,
 }
 
-/// `nn.LayerNorm` over the last dimension: candle's fused kernel for f32 / f16 / bf16, composed
-/// ops for other dtypes (candle's kernel has no f64).
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-            let x = x.contiguous()?;
-            return Ok(candle_nn::ops::layer_norm(
-                &x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?);
-        }
-        let last = x.rank() - 1;
-        let mean = x.mean_keepdim(last)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(last)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
-    }
-}
-
 /// One post-norm encoder layer (HF `OneFormerPixelDecoderEncoderLayer`).
 struct EncoderLayer {
     self_attn: MsDeformAttn,
-    self_attn_layer_norm: LayerNorm,
+    self_attn_layer_norm: segkit_core::nn::LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    final_layer_norm: LayerNorm,
+    final_layer_norm: segkit_core::nn::LayerNorm,
     dropout: f32,
 }
 
@@ -269,14 +233,18 @@ impl EncoderLayer {
                 cfg.num_points,
                 vb.pp("self_attn"),
             )?,
-            self_attn_layer_norm: LayerNorm::new(
+            self_attn_layer_norm: segkit_core::nn::LayerNorm::new(
                 d,
                 cfg.layer_norm_eps,
                 vb.pp("self_attn_layer_norm"),
             )?,
             fc1: candle_nn::linear(d, cfg.encoder_feedforward_dim, vb.pp("fc1"))?,
             fc2: candle_nn::linear(cfg.encoder_feedforward_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: segkit_core::nn::LayerNorm::new(
+                d,
+                cfg.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
             dropout: cfg.dropout as f32,
         })
     }
