@@ -8,14 +8,14 @@
 //!   from its held-out `t10k` items.
 //! - `train-demo [--iterations N] [--data DIR] [--work DIR]`: builds the `segkit` binary, runs
 //!   `nice segkit train` on the demo preset (the data is made first if missing), then writes
-//!   `weights/segkit-demo/{model.safetensors, config.json, metrics.json, curve.png}` and the
+//!   `crates/segkit/demo/{model.safetensors, config.json, metrics.json, curve.png}` and the
 //!   16-canvas validation subset `tests/fixtures/demo_val/` with its mIoU recorded in
 //!   `metrics.json` (which `segkit eval` must reproduce exactly; see crates/cli/tests/train.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use segkit::train::demo::{self, DemoReport};
+use crate::demo_data::{self as demo, DemoReport};
 
 const USAGE_DATA: &str = "usage: cargo xtask make-demo-data [--out DIR] [--train N] [--val N]";
 const USAGE_TRAIN: &str =
@@ -133,7 +133,7 @@ pub fn run_train(args: &[String]) -> Result<(), String> {
             .args(["train", "--config"])
             .arg(&config),
     )?;
-    let out = root.join("weights/segkit-demo");
+    let out = root.join("crates/segkit/demo");
     let fixture = root.join("tests/fixtures/demo_val");
     let report: DemoReport =
         demo::finish_demo(&cfg, &data, &out, &fixture, N_FIXTURE).map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@
 //!   `--convert` running the entry's converter.
 //! - `list`: the registry with what is present and verified.
 //! - `make-demo-data`: the demo dataset (Fashion-MNIST canvases) into `target/demo-data`.
-//! - `train-demo`: trains segkit's demo model on this CPU into `weights/segkit-demo/`.
+//! - `train-demo`: trains segkit's demo model on this CPU into `crates/segkit/demo/`.
 //!
 //! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
@@ -21,6 +21,7 @@ use std::process::{Command, ExitCode};
 mod bench;
 mod convert;
 mod demo;
+mod demo_data;
 mod download;
 mod fixtures;
 mod list;

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use segkit::EncoderDecoder;
-use segkit_backbones::ResNet;
+use segkit::{EncoderDecoder, ModelConfig};
+use segkit_backbones::{ResNet, Swin};
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::testing::synthetic_var_builder;
+use segkit_core::Backbone;
 
-use crate::presets::{self, ModelConfig};
+use crate::presets;
 use crate::CliError;
 
 /// Arguments of `segkit dump`.
@@ -74,6 +75,46 @@ fn read_input(path: &PathBuf) -> Result<Tensor, CliError> {
     Ok(t.to_dtype(DType::F32)?)
 }
 
+/// Builds a backbone from `--synthetic` or `--weights` (optionally under `--prefix`; a
+/// classifier `fc.*` is dropped rather than reported as unused).
+fn load_backbone<B>(
+    a: &DumpArgs,
+    name: &str,
+    dev: &Device,
+    build: impl FnOnce(candle_nn::VarBuilder<'static>) -> segkit_core::Result<B>,
+) -> Result<B, CliError> {
+    match (&a.weights, a.synthetic) {
+        (_, true) => Ok(build(synthetic_var_builder(DType::F32, dev))?),
+        (Some(w), false) => {
+            let mut sd = StateDict::load(w)?;
+            if !a.prefix.is_empty() {
+                sd = sd.select_prefix(&a.prefix)?;
+            }
+            sd.remove("fc.weight");
+            sd.remove("fc.bias");
+            let loaded = if a.allow_unused {
+                checkpoint::load_model_lenient(&sd, DType::F32, dev, build).map(|r| r.0)
+            } else {
+                checkpoint::load_model(&sd, DType::F32, dev, build)
+            };
+            loaded.map_err(|source| CliError::Load {
+                model: name.to_string(),
+                checkpoint: w.clone(),
+                source: Box::new(source),
+            })
+        }
+        (None, false) => Err(CliError::Usage(
+            "give --weights CHECKPOINT or --synthetic".into(),
+        )),
+    }
+}
+
+/// A backbone's features by name (`c2`..`c5` for ResNet, the stage names for Swin).
+fn backbone_outputs(net: &dyn Backbone, x: &Tensor) -> Result<Vec<(String, Tensor)>, CliError> {
+    let feats = net.forward_features(x, false)?;
+    Ok(net.feature_names().into_iter().zip(feats).collect())
+}
+
 /// Runs `segkit dump`.
 pub fn run(a: DumpArgs) -> Result<(), CliError> {
     if a.list {
@@ -82,16 +123,12 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    let oneformer_dir = a
+    let hf_dir = a
         .weights
         .as_ref()
         .is_some_and(|w| w.is_dir() && w.join("config.json").is_file());
-    if oneformer_dir
-        || a.preset
-            .as_deref()
-            .is_some_and(|p| p.starts_with("oneformer_"))
-    {
-        return run_oneformer(&a);
+    if hf_dir {
+        return run_oneformer(&a, None);
     }
     let (name, cfg) = model_config(&a)?;
     let input = a
@@ -103,47 +140,25 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         .as_ref()
         .ok_or_else(|| CliError::Usage("--out FILE is required".into()))?;
     let dev = Device::Cpu;
-    let x = read_input(input)?;
     let outputs: Vec<(String, Tensor)> = match &cfg {
         ModelConfig::ResNet(c) => {
-            let net: ResNet = match (&a.weights, a.synthetic) {
-                (_, true) => ResNet::new(c, synthetic_var_builder(DType::F32, &dev))?,
-                (Some(w), false) => {
-                    let mut sd = StateDict::load(w)?;
-                    if !a.prefix.is_empty() {
-                        sd = sd.select_prefix(&a.prefix)?;
-                    }
-                    // A backbone has no classifier: torchvision / timm `fc.*` are dropped
-                    // rather than reported as unused.
-                    sd.remove("fc.weight");
-                    sd.remove("fc.bias");
-                    let build = |vb| ResNet::new(c, vb).map_err(segkit_core::Error::from);
-                    let loaded = if a.allow_unused {
-                        checkpoint::load_model_lenient(&sd, DType::F32, &dev, build).map(|r| r.0)
-                    } else {
-                        checkpoint::load_model(&sd, DType::F32, &dev, build)
-                    };
-                    loaded.map_err(|source| CliError::Load {
-                        model: name.clone(),
-                        checkpoint: w.clone(),
-                        source: Box::new(source),
-                    })?
-                }
-                (None, false) => {
-                    return Err(CliError::Usage(
-                        "give --weights CHECKPOINT or --synthetic".into(),
-                    ))
-                }
+            let x = read_input(input)?;
+            let build = |vb: candle_nn::VarBuilder<'static>| {
+                ResNet::new(c, vb).map_err(segkit_core::Error::from)
             };
-            let o = net.forward(&x, false)?;
-            vec![
-                ("c2".into(), o.c2),
-                ("c3".into(), o.c3),
-                ("c4".into(), o.c4),
-                ("c5".into(), o.c5),
-            ]
+            let net = load_backbone(&a, &name, &dev, build)?;
+            backbone_outputs(&net, &x)?
+        }
+        ModelConfig::Swin(c) => {
+            let x = read_input(input)?;
+            let build = |vb: candle_nn::VarBuilder<'static>| {
+                Swin::new(c, vb).map_err(segkit_core::Error::from)
+            };
+            let net = load_backbone(&a, &name, &dev, build)?;
+            backbone_outputs(&net, &x)?
         }
         ModelConfig::EncoderDecoder(c) => {
+            let x = read_input(input)?;
             let model = load_segmentor(&a, &name, c, &dev)?;
             let o = model.forward_t(&x, false)?;
             o.named()
@@ -151,6 +166,7 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
                 .map(|(k, t)| (k.to_string(), t.clone()))
                 .collect()
         }
+        ModelConfig::OneFormer(c) => return run_oneformer(&a, Some(c)),
     };
     let mut map = HashMap::new();
     for (k, t) in outputs {
@@ -166,9 +182,9 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
 /// synthetic weights; outputs `class_queries_logits`, `masks_queries_logits` and the task's
 /// post-processed map (`segmentation`, transformers' defaults, at the input's size), plus the
 /// segments as JSON next to the output.
-fn run_oneformer(a: &DumpArgs) -> Result<(), CliError> {
+fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<(), CliError> {
     use segkit::oneformer_parts::tokenizer::Task;
-    use segkit::{OneFormer, OneFormerConfig};
+    use segkit::OneFormer;
     let input = a
         .input
         .as_ref()
@@ -182,15 +198,9 @@ fn run_oneformer(a: &DumpArgs) -> Result<(), CliError> {
         .parse()
         .map_err(|e: segkit::oneformer_parts::Error| CliError::Usage(e.to_string()))?;
     let dev = Device::Cpu;
-    let model = match (&a.weights, a.synthetic, a.preset.as_deref()) {
+    let model = match (&a.weights, a.synthetic, cfg) {
         (Some(dir), false, _) => OneFormer::from_hf_dir(dir, &dev)?,
-        (_, true, Some(p)) => {
-            let cfg = OneFormerConfig::preset(p).map_err(|_| CliError::UnknownPreset {
-                name: p.to_string(),
-                valid: presets::list().into_iter().map(|(n, _)| n).collect(),
-            })?;
-            OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev))?
-        }
+        (_, true, Some(cfg)) => OneFormer::new(cfg, synthetic_var_builder(DType::F32, &dev))?,
         _ => {
             return Err(CliError::Usage(
                 "OneFormer: give --weights HF_DIR, or --preset NAME with --synthetic".into(),

@@ -141,7 +141,7 @@ fn bad_checkpoints_fail_cleanly_and_keep_outputs_untouched() {
 fn bad_config_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"type": "Swin", "depth": 50}"#).unwrap();
+    std::fs::write(&cfg, r#"{"type": "VGG", "depth": 50}"#).unwrap();
     let o = segkit(&[
         "dump",
         "--config",

@@ -70,7 +70,8 @@ fn model_dir(dir: &Path, num_classes: usize, named: bool) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let map = rec.0.lock().unwrap().clone();
     segkit_core::checkpoint::save_safetensors(&map, dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), text).unwrap();
+    let tagged = segkit::ModelConfig::from(cfg).to_json_pretty();
+    std::fs::write(dir.join("config.json"), tagged).unwrap();
     dir.to_path_buf()
 }
 
@@ -501,7 +502,7 @@ fn a_failure_mid_run_names_the_image_and_leaves_none_of_its_files() {
 /// The README's main command: `segkit infer examples/demo_canvas.png --out DIR` with the
 /// default (committed demo) model. The example comes with ground truth; the image's mIoU over
 /// its ground-truth classes must be at least the demo model's held-out mIoU
-/// (weights/segkit-demo/metrics.json) minus 0.05.
+/// (crates/segkit/demo/metrics.json) minus 0.05.
 #[test]
 fn readme_main_command_segments_the_bundled_example() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -543,7 +544,7 @@ fn readme_main_command_segments_the_bundled_example() {
     }
     let miou = ious.iter().sum::<f64>() / ious.len() as f64;
     let metrics: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("weights/segkit-demo/metrics.json")).unwrap(),
+        &std::fs::read_to_string(root.join("crates/segkit/demo/metrics.json")).unwrap(),
     )
     .unwrap();
     let held_out = metrics["val"]["mIoU"].as_f64().unwrap();

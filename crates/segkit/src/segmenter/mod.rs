@@ -48,7 +48,9 @@ pub use results::{
 pub use segkit_oneformer::tokenizer::Task;
 
 use crate::oneformer::OneFormerPrediction;
-use crate::{EncoderDecoder, Error, OneFormer, PredictOptions, Result, SegmentorConfig};
+use crate::{
+    EncoderDecoder, Error, ModelConfig, OneFormer, PredictOptions, Result, SegmentorConfig,
+};
 
 /// Which architecture a [`Segmenter`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,31 +156,46 @@ fn read_dir_config(config: &Path) -> Result<DirConfig> {
         .map_err(|e| bad_model(config, format!("cannot read: {e}")))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad_model(config, format!("not valid JSON: {e}")))?;
-    let model_type = v.get("model_type").and_then(|t| t.as_str());
-    if model_type == Some("oneformer") {
-        return Ok(DirConfig::OneFormer);
+    if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
+        // A Hugging Face `save_pretrained` directory: its config names the model type.
+        return match t {
+            "oneformer" => Ok(DirConfig::OneFormer),
+            t => Err(bad_model(
+                config,
+                format!(
+                    "Hugging Face model_type `{t}` is not supported (segkit loads `oneformer` \
+                     directories, and segkit model configs with a `\"type\"`)"
+                ),
+            )),
+        };
     }
-    if v.get("backbone").is_some() && v.get("decode_head").is_some() {
-        let cfg = SegmentorConfig::from_json(&text).map_err(|e| match e {
-            Error::InvalidConfig(m) => {
-                bad_model(config, format!("not a valid segkit model config: {m}"))
-            }
-            other => other,
-        })?;
-        return Ok(DirConfig::Segkit(Box::new(cfg)));
+    if v.get("type").is_none() {
+        return Err(bad_model(
+            config,
+            "no `\"type\"`: a segkit model config is a tagged `ModelConfig` \
+             (`{\"type\": \"EncoderDecoder\", ...}`), a Hugging Face one has `model_type`",
+        ));
     }
-    Err(bad_model(
-        config,
-        match model_type {
-            Some(t) => format!(
-                "model_type `{t}` is not supported (segkit loads `oneformer` Hugging Face \
-                 directories and segkit configs with `backbone` and `decode_head`)"
+    match ModelConfig::from_json(&text) {
+        Ok(ModelConfig::EncoderDecoder(cfg)) => {
+            cfg.validate()
+                .map_err(|e| bad_model(config, e.to_string()))?;
+            Ok(DirConfig::Segkit(cfg))
+        }
+        Ok(other) => Err(bad_model(
+            config,
+            format!(
+                "a `{}` config describes no segmenter (segkit segments with `EncoderDecoder` \
+                 configs and Hugging Face OneFormer directories)",
+                other.type_name()
             ),
-            None => "neither a segkit model config (`backbone`, `decode_head`) nor a Hugging \
-                     Face OneFormer config (`model_type: oneformer`)"
-                .to_string(),
-        },
-    ))
+        )),
+        Err(Error::InvalidConfig(m)) => Err(bad_model(
+            config,
+            format!("not a valid segkit model config: {m}"),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 fn dir_name(dir: &Path) -> String {
@@ -260,16 +277,19 @@ impl Segmenter {
         Self::load(DEFAULT_MODEL, device)
     }
 
-    /// The demo model compiled into this crate (`weights/segkit-demo/{config.json,
+    /// The demo model compiled into this crate (`demo/{config.json,
     /// model.safetensors}`, 3.3 MB, `include_bytes!`): what [`Segmenter::load`] of
-    /// [`DEFAULT_MODEL`] falls back to when `weights/segkit-demo/` is not found, so the default
+    /// [`DEFAULT_MODEL`] falls back to when no weights directory holds `segkit-demo/`, so the default
     /// works offline wherever the binary runs.
     pub fn load_embedded_default(device: &Device) -> Result<Self> {
-        const CONFIG: &str = include_str!("../../../../weights/segkit-demo/config.json");
-        const WEIGHTS: &[u8] = include_bytes!("../../../../weights/segkit-demo/model.safetensors");
+        const CONFIG: &str = include_str!("../../demo/config.json");
+        const WEIGHTS: &[u8] = include_bytes!("../../demo/model.safetensors");
         let what = Path::new("<embedded segkit-demo>");
-        let cfg = SegmentorConfig::from_json(CONFIG)
-            .map_err(|e| bad_model(what, format!("embedded config: {e}")))?;
+        let cfg = match ModelConfig::from_json(CONFIG) {
+            Ok(ModelConfig::EncoderDecoder(c)) => *c,
+            Ok(other) => return Err(bad_model(what, format!("a {} config", other.type_name()))),
+            Err(e) => return Err(bad_model(what, format!("embedded config: {e}"))),
+        };
         let tensors = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)?;
         let mut sd = segkit_core::checkpoint::StateDict::new();
         for (k, t) in tensors {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 /// The model [`crate::Segmenter::load`] users reach for first: segkit's small trained demo
-/// model, committed in `weights/segkit-demo/`.
+/// model, committed in `crates/segkit/demo/`.
 pub const DEFAULT_MODEL: &str = "segkit-demo";
 
 /// Environment variable naming an extra weights directory, searched before the built-in one.
@@ -250,7 +250,7 @@ mod tests {
         assert!(is_name("segkit-demo"));
         assert!(is_name("pspnet_r50-d8_ade20k-512x512"));
         assert!(!is_name("./segkit-demo"));
-        assert!(!is_name("weights/segkit-demo"));
+        assert!(!is_name("crates/segkit/demo"));
         assert!(!is_name(".."));
         assert!(!is_name(""));
     }

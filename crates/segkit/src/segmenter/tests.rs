@@ -50,7 +50,8 @@ fn write_model_dir(dir: &Path, config: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let map = rec.0.lock().unwrap().clone();
     segkit_core::checkpoint::save_safetensors(&map, dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), config).unwrap();
+    let tagged = crate::ModelConfig::from(cfg).to_json_pretty();
+    std::fs::write(dir.join("config.json"), tagged).unwrap();
 }
 
 fn photo() -> DynamicImage {
@@ -238,7 +239,7 @@ fn embedded_default_equals_the_committed_demo_model() {
     )
     .unwrap();
     let disk = Segmenter::load(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/segkit-demo"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("demo"),
         &Device::Cpu,
     )
     .unwrap();

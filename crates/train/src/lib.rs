@@ -1,5 +1,5 @@
-//! Training: mmseg's iteration-based training loop for [`crate::EncoderDecoder`] segmentors
-//! on CPU with candle autograd, plus evaluation and segkit's demo model.
+//! segkit-train: mmseg's iteration-based training loop for [`segkit_models::EncoderDecoder`]
+//! segmentors on CPU with candle autograd, plus evaluation.
 //!
 //! - [`TrainConfig`] ([`config`]): the JSON training config — model preset / config,
 //!   dataset (layout + root), pipeline, optimizer (SGD with momentum, AdamW), schedule (poly
@@ -11,8 +11,6 @@
 //! - [`data`]: the `custom` dataset layout, the training transforms, data order, collation;
 //! - [`optim`]: the optimizers, update for update as PyTorch's;
 //! - [`checkpoint`]: the checkpoint format and atomic writes;
-//! - [`demo`]: the demo preset (`segkit_demo_r18w16_psp_fashion-128x128`) and its
-//!   Fashion-MNIST canvas dataset;
 //! - [`plot`]: a small PNG line-plot writer for training curves.
 //!
 //! Every op on the training path of a ResNet + PSP / FCN segmentor has a backward pass:
@@ -24,10 +22,11 @@
 //! `CANDLE_NUM_THREADS=1` for training (unless already set), which keeps those ops on the
 //! calling thread (measured 4-6x faster steps on 2 cores).
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod demo;
 pub mod eval;
 pub mod optim;
 pub mod plot;
@@ -48,7 +47,7 @@ pub use trainer::{IterLosses, TrainSummary, Trainer};
 
 use std::path::PathBuf;
 
-use crate::SegmentorConfig;
+use segkit_models::SegmentorConfig;
 
 /// Errors of training and evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +55,7 @@ use crate::SegmentorConfig;
 pub enum TrainError {
     /// A model error (config, weights, shapes).
     #[error(transparent)]
-    Segkit(#[from] crate::Error),
+    Segkit(#[from] segkit_models::Error),
     /// A dataset error; [`segkit_data::Error::BadFile`] names the file.
     #[error(transparent)]
     Data(#[from] segkit_data::Error),
@@ -112,17 +111,18 @@ impl From<segkit_core::Error> for TrainError {
 /// `Result` with [`TrainError`].
 pub type TrainResult<T> = std::result::Result<T, TrainError>;
 
-/// The config of a preset name: segkit's demo presets ([`demo::preset`]), then mmseg's.
+/// The segmentor config of a preset name (any encoder-decoder preset of
+/// [`segkit_models::presets`], segkit's demo model included).
 pub fn resolve_preset(name: &str) -> TrainResult<SegmentorConfig> {
-    if let Some(c) = demo::preset(name) {
-        return Ok(c);
-    }
-    match SegmentorConfig::preset(name) {
-        Ok(c) => Ok(c),
-        Err(crate::Error::UnknownPreset { name, mut valid }) => {
-            valid.extend(demo::preset_names());
-            Err(crate::Error::UnknownPreset { name, valid }.into())
-        }
-        Err(e) => Err(e.into()),
+    match segkit_models::preset(name)? {
+        segkit_models::ModelConfig::EncoderDecoder(c) => Ok(*c),
+        other => Err(TrainError::Config {
+            path: PathBuf::from("<train config>"),
+            reason: format!(
+                "preset `{name}` is a {} model; `segkit train` trains encoder-decoder \
+                 segmentors",
+                other.type_name()
+            ),
+        }),
     }
 }

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Tensor, Var};
 
-use super::config::OptimizerConfig;
-use super::TrainResult;
+use crate::config::OptimizerConfig;
+use crate::TrainResult;
 
 /// Per-parameter optimizer state.
 #[derive(Debug, Clone, Default)]

@@ -20,7 +20,7 @@
 //! - training crop (`data_preprocessor.size`) 512x1024 / 512x512.
 //!
 //! ```
-//! use segkit::{Architecture, Dataset, Preset};
+//! use segkit_models::{Architecture, Dataset, Preset};
 //! let p: Preset = "pspnet_r101-d8_ade20k-512x512".parse().unwrap();
 //! assert_eq!(p, Preset::new(Architecture::PspnetR101D8, Dataset::Ade20k));
 //! let cfg = p.config();
@@ -36,11 +36,11 @@ use segkit_backbones::ResNetConfig;
 use segkit_heads::{AsppHeadConfig, DaHeadConfig, EncHeadConfig, FcnHeadConfig, PspHeadConfig};
 use segkit_necks::JpuConfig;
 
-use crate::config::{
+use crate::datasets::DatasetMeta;
+use crate::encoder_decoder::config::{
     BackboneConfig, DataPreprocessorConfig, HeadConfig, NeckConfig, SegmentorConfig, TestMode,
     TestResize,
 };
-use crate::datasets::DatasetMeta;
 use crate::Error;
 
 /// A model architecture, named after mmseg's config prefix.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use super::{TrainError, TrainResult};
+use crate::{TrainError, TrainResult};
 
 /// One series of `(x, y)` points.
 #[derive(Debug, Clone)]
@@ -293,7 +293,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> TrainResult<()> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    super::checkpoint::write_atomic(path, &bytes)
+    crate::checkpoint::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

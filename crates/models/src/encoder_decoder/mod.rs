@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use segkit::{EncoderDecoder, SegmentorConfig};
+//! use segkit_models::{EncoderDecoder, SegmentorConfig};
 //! let cfg = SegmentorConfig::from_json(
 //!     r#"{"name": "tiny", "backbone": {"type": "ResNet", "depth": 18},
 //!         "decode_head": {"type": "FCNHead", "base": {"channels": 8, "num_classes": 3}}}"#,
@@ -27,18 +27,24 @@
 //! assert_eq!(model.encode_decode(&x).unwrap().dims(), &[1, 3, 64, 96]);
 //! ```
 
+pub mod backbone;
+pub mod config;
+pub mod demo;
+pub mod heads;
+pub mod inference;
+pub mod neck;
+pub mod presets;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use segkit_backbones::ResNet;
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::{Backbone, FeatureSpec, Neck};
 use segkit_heads::{AsppHead, DaHead, EncHead, FcnHead, PspHead};
-use segkit_necks::{Fpn, Jpu};
 
-use crate::config::{BackboneConfig, HeadConfig, NeckConfig, SegmentorConfig};
 use crate::{Error, Result};
+use config::{HeadConfig, SegmentorConfig};
 
 /// A built decode or auxiliary head (boxed: the heads differ much in size).
 enum Head {
@@ -172,14 +178,11 @@ impl EncoderDecoder {
     pub fn new(cfg: &SegmentorConfig, vb: VarBuilder<'_>) -> Result<Self> {
         cfg.validate()?;
         let device = vb.device().clone();
-        let backbone: Box<dyn Backbone> = match &cfg.backbone {
-            BackboneConfig::ResNet(c) => Box::new(ResNet::new(c, vb.pp("backbone"))?),
-        };
+        let backbone = cfg.backbone.build(vb.pp("backbone"))?;
         let mut specs = backbone.feature_specs();
-        let neck: Option<Box<dyn Neck>> = match &cfg.neck {
+        let neck = match &cfg.neck {
             None => None,
-            Some(NeckConfig::Jpu(c)) => Some(Box::new(Jpu::new(c, &specs, vb.pp("neck"))?)),
-            Some(NeckConfig::Fpn(c)) => Some(Box::new(Fpn::new(c, &specs, vb.pp("neck"))?)),
+            Some(n) => Some(n.build(&specs, vb.pp("neck"))?),
         };
         if let Some(n) = &neck {
             specs = n.output_specs();

@@ -1,104 +1,18 @@
-//! segkit's demo: a small segmentor trained from scratch on Fashion-MNIST canvases.
-//!
-//! - [`demo_config`]: the preset `segkit_demo_r18w16_psp_fashion-128x128`, a ResNetV1c-18
-//!   a quarter as wide as the standard one (mmseg `base_channels = 16`, `stem_channels = 16`),
-//!   dilated to output stride 8, with a PSP head (32 channels) and an auxiliary FCN head on
-//!   C4, for 11 classes (background + the 10 Fashion-MNIST classes);
-//! - [`FashionMnist`] and [`make_demo_data`]: the dataset, canvases composed deterministically
-//!   from Fashion-MNIST items (Debian package `dataset-fashion-mnist`) over procedural
-//!   backgrounds, written in the `custom` layout.
+//! The demo dataset of segkit's demo model (preset
+//! `segkit_demo_r18w16_psp_fashion-128x128`, [`segkit::models::encoder_decoder::demo`]):
+//! [`FashionMnist`] and [`make_demo_data`] compose canvases deterministically from
+//! Fashion-MNIST items (Debian package `dataset-fashion-mnist`) over procedural backgrounds,
+//! written in the `custom` layout; [`demo_train_config`] and [`finish_demo`] run and record the
+//! demo training.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use rayon::prelude::*;
-use segkit_backbones::{KeyStyle, ResNetConfig, Stem};
-use segkit_heads::{DecodeHeadConfig, FcnHeadConfig, InIndex, PspHeadConfig};
-
-use crate::config::{
-    BackboneConfig, DataPreprocessorConfig, HeadConfig, SegmentorConfig, TestMode,
-};
-use crate::datasets::DatasetMeta;
-
-use super::data::SampleRng;
-use super::{TrainError, TrainResult};
-
-/// Name of the demo preset.
-pub const DEMO_PRESET: &str = "segkit_demo_r18w16_psp_fashion-128x128";
-
-/// Class names of the demo dataset: background, then Fashion-MNIST's labels 0..9.
-pub const FASHION_CLASSES: [&str; 11] = [
-    "background",
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-/// Display colours of [`FASHION_CLASSES`].
-pub const FASHION_PALETTE: [[u8; 3]; 11] = [
-    [0, 0, 0],
-    [230, 25, 75],
-    [60, 180, 75],
-    [255, 225, 25],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 190],
-];
-
-/// The demo presets by name (only [`DEMO_PRESET`]).
-pub fn preset(name: &str) -> Option<SegmentorConfig> {
-    (name == DEMO_PRESET).then(demo_config)
-}
-
-/// Names of the demo presets.
-pub fn preset_names() -> Vec<String> {
-    vec![DEMO_PRESET.to_string()]
-}
-
-/// The config of [`DEMO_PRESET`].
-pub fn demo_config() -> SegmentorConfig {
-    let k = FASHION_CLASSES.len();
-    let backbone = ResNetConfig {
-        stem: Stem::Deep { width: 8 },
-        key_style: KeyStyle::Mmseg,
-        base_channels: 16,
-        ..ResNetConfig::mmseg_v1c(18)
-    };
-    let mut decode = PspHeadConfig::pspnet_r50_d8(k);
-    decode.base = DecodeHeadConfig::mmseg(32, k, InIndex::One(3));
-    let mut aux = FcnHeadConfig::aux_r50_d8(k);
-    aux.base = DecodeHeadConfig::mmseg(32, k, InIndex::One(2));
-    SegmentorConfig {
-        name: DEMO_PRESET.to_string(),
-        backbone: BackboneConfig::ResNet(backbone),
-        neck: None,
-        decode_head: HeadConfig::Psp(decode),
-        auxiliary_head: Some(HeadConfig::Fcn(aux)),
-        data_preprocessor: DataPreprocessorConfig {
-            size: Some([128, 128]),
-            ..DataPreprocessorConfig::default()
-        },
-        test_resize: None,
-        test_cfg: TestMode::Whole,
-        tta: None,
-        meta: DatasetMeta {
-            classes: FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
-            palette: FASHION_PALETTE.to_vec(),
-        },
-    }
-}
+use segkit::models::encoder_decoder::demo::{demo_config, DEMO_PRESET};
+use segkit::train::data::SampleRng;
+use segkit::train::{TrainError, TrainResult};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -172,11 +86,6 @@ impl FashionMnist {
     /// Number of items.
     pub fn len(&self) -> usize {
         self.labels.len()
-    }
-
-    /// Whether there are no items.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
     }
 
     /// Item `i` (784 bytes).
@@ -397,8 +306,12 @@ pub fn make_demo_data(src: &Path, out: &Path, n_train: usize, n_val: usize) -> T
 /// The training config of the demo run: AdamW (lr 3e-3, weight decay 0.01, no decay on norms
 /// and biases), 100 warm-up iterations from 0.1, poly decay to 1e-5, batch 8, random flips,
 /// six evaluations over the run on the whole validation split.
-pub fn demo_train_config(data: &Path, output_dir: &Path, iterations: usize) -> super::TrainConfig {
-    use super::config::*;
+pub fn demo_train_config(
+    data: &Path,
+    output_dir: &Path,
+    iterations: usize,
+) -> segkit::train::TrainConfig {
+    use segkit::train::config::*;
     TrainConfig {
         model: ModelSpec::Preset {
             name: DEMO_PRESET.to_string(),
@@ -411,7 +324,7 @@ pub fn demo_train_config(data: &Path, output_dir: &Path, iterations: usize) -> s
         },
         pipeline: vec![TransformConfig::RandomFlip {
             prob: 0.5,
-            direction: segkit_data::augment::FlipDirection::Horizontal,
+            direction: segkit::data::augment::FlipDirection::Horizontal,
         }],
         optimizer: OptimizerConfig::AdamW {
             lr: 3e-3,
@@ -451,16 +364,16 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> TrainResult<()>
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    super::checkpoint::write_atomic(path, format!("{s}\n").as_bytes())
+    segkit::train::checkpoint::write_atomic(path, format!("{s}\n").as_bytes())
 }
 
-/// What `weights/segkit-demo/metrics.json` records.
+/// What `crates/segkit/demo/metrics.json` records.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DemoReport {
     /// The preset.
     pub preset: String,
     /// The training config of the run.
-    pub train_config: super::TrainConfig,
+    pub train_config: segkit::train::TrainConfig,
     /// Training canvases.
     pub train_canvases: usize,
     /// Loss of the last iteration.
@@ -476,10 +389,10 @@ pub struct DemoReport {
     /// Number of model parameters (BatchNorm statistics excluded).
     pub parameters: usize,
     /// Held-out validation results (canvases of Fashion-MNIST's `t10k` items).
-    pub val: super::EvalResult,
+    pub val: segkit::train::EvalResult,
     /// Results on the committed subset `tests/fixtures/demo_val` (its first canvases), which
     /// `segkit eval` reproduces exactly.
-    pub fixture_subset: super::EvalResult,
+    pub fixture_subset: segkit::train::EvalResult,
 }
 
 /// The logged training loss and validation mIoU of a run's `metrics.jsonl`:
@@ -518,20 +431,20 @@ fn copy(from: &Path, to: &Path) -> TrainResult<()> {
         path: from.to_path_buf(),
         reason: e.to_string(),
     })?;
-    super::checkpoint::write_atomic(to, &bytes)
+    segkit::train::checkpoint::write_atomic(to, &bytes)
 }
 
 /// After the demo run of `cfg`: copies the model and its config to `out`, evaluates it on the
 /// whole validation split and on its first `n_fixture` canvases (copied to `fixture`), and
 /// writes `out/metrics.json` and `out/curve.png`.
 pub fn finish_demo(
-    cfg: &super::TrainConfig,
+    cfg: &segkit::train::TrainConfig,
     data: &Path,
     out: &Path,
     fixture: &Path,
     n_fixture: usize,
 ) -> TrainResult<DemoReport> {
-    use super::trainer::{CONFIG_FILE, LOG_FILE, MODEL_FILE};
+    use segkit::train::trainer::{CONFIG_FILE, LOG_FILE, MODEL_FILE};
     let run = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io {
         path: out.to_path_buf(),
@@ -540,20 +453,20 @@ pub fn finish_demo(
     copy(&run.join(MODEL_FILE), &out.join(MODEL_FILE))?;
     copy(&run.join(CONFIG_FILE), &out.join(CONFIG_FILE))?;
     let model_cfg = demo_config();
-    let model = crate::EncoderDecoder::from_checkpoint(
+    let model = segkit::EncoderDecoder::from_checkpoint(
         &model_cfg,
         out.join(MODEL_FILE),
         &candle_core::Device::Cpu,
     )?;
-    let custom = |root: &Path| super::DatasetConfig::Custom {
+    let custom = |root: &Path| segkit::train::DatasetConfig::Custom {
         root: root.to_path_buf(),
         train_split: "train".into(),
         val_split: "val".into(),
         ignore_index: 255,
     };
     let meta = &model_cfg.meta;
-    let val = super::open_dataset(&custom(data), super::Split::Val, meta)?;
-    let val_result = super::evaluate(&model, val.as_ref(), 8, |_, _| {})?;
+    let val = segkit::train::open_dataset(&custom(data), segkit::train::Split::Val, meta)?;
+    let val_result = segkit::train::evaluate(&model, val.as_ref(), 8, |_, _| {})?;
     // The committed subset: the first canvases of the validation split.
     for sub in ["images", "annotations"] {
         let dir = fixture.join(sub).join("val");
@@ -572,11 +485,11 @@ pub fn finish_demo(
             copy(&data.join(sub).join("val").join(&name), &dir.join(&name))?;
         }
     }
-    let sub = super::open_dataset(&custom(fixture), super::Split::Val, meta)?;
-    let sub_result = super::evaluate(&model, sub.as_ref(), 8, |_, _| {})?;
+    let sub = segkit::train::open_dataset(&custom(fixture), segkit::train::Split::Val, meta)?;
+    let sub_result = segkit::train::evaluate(&model, sub.as_ref(), 8, |_, _| {})?;
     let (loss, miou) = read_curve(&run.join(LOG_FILE))?;
-    super::plot::save_png(
-        &super::plot::training_curve(&loss, &miou),
+    segkit::train::plot::save_png(
+        &segkit::train::plot::training_curve(&loss, &miou),
         &out.join("curve.png"),
     )?;
     let summary: serde_json::Value = std::fs::read_to_string(run.join("summary.json"))
@@ -593,7 +506,7 @@ pub fn finish_demo(
                 .find_map(|v| v.get("elapsed").and_then(|e| e.as_f64()))
         })
         .unwrap_or(f64::NAN);
-    let weights = segkit_core::checkpoint::StateDict::load(out.join(MODEL_FILE))?;
+    let weights = segkit::core::checkpoint::StateDict::load(out.join(MODEL_FILE))?;
     let parameters = weights
         .iter()
         .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
@@ -608,14 +521,19 @@ pub fn finish_demo(
             }
         };
         rel(&mut recorded.output_dir);
-        if let super::DatasetConfig::Custom { root, .. } = &mut recorded.dataset {
+        if let segkit::train::DatasetConfig::Custom { root, .. } = &mut recorded.dataset {
             rel(root);
         }
     }
     let report = DemoReport {
         preset: DEMO_PRESET.to_string(),
         train_config: recorded,
-        train_canvases: super::open_dataset(&custom(data), super::Split::Train, meta)?.len(),
+        train_canvases: segkit::train::open_dataset(
+            &custom(data),
+            segkit::train::Split::Train,
+            meta,
+        )?
+        .len(),
         final_loss: summary
             .get("final_loss")
             .and_then(|v| v.as_f64())
@@ -635,4 +553,56 @@ pub fn finish_demo(
     };
     write_json(&out.join("metrics.json"), &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The generator is deterministic: the canvases it makes from Fashion-MNIST's `t10k`
+    /// items are the committed validation subset (whose mIoU the CLI tests check).
+    #[test]
+    fn demo_canvases_generated_from_fashion_mnist_equal_the_committed_subset() {
+        let src = Path::new(FASHION_MNIST_DIR);
+        if !src.join("t10k-images-idx3-ubyte.gz").is_file() {
+            eprintln!(
+                "skipped: Fashion-MNIST is not installed ({}); `{FASHION_MNIST_INSTALL}` \
+                 enables this test",
+                src.display()
+            );
+            return;
+        }
+        let fixture = repo().join("tests/fixtures/demo_val");
+        let metrics: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(repo().join("crates/segkit/demo/metrics.json")).unwrap(),
+        )
+        .unwrap();
+        let n = metrics["fixture_subset"]["num_images"].as_u64().unwrap() as usize;
+        let work = tempfile::tempdir().unwrap();
+        let data = work.path().join("data");
+        let items = FashionMnist::load(src, "t10k").unwrap();
+        write_split(&items, &data, "val", DEMO_SEED + 1, 0, n).unwrap();
+        let meta = demo_config().meta;
+        let open = |root: &Path| {
+            let ds = segkit::train::DatasetConfig::Custom {
+                root: root.to_path_buf(),
+                train_split: "train".into(),
+                val_split: "val".into(),
+                ignore_index: 255,
+            };
+            segkit::train::open_dataset(&ds, segkit::train::Split::Val, &meta).unwrap()
+        };
+        let (a, b) = (open(&data), open(&fixture));
+        for i in 0..n {
+            let (sa, sb) = (a.get(i).unwrap(), b.get(i).unwrap());
+            assert!(
+                sa.image == sb.image && sa.semantic == sb.semantic,
+                "canvas {i} differs from the committed fixture"
+            );
+        }
+    }
 }

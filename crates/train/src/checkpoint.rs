@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
 
-use super::{TrainError, TrainResult};
+use crate::{TrainError, TrainResult};
 
 /// Format tag stored in the metadata.
 pub const FORMAT: &str = "segkit-train-checkpoint/1";

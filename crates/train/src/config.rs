@@ -6,7 +6,7 @@
 //! against the directory of the config file.
 //!
 //! ```
-//! use segkit::train::TrainConfig;
+//! use segkit_train::TrainConfig;
 //! let cfg = TrainConfig::from_json(r#"{
 //!     "model": {"type": "Preset", "name": "segkit_demo_r18w16_psp_fashion-128x128"},
 //!     "dataset": {"type": "Custom", "root": "data/fashion"},
@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{TrainError, TrainResult};
-use crate::SegmentorConfig;
+use crate::{TrainError, TrainResult};
+use segkit_models::SegmentorConfig;
 
 /// Which model to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,8 @@ pub enum ModelSpec {
         /// The config.
         config: Box<SegmentorConfig>,
     },
-    /// A segmentor config JSON file.
+    /// A model config JSON file (a tagged `ModelConfig`, `{"type": "EncoderDecoder", ...}`, as
+    /// `segkit train` writes next to the weights).
     File {
         /// Path of the file.
         path: PathBuf,
@@ -466,7 +467,7 @@ impl TrainConfig {
     /// The segmentor config the model spec names.
     pub fn segmentor_config(&self) -> TrainResult<SegmentorConfig> {
         match &self.model {
-            ModelSpec::Preset { name } => super::resolve_preset(name),
+            ModelSpec::Preset { name } => crate::resolve_preset(name),
             ModelSpec::Config { config } => {
                 config.validate()?;
                 Ok((**config).clone())
@@ -476,10 +477,21 @@ impl TrainConfig {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                SegmentorConfig::from_json(&text).map_err(|e| TrainError::Config {
+                let bad = |reason: String| TrainError::Config {
                     path: path.clone(),
-                    reason: e.to_string(),
-                })
+                    reason,
+                };
+                match segkit_models::ModelConfig::from_json(&text) {
+                    Ok(segkit_models::ModelConfig::EncoderDecoder(c)) => {
+                        c.validate().map_err(|e| bad(e.to_string()))?;
+                        Ok(*c)
+                    }
+                    Ok(other) => Err(bad(format!(
+                        "a `{}` model; `segkit train` trains `EncoderDecoder` models",
+                        other.type_name()
+                    ))),
+                    Err(e) => Err(bad(e.to_string())),
+                }
             }
         }
     }

@@ -3,16 +3,16 @@
 //!
 //! When the model's test pipeline is the identity (no test resize, whole-image inference, no
 //! padding, no TTA) consecutive images of one size are predicted as a batch; otherwise each
-//! image goes through [`crate::EncoderDecoder::predict_image`].
+//! image goes through [`segkit_models::EncoderDecoder::predict_image`].
 
 use candle_core::{DType, Device, Tensor};
 use segkit_data::metrics::SegMetric;
 use segkit_data::{Sample, SegDataset};
 use serde::{Deserialize, Serialize};
 
-use super::TrainResult;
-use crate::config::TestMode;
-use crate::EncoderDecoder;
+use crate::TrainResult;
+use segkit_models::EncoderDecoder;
+use segkit_models::TestMode;
 
 /// Evaluation results (fractions in `[0, 1]`; `null` in JSON where undefined).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ fn predict_batch(model: &EncoderDecoder, samples: &[Sample]) -> TrainResult<Vec<
             .iter()
             .map(|s| segkit_data::augment::Augmented::new(s.clone()))
             .collect::<segkit_data::Result<Vec<_>>>()?;
-        let batch = super::data::collate(&items, pre, None, 255, model.device())?;
+        let batch = crate::data::collate(&items, pre, None, 255, model.device())?;
         let pred = model
             .predict(&batch.images)?
             .to_device(&Device::Cpu)?

@@ -9,11 +9,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::config::*;
-use super::data::write_toy_dataset;
-use super::{checkpoint, demo, Trainer};
-use crate::config::HeadConfig;
-use crate::{BackboneConfig, EncoderDecoder, SegmentorConfig};
+use crate::config::*;
+use crate::data::write_toy_dataset;
+use crate::{checkpoint, Trainer};
+use segkit_models::encoder_decoder::demo;
+use segkit_models::HeadConfig;
+use segkit_models::{BackboneConfig, EncoderDecoder, SegmentorConfig};
 
 fn tiny_model(dropout: f32) -> SegmentorConfig {
     let mut c = demo::demo_config();
@@ -120,7 +121,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 
 /// The metrics log without its timing fields.
 fn log_without_times(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join(super::trainer::LOG_FILE))
+    std::fs::read_to_string(dir.join(crate::trainer::LOG_FILE))
         .unwrap()
         .lines()
         .map(|l| {

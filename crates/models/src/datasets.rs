@@ -2,7 +2,7 @@
 //! (`mmseg/datasets/cityscapes.py`, `mmseg/datasets/ade.py`, mmseg 1.2.2).
 //!
 //! ```
-//! use segkit::datasets::{DatasetMeta, ADE20K_CLASSES};
+//! use segkit_models::datasets::{DatasetMeta, ADE20K_CLASSES};
 //! let meta = DatasetMeta::cityscapes();
 //! assert_eq!(meta.classes[13], "car");
 //! assert_eq!(meta.palette[0], [128, 64, 128]);

@@ -129,7 +129,8 @@ impl OneFormerPreprocessConfig {
 
 /// OneFormer's backbone: transformers' `SwinBackbone` (the shi-labs checkpoints) or
 /// `ResNetBackbone` (the official repo's R50 configs), both returning four stages (strides 4-32).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
 pub enum OneFormerBackboneConfig {
     /// `backbone_config.model_type == "swin"`: HF `SwinBackbone` keys.
     Swin(SwinConfig),
@@ -228,7 +229,8 @@ impl OneFormerBackboneConfig {
 
 /// The configuration of a whole OneFormer model. The component configs keep transformers'
 /// field names, so `config.json` maps onto them directly.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OneFormerConfig {
     /// A name for messages (the preset or the directory).
     pub name: String,

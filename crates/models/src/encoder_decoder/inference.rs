@@ -16,9 +16,9 @@ use candle_core::{DType, Tensor, D};
 use image::{DynamicImage, RgbImage};
 use segkit_core::ops;
 
-use crate::config::{TestMode, TestPad, TtaConfig};
+use crate::encoder_decoder::config::{TestMode, TestPad, TtaConfig};
+use crate::encoder_decoder::EncoderDecoder;
 use crate::image as img;
-use crate::segmentor::EncoderDecoder;
 use crate::{Error, Result};
 
 /// The result of [`EncoderDecoder::predict_image`]: one class id per pixel of the input
@@ -259,7 +259,7 @@ fn flip_last(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SegmentorConfig, TestResize};
+    use crate::encoder_decoder::config::{SegmentorConfig, TestResize};
     use segkit_core::testing::synthetic_var_builder;
 
     fn tiny() -> SegmentorConfig {

@@ -25,15 +25,15 @@ use segkit_data::{Sample, SegDataset};
 use segkit_losses::CrossEntropyLoss;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint;
-use super::config::TrainConfig;
-use super::data::{collate, open_dataset, DataOrder, Limited, SampleRng, Split};
-use super::eval::{detached_copy, evaluate, EvalResult};
-use super::optim::Optimizer;
-use super::progress::{MetricsLog, Progress};
-use super::{TrainError, TrainResult};
-use crate::config::{BackboneConfig, SegmentorConfig};
-use crate::EncoderDecoder;
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::data::{collate, open_dataset, DataOrder, Limited, SampleRng, Split};
+use crate::eval::{detached_copy, evaluate, EvalResult};
+use crate::optim::Optimizer;
+use crate::progress::{MetricsLog, Progress};
+use crate::{TrainError, TrainResult};
+use segkit_models::EncoderDecoder;
+use segkit_models::{BackboneConfig, SegmentorConfig};
 
 /// File name of the latest checkpoint in the output directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -615,7 +615,8 @@ impl Trainer {
         let path = dir.join(MODEL_FILE);
         let w = self.weights()?;
         segkit_core::checkpoint::save_safetensors(&w, &path)?;
-        let cfg = serde_json::to_string_pretty(&self.model_cfg).map_err(|e| TrainError::Io {
+        let tagged = segkit_models::ModelConfig::from(self.model_cfg.clone());
+        let cfg = serde_json::to_string_pretty(&tagged).map_err(|e| TrainError::Io {
             path: dir.join(CONFIG_FILE),
             reason: e.to_string(),
         })?;
@@ -736,7 +737,7 @@ impl Trainer {
 }
 
 mod erased {
-    use super::{TrainError, TrainResult};
+    use crate::{TrainError, TrainResult};
 
     /// Object-safe JSON serialisation for the checkpoint metadata.
     pub(super) trait Json {

@@ -7,7 +7,7 @@
 //! when parsed, and the message lists the valid ones.
 //!
 //! ```
-//! use segkit::SegmentorConfig;
+//! use segkit_models::SegmentorConfig;
 //! let cfg = SegmentorConfig::preset("danet_r50-d8_cityscapes-512x1024").unwrap();
 //! let json = serde_json::to_string(&cfg).unwrap();
 //! assert_eq!(SegmentorConfig::from_json(&json).unwrap(), cfg);
@@ -15,91 +15,14 @@
 //! assert!(err.unwrap_err().to_string().contains("ResNet"));
 //! ```
 
-use segkit_backbones::ResNetConfig;
-use segkit_heads::{AsppHeadConfig, DaHeadConfig, EncHeadConfig, FcnHeadConfig, PspHeadConfig};
-use segkit_necks::{FpnConfig, JpuConfig};
 use serde::{Deserialize, Serialize};
+
+pub use super::backbone::BackboneConfig;
+pub use super::heads::HeadConfig;
+pub use super::neck::NeckConfig;
 
 use crate::datasets::DatasetMeta;
 use crate::{Error, Result};
-
-/// The backbone (mmseg `model.backbone`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-pub enum BackboneConfig {
-    /// A ResNet in any of segkit-backbones' layouts (mmseg `ResNetV1c` / `ResNetV1d` with
-    /// `key_style: "Mmseg"`). It returns C2..C5, as mmseg's `out_indices = (0, 1, 2, 3)`;
-    /// configs that use fewer stages select them in the neck (`JPU.start_level`) or the
-    /// heads (`in_index`).
-    ResNet(ResNetConfig),
-}
-
-/// The neck (mmseg `model.neck`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-pub enum NeckConfig {
-    /// FastFCN's Joint Pyramid Upsampling (mmseg `JPU`).
-    #[serde(rename = "JPU")]
-    Jpu(JpuConfig),
-    /// A Feature Pyramid Network (mmseg / mmdet `FPN`, or torchvision's layout).
-    #[serde(rename = "FPN")]
-    Fpn(FpnConfig),
-}
-
-/// A decode or auxiliary head (mmseg `model.decode_head` / `model.auxiliary_head`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-pub enum HeadConfig {
-    /// FCN head (mmseg `FCNHead`; the auxiliary head of most configs).
-    #[serde(rename = "FCNHead")]
-    Fcn(FcnHeadConfig),
-    /// PSPNet's pyramid pooling head (mmseg `PSPHead`).
-    #[serde(rename = "PSPHead")]
-    Psp(PspHeadConfig),
-    /// DANet's dual attention head (mmseg `DAHead`).
-    #[serde(rename = "DAHead")]
-    Da(DaHeadConfig),
-    /// DeepLabV3's ASPP head (mmseg `ASPPHead`).
-    #[serde(rename = "ASPPHead")]
-    Aspp(AsppHeadConfig),
-    /// EncNet's context encoding head (mmseg `EncHead`).
-    #[serde(rename = "EncHead")]
-    Enc(EncHeadConfig),
-}
-
-impl HeadConfig {
-    /// Number of classes the head predicts.
-    pub fn num_classes(&self) -> usize {
-        self.base().num_classes
-    }
-
-    /// `align_corners` of the head (mmseg uses the decode head's for the segmentor's resizes).
-    pub fn align_corners(&self) -> bool {
-        self.base().align_corners
-    }
-
-    /// The settings every head shares.
-    pub fn base(&self) -> &segkit_heads::DecodeHeadConfig {
-        match self {
-            HeadConfig::Fcn(c) => &c.base,
-            HeadConfig::Psp(c) => &c.base,
-            HeadConfig::Da(c) => &c.base,
-            HeadConfig::Aspp(c) => &c.base,
-            HeadConfig::Enc(c) => &c.base,
-        }
-    }
-
-    /// The settings every head shares, mutably (e.g. to change `num_classes`).
-    pub fn base_mut(&mut self) -> &mut segkit_heads::DecodeHeadConfig {
-        match self {
-            HeadConfig::Fcn(c) => &mut c.base,
-            HeadConfig::Psp(c) => &mut c.base,
-            HeadConfig::Da(c) => &mut c.base,
-            HeadConfig::Aspp(c) => &mut c.base,
-            HeadConfig::Enc(c) => &mut c.base,
-        }
-    }
-}
 
 /// Padding of the network input at test time (mmseg `data_preprocessor.test_cfg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +216,23 @@ impl SegmentorConfig {
             serde_json::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The names of the segmentor's outputs ([`crate::SegmentorOutput::named`]): `logits`,
+    /// `aux_logits` when there is an auxiliary head, then the decode head's other outputs as
+    /// `{name}_logits`.
+    pub fn output_names(&self) -> Vec<String> {
+        let mut v = vec!["logits".to_string()];
+        if self.auxiliary_head.is_some() {
+            v.push("aux_logits".to_string());
+        }
+        v.extend(
+            self.decode_head
+                .extra_output_names()
+                .into_iter()
+                .map(|n| format!("{n}_logits")),
+        );
+        v
     }
 
     /// Number of classes (of the decode head).

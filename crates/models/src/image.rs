@@ -16,7 +16,7 @@
 //! images decode identically.
 //!
 //! ```
-//! use segkit::image::{rescale_size, scale_size};
+//! use segkit_models::image::{rescale_size, scale_size};
 //! // Cityscapes' test resize of a 2048x1024 frame is the identity; ADE20K's of a 600x400 photo:
 //! assert_eq!(rescale_size((2048, 1024), [2048, 1024]), (2048, 1024));
 //! assert_eq!(rescale_size((600, 400), [2048, 512]), (768, 512));
@@ -28,7 +28,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 
-use crate::config::{DataPreprocessorConfig, TestResize};
+use crate::encoder_decoder::config::{DataPreprocessorConfig, TestResize};
 use crate::{Error, Result};
 
 fn bad(what: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -225,7 +225,7 @@ pub fn apply_test_resize(img: &RgbImage, resize: Option<&TestResize>) -> Result<
 
 /// mmseg's data preprocessor on one 8-bit RGB image: channel order (RGB, or BGR when
 /// `pre.rgb` is false), then `(x - mean) / std` in f32. Returns `1 x 3 x H x W` on `device`
-/// (no padding; see [`crate::config::TestPad`]).
+/// (no padding; see [`crate::encoder_decoder::config::TestPad`]).
 pub fn to_tensor(img: &RgbImage, pre: &DataPreprocessorConfig, device: &Device) -> Result<Tensor> {
     check_size("<image>", img.width(), img.height())?;
     let (w, h) = (img.width() as usize, img.height() as usize);

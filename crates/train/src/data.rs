@@ -23,10 +23,10 @@ use segkit_data::augment::{AugImage, Augmented};
 use segkit_data::layouts::{CustomConfig, CustomDataset};
 pub use segkit_data::{DatasetInfo, Sample, SegDataset};
 
-use super::config::DatasetConfig;
-use super::{TrainError, TrainResult};
-use crate::config::DataPreprocessorConfig;
-use crate::datasets::DatasetMeta;
+use crate::config::DatasetConfig;
+use crate::{TrainError, TrainResult};
+use segkit_models::DataPreprocessorConfig;
+use segkit_models::DatasetMeta;
 
 /// Which split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{TrainError, TrainResult};
+use crate::{TrainError, TrainResult};
 
 /// A progress bar on stderr: redrawn in place on a terminal, one line per `every` updates
 /// otherwise (logs, CI).
