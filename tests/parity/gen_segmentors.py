@@ -18,7 +18,12 @@
    `inference_model` class map on a real photo (scikit-image's astronaut, 512x512 PNG, so the
    ADE20K test resize is the identity), plus mmseg's test-time augmentation (ratios 0.25 and
    0.5, both flips, SegTTAModel) on it.
-4. OpenCV's bilinear resize of the photo to a few sizes (sampled), for segkit's resize.
+4. OpenCV's bilinear resize of the photo to a few sizes (sampled, plus a checksum of every
+   byte), for segkit's resize.
+5. mmseg's `inference_model` with the same checkpoint on a 40x30 crop of the photo whose test
+   `Resize` (scale (60, 45), keep_ratio) upscales it 1.5x, so OpenCV's resize (border rows
+   included) is part of the pipeline: the resized image the network saw, every logit and the
+   class map.
 
 Run by `cargo xtask fixtures`, or: python tests/parity/gen_segmentors.py tests/fixtures
 The photo is written from scikit-image's data set on the first run (then scikit-image must be
@@ -66,6 +71,9 @@ CHECKPOINT_PRESET = "pspnet_r50-d8_ade20k-512x512"
 TTA_RATIOS = [0.25, 0.5]
 # (w, h): the Cityscapes test resize of the 512x512 photo, the TTA ratios' sizes, odd sizes.
 RESIZES = [(1024, 1024), (128, 128), (256, 256), (333, 517), (700, 300), (512, 300)]
+# The upscaled crop: (x, y, w, h) of the photo and the test Resize scale (w, h) it gets.
+UPSCALE_CROP = (196, 168, 40, 30)
+UPSCALE_SCALE = (60, 45)
 
 
 def configs_dir():
@@ -224,17 +232,64 @@ def tta_class_map(model, photo):
     return res.pred_sem_seg.data
 
 
+def checksum_tensor(a):
+    """gen_augment.checksum of a uint8 array (every byte, order-sensitive) as a 1-element int64
+    tensor (the uint64 reinterpreted)."""
+    from gen_augment import checksum
+
+    c = int(checksum(a), 16)
+    return torch.tensor([c - (1 << 64) if c >= 1 << 63 else c], dtype=torch.int64)
+
+
 def gen_resize(out_dir, photo):
-    """OpenCV's INTER_LINEAR on the photo (what mmcv's Resize calls), sampled, for segkit's
-    resize_rgb8."""
+    """OpenCV's INTER_LINEAR on the photo (what mmcv's Resize calls), sampled and
+    checksummed, for segkit's resize_rgb8."""
     import cv2
 
     rgb = cv2.cvtColor(cv2.imread(photo), cv2.COLOR_BGR2RGB)
-    outs = {}
+    outs, sums = {}, {}
     for w, h in RESIZES:
-        outs[f"resize_{w}x{h}"] = torch.from_numpy(
-            cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)).float()
-    save(out_dir, "resize_astronaut", outs)
+        r = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+        outs[f"resize_{w}x{h}"] = torch.from_numpy(r).float()
+        sums[f"resize_{w}x{h}.checksum"] = checksum_tensor(r)
+    save(out_dir, "resize_astronaut", outs, sums)
+
+
+def gen_upscale(out_dir, photo):
+    """mmseg's init_model + inference_model (the config's test pipeline with the Resize scale
+    set to UPSCALE_SCALE) on UPSCALE_CROP of the photo, passed as an array (BGR, as
+    LoadImageFromNDArray takes it), with the committed checkpoint."""
+    import cv2
+    from mmseg.apis import init_model
+    from mmseg.apis.utils import _preprare_data
+
+    x, y, w, h = UPSCALE_CROP
+    crop = np.ascontiguousarray(cv2.imread(photo)[y:y + h, x:x + w])
+    preset = CHECKPOINT_PRESET
+    cfg = load_config(preset)
+    to_bn(cfg.model)
+    (resize,) = [t for t in cfg.test_pipeline if t["type"] == "Resize"]
+    resize["scale"] = UPSCALE_SCALE
+    tmp = tempfile.mkdtemp()
+    try:
+        pth = os.path.join(tmp, "iter_160000.pth")
+        gz = os.path.join(out_dir, "segmentors", preset + "_mmseg.pth.gz")
+        with gzip.open(gz, "rb") as f, open(pth, "wb") as g:
+            shutil.copyfileobj(f, g)
+        model = init_model(cfg, pth, device="cpu")
+    finally:
+        shutil.rmtree(tmp)
+    # inference_model's own two steps, keeping the resized image the network saw.
+    data, _ = _preprare_data(crop, model)
+    (res,) = model.test_step(data)
+    resized = data["inputs"][0].permute(1, 2, 0).flip(-1).contiguous()  # HWC RGB uint8
+    logits = res.seg_logits.data.unsqueeze(0)
+    cls = res.pred_sem_seg.data[0].to(torch.uint8)
+    path = os.path.join(out_dir, "segmentors", preset + "_astronaut_upscaled.safetensors")
+    save_file({"crop": torch.tensor(UPSCALE_CROP, dtype=torch.int64), "resized": resized,
+               "seg_logits": logits.contiguous(), "class_map": cls.contiguous()}, path)
+    print("wrote", path, "resized", tuple(resized.shape), "logits", tuple(logits.shape),
+          "classes used", cls.unique().tolist(), flush=True)
 
 
 def gen_checkpoint(out_dir):
@@ -302,7 +357,7 @@ def main(out_dir):
     os.makedirs(os.path.join(out_dir, "segmentors"), exist_ok=True)
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
-    what = sys.argv[2:] or ["forward", "slide", "checkpoint", "resize"]
+    what = sys.argv[2:] or ["forward", "slide", "checkpoint", "resize", "upscale"]
     if "forward" in what:
         gen_forward(out_dir)
     if "slide" in what:
@@ -311,6 +366,8 @@ def main(out_dir):
         gen_checkpoint(out_dir)
     if "resize" in what:
         gen_resize(out_dir, astronaut_png(out_dir))
+    if "upscale" in what:
+        gen_upscale(out_dir, astronaut_png(out_dir))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ fn fcn_r50_d8() {
     let x = features(&specs, &c5(1, D8));
     assert_sampled_close(
         "logits",
-        &DecodeHead::forward_t(&head, &x, false).unwrap(),
+        &DecodeHead::forward_t(&head, &x, false).unwrap().logits,
         &f,
     );
 }
@@ -274,7 +274,7 @@ fn wrong_inputs_give_typed_errors() {
         }
         other => panic!(
             "expected a shape mismatch, got {:?}",
-            other.map(|t| t.shape().clone())
+            other.map(|t| t.logits.shape().clone())
         ),
     }
     // Too few feature maps.

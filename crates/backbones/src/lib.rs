@@ -7,15 +7,21 @@
 //! - [`resnet`]: ResNet-18/34/50/101/152 with torchvision (V1b), mmseg V1c (deep stem) and
 //!   V1d (deep stem + average-pool shortcut, mmseg or timm conventions) stems, output stride
 //!   8 / 16 / 32 through dilation, contracted dilation and multi-grid.
-//! - [`swin`]: Swin Transformer T / S / B / L (HF `SwinBackbone` keys and numerics,
-//!   stages 1..4 at strides 4 / 8 / 16 / 32), configured from an HF `backbone_config`.
+//! - [`swin`]: Swin Transformer T / S / B / L (HF `SwinBackbone` or mmseg `SwinTransformer`
+//!   keys and numerics, stages 1..4 at strides 4 / 8 / 16 / 32), configured from an HF
+//!   `backbone_config` or an mmseg backbone dict.
 #![deny(missing_docs)]
+
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod resnet;
 pub mod swin;
 
 pub use resnet::{KeyStyle, ResNet, ResNetConfig, ResNetOutput, Stem};
-pub use swin::{HiddenAct, Swin, SwinConfig, SwinOutput};
+pub use swin::{HiddenAct, Swin, SwinConfig, SwinKeyStyle, SwinOutput};
 
 /// Errors of segkit-backbones.
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use segkit::{EncoderDecoder, ModelConfig};
-use segkit_backbones::{ResNet, Swin};
+use segkit::ModelConfig;
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::testing::synthetic_var_builder;
-use segkit_core::Backbone;
 
 use crate::presets;
 use crate::CliError;
@@ -75,44 +73,43 @@ fn read_input(path: &PathBuf) -> Result<Tensor, CliError> {
     Ok(t.to_dtype(DType::F32)?)
 }
 
-/// Builds a backbone from `--synthetic` or `--weights` (optionally under `--prefix`; a
-/// classifier `fc.*` is dropped rather than reported as unused).
-fn load_backbone<B>(
+/// Builds any model from `--synthetic` or `--weights` (optionally only the keys under
+/// `--prefix`, and with `--allow-unused` keys tolerated). A backbone has no classifier:
+/// torchvision / timm `fc.*` keys are dropped for backbone configs rather than reported as
+/// unused.
+fn load_model(
     a: &DumpArgs,
     name: &str,
+    cfg: &ModelConfig,
     dev: &Device,
-    build: impl FnOnce(candle_nn::VarBuilder<'static>) -> segkit_core::Result<B>,
-) -> Result<B, CliError> {
-    match (&a.weights, a.synthetic) {
-        (_, true) => Ok(build(synthetic_var_builder(DType::F32, dev))?),
-        (Some(w), false) => {
-            let mut sd = StateDict::load(w)?;
-            if !a.prefix.is_empty() {
-                sd = sd.select_prefix(&a.prefix)?;
-            }
-            sd.remove("fc.weight");
-            sd.remove("fc.bias");
-            let loaded = if a.allow_unused {
-                checkpoint::load_model_lenient(&sd, DType::F32, dev, build).map(|r| r.0)
-            } else {
-                checkpoint::load_model(&sd, DType::F32, dev, build)
-            };
-            loaded.map_err(|source| CliError::Load {
-                model: name.to_string(),
-                checkpoint: w.clone(),
-                source: Box::new(source),
-            })
+) -> Result<Box<dyn segkit::Model>, CliError> {
+    let w = match (&a.weights, a.synthetic) {
+        (_, true) => return Ok(cfg.build(synthetic_var_builder(DType::F32, dev))?),
+        (Some(w), false) => w,
+        (None, false) => {
+            return Err(CliError::Usage(
+                "give --weights CHECKPOINT or --synthetic".into(),
+            ))
         }
-        (None, false) => Err(CliError::Usage(
-            "give --weights CHECKPOINT or --synthetic".into(),
-        )),
+    };
+    let load_err = |source: segkit_core::Error| -> CliError {
+        segkit::Error::checkpoint(name, w, source).into()
+    };
+    let mut sd = StateDict::load(w).map_err(load_err)?;
+    if !a.prefix.is_empty() {
+        sd = sd.select_prefix(&a.prefix).map_err(load_err)?;
     }
-}
-
-/// A backbone's features by name (`c2`..`c5` for ResNet, the stage names for Swin).
-fn backbone_outputs(net: &dyn Backbone, x: &Tensor) -> Result<Vec<(String, Tensor)>, CliError> {
-    let feats = net.forward_features(x, false)?;
-    Ok(net.feature_names().into_iter().zip(feats).collect())
+    if matches!(cfg, ModelConfig::ResNet(_) | ModelConfig::Swin(_)) {
+        sd.remove("fc.weight");
+        sd.remove("fc.bias");
+    }
+    if !a.allow_unused {
+        return Ok(cfg.from_state_dict(name, &sd, w, dev)?);
+    }
+    let build = |vb| cfg.build(vb);
+    let (model, _unused) = checkpoint::load_model_lenient(&sd, DType::F32, dev, build)
+        .map_err(|e| e.in_checkpoint(name, w))?;
+    Ok(model)
 }
 
 /// Runs `segkit dump`.
@@ -140,34 +137,13 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         .as_ref()
         .ok_or_else(|| CliError::Usage("--out FILE is required".into()))?;
     let dev = Device::Cpu;
-    let outputs: Vec<(String, Tensor)> = match &cfg {
-        ModelConfig::ResNet(c) => {
-            let x = read_input(input)?;
-            let build = |vb: candle_nn::VarBuilder<'static>| {
-                ResNet::new(c, vb).map_err(segkit_core::Error::from)
-            };
-            let net = load_backbone(&a, &name, &dev, build)?;
-            backbone_outputs(&net, &x)?
-        }
-        ModelConfig::Swin(c) => {
-            let x = read_input(input)?;
-            let build = |vb: candle_nn::VarBuilder<'static>| {
-                Swin::new(c, vb).map_err(segkit_core::Error::from)
-            };
-            let net = load_backbone(&a, &name, &dev, build)?;
-            backbone_outputs(&net, &x)?
-        }
-        ModelConfig::EncoderDecoder(c) => {
-            let x = read_input(input)?;
-            let model = load_segmentor(&a, &name, c, &dev)?;
-            let o = model.forward_t(&x, false)?;
-            o.named()
-                .into_iter()
-                .map(|(k, t)| (k.to_string(), t.clone()))
-                .collect()
-        }
-        ModelConfig::OneFormer(c) => return run_oneformer(&a, Some(c)),
-    };
+    if let ModelConfig::OneFormer(c) = &cfg {
+        // OneFormer also writes its task's post-processed result.
+        return run_oneformer(&a, Some(c));
+    }
+    let x = read_input(input)?;
+    let model = load_model(&a, &name, &cfg, &dev)?;
+    let outputs = model.forward_named(&x, None)?;
     let mut map = HashMap::new();
     for (k, t) in outputs {
         eprintln!("{k}: {:?}", t.dims());
@@ -290,66 +266,6 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
 
 /// Builds a segmentor from synthetic weights or a whole mmseg checkpoint (`backbone.*`,
 /// `decode_head.*`, ...; `--prefix` selects a sub-tree first).
-fn load_segmentor(
-    a: &DumpArgs,
-    name: &str,
-    cfg: &segkit::SegmentorConfig,
-    dev: &Device,
-) -> Result<EncoderDecoder, CliError> {
-    let mut cfg = cfg.clone();
-    if a.preset.is_none() {
-        // A JSON config: name errors after the file, as for the backbones.
-        cfg.name = name.to_string();
-    }
-    match (&a.weights, a.synthetic) {
-        (_, true) => Ok(EncoderDecoder::new(
-            &cfg,
-            synthetic_var_builder(DType::F32, dev),
-        )?),
-        (Some(w), false) if a.prefix.is_empty() && !a.allow_unused => {
-            Ok(EncoderDecoder::from_checkpoint(&cfg, w, dev)?)
-        }
-        (Some(w), false) => {
-            let load_err = |source: segkit_core::Error| CliError::Load {
-                model: name.to_string(),
-                checkpoint: w.clone(),
-                source: Box::new(source),
-            };
-            let mut sd = StateDict::load(w).map_err(load_err)?;
-            if !a.prefix.is_empty() {
-                sd = sd.select_prefix(&a.prefix).map_err(load_err)?;
-            }
-            let build = |vb| EncoderDecoder::new(&cfg, vb).map_err(segkit_core::Error::from);
-            let loaded = if a.allow_unused {
-                checkpoint::load_model_lenient(&sd, DType::F32, dev, build).map(|r| r.0)
-            } else {
-                checkpoint::load_model(&sd, DType::F32, dev, build)
-            };
-            loaded.map_err(load_err)
-        }
-        (None, false) => Err(CliError::Usage(
-            "give --weights CHECKPOINT or --synthetic".into(),
-        )),
-    }
-}
-
-impl From<segkit::Error> for CliError {
-    fn from(e: segkit::Error) -> Self {
-        match e {
-            segkit::Error::Checkpoint {
-                model,
-                checkpoint,
-                source,
-            } => CliError::Load {
-                model,
-                checkpoint,
-                source,
-            },
-            segkit::Error::UnknownPreset { name, valid } => CliError::UnknownPreset { name, valid },
-            other => CliError::Core(other.into()),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,10 @@ pub enum CliError {
     /// A backbone error.
     #[error(transparent)]
     Backbone(#[from] segkit_backbones::Error),
+    /// A model error (config, checkpoint that does not fit — naming the model, the file and
+    /// the key —, image, device).
+    #[error(transparent)]
+    Model(Box<segkit::Error>),
     /// A preset name that does not exist.
     #[error("unknown preset `{name}`; valid presets: {}", .valid.join(", "))]
     UnknownPreset {
@@ -27,16 +31,6 @@ pub enum CliError {
         /// What is wrong.
         reason: String,
     },
-    /// A checkpoint that does not fit the model.
-    #[error("model `{model}` from {}: {source}", .checkpoint.display())]
-    Load {
-        /// The preset or config file.
-        model: String,
-        /// The checkpoint file.
-        checkpoint: PathBuf,
-        /// What did not fit.
-        source: Box<segkit_core::Error>,
-    },
     /// Wrong or missing command-line arguments.
     #[error("{0}")]
     Usage(String),
@@ -45,5 +39,15 @@ pub enum CliError {
 impl From<candle_core::Error> for CliError {
     fn from(e: candle_core::Error) -> Self {
         CliError::Core(e.into())
+    }
+}
+
+impl From<segkit::Error> for CliError {
+    fn from(e: segkit::Error) -> Self {
+        match e {
+            segkit::Error::UnknownPreset { name, valid } => CliError::UnknownPreset { name, valid },
+            segkit::Error::Core(e) => CliError::Core(e),
+            other => CliError::Model(Box::new(other)),
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! `segkit infer`: segment images with a model and write, for each image `STEM`,
 //! `STEM_classes.png` (class ids), `STEM_color.png` (palette colours), `STEM_overlay.png`
-//! (colours blended over the image) and `STEM.json` (a summary with COCO RLE masks).
+//! (colours blended over the image) and `STEM.json`: the image and its files, then the
+//! result's own serialisation ([`Segmentation`]'s JSON, documented in
+//! `segkit::segmenter::results`: task, size, per-class areas and fractions, instances or
+//! segments with class, score, area, bbox and COCO RLE mask).
 //!
 //! Failure behaviour, in order:
 //! 1. everything that can be checked before any work is checked first — the alpha, the
@@ -21,7 +24,7 @@ use clap::{Args, ValueEnum};
 use image::{DynamicImage, ImageFormat};
 use segkit::segmenter::results::encode_image;
 use segkit::{Segmentation, Segmenter, Task};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::CliError;
 
@@ -277,60 +280,37 @@ fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
     Ok(())
 }
 
-fn rle_json(m: &segkit::segmenter::Rle) -> Value {
-    json!({"size": [m.height(), m.width()], "counts": m.to_compressed()})
+/// The files written next to `STEM.json`.
+#[derive(Serialize)]
+struct OutputFiles<'a> {
+    /// `STEM_classes.png`.
+    classes: &'a str,
+    /// `STEM_color.png`.
+    color: &'a str,
+    /// `STEM_overlay.png`.
+    overlay: &'a str,
 }
 
-/// The per-image summary written to `STEM.json`.
-fn summary(seg: &Segmenter, input: &Path, out: &Segmentation, files: [&str; 3], bits: u8) -> Value {
-    let sem = out.semantic();
-    let classes: Vec<Value> = sem
-        .class_areas()
-        .into_iter()
-        .map(|c| {
-            json!({"id": c.class_id, "name": c.class_name, "area": c.area,
-                   "fraction": c.fraction})
-        })
-        .collect();
-    let mut v = json!({
-        "model": seg.name(),
-        "model_source": seg.source().map(|p| p.display().to_string()),
-        "task": out.task().as_str(),
-        "image": input.display().to_string(),
-        "width": out.width(),
-        "height": out.height(),
-        "files": {"classes": files[0], "color": files[1], "overlay": files[2]},
-        "class_png": {"bits": bits, "unlabeled": if bits == 8 { 255 } else { 65535 }},
-        "classes": classes,
-    });
-    match out {
-        Segmentation::Semantic(_) => {}
-        Segmentation::Instance(r) => {
-            v["unlabeled_area"] = json!(sem.unlabeled_area());
-            v["instances"] = r
-                .instances
-                .iter()
-                .map(|i| {
-                    json!({"id": i.id, "class_id": i.class_id, "class_name": i.class_name,
-                           "score": i.score, "area": i.area, "bbox": i.bbox,
-                           "segmentation": rle_json(&i.mask)})
-                })
-                .collect();
-        }
-        Segmentation::Panoptic(r) => {
-            v["unlabeled_area"] = json!(sem.unlabeled_area());
-            v["segments"] = r
-                .segments
-                .iter()
-                .map(|s| {
-                    json!({"id": s.id, "class_id": s.class_id, "class_name": s.class_name,
-                           "isthing": s.isthing, "score": s.score, "area": s.area,
-                           "bbox": s.bbox, "segmentation": rle_json(&s.mask)})
-                })
-                .collect();
-        }
-    }
-    v
+/// How `STEM_classes.png` stores class ids.
+#[derive(Serialize)]
+struct ClassPng {
+    /// 8 or 16.
+    bits: u8,
+    /// The value of pixels of no class (255 or 65535).
+    unlabeled: u32,
+}
+
+/// `STEM.json`: the model, the image and its output files, then the result's own fields
+/// (`task`, `height`, `width`, `classes`, `unlabeled_area`, `instances` / `segments`).
+#[derive(Serialize)]
+struct ImageJson<'a> {
+    model: &'a str,
+    model_source: Option<String>,
+    image: String,
+    files: OutputFiles<'a>,
+    class_png: ClassPng,
+    #[serde(flatten)]
+    result: &'a Segmentation,
 }
 
 /// Segments one image and writes its four files (all or none).
@@ -360,14 +340,28 @@ fn process(
         format!("{s}_color.png"),
         format!("{s}_overlay.png"),
     ];
-    let json = summary(seg, input, &out, [&names[0], &names[1], &names[2]], bits);
-    let mut json_bytes = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
-    json_bytes.push(b'\n');
+    let json = ImageJson {
+        model: seg.name(),
+        model_source: seg.source().map(|p| p.display().to_string()),
+        image: input.display().to_string(),
+        files: OutputFiles {
+            classes: &names[0],
+            color: &names[1],
+            overlay: &names[2],
+        },
+        class_png: ClassPng {
+            bits,
+            unlabeled: if bits == 8 { 255 } else { 65535 },
+        },
+        result: &out,
+    };
+    let mut json_text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+    json_text.push('\n');
     let files = [
         (out_dir.join(&names[0]), png(&class_img)?),
         (out_dir.join(&names[1]), png(&color)?),
         (out_dir.join(&names[2]), png(&overlay)?),
-        (out_dir.join(format!("{s}.json")), json_bytes),
+        (out_dir.join(format!("{s}.json")), json_text.into_bytes()),
     ];
     write_all_or_none(&files)
 }

@@ -172,6 +172,31 @@ fn check_outputs(
     (json, ids)
 }
 
+/// The result fields of a `STEM.json` are the library's serialisation of the same
+/// segmentation (`serde_json` of [`segkit::Segmentation`]), next to the image information.
+fn assert_is_serialisation(json: &Value, out: &segkit::Segmentation) {
+    // Through text both ways, so that both sides' floats take the same parse.
+    let lib: Value = serde_json::from_str(&serde_json::to_string(out).unwrap()).unwrap();
+    let lib = lib.as_object().unwrap();
+    for (k, v) in lib {
+        assert_eq!(
+            &json[k], v,
+            "field `{k}` differs from the library's serialisation"
+        );
+    }
+    let mut want: Vec<&str> = lib.keys().map(String::as_str).collect();
+    want.extend(["model", "model_source", "image", "files", "class_png"]);
+    want.sort();
+    let mut got: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+}
+
 /// Checks COCO RLE entries (`instances` or `segments`) against the class PNG.
 fn check_rles(json: &Value, key: &str, ids: &[u32], (w, h): (u32, u32)) -> usize {
     let list = json[key].as_array().unwrap();
@@ -239,6 +264,9 @@ fn segkit_model_dir_on_files_dirs_and_globs() {
     let (json, _) = check_outputs(&out, "photo", (128, 96), 4);
     assert_eq!(json["task"], "semantic");
     assert_eq!(json["model"], "tiny");
+    let seg = segkit::Segmenter::load(&model, &Device::Cpu).unwrap();
+    let photo = segkit::image::open(imgs.join("photo.png")).unwrap();
+    assert_is_serialisation(&json, &seg.segment(&photo, segkit::Task::Semantic).unwrap());
     assert!(json["classes"][0]["name"]
         .as_str()
         .unwrap()
@@ -339,6 +367,19 @@ fn oneformer_hf_dir_panoptic_and_instance() {
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let (json, ids) = check_outputs(&out, "photo", (128, 96), 7);
+        let mut opts = segkit::PredictOptions::default();
+        opts.instance.threshold = 0.3;
+        opts.panoptic.threshold = 0.3;
+        let seg = segkit::Segmenter::load(&hf, &Device::Cpu)
+            .unwrap()
+            .with_predict_options(opts);
+        let img = segkit::image::open(&photo).unwrap();
+        let task_arg = if task == "panoptic" {
+            segkit::Task::Panoptic
+        } else {
+            segkit::Task::Instance
+        };
+        assert_is_serialisation(&json, &seg.segment(&img, task_arg).unwrap());
         let n = check_rles(&json, key, &ids, (128, 96));
         assert!(n >= 1, "{task}: {json}");
         let covered: u64 = json[key]

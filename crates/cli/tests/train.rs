@@ -31,7 +31,9 @@ fn repo() -> PathBuf {
 fn tiny_model_json() -> serde_json::Value {
     let mut c = demo::demo_config();
     c.name = "tiny".into();
-    let segkit::BackboneConfig::ResNet(r) = &mut c.backbone;
+    let segkit::BackboneConfig::ResNet(r) = &mut c.backbone else {
+        unreachable!("the demo preset has a ResNet backbone")
+    };
     r.base_channels = 4;
     r.stem = segkit::backbones::Stem::Deep { width: 4 };
     for h in [Some(&mut c.decode_head), c.auxiliary_head.as_mut()]

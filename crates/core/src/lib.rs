@@ -1,7 +1,8 @@
 //! segkit-core: the foundation every segkit component crate builds on.
 //!
 //! - [`FeatureSpec`] and the [`Backbone`] / [`Neck`] / [`DecodeHead`] traits through which
-//!   components connect without knowing each other's internals;
+//!   components connect without knowing each other's internals (heads return every output by
+//!   name: [`HeadOutput`]);
 //! - [`Error`], the typed error every component crate wraps;
 //! - shared layers in [`nn`] (mmcv-compatible `ConvModule`, `LayerNorm2d`, `Mlp`);
 //! - tensor ops candle lacks in [`ops`], with PyTorch semantics and fast CPU kernels;
@@ -9,6 +10,11 @@
 //! - a seedable per-thread random source for training-time randomness in [`random`];
 //! - deterministic synthetic weights for parity tests in `testing` (feature `testing`).
 #![deny(missing_docs)]
+
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod checkpoint;
 pub mod error;
@@ -20,4 +26,4 @@ pub mod spec;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use spec::{Backbone, DecodeHead, FeatureSpec, Neck};
+pub use spec::{Backbone, DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec, Neck, OutputKind};

@@ -16,6 +16,9 @@ use candle_nn::VarBuilder;
 use crate::ops::{self, Activation, Conv2dParams};
 use crate::{Error, Result};
 
+mod mlp;
+pub use mlp::{Mlp, MlpKeys};
+
 /// Normalisation after a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type")]
@@ -428,54 +431,6 @@ impl LayerNorm2d {
         let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         let y = y.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?;
         Ok(y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
-    }
-}
-
-/// A multi-layer perceptron of `Linear` layers (`layers.{i}.weight`, as DETR / Mask2Former's
-/// `MLP`), with ReLU between layers and none after the last.
-///
-/// # Shapes
-/// `... x in_dim` -> `... x out_dim`.
-pub struct Mlp {
-    layers: Vec<candle_nn::Linear>,
-}
-
-impl Mlp {
-    /// `num_layers` linear layers `in_dim -> hidden_dim -> ... -> out_dim`.
-    pub fn new(
-        in_dim: usize,
-        hidden_dim: usize,
-        out_dim: usize,
-        num_layers: usize,
-        vb: VarBuilder<'_>,
-    ) -> Result<Self> {
-        if num_layers == 0 {
-            return Err(Error::InvalidConfig("Mlp needs at least one layer".into()));
-        }
-        let mut layers = Vec::with_capacity(num_layers);
-        for i in 0..num_layers {
-            let din = if i == 0 { in_dim } else { hidden_dim };
-            let dout = if i + 1 == num_layers {
-                out_dim
-            } else {
-                hidden_dim
-            };
-            layers.push(candle_nn::linear(din, dout, vb.pp("layers").pp(i))?);
-        }
-        Ok(Self { layers })
-    }
-
-    /// Applies the layers with ReLU in between.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        let n = self.layers.len();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x)?;
-            if i + 1 < n {
-                x = x.relu()?;
-            }
-        }
-        Ok(x)
     }
 }
 

@@ -46,12 +46,120 @@ pub trait Neck: Send + Sync {
     fn forward_t(&self, features: &[Tensor], train: bool) -> Result<Vec<Tensor>>;
 }
 
-/// A dense-prediction head that maps features to per-pixel class logits.
+/// What one head output predicts, which fixes the target a loss compares it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum OutputKind {
+    /// Per-pixel class logits `N x K x h x w` at the head's output stride, scored against the
+    /// label map after a bilinear resize to it (mmseg `BaseDecodeHead.loss_by_feat`).
+    PixelLogits,
+    /// Per-image class logits `N x K`, scored against which classes each image's label map
+    /// contains (EncNet's semantic-encoding loss, mmseg `EncHead._convert_to_onehot_labels`).
+    ClassPresence,
+}
+
+/// Name and kind of one output of a [`DecodeHead`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HeadOutputSpec {
+    /// The output's name ([`HeadOutput::LOGITS`] for the prediction; `pam`, `cam`, `se`, ...).
+    pub name: String,
+    /// What it predicts.
+    pub kind: OutputKind,
+}
+
+impl HeadOutputSpec {
+    /// An output named `name` of kind `kind`.
+    pub fn new(name: impl Into<String>, kind: OutputKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+        }
+    }
+
+    /// The prediction every head has: [`HeadOutput::LOGITS`], per-pixel logits.
+    pub fn logits() -> Self {
+        Self::new(HeadOutput::LOGITS, OutputKind::PixelLogits)
+    }
+}
+
+/// Every output of one [`DecodeHead`] forward pass, by name: the prediction (`logits`) and the
+/// outputs only training scores (DANet's per-branch logits, EncNet's class-presence logits).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use segkit_core::HeadOutput;
+/// let t = |c| Tensor::zeros((1, c, 2, 2), DType::F32, &Device::Cpu).unwrap();
+/// let out = HeadOutput::new(t(3)).with("pam", t(3));
+/// assert_eq!(out.names(), ["logits", "pam"]);
+/// assert_eq!(out.get("pam").unwrap().dims(), &[1, 3, 2, 2]);
+/// assert!(out.get("cam").is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    /// The prediction, `N x K x h x w` at the head's output stride (what inference uses).
+    pub logits: Tensor,
+    /// The other outputs by name, in the order of [`DecodeHead::output_names`] after `logits`.
+    pub extra: Vec<(String, Tensor)>,
+}
+
+impl HeadOutput {
+    /// The name of [`HeadOutput::logits`].
+    pub const LOGITS: &'static str = "logits";
+
+    /// An output with only the prediction.
+    pub fn new(logits: Tensor) -> Self {
+        Self {
+            logits,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds the output `name`.
+    pub fn with(mut self, name: impl Into<String>, t: Tensor) -> Self {
+        self.extra.push((name.into(), t));
+        self
+    }
+
+    /// The output `name` (`logits` is the prediction), if the head produced it.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        if name == Self::LOGITS {
+            return Some(&self.logits);
+        }
+        self.extra.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The names of the outputs, `logits` first.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v = vec![Self::LOGITS];
+        v.extend(self.extra.iter().map(|(n, _)| n.as_str()));
+        v
+    }
+
+    /// Every output with its name, `logits` first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        std::iter::once((Self::LOGITS, &self.logits))
+            .chain(self.extra.iter().map(|(n, t)| (n.as_str(), t)))
+    }
+}
+
+/// A dense-prediction head that maps features to per-pixel class logits, plus whatever other
+/// outputs its training losses need (every output by name: [`HeadOutput`]).
 pub trait DecodeHead: Send + Sync {
     /// Number of output classes (channels of the logits).
     fn num_classes(&self) -> usize;
     /// Output stride of the logits relative to the input image.
     fn output_stride(&self) -> usize;
-    /// Runs the head on the features it was built for and returns `N x K x h x w` logits.
-    fn forward_t(&self, features: &[Tensor], train: bool) -> Result<Tensor>;
+    /// `align_corners` of the head's bilinear resizes, also used to resize its logits to the
+    /// image or the label map (mmseg's `self.align_corners`).
+    fn align_corners(&self) -> bool;
+    /// Name and kind of every output [`DecodeHead::forward_t`] returns, [`HeadOutput::LOGITS`]
+    /// first.
+    fn outputs(&self) -> Vec<HeadOutputSpec>;
+    /// The names of [`DecodeHead::outputs`].
+    fn output_names(&self) -> Vec<String> {
+        self.outputs().into_iter().map(|o| o.name).collect()
+    }
+    /// Runs the head on the features it was built for and returns every output: the
+    /// `N x K x h x w` logits and the extra outputs of [`DecodeHead::outputs`]. `train` enables
+    /// dropout and BatchNorm batch statistics.
+    fn forward_t(&self, features: &[Tensor], train: bool) -> Result<HeadOutput>;
 }

@@ -1,10 +1,11 @@
 //! Decoding of dataset files, the way mmseg's loading transforms read them
 //! (`mmseg/datasets/transforms/loading.py`, mmseg 1.2.2):
 //!
-//! - [`read_rgb8`]: `LoadImageFromFile` (OpenCV `IMREAD_COLOR`): any PNG or JPEG as 8-bit RGB;
-//!   grey is replicated, alpha dropped, 16-bit samples scaled to 8 bits, and the EXIF
-//!   orientation of a JPEG applied as OpenCV does. JPEG decoders differ by a few levels between
-//!   libjpeg (OpenCV) and the `image` crate; PNG images decode identically.
+//! - [`read_rgb8`]: `LoadImageFromFile` (OpenCV `IMREAD_COLOR`): any PNG or JPEG as 8-bit RGB,
+//!   decoded by [`crate::image`] (the decoding inference uses): grey is replicated, alpha
+//!   dropped, 16-bit samples scaled to 8 bits, and the EXIF orientation of a JPEG applied as
+//!   OpenCV does. JPEG decoders differ by a few levels between libjpeg (OpenCV) and the `image`
+//!   crate; PNG images decode identically.
 //! - [`read_label_map`]: `LoadAnnotations` (pillow, `flag='unchanged'`): the raw samples of an
 //!   8-bit (or lower) grayscale PNG, or the palette *indices* of a palette PNG (VOC's
 //!   `SegmentationClass`), never the palette colours.
@@ -15,6 +16,7 @@
 
 use std::path::Path;
 
+use crate::image::Rgb8;
 use crate::{Error, Result};
 
 /// [`Error::BadFile`] for `path`.
@@ -23,17 +25,6 @@ pub(crate) fn bad_file(path: &Path, reason: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
-}
-
-/// An image decoded to 8-bit RGB.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rgb8 {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Row-major `height x width x 3` bytes.
-    pub data: Vec<u8>,
 }
 
 /// A single-channel map (labels or ids).
@@ -58,38 +49,18 @@ fn check_nonempty(path: &Path, w: u32, h: u32) -> Result<()> {
     Ok(())
 }
 
-/// Decodes the PNG or JPEG at `path` to 8-bit RGB (see the module doc).
+/// Decodes the PNG or JPEG at `path` to 8-bit RGB: [`crate::image::open`] (EXIF orientation
+/// applied) then [`crate::image::to_rgb8`].
 ///
 /// Errors: [`Error::BadFile`] naming the file for a missing or unreadable file, an unsupported
 /// format, corrupt data or an empty image.
 pub fn read_rgb8(path: &Path) -> Result<Rgb8> {
-    use image::ImageDecoder;
-    let bytes = read_bytes(path)?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad_file(path, format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(bad_file(path, "not a PNG or JPEG image"));
-    }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| bad_file(path, format!("cannot decode: {e}")))?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| bad_file(path, format!("cannot decode: {e}")))?;
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| bad_file(path, format!("cannot decode: {e}")))?;
-    img.apply_orientation(orientation);
-    check_nonempty(path, img.width(), img.height())?;
-    let rgb = match img {
-        image::DynamicImage::ImageRgb8(i) => i,
-        other => other.to_rgb8(),
+    let as_file_error = |e| match e {
+        Error::BadImage { reason, .. } => bad_file(path, reason),
+        other => other,
     };
-    Ok(Rgb8 {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
-    })
+    let img = crate::image::open(path).map_err(as_file_error)?;
+    Ok(crate::image::to_rgb8(&img).map_err(as_file_error)?.into())
 }
 
 /// A PNG's raw samples: (info, bytes with one or two bytes per sample for 16-bit, row-major,

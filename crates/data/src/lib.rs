@@ -1,5 +1,7 @@
 //! segkit-data: dataset layouts, augmentation, metrics, RLE, palettes and overlays.
 //!
+//! - [`image`]: image decoding to 8-bit RGB and the OpenCV-exact resizes, which training
+//!   (augmentation) and inference (segkit-models' test pipeline) share;
 //! - [`dataset`]: the [`Sample`] type and the [`SegDataset`] trait readers implement;
 //! - [`layouts`]: readers of ADE20K, Cityscapes, PASCAL VOC (+ SBD aug), COCO panoptic /
 //!   instances and mmseg's generic folder layout; [`io`]: the file decoding they share;
@@ -10,8 +12,14 @@
 //! - [`palette`]: colour maps and overlays (VOC palette, mmseg's visualizer blend).
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod augment;
 pub mod dataset;
+pub mod image;
 pub mod io;
 pub mod layouts;
 pub mod metrics;
@@ -37,6 +45,14 @@ pub enum Error {
     BadFile {
         /// The offending file.
         path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An image that cannot be decoded or used ([`image`]); names the file.
+    #[error("bad image {what}: {reason}")]
+    BadImage {
+        /// The image (a file path, or a description of an in-memory image).
+        what: String,
         /// What is wrong with it.
         reason: String,
     },

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use segkit_data::augment::color::{hsv_to_rgb, rgb_to_hsv, PhotoMetricParams};
-use segkit_data::augment::resize::{resize_bilinear, resize_nearest};
 use segkit_data::augment::{
     crop_passes, pad_target, random_resize_scale, resize_target, select_crop, Applied, AugImage,
     Augmented, CropBox, FlipDirection, PadVal, Pipeline, Rng, Transform,
 };
+use segkit_data::image::resize::{resize_bilinear, resize_nearest};
 use segkit_data::{InstanceAnnotation, Sample};
 use serde_json::Value;
 

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use segkit_core::{DecodeHead, FeatureSpec};
+//! use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec};
 //! use segkit_heads::{AsppHead, AsppHeadConfig};
 //! let dev = Device::Cpu;
 //! let specs = [FeatureSpec::new(256, 4), FeatureSpec::new(512, 8), FeatureSpec::new(1024, 8), FeatureSpec::new(2048, 8)];
@@ -22,14 +22,14 @@
 //!     .iter()
 //!     .map(|s| Tensor::zeros((1, s.channels, 9, 11), DType::F32, &dev).unwrap())
 //!     .collect();
-//! assert_eq!(head.forward_t(&xs, false).unwrap().dims(), &[1, 19, 9, 11]);
+//! assert_eq!(head.forward_t(&xs, false).unwrap().logits.dims(), &[1, 19, 9, 11]);
 //! ```
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
 use segkit_core::ops;
-use segkit_core::{DecodeHead, FeatureSpec};
+use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec};
 
 use crate::decode_head::{single_input_transform, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex};
 use crate::{Error, Result};
@@ -167,7 +167,16 @@ impl DecodeHead for AsppHead {
         self.inputs.first_stride()
     }
 
-    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<Tensor> {
-        Ok(self.forward(features, train)?)
+    fn align_corners(&self) -> bool {
+        self.cfg.base.align_corners
+    }
+
+    /// Only the logits.
+    fn outputs(&self) -> Vec<HeadOutputSpec> {
+        vec![HeadOutputSpec::logits()]
+    }
+
+    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<HeadOutput> {
+        Ok(HeadOutput::new(self.forward(features, train)?))
     }
 }

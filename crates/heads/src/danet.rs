@@ -14,7 +14,9 @@
 //!
 //! Each branch has its classifier (`pam_conv_seg`, `cam_conv_seg`) and the sum of the two
 //! branch features goes through `conv_seg`; all three share one `Dropout2d`. Inference uses the
-//! fused logits; training supervises all three.
+//! fused logits; training supervises all three (mmseg `DAHead.loss_by_feat`: one loss on each,
+//! logged as `pam_cam.*`, `pam.*`, `cam.*`). Through [`DecodeHead`] the outputs are `logits`
+//! (fused), `pam` and `cam`.
 //!
 //! # Shapes
 //! Input map `N x C_in x H x W` -> three logits maps `N x num_classes x H x W`. The position
@@ -35,15 +37,22 @@
 //! let out = head.forward(&xs, false).unwrap();
 //! assert_eq!(out.fused.dims(), &[1, 19, 5, 7]);
 //! assert_eq!(out.pam.dims(), out.cam.dims());
+//! // Every output by name, through the trait.
+//! use segkit_core::DecodeHead;
+//! assert_eq!(head.output_names(), ["logits", "pam", "cam"]);
+//! let named = DecodeHead::forward_t(&head, &xs, false).unwrap();
+//! assert_eq!(named.get("cam").unwrap().dims(), &[1, 19, 5, 7]);
 //! ```
 
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
 use segkit_core::ops::{self, Activation, Conv2dParams};
-use segkit_core::{DecodeHead, FeatureSpec};
+use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec, OutputKind};
 
-use crate::decode_head::{single_input_transform, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex};
+use crate::decode_head::{
+    single_input_transform, softmax_last_dim, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex,
+};
 use crate::{Error, Result};
 
 fn default_pam_channels() -> usize {
@@ -73,6 +82,9 @@ impl DaHeadConfig {
     }
 }
 
+/// The names of [`DaHead`]'s outputs besides `logits` (the fused logits), in order.
+pub const DA_HEAD_EXTRA_OUTPUTS: [&str; 2] = ["pam", "cam"];
+
 /// The three logits maps of a [`DaHead`].
 #[derive(Debug, Clone)]
 pub struct DaHeadOutput {
@@ -82,6 +94,14 @@ pub struct DaHeadOutput {
     pub pam: Tensor,
     /// Logits of the channel-attention branch (auxiliary loss in training).
     pub cam: Tensor,
+}
+
+impl From<DaHeadOutput> for HeadOutput {
+    /// `logits` = fused, then `pam` and `cam`.
+    fn from(o: DaHeadOutput) -> Self {
+        let [pam, cam] = DA_HEAD_EXTRA_OUTPUTS;
+        HeadOutput::new(o.fused).with(pam, o.pam).with(cam, o.cam)
+    }
 }
 
 /// Loads a `Scale` parameter: mmcv stores a 0-d tensor; old checkpoints a 1-element vector.
@@ -138,7 +158,7 @@ impl Pam {
         // energy[n, i, j] = q_i . k_j, softmax over the keys j.
         let q = q.reshape((n, cq, hw))?.transpose(1, 2)?.contiguous()?;
         let k = k.reshape((n, cq, hw))?;
-        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k)?)?;
+        let attn = softmax_last_dim(&q.matmul(&k)?)?;
         // out[n, c, i] = sum_j v[n, c, j] attn[n, i, j]
         let v = v.reshape((n, c, hw))?;
         let out = v.matmul(&attn.transpose(1, 2)?)?.reshape((n, c, h, w))?;
@@ -157,7 +177,7 @@ impl Cam {
         let xf = x.reshape((n, c, h * w))?;
         let energy = xf.matmul(&xf.transpose(1, 2)?)?;
         let energy = energy.max_keepdim(D::Minus1)?.broadcast_sub(&energy)?;
-        let attn = candle_nn::ops::softmax_last_dim(&energy)?;
+        let attn = softmax_last_dim(&energy)?;
         let out = attn.matmul(&xf)?.reshape((n, c, h, w))?;
         Ok(out.broadcast_mul(&self.gamma)?.add(x)?)
     }
@@ -245,8 +265,22 @@ impl DecodeHead for DaHead {
         self.inputs.first_stride()
     }
 
-    /// The fused logits (what mmseg's `predict` uses).
-    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<Tensor> {
-        Ok(self.forward(features, train)?.fused)
+    fn align_corners(&self) -> bool {
+        self.cfg.base.align_corners
+    }
+
+    /// `logits` (fused, what mmseg's `predict` uses), then the branches' `pam` and `cam`.
+    fn outputs(&self) -> Vec<HeadOutputSpec> {
+        let mut v = vec![HeadOutputSpec::logits()];
+        v.extend(
+            DA_HEAD_EXTRA_OUTPUTS
+                .iter()
+                .map(|n| HeadOutputSpec::new(*n, OutputKind::PixelLogits)),
+        );
+        v
+    }
+
+    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<HeadOutput> {
+        Ok(self.forward(features, train)?.into())
     }
 }

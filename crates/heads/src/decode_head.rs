@@ -310,6 +310,16 @@ pub fn dropout2d(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     Ok(x.broadcast_mul(&mask)?)
 }
 
+/// `softmax` over the last dimension: candle's fused kernel at inference, composed
+/// differentiable ops when `x` records gradients (the fused kernel has no backward pass).
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
+}
+
 /// A `Dropout2d` followed by a 1x1 classifier with bias (mmseg `cls_seg` with `conv_seg`, or
 /// DANet's `pam_conv_seg` / `cam_conv_seg`).
 pub(crate) struct ClsSeg {
@@ -368,6 +378,31 @@ mod tests {
             zeros += (plane[0] == 0.0) as usize;
         }
         assert!(zeros > 64 && zeros < 192, "{zeros} of 256 channels dropped");
+    }
+
+    #[test]
+    fn softmax_has_a_gradient_in_training() {
+        let x = candle_core::Var::new(&[[1f32, 2.0, 0.5]], &Device::Cpu).unwrap();
+        let fast = softmax_last_dim(&x.as_detached_tensor()).unwrap();
+        let y = softmax_last_dim(x.as_tensor()).unwrap();
+        let (a, b) = (fast.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+        for (p, q) in a[0].iter().zip(&b[0]) {
+            assert!((p - q).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+        // d y_0 / d x = y_0 (e_0 - y)
+        let g = y
+            .narrow(1, 0, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let y0 = b[0][0];
+        let want = [y0 * (1.0 - y0), -y0 * b[0][1], -y0 * b[0][2]];
+        for (p, q) in gx[0].iter().zip(want) {
+            assert!((p - q).abs() < 1e-6, "{gx:?} vs {want:?}");
+        }
     }
 
     #[test]

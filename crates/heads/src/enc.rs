@@ -17,7 +17,12 @@
 //!   `y = relu(x + x * gamma)`.
 //!
 //! `Dropout2d` and `conv_seg` classify `y`; with `use_se_loss`, `se_layer` (a linear layer)
-//! maps `e` to per-image class-presence logits for the semantic encoding loss.
+//! maps `e` to per-image class-presence logits for the semantic encoding loss. Through
+//! [`DecodeHead`] the outputs are `logits` and, with `use_se_loss`, `se`
+//! ([`OutputKind::ClassPresence`]).
+//!
+//! In training the encoding layer's BatchNorm1d uses batch statistics and updates its running
+//! statistics in place (PyTorch's momentum update), as the ConvModules' BatchNorms do.
 //!
 //! # Shapes
 //! Selected maps `N x C_i x H_i x W_i` -> logits `N x num_classes x H x W` at the size of the
@@ -39,15 +44,19 @@
 //! let out = head.forward(&xs, false).unwrap();
 //! assert_eq!(out.seg.dims(), &[2, 19, 9, 11]);
 //! assert_eq!(out.se.unwrap().dims(), &[2, 19]);
+//! use segkit_core::DecodeHead;
+//! assert_eq!(head.output_names(), ["logits", "se"]);
 //! ```
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct, Norm};
 use segkit_core::ops;
-use segkit_core::{DecodeHead, FeatureSpec};
+use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec, OutputKind};
 
-use crate::decode_head::{ClsSeg, DecodeHeadConfig, HeadInputs, InIndex, InputTransform};
+use crate::decode_head::{
+    softmax_last_dim, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex, InputTransform,
+};
 use crate::{Error, Result};
 
 fn default_num_codes() -> usize {
@@ -107,11 +116,8 @@ struct Encoding {
     codewords: Tensor,
     /// `1 x 1 x K`.
     scale: Tensor,
-    bn_weight: Tensor,
-    bn_bias: Tensor,
-    bn_mean: Tensor,
-    bn_var: Tensor,
-    eps: f64,
+    /// BatchNorm1d over the `K` codes (`encoding.1`).
+    bn: candle_nn::BatchNorm,
 }
 
 impl Encoding {
@@ -121,10 +127,10 @@ impl Encoding {
         norm: Option<Norm>,
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
-        let eps =
+        let (eps, momentum) =
             match norm {
-                Some(Norm::BatchNorm { eps, .. }) => eps,
-                None => 1e-5,
+                Some(Norm::BatchNorm { eps, momentum }) => (eps, momentum),
+                None => (1e-5, 0.1),
                 Some(Norm::GroupNorm { .. }) => return Err(Error::InvalidConfig(
                     "EncHead: the encoding layer's norm is BatchNorm1d; GroupNorm is not supported"
                         .into(),
@@ -136,11 +142,15 @@ impl Encoding {
         Ok(Self {
             codewords: e.get((k, channels), "codewords")?,
             scale: e.get(k, "scale")?.reshape((1, 1, k))?,
-            bn_weight: bn.get(k, "weight")?.reshape((1, k, 1))?,
-            bn_bias: bn.get(k, "bias")?.reshape((1, k, 1))?,
-            bn_mean: bn.get(k, "running_mean")?.reshape((1, k, 1))?,
-            bn_var: bn.get(k, "running_var")?.reshape((1, k, 1))?,
-            eps,
+            bn: candle_nn::BatchNorm::new_with_momentum(
+                k,
+                bn.get(k, "running_mean")?,
+                bn.get(k, "running_var")?,
+                bn.get(k, "weight")?,
+                bn.get(k, "bias")?,
+                eps,
+                momentum,
+            )?,
         })
     }
 
@@ -159,27 +169,14 @@ impl Encoding {
             .reshape((n, hw, k))?;
         let c2 = self.codewords.sqr()?.sum(D::Minus1)?.reshape((1, 1, k))?;
         let dist = (xc * -2.0)?.broadcast_add(&x2)?.broadcast_add(&c2)?;
-        let a = candle_nn::ops::softmax_last_dim(&dist.broadcast_mul(&self.scale)?)?; // N x HW x K
-                                                                                      // e_k = sum_i a_ik x_i - (sum_i a_ik) c_k
+        let a = softmax_last_dim(&dist.broadcast_mul(&self.scale)?)?; // N x HW x K
+                                                                      // e_k = sum_i a_ik x_i - (sum_i a_ik) c_k
         let at = a.transpose(1, 2)?.contiguous()?; // N x K x HW
         let ax = at.matmul(&xt)?; // N x K x C
         let asum = at.sum_keepdim(D::Minus1)?; // N x K x 1
         let e = ax.sub(&asum.broadcast_mul(&self.codewords.unsqueeze(0)?)?)?;
         // BatchNorm1d over the K codes of an N x K x C tensor.
-        let (mean, var) = if train {
-            let mean = e.mean_keepdim(2)?.mean_keepdim(0)?;
-            let d = e.broadcast_sub(&mean)?;
-            let var = d.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
-            (mean, var)
-        } else {
-            (self.bn_mean.clone(), self.bn_var.clone())
-        };
-        let y = e
-            .broadcast_sub(&mean)?
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.bn_weight)?
-            .broadcast_add(&self.bn_bias)?;
-        Ok(y.relu()?)
+        Ok(self.bn.forward_t(&e, train)?.relu()?)
     }
 }
 
@@ -210,6 +207,20 @@ pub struct EncHeadOutput {
     /// Semantic-encoding logits `N x num_classes` (class presence per image; trained with a
     /// sigmoid BCE, weight 0.2 in mmseg); `None` without `use_se_loss`.
     pub se: Option<Tensor>,
+}
+
+/// The name of [`EncHead`]'s semantic-encoding output (with `use_se_loss`).
+pub const ENC_HEAD_SE_OUTPUT: &str = "se";
+
+impl From<EncHeadOutput> for HeadOutput {
+    /// `logits` = the segmentation logits, then `se` when present.
+    fn from(o: EncHeadOutput) -> Self {
+        let out = HeadOutput::new(o.seg);
+        match o.se {
+            Some(se) => out.with(ENC_HEAD_SE_OUTPUT, se),
+            None => out,
+        }
+    }
 }
 
 /// mmseg's EncNet head.
@@ -336,8 +347,24 @@ impl DecodeHead for EncHead {
         self.inputs.selected().last().map_or(1, |s| s.stride)
     }
 
-    /// The segmentation logits (what mmseg's `predict` uses).
-    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<Tensor> {
-        Ok(self.forward(features, train)?.seg)
+    fn align_corners(&self) -> bool {
+        self.cfg.base.align_corners
+    }
+
+    /// `logits` (what mmseg's `predict` uses) and, with `use_se_loss`, the class-presence
+    /// logits `se`.
+    fn outputs(&self) -> Vec<HeadOutputSpec> {
+        let mut v = vec![HeadOutputSpec::logits()];
+        if self.cfg.use_se_loss {
+            v.push(HeadOutputSpec::new(
+                ENC_HEAD_SE_OUTPUT,
+                OutputKind::ClassPresence,
+            ));
+        }
+        v
+    }
+
+    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<HeadOutput> {
+        Ok(self.forward(features, train)?.into())
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use segkit_core::{DecodeHead, FeatureSpec};
+//! use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec};
 //! use segkit_heads::{FcnHead, FcnHeadConfig};
 //! let dev = Device::Cpu;
 //! let specs = [FeatureSpec::new(64, 4), FeatureSpec::new(128, 8), FeatureSpec::new(1024, 8)];
@@ -24,13 +24,13 @@
 //!     Tensor::zeros((1, 128, 10, 10), DType::F32, &dev).unwrap(),
 //!     Tensor::zeros((1, 1024, 10, 10), DType::F32, &dev).unwrap(),
 //! ];
-//! assert_eq!(aux.forward_t(&xs, false).unwrap().dims(), &[1, 19, 10, 10]);
+//! assert_eq!(aux.forward_t(&xs, false).unwrap().logits.dims(), &[1, 19, 10, 10]);
 //! ```
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
-use segkit_core::{DecodeHead, FeatureSpec};
+use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec};
 
 use crate::decode_head::{single_input_transform, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex};
 use crate::{Error, Result};
@@ -200,8 +200,17 @@ impl DecodeHead for FcnHead {
         self.inputs.first_stride()
     }
 
-    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<Tensor> {
-        Ok(self.forward(features, train)?)
+    fn align_corners(&self) -> bool {
+        self.cfg.base.align_corners
+    }
+
+    /// Only the logits.
+    fn outputs(&self) -> Vec<HeadOutputSpec> {
+        vec![HeadOutputSpec::logits()]
+    }
+
+    fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<HeadOutput> {
+        Ok(HeadOutput::new(self.forward(features, train)?))
     }
 }
 

@@ -12,9 +12,16 @@
 //! - [`aspp`]: DeepLabV3's atrous spatial pyramid pooling head;
 //! - [`enc`]: EncNet's context encoding head with its SE-loss branch.
 //!
-//! All heads implement [`segkit_core::DecodeHead`]; their concrete `forward` methods also return
-//! the extra outputs (DANet's per-branch logits, EncNet's SE logits) as named structs.
+//! All heads implement [`segkit_core::DecodeHead`], which returns every output by name
+//! ([`segkit_core::HeadOutput`]: `logits`, plus DANet's `pam` / `cam` and EncNet's `se`); their
+//! concrete `forward` methods return the same outputs as typed structs ([`DaHeadOutput`],
+//! [`EncHeadOutput`]).
 #![deny(missing_docs)]
+
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod aspp;
 pub mod danet;
@@ -24,9 +31,9 @@ pub mod fcn;
 pub mod psp;
 
 pub use aspp::{AsppHead, AsppHeadConfig};
-pub use danet::{DaHead, DaHeadConfig, DaHeadOutput};
+pub use danet::{DaHead, DaHeadConfig, DaHeadOutput, DA_HEAD_EXTRA_OUTPUTS};
 pub use decode_head::{dropout2d, DecodeHeadConfig, InIndex, InputTransform};
-pub use enc::{EncHead, EncHeadConfig, EncHeadOutput};
+pub use enc::{EncHead, EncHeadConfig, EncHeadOutput, ENC_HEAD_SE_OUTPUT};
 pub use fcn::{FcnHead, FcnHeadConfig};
 pub use psp::{PspHead, PspHeadConfig};
 

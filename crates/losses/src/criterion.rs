@@ -57,14 +57,21 @@ use crate::util::{
 };
 use crate::{Error, Result};
 
-/// Configuration of [`OneFormerLoss`] (fields of transformers' `OneFormerConfig`).
+/// Configuration of [`OneFormerLoss`]: the one home of OneFormer's criterion settings (segkit
+/// models embed it as `OneFormerConfig::loss`).
+///
+/// Fields of transformers' `OneFormerConfig`; where segkit's name differs, HF's is accepted as
+/// a serde alias (`num_labels`, `no_object_weight`, `train_num_points`). Missing fields take
+/// [`OneFormerLossConfig::default`]; unknown fields are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OneFormerLossConfig {
     /// Number of classes `K` (`num_labels`); the class logits have `K + 1` entries, the last
     /// being "no object".
+    #[serde(alias = "num_labels")]
     pub num_classes: usize,
     /// Class-loss weight of the "no object" class (`no_object_weight`, 0.1).
+    #[serde(alias = "no_object_weight")]
     pub eos_coef: f64,
     /// Weight of `loss_cross_entropy` and of the matcher's class cost (`class_weight`, 2.0).
     pub class_weight: f64,
@@ -74,12 +81,24 @@ pub struct OneFormerLossConfig {
     pub dice_weight: f64,
     /// Weight of `loss_contrastive` (`contrastive_weight`, 0.5).
     pub contrastive_weight: f64,
+    /// Initial temperature `t` of the query-text contrastive loss: its learnable
+    /// `logit_scale` starts at `log(1 / t)` (`contrastive_temperature`, 0.07); `None`: no
+    /// learnable scale.
+    pub contrastive_temperature: Option<f64>,
     /// Points per mask for the mask losses and the matcher (`train_num_points`, 12544).
+    #[serde(alias = "train_num_points")]
     pub num_points: usize,
     /// Oversampling of the importance sampling (`oversample_ratio`, 3.0).
     pub oversample_ratio: f64,
     /// Fraction of points chosen by uncertainty (`importance_sample_ratio`, 0.75).
     pub importance_sample_ratio: f64,
+}
+
+impl Default for OneFormerLossConfig {
+    /// OneFormer's settings for the 150 classes of the shi-labs ADE20K checkpoints.
+    fn default() -> Self {
+        Self::oneformer(150)
+    }
 }
 
 impl OneFormerLossConfig {
@@ -92,6 +111,7 @@ impl OneFormerLossConfig {
             mask_weight: 5.0,
             dice_weight: 5.0,
             contrastive_weight: 0.5,
+            contrastive_temperature: Some(0.07),
             num_points: 12544,
             oversample_ratio: 3.0,
             importance_sample_ratio: 0.75,

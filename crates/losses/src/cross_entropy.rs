@@ -1,4 +1,5 @@
-//! Softmax cross-entropy with an ignore index and class weights, as mmseg's `CrossEntropyLoss`.
+//! Softmax cross-entropy with an ignore index and class weights, as mmseg's `CrossEntropyLoss`,
+//! and its sigmoid form ([`BinaryCrossEntropyLoss`], `use_sigmoid=True`).
 //!
 //! Reference: mmseg 1.2.2 `mmseg/models/losses/cross_entropy_loss.py` (`cross_entropy`,
 //! `CrossEntropyLoss` with `use_sigmoid=False`) and `mmseg/models/losses/utils.py`
@@ -48,7 +49,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{check_float, from_f32, labels_i64, picked_log_probs, scalar, shape_err};
+use crate::util::{
+    bce_with_logits, check_float, from_f32, labels_i64, log_sigmoid, picked_log_probs, scalar,
+    shape_err, to_vec_f32,
+};
 use crate::{Error, Result};
 
 /// mmseg's `CrossEntropyLoss` (softmax) with the decode head's ignore index.
@@ -218,6 +222,167 @@ impl CrossEntropyLoss {
             labels,
             valid,
         })
+    }
+}
+
+/// mmseg's `CrossEntropyLoss(use_sigmoid=True)` (`binary_cross_entropy` in
+/// `mmseg/models/losses/cross_entropy_loss.py`): an independent sigmoid per class.
+///
+/// - logits `N x C x ..` with integer labels `N x ..` (one rank less): the labels are expanded
+///   to one-hot targets, elements whose label is negative or `ignore_index` get weight 0 in
+///   every class; with `C = 1` (binary segmentation) the class dimension is squeezed and the
+///   labels are the targets (they must be 0 or 1 where not ignored);
+/// - logits and targets of the same shape (e.g. EncNet's `N x K` class-presence logits against
+///   0/1 presence): element-wise, with weight 0 where the target is negative or `ignore_index`.
+///
+/// The element loss is `F.binary_cross_entropy_with_logits(x, y, pos_weight=class_weight)`
+/// (`class_weight` broadcast along the **last** dimension, as PyTorch's `pos_weight`), times
+/// the weight; the loss is `loss_weight * mean` over all elements (masked ones included), or
+/// with `avg_non_ignore` `loss_weight * sum / (number of valid elements + eps)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use segkit_losses::BinaryCrossEntropyLoss;
+/// let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let y = Tensor::new(&[[1f32, 0.0, 1.0], [0.0, 0.0, 1.0]], &Device::Cpu)?;
+/// let l = BinaryCrossEntropyLoss::default().forward(&x, &y)?;
+/// assert!((l.to_scalar::<f32>()? - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), segkit_losses::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BinaryCrossEntropyLoss {
+    /// Label value whose elements get weight 0 (mmseg's function default -100; decode heads
+    /// pass 255 for per-pixel labels).
+    pub ignore_index: i64,
+    /// PyTorch's `pos_weight`: a factor on the positive term, per entry of the last dimension;
+    /// `None` means all ones.
+    pub class_weight: Option<Vec<f32>>,
+    /// Average over the valid (non-ignored) elements only; `false` (mmseg's default) averages
+    /// over all elements.
+    pub avg_non_ignore: bool,
+    /// Factor applied to the loss (mmseg's `loss_weight`; 0.2 for EncNet's SE loss).
+    pub loss_weight: f64,
+}
+
+impl Default for BinaryCrossEntropyLoss {
+    fn default() -> Self {
+        Self {
+            ignore_index: -100,
+            class_weight: None,
+            avg_non_ignore: false,
+            loss_weight: 1.0,
+        }
+    }
+}
+
+impl BinaryCrossEntropyLoss {
+    /// The loss, a scalar tensor (see the type's docs for the accepted shapes).
+    pub fn forward(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        check_float("logits", logits)?;
+        let (x, y, valid) = self.targets(logits, target)?;
+        let mut elem = match &self.class_weight {
+            None => bce_with_logits(&x, &y)?,
+            Some(pw) => {
+                let last = x.dims().last().copied().unwrap_or(1);
+                if pw.len() != last {
+                    return Err(Error::InvalidArgument(format!(
+                        "class_weight (pos_weight) has {} entries but the logits' last dimension \
+                         has {last} (PyTorch broadcasts pos_weight along the last dimension)",
+                        pw.len()
+                    )));
+                }
+                let pw = from_f32(pw.clone(), &[last], x.dtype(), x.device())?;
+                // (1 - y) x - (1 + (pw - 1) y) log_sigmoid(x), PyTorch's formula.
+                let lw = y.broadcast_mul(&(pw - 1.0)?)?.affine(1.0, 1.0)?;
+                (y.affine(-1.0, 1.0)?.mul(&x)? - lw.mul(&log_sigmoid(&x)?)?)?
+            }
+        };
+        let n_valid = valid.iter().filter(|&&v| v > 0.0).count();
+        let n = valid.len();
+        let w = from_f32(valid, x.dims(), x.dtype(), x.device())?;
+        elem = elem.mul(&w)?;
+        let denom = if self.avg_non_ignore {
+            (n_valid as f32 + f32::EPSILON) as f64
+        } else {
+            n as f64
+        };
+        let denom = scalar(denom, elem.dtype(), elem.device())?;
+        Ok((elem.sum_all()?.div(&denom)? * self.loss_weight)?)
+    }
+
+    /// The logits (squeezed for one class), the float targets and the element weights.
+    fn targets(&self, logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let ld = logits.dims();
+        let is_valid = |l: f64| l >= 0.0 && l != self.ignore_index as f64;
+        if ld.len() == target.rank() + 1 && ld.len() >= 2 {
+            let mut expected = vec![ld[0]];
+            expected.extend_from_slice(&ld[2..]);
+            if target.dims() != expected.as_slice() {
+                return Err(shape_err("target", &expected, target.dims()));
+            }
+            let labels = labels_i64("target", target)?;
+            let c = ld[1];
+            if c == 1 {
+                // Binary segmentation: `pred.squeeze(1)`, the labels are the targets.
+                let mut y = Vec::with_capacity(labels.len());
+                let mut w = Vec::with_capacity(labels.len());
+                for &l in &labels {
+                    let v = is_valid(l as f64);
+                    if v && l > 1 {
+                        return Err(Error::InvalidArgument(format!(
+                            "binary cross-entropy with one class needs labels 0 or 1 (or the \
+                             ignore index {}), got {l}",
+                            self.ignore_index
+                        )));
+                    }
+                    y.push(if v { l as f32 } else { 0.0 });
+                    w.push(if v { 1.0 } else { 0.0 });
+                }
+                let x = logits.squeeze(1)?;
+                let y = from_f32(y, &expected, x.dtype(), x.device())?;
+                return Ok((x, y, w));
+            }
+            // mmseg `_expand_onehot_labels`: one-hot targets, invalid elements weighted 0.
+            let inner: usize = ld[2..].iter().product();
+            let mut y = vec![0f32; labels.len() * c];
+            let mut w = vec![0f32; labels.len() * c];
+            for (i, &l) in labels.iter().enumerate() {
+                if !is_valid(l as f64) {
+                    continue;
+                }
+                if l as u64 >= c as u64 {
+                    return Err(Error::InvalidArgument(format!(
+                        "target value {l} is neither a class in 0..{c} nor the ignore index {}",
+                        self.ignore_index
+                    )));
+                }
+                let (b, p) = (i / inner, i % inner);
+                for k in 0..c {
+                    w[(b * c + k) * inner + p] = 1.0;
+                }
+                y[(b * c + l as usize) * inner + p] = 1.0;
+            }
+            let y = from_f32(y, ld, logits.dtype(), logits.device())?;
+            return Ok((logits.clone(), y, w));
+        }
+        if target.dims() != ld {
+            return Err(shape_err("target", ld, target.dims()));
+        }
+        let t = if target.dtype().is_float() {
+            to_vec_f32(target)?
+        } else {
+            labels_i64("target", target)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        };
+        let w: Vec<f32> = t
+            .iter()
+            .map(|&l| if is_valid(l as f64) { 1.0 } else { 0.0 })
+            .collect();
+        let y = from_f32(t, ld, logits.dtype(), logits.device())?;
+        Ok((logits.clone(), y, w))
     }
 }
 

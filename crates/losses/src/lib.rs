@@ -10,7 +10,8 @@
 //!
 //! | module | reference |
 //! |---|---|
-//! | [`cross_entropy`] | mmseg `CrossEntropyLoss` / `cross_entropy` (both averaging modes), PSSL class weights |
+//! | [`cross_entropy`] | mmseg `CrossEntropyLoss` / `cross_entropy` (both averaging modes), `binary_cross_entropy` (`use_sigmoid`), PSSL class weights |
+//! | [`config`] | mmseg's `loss_decode` configs per named head output, `BaseDecodeHead` / `DAHead` / `EncHead.loss_by_feat` |
 //! | [`ohem`] | mmseg `OHEMPixelSampler` + `CrossEntropyLoss` |
 //! | [`gscnn`] | nv-tlabs/GSCNN `loss.py` (`JointEdgeSegLoss`, `bce2d`, `ImageBasedCrossEntropyLoss2d`), `my_functionals/DualTaskLoss.py` |
 //! | [`mask`] | transformers `dice_loss`, `sigmoid_cross_entropy_loss`, `pair_wise_*`, MaskFormer `sigmoid_focal_loss`; torchvision `sigmoid_focal_loss` |
@@ -21,6 +22,12 @@
 //! | [`contrastive`] | transformers `OneFormerLoss.loss_contrastive` |
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub mod config;
 pub mod contrastive;
 pub mod criterion;
 pub mod cross_entropy;
@@ -32,12 +39,13 @@ pub mod ohem;
 pub mod point_sample;
 mod util;
 
+pub use config::{class_presence, CrossEntropyLossConfig, LossConfig, OutputLosses};
 pub use contrastive::query_text_contrastive_loss;
 pub use criterion::{
     ContrastiveInputs, LayerLosses, OneFormerLoss, OneFormerLossConfig, OneFormerLosses,
     SetPrediction,
 };
-pub use cross_entropy::{pssl_class_weight, CrossEntropyLoss};
+pub use cross_entropy::{pssl_class_weight, BinaryCrossEntropyLoss, CrossEntropyLoss};
 pub use gscnn::{
     edge_attention_target, edge_bce_loss, DualTaskLoss, ImageBasedCrossEntropyLoss,
     JointEdgeSegLoss, JointEdgeSegLosses, SegLossMode,

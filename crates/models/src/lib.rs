@@ -27,12 +27,18 @@
 //! ```
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod datasets;
 pub mod encoder_decoder;
 pub mod image;
 pub mod model;
 pub mod oneformer;
 mod preset_table;
+pub mod segment;
 
 pub use datasets::DatasetMeta;
 pub use encoder_decoder::config::{
@@ -42,11 +48,12 @@ pub use encoder_decoder::config::{
 pub use encoder_decoder::inference::Prediction;
 pub use encoder_decoder::presets::{Architecture, Dataset, Preset};
 pub use encoder_decoder::{EncoderDecoder, SegmentorOutput};
-pub use model::ModelConfig;
+pub use model::{load_hf_dir, ModelConfig};
 pub use oneformer::{
     OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,
 };
 pub use preset_table::{preset, presets, PresetInfo};
+pub use segment::{Model, Segmentation, Task};
 
 use std::path::PathBuf;
 
@@ -100,7 +107,8 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A model name that is neither an existing path nor a known name ([`Segmenter::load`]).
+    /// A model name that is neither an existing path nor a known name (for the facade's
+    /// `segkit::Segmenter::load`).
     #[error(
         "unknown model `{name}` (no such file or directory, and not a model name); models \
          present: {}; registered but not downloaded: {}",
@@ -156,6 +164,52 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The one way a checkpoint failure becomes an [`Error::Checkpoint`]: `source` (a file
+    /// error from reading it, or a weight that does not fit) while loading `model` from
+    /// `checkpoint`.
+    ///
+    /// ```
+    /// use segkit_models::Error;
+    /// let missing = segkit_core::Error::MissingWeight {
+    ///     key: "conv.weight".into(),
+    ///     available: vec![],
+    /// };
+    /// let e = Error::checkpoint("tiny", "m.safetensors", missing);
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "loading `tiny` from m.safetensors: missing weight `conv.weight`"
+    /// );
+    /// ```
+    pub fn checkpoint(
+        model: impl Into<String>,
+        checkpoint: impl Into<PathBuf>,
+        source: segkit_core::Error,
+    ) -> Self {
+        Error::Checkpoint {
+            model: model.into(),
+            checkpoint: checkpoint.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Attributes a weight error met while building `model` from `checkpoint` (what
+    /// `segkit_core::checkpoint::load_model` returns: [`segkit_core::Error::MissingWeight`],
+    /// [`segkit_core::Error::ShapeMismatch`] or [`segkit_core::Error::UnexpectedWeights`]) to
+    /// the checkpoint, as an [`Error::Checkpoint`] ([`Error::checkpoint`]); any other error
+    /// (an invalid config, a device failure) is returned unchanged.
+    pub fn in_checkpoint(self, model: &str, checkpoint: &std::path::Path) -> Self {
+        match self {
+            Error::Core(
+                source @ (segkit_core::Error::MissingWeight { .. }
+                | segkit_core::Error::ShapeMismatch { .. }
+                | segkit_core::Error::UnexpectedWeights { .. }),
+            ) => Error::checkpoint(model, checkpoint, source),
+            other => other,
+        }
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Core(e.into())
@@ -189,3 +243,41 @@ fn list_or_none(names: &[String]) -> String {
 
 /// `Result` with segkit's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_errors_are_attributed_to_the_checkpoint_and_others_pass_through() {
+        let shape = Error::Core(segkit_core::Error::ShapeMismatch {
+            what: "decode_head.conv_seg.weight".into(),
+            expected: vec![4, 8, 1, 1],
+            got: vec![5, 8, 1, 1],
+        });
+        let path = std::path::Path::new("w/model.safetensors");
+        match shape.in_checkpoint("tiny", path) {
+            Error::Checkpoint {
+                model,
+                checkpoint,
+                source,
+            } => {
+                assert_eq!((model.as_str(), checkpoint.as_path()), ("tiny", path));
+                assert!(matches!(*source, segkit_core::Error::ShapeMismatch { .. }));
+            }
+            other => panic!("{other}"),
+        }
+        let cfg = Error::InvalidConfig("no classes".into()).in_checkpoint("tiny", path);
+        assert!(matches!(cfg, Error::InvalidConfig(_)), "{cfg}");
+        let io = segkit_core::Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("truncated"),
+        };
+        let e = Error::checkpoint("tiny", path, io);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("loading `tiny` from w/model.safetensors: "),
+            "{text}"
+        );
+    }
+}

@@ -3,12 +3,21 @@
 //! `Segmenter::load` and `segkit dump`) is this enum serialised, so a model directory carries its
 //! type; an unknown `"type"` fails at parse time and lists the valid ones.
 
+use std::any::Any;
 use std::path::Path;
 
-use segkit_backbones::{ResNetConfig, SwinConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use image::DynamicImage;
+use segkit_backbones::{ResNet, ResNetConfig, Swin, SwinConfig};
+use segkit_core::checkpoint::{self, StateDict};
+use segkit_core::Backbone;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, OneFormerConfig, Result, SegmentorConfig};
+use crate::segment::{unsupported, Model, Segmentation, Task};
+use crate::{
+    EncoderDecoder, Error, OneFormer, OneFormerConfig, PredictOptions, Result, SegmentorConfig,
+};
 
 /// Every model segkit builds, by architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +76,132 @@ impl ModelConfig {
     pub fn to_json_pretty(&self) -> String {
         // Serialising plain data structs cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl ModelConfig {
+    /// Builds the model with its weights under `vb` (paths equal the reference checkpoint's
+    /// keys: mmseg's for encoder-decoders, HF's for OneFormer, the backbone's key style).
+    pub fn build(&self, vb: VarBuilder<'_>) -> Result<Box<dyn Model>> {
+        let dev = vb.device().clone();
+        Ok(match self {
+            ModelConfig::ResNet(c) => {
+                Box::new(BackboneModel::new("ResNet", ResNet::new(c, vb)?, dev))
+            }
+            ModelConfig::Swin(c) => Box::new(BackboneModel::new("Swin", Swin::new(c, vb)?, dev)),
+            ModelConfig::EncoderDecoder(c) => Box::new(EncoderDecoder::new(c, vb)?),
+            ModelConfig::OneFormer(c) => Box::new(OneFormer::new(c, vb)?),
+        })
+    }
+
+    /// Builds the model from a state dict, strictly (every key used — BatchNorm's
+    /// `num_batches_tracked` aside — and every weight found with its shape), weights in f32
+    /// on `device`. A mismatch is an [`Error::Checkpoint`] naming `name`, `path` and the key.
+    pub fn from_state_dict(
+        &self,
+        name: &str,
+        sd: &StateDict,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Box<dyn Model>> {
+        checkpoint::load_model(sd, DType::F32, device, |vb| self.build(vb))
+            .map_err(|e| e.in_checkpoint(name, path))
+    }
+
+    /// Reads a checkpoint (`.safetensors`, any PyTorch `.pth` layout segkit reads) and builds
+    /// the model from it, strictly ([`ModelConfig::from_state_dict`]).
+    pub fn load(&self, name: &str, path: &Path, device: &Device) -> Result<Box<dyn Model>> {
+        let sd = StateDict::load(path).map_err(|e| Error::checkpoint(name, path, e))?;
+        self.from_state_dict(name, &sd, path, device)
+    }
+}
+
+/// A directory written by Hugging Face's `save_pretrained` (its `config.json` names the
+/// `model_type`) as a model: `oneformer` is the one segkit reads.
+///
+/// Errors: [`Error::BadModel`] for another `model_type` or a config that does not parse;
+/// checkpoint errors as [`OneFormer::from_hf_dir`].
+pub fn load_hf_dir(dir: &Path, model_type: &str, device: &Device) -> Result<Box<dyn Model>> {
+    let config = dir.join("config.json");
+    match model_type {
+        "oneformer" => Ok(Box::new(OneFormer::from_hf_dir(dir, device).map_err(
+            |e| match e {
+                Error::InvalidConfig(reason) => Error::BadModel {
+                    path: config.clone(),
+                    reason,
+                },
+                other => other,
+            },
+        )?)),
+        t => Err(Error::BadModel {
+            path: config,
+            reason: format!(
+                "Hugging Face model_type `{t}` is not supported (segkit loads `oneformer` \
+                 directories, and segkit model configs with a `\"type\"`)"
+            ),
+        }),
+    }
+}
+
+/// A backbone on its own as a [`Model`]: its features by name, no segmentation task.
+struct BackboneModel {
+    architecture: &'static str,
+    backbone: Box<dyn Backbone>,
+    device: Device,
+}
+
+impl BackboneModel {
+    fn new<B: Backbone + 'static>(architecture: &'static str, backbone: B, device: Device) -> Self {
+        Self {
+            architecture,
+            backbone: Box::new(backbone),
+            device,
+        }
+    }
+}
+
+impl Model for BackboneModel {
+    fn architecture(&self) -> &'static str {
+        self.architecture
+    }
+
+    fn name(&self) -> &str {
+        self.architecture
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[]
+    }
+
+    fn classes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn forward_named(&self, x: &Tensor, _task: Option<Task>) -> Result<Vec<(String, Tensor)>> {
+        let feats = self.backbone.forward_features(x, false)?;
+        Ok(self
+            .backbone
+            .feature_names()
+            .into_iter()
+            .zip(feats)
+            .collect())
+    }
+
+    fn segment(
+        &self,
+        _image: &DynamicImage,
+        task: Task,
+        _options: &PredictOptions,
+    ) -> Result<Segmentation> {
+        Err(unsupported(self, task))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -15,6 +15,11 @@
 //!   (transformers' `OneFormerPixelDecoder` keys), with a CPU kernel for the attention core.
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod fpn;
 pub mod jpu;
 pub mod msdeform;

@@ -20,9 +20,9 @@
 
 use candle_core::{DType, IndexOp, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
-use segkit_core::nn::LayerNorm;
+use segkit_core::nn::{LayerNorm, Mlp, MlpKeys};
 
-use crate::decoder::{MultiheadAttention, PredictionMlp};
+use crate::attention::MultiheadAttention;
 use crate::{Error, Result};
 
 /// Configuration of the text mapper, with `OneFormerConfig` field names.
@@ -89,7 +89,7 @@ pub struct TextMapper {
     positional_embedding: Tensor,
     layers: Vec<TextLayer>,
     ln_final: LayerNorm,
-    projector: PredictionMlp,
+    projector: Mlp,
     prompt_ctx: Option<Tensor>,
 }
 
@@ -143,11 +143,12 @@ impl TextMapper {
                 .get((cfg.text_encoder_context_length, w), "positional_embedding")?,
             layers,
             ln_final: LayerNorm::new(w, eps, e.pp("ln_final"))?,
-            projector: PredictionMlp::new(
+            projector: Mlp::new_with_keys(
                 w,
                 cfg.hidden_dim,
                 cfg.hidden_dim,
                 cfg.text_encoder_proj_layers,
+                MlpKeys::LayerBlocks,
                 vb.pp("text_projector"),
             )?,
             prompt_ctx,

@@ -5,12 +5,13 @@
 //! ```
 //! MODEL is a registry name (`cargo xtask list`), a segkit model directory or a Hugging Face
 //! OneFormer directory; without it, the committed demo model (`segkit-demo`) is used. Writes
-//! `STEM_color.png` and `STEM_overlay.png` into the current directory.
+//! `STEM_color.png`, `STEM_overlay.png` and `STEM.json` (the result's serialisation: classes
+//! with their areas, instances / segments with COCO RLE masks) into the current directory.
 
 use candle_core::Device;
 use segkit::{Segmenter, Task};
 
-fn main() -> segkit::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let Some(image) = args.next() else {
         eprintln!("usage: segment IMAGE [MODEL]");
@@ -29,6 +30,7 @@ fn main() -> segkit::Result<()> {
     out.semantic().save_color(format!("{stem}_color.png"))?;
     out.semantic()
         .save_overlay(format!("{stem}_overlay.png"), &img, 0.5)?;
+    std::fs::write(format!("{stem}.json"), serde_json::to_string_pretty(&out)?)?;
 
     for a in out.semantic().class_areas() {
         println!(

@@ -3,7 +3,9 @@
 //! This crate re-exports segkit's crates, so one dependency gives everything, and adds the
 //! [`Segmenter`]: load a model by registry name or path, segment an image, get a typed,
 //! serialisable result ([`Segmentation`]: a class map, instances or panoptic segments with
-//! COCO RLE masks) that paints, overlays and saves itself. segkit's small trained demo model
+//! COCO RLE masks) that paints, overlays and saves itself, and serialises to the JSON that
+//! `segkit infer` writes (`serde_json::to_string_pretty(&out)`; the shape is documented in
+//! [`segmenter::results`]). segkit's small trained demo model
 //! ships inside this package ([`DEFAULT_MODEL`], `demo/`), so it works offline anywhere.
 //!
 //! | re-export | crate | what |
@@ -34,6 +36,11 @@
 //! ```
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod segmenter;
 
 pub use segkit_backbones as backbones;
@@ -48,12 +55,13 @@ pub use segkit_oneformer as oneformer_parts;
 pub use segkit_train as train;
 
 pub use segkit_models::{
-    datasets, encoder_decoder, image, oneformer, preset, presets, Architecture, BackboneConfig,
-    DataPreprocessorConfig, Dataset, DatasetMeta, EncoderDecoder, Error, HeadConfig, ModelConfig,
-    NeckConfig, OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,
-    Prediction, Preset, PresetInfo, Result, SegmentorConfig, SegmentorOutput, TestMode, TestPad,
-    TestResize, TtaConfig,
+    datasets, encoder_decoder, image, load_hf_dir, oneformer, preset, presets, segment,
+    Architecture, BackboneConfig, DataPreprocessorConfig, Dataset, DatasetMeta, EncoderDecoder,
+    Error, HeadConfig, Model, ModelConfig, NeckConfig, OneFormer, OneFormerConfig, OneFormerOutput,
+    OneFormerPrediction, PredictOptions, Prediction, Preset, PresetInfo, Result, SegmentorConfig,
+    SegmentorOutput, TestMode, TestPad, TestResize, TtaConfig,
 };
 pub use segmenter::{
-    InstanceResult, PanopticResult, Segmentation, Segmenter, SemanticResult, Task, DEFAULT_MODEL,
+    ClassArea, Instance, InstanceResult, PanopticResult, PanopticSegment, Segmentation, Segmenter,
+    SemanticResult, Task, DEFAULT_MODEL,
 };

@@ -158,6 +158,14 @@ pub fn load(path: &Path) -> TrainResult<Checkpoint> {
     Ok(Checkpoint { tensors, metadata })
 }
 
+/// JSON text of a checkpoint metadata entry.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> TrainResult<String> {
+    serde_json::to_string(v).map_err(|e| TrainError::Io {
+        path: PathBuf::from("<checkpoint metadata>"),
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //!     "optimizer": {"type": "SGD", "lr": 0.01},
 //!     "iterations": 100, "batch_size": 8, "output_dir": "work_dirs/demo"
 //! }"#).unwrap();
-//! assert_eq!(cfg.aux_loss_weight, 0.4);
+//! assert_eq!(cfg.aux_loss_weight, None); // the model config's auxiliary losses (mmseg: 0.4)
 //! let e = TrainConfig::from_json(r#"{"optimizer": {"type": "Adam"}}"#).unwrap_err();
 //! assert!(e.to_string().contains("AdamW"), "{e}");
 //! ```
@@ -274,9 +274,6 @@ fn default_pipeline() -> Vec<TransformConfig> {
 fn default_accumulate() -> usize {
     1
 }
-fn default_aux_weight() -> f64 {
-    0.4
-}
 fn default_log_interval() -> usize {
     10
 }
@@ -309,10 +306,11 @@ pub struct TrainConfig {
     /// one optimizer step: the effective batch is `batch_size * accumulate`. Default 1.
     #[serde(default = "default_accumulate")]
     pub accumulate: usize,
-    /// Weight of the auxiliary head's loss (mmseg's `loss_weight=0.4` of the FCN auxiliary
-    /// head). Default 0.4.
-    #[serde(default = "default_aux_weight")]
-    pub aux_loss_weight: f64,
+    /// Weight of every auxiliary-head loss, replacing the model config's (whose default is
+    /// mmseg's `loss_weight=0.4` of the FCN auxiliary head); 0 trains without them. Default
+    /// `None`: the model config's auxiliary losses as they are.
+    #[serde(default)]
+    pub aux_loss_weight: Option<f64>,
     /// Evaluate on the validation split every this many iterations (and at the end); 0:
     /// only at the end.
     #[serde(default)]
@@ -405,6 +403,13 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.accumulate == 0 {
             return Err("`batch_size` and `accumulate` must be positive".into());
+        }
+        if let Some(w) = self.aux_loss_weight {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(format!(
+                    "`aux_loss_weight` must be finite and >= 0, got {w}"
+                ));
+            }
         }
         if self.eval_batch_size == Some(0) {
             return Err("`eval_batch_size` must be positive".into());

@@ -16,17 +16,18 @@
 //!   normalised) and padding to the training size (image 0 after normalisation, labels 255),
 //!   as mmseg's `SegDataPreProcessor`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use segkit_data::augment::{AugImage, Augmented};
 use segkit_data::layouts::{CustomConfig, CustomDataset};
 pub use segkit_data::{DatasetInfo, Sample, SegDataset};
 
-use crate::config::DatasetConfig;
+use crate::config::{DatasetConfig, TrainConfig};
 use crate::{TrainError, TrainResult};
 use segkit_models::DataPreprocessorConfig;
 use segkit_models::DatasetMeta;
+use segkit_models::SegmentorConfig;
 
 /// Which split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +203,55 @@ pub struct Batch {
     pub images: Tensor,
     /// Class ids `N x H x W` (u32; the ignore index where unlabelled or padded).
     pub labels: Tensor,
+}
+
+/// The training set, the validation set and the ignore index.
+pub(crate) type Datasets = (Box<dyn SegDataset>, Box<dyn SegDataset>, u8);
+
+pub(crate) fn open_datasets(
+    cfg: &TrainConfig,
+    model_cfg: &SegmentorConfig,
+) -> TrainResult<Datasets> {
+    let train = open_dataset(&cfg.dataset, Split::Train, &model_cfg.meta)?;
+    let mut val = open_dataset(&cfg.dataset, Split::Val, &model_cfg.meta)?;
+    if let Some(n) = cfg.val_limit {
+        val = Box::new(Limited::new(val, n));
+    }
+    let k = model_cfg.num_classes();
+    let n = train.info().classes.len();
+    if n != k {
+        return Err(TrainError::Config {
+            path: PathBuf::from("<train config>"),
+            reason: format!(
+                "the dataset has {n} classes but model `{}` predicts {k}",
+                model_cfg.name
+            ),
+        });
+    }
+    if train.is_empty() {
+        return Err(TrainError::Config {
+            path: PathBuf::from("<train config>"),
+            reason: "the training split has no samples".into(),
+        });
+    }
+    let ignore = train.info().ignore_index;
+    Ok((train, val, ignore))
+}
+
+/// Checks that every label is a class or the ignore index, naming the file otherwise.
+pub(crate) fn check_labels(s: &Sample, k: usize, ignore: u8) -> TrainResult<()> {
+    if let Some(sem) = &s.semantic {
+        if let Some(&v) = sem.iter().find(|&&v| v != ignore && v as usize >= k) {
+            return Err(segkit_data::Error::BadFile {
+                path: s.path.clone(),
+                reason: format!(
+                    "label value {v} is neither a class (0..{k}) nor the ignore index {ignore}"
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Normalises (unless the pipeline did) and pads `samples` to `size` (`(h, w)`; default: the

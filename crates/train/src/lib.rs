@@ -5,6 +5,8 @@
 //!   dataset (layout + root), pipeline, optimizer (SGD with momentum, AdamW), schedule (poly
 //!   with a minimum, linear warm-up), iterations, batch size, gradient accumulation,
 //!   auxiliary-loss weight, evaluation / checkpoint / log intervals, output directory;
+//! - [`losses`]: every configured loss of every named head output, by mmseg's name, and the
+//!   total ([`losses::compute`], the trainer's code path);
 //! - [`Trainer`] ([`trainer`]): the loop, atomic safetensors checkpoints with exact resume,
 //!   periodic evaluation, a progress line on stderr and a JSONL metrics log;
 //! - [`evaluate`] ([`eval`]): aAcc / mIoU / per-class IoU with segkit-data's `SegMetric`;
@@ -13,9 +15,10 @@
 //! - [`checkpoint`]: the checkpoint format and atomic writes;
 //! - [`plot`]: a small PNG line-plot writer for training curves.
 //!
-//! Every op on the training path of a ResNet + PSP / FCN segmentor has a backward pass:
-//! segkit-core's fast kernels switch to differentiable implementations when their inputs
-//! record gradients (see `segkit_core::ops`).
+//! Every op on the training path of the ResNet segmentors (PSP / FCN / DANet / EncNet heads)
+//! has a backward pass: segkit-core's fast kernels and the heads' softmax switch to
+//! differentiable implementations when their inputs record gradients (see
+//! `segkit_core::ops`).
 //!
 //! Performance note: candle's element-wise CPU ops run on a spinning thread pool that, next
 //! to segkit's rayon kernels, wastes most of a small machine's time; the `segkit` CLI sets
@@ -24,13 +27,21 @@
 
 #![deny(missing_docs)]
 
+/// The README's usage example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+mod init;
+pub mod losses;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+pub mod record;
 pub mod trainer;
 
 #[cfg(test)]
@@ -42,8 +53,10 @@ pub use config::{
 };
 pub use data::{open_dataset, Split};
 pub use eval::{evaluate, EvalResult};
+pub use losses::{LossPlan, NamedLosses};
 pub use optim::Optimizer;
-pub use trainer::{IterLosses, TrainSummary, Trainer};
+pub use record::{IterLosses, TrainSummary};
+pub use trainer::Trainer;
 
 use std::path::PathBuf;
 

@@ -19,7 +19,9 @@ use segkit_models::{BackboneConfig, EncoderDecoder, SegmentorConfig};
 fn tiny_model(dropout: f32) -> SegmentorConfig {
     let mut c = demo::demo_config();
     c.name = "tiny".into();
-    let BackboneConfig::ResNet(r) = &mut c.backbone;
+    let BackboneConfig::ResNet(r) = &mut c.backbone else {
+        panic!("the demo model has a ResNet backbone");
+    };
     r.base_channels = 4;
     r.stem = segkit_backbones::Stem::Deep { width: 4 };
     for h in [Some(&mut c.decode_head), c.auxiliary_head.as_mut()]
@@ -78,7 +80,7 @@ fn tiny_config(root: &Path, out: &Path, optimizer: OptimizerConfig) -> TrainConf
         iterations: 6,
         batch_size: 3,
         accumulate: 1,
-        aux_loss_weight: 0.4,
+        aux_loss_weight: Some(0.4),
         eval_interval: 0,
         checkpoint_interval: 0,
         log_interval: 1,
@@ -281,13 +283,23 @@ fn network_gradients_match_an_f64_reference() {
         let out = m.forward_t(&x, true).unwrap();
         let ce = segkit_losses::CrossEntropyLoss::mmseg();
         let up = |t: &Tensor| segkit_core::ops::resize_bilinear(t, (32, 32), false).unwrap();
-        let loss = (ce.forward(&up(&out.logits), &y).unwrap()
-            + (ce
-                .forward(&up(out.aux_logits.as_ref().unwrap()), &y)
-                .unwrap()
-                * 0.4)
-                .unwrap())
+        let loss = (ce.forward(&up(out.logits()), &y).unwrap()
+            + (ce.forward(&up(out.aux_logits().unwrap()), &y).unwrap() * 0.4).unwrap())
         .unwrap();
+        // The trainer's loss computation gives the same total.
+        let named = crate::losses::compute(&model_cfg, &out, &y, 255).unwrap();
+        assert_eq!(
+            named
+                .total
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            loss.to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        );
         let g = loss.backward().unwrap();
         let data = vm.data().lock().unwrap();
         let grads = data
@@ -334,4 +346,124 @@ fn network_gradients_match_an_f64_reference() {
         worst.0,
         worst.1
     );
+}
+
+/// `tiny_model` with a DANet or an EncNet decode head (3 classes, 8 channels).
+fn tiny_with_head(head: &str) -> SegmentorConfig {
+    let mut c = tiny_model(0.1);
+    c.decode_head = serde_json::from_str(head).unwrap();
+    c.validate().unwrap();
+    c
+}
+
+fn tiny_danet() -> SegmentorConfig {
+    tiny_with_head(
+        r#"{"type": "DAHead", "base": {"channels": 8, "num_classes": 3, "in_index": 3},
+            "pam_channels": 4}"#,
+    )
+}
+
+fn tiny_encnet() -> SegmentorConfig {
+    tiny_with_head(
+        r#"{"type": "EncHead", "base": {"channels": 8, "num_classes": 3, "in_index": [1, 2, 3],
+            "input_transform": "multiple_select"}, "num_codes": 4}"#,
+    )
+}
+
+/// DANet and EncNet train with every loss mmseg gives them, logged by mmseg's names, and
+/// their attention / encoding parameters learn (their softmax has a backward pass).
+#[test]
+fn danet_and_encnet_train_with_every_named_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    toy_data(dir.path());
+    let cases = [
+        (
+            tiny_danet(),
+            vec![
+                "aux.loss_ce",
+                "decode.cam.loss_ce",
+                "decode.pam.loss_ce",
+                "decode.pam_cam.loss_ce",
+            ],
+            "decode_head.pam.query_project.weight",
+        ),
+        (
+            tiny_encnet(),
+            vec!["aux.loss_ce", "decode.loss_ce", "decode.loss_se"],
+            "decode_head.enc_module.encoding.0.codewords",
+        ),
+    ];
+    for (i, (model, names, learns)) in cases.into_iter().enumerate() {
+        let out = dir.path().join(format!("out{i}"));
+        let mut cfg = tiny_config(dir.path(), &out, adamw());
+        cfg.model = ModelSpec::Config {
+            config: Box::new(model),
+        };
+        cfg.aux_loss_weight = None;
+        cfg.iterations = 3;
+        let mut t = Trainer::new(cfg).unwrap().quiet(true);
+        let before = t.weights().unwrap();
+        t.run().unwrap();
+        let after = t.weights().unwrap();
+        for k in [learns, "decode_head.conv_seg.weight"] {
+            assert_ne!(bits(&before[k]), bits(&after[k]), "{k} did not change");
+        }
+        for r in t.history() {
+            let keys: Vec<&str> = r.losses.keys().map(String::as_str).collect();
+            assert_eq!(keys, names);
+            let sum: f64 = r.losses.values().sum();
+            assert!((sum - r.loss).abs() < 1e-5 * r.loss.abs().max(1.0), "{r:?}");
+            assert!((r.loss_decode + r.loss_aux - r.loss).abs() < 1e-5 * r.loss.max(1.0));
+        }
+        let log = log_without_times(&out);
+        let train = log.iter().find(|v| v["type"] == "train").unwrap();
+        for n in &names {
+            assert!(train[*n].as_f64().unwrap() > 0.0, "{n} missing in {train}");
+        }
+    }
+}
+
+/// The model config's loss lists replace mmseg's defaults; the training config's
+/// `aux_loss_weight` replaces the auxiliary weights (0 drops them).
+#[test]
+fn loss_configuration_overrides() {
+    let dev = Device::Cpu;
+    let mut cfg = tiny_danet();
+    for h in [Some(&mut cfg.decode_head), cfg.auxiliary_head.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        h.base_mut().dropout_ratio = 0.0;
+    }
+    let m = EncoderDecoder::new(&cfg, VarBuilder::zeros(DType::F32, &dev)).unwrap();
+    let x = Tensor::ones((2, 3, 32, 32), DType::F32, &dev).unwrap();
+    let y: Vec<u8> = (0..2 * 32 * 32).map(|i| [0, 1, 2, 255][i % 4]).collect();
+    let y = Tensor::from_vec(y, (2, 32, 32), &dev).unwrap();
+    let out = m.forward_t(&x, true).unwrap();
+    let value = |plan: &crate::LossPlan, name: &str| -> Option<f32> {
+        let l = plan.compute(&out, &y, 255).unwrap();
+        l.get(name).map(|t| t.to_scalar::<f32>().unwrap())
+    };
+    let default = crate::LossPlan::new(&cfg, None).unwrap();
+    let aux = value(&default, "aux.loss_ce").unwrap();
+    // Zero weights: every logit 0, CE = ln 3 over the 3/4 labelled pixels, times 0.4.
+    assert!((aux - 0.4 * 0.75 * 3f32.ln()).abs() < 1e-6, "{aux}");
+    let doubled = crate::LossPlan::new(&cfg, Some(0.8)).unwrap();
+    assert!((value(&doubled, "aux.loss_ce").unwrap() - 2.0 * aux).abs() < 1e-6);
+    let none = crate::LossPlan::new(&cfg, Some(0.0)).unwrap();
+    assert!(!none.names().iter().any(|n| n.starts_with("aux.")));
+    // A JSON override: only the fused logits, weighted 0.5, under another name.
+    let mut json = serde_json::to_value(&cfg).unwrap();
+    json["losses"] = serde_json::json!({"decode_head": [{"output": "logits", "losses": [
+        {"type": "CrossEntropyLoss", "loss_weight": 0.5, "loss_name": "loss_fused"}]}]});
+    let custom: SegmentorConfig = serde_json::from_value(json.clone()).unwrap();
+    let plan = crate::LossPlan::new(&custom, None).unwrap();
+    assert_eq!(plan.names(), ["decode.loss_fused", "aux.loss_ce"]);
+    let fused = value(&plan, "decode.loss_fused").unwrap();
+    let full = value(&default, "decode.pam_cam.loss_ce").unwrap();
+    assert!((fused - 0.5 * full).abs() < 1e-6, "{fused} vs {full}");
+    // An output the head does not have is refused when the config is read.
+    json["losses"]["decode_head"][0]["output"] = "se".into();
+    let e = SegmentorConfig::from_json(&json.to_string()).unwrap_err();
+    assert!(e.to_string().contains("no output `se`"), "{e}");
 }

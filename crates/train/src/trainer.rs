@@ -2,11 +2,12 @@
 //!
 //! Each iteration: `accumulate` batches of `batch_size` samples (data order, pipeline,
 //! collation), the segmentor's training forward pass (`forward_t(x, true)`: batch statistics,
-//! running-statistics updates, dropout), the decode head's logits (and the auxiliary head's)
-//! bilinearly resized to the labels and scored with mmseg's cross-entropy (ignore 255, mean
-//! over all pixels; auxiliary weight 0.4), `backward`, gradients summed over the accumulated
-//! batches (each loss divided by `accumulate`), then one optimizer step at the scheduled
-//! learning rate.
+//! running-statistics updates, dropout), every configured loss of every named head output
+//! ([`crate::losses`]: mmseg's `loss_by_feat` of each head — DANet's three cross-entropies,
+//! EncNet's cross-entropy and SE loss, the auxiliary head's cross-entropy weighted 0.4 — or the
+//! model config's own), their total `backward`, gradients summed over the accumulated batches
+//! (each total divided by `accumulate`), then one optimizer step at the scheduled learning
+//! rate. The metrics log records each loss by mmseg's name and the total.
 //!
 //! Everything random is a pure function of the seed and a counter that checkpoints store —
 //! the weight initialisation (per parameter name), the data order (`(epoch, pos)`), the
@@ -21,16 +22,18 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
-use segkit_data::{Sample, SegDataset};
-use segkit_losses::CrossEntropyLoss;
+use segkit_data::SegDataset;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::data::{collate, open_dataset, DataOrder, Limited, SampleRng, Split};
+use crate::data::{check_labels, collate, open_datasets, DataOrder};
 use crate::eval::{detached_copy, evaluate, EvalResult};
+use crate::init::init_value;
+use crate::losses::LossPlan;
 use crate::optim::Optimizer;
 use crate::progress::{MetricsLog, Progress};
+use crate::record::{accumulate, Interval, IntervalState, IterLosses, TrainSummary};
 use crate::{TrainError, TrainResult};
 use segkit_models::EncoderDecoder;
 use segkit_models::{BackboneConfig, SegmentorConfig};
@@ -44,15 +47,6 @@ pub const CONFIG_FILE: &str = "config.json";
 /// File name of the JSONL metrics log.
 pub const LOG_FILE: &str = "metrics.jsonl";
 
-/// Loss sums since the last log record.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Interval {
-    loss: f64,
-    decode: f64,
-    aux: f64,
-    count: usize,
-}
-
 /// What a checkpoint's metadata stores besides the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
@@ -62,40 +56,10 @@ struct State {
     samples_seen: u64,
     dropout_state: u64,
     adam_steps: BTreeMap<String, u64>,
-    /// The interval's loss sums as f64 bit patterns (exact through JSON), then the count.
-    interval_bits: [u64; 3],
-    interval_count: usize,
+    /// The interval's loss sums (bit patterns) and count.
+    #[serde(flatten)]
+    interval: IntervalState,
     train_len: usize,
-}
-
-/// The losses of one iteration.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct IterLosses {
-    /// Iteration number (1-based: the number of optimizer steps taken).
-    pub iter: usize,
-    /// Learning rate of the step.
-    pub lr: f64,
-    /// Total loss (decode + weighted auxiliary), averaged over accumulated batches.
-    pub loss: f64,
-    /// Decode-head cross-entropy.
-    pub loss_decode: f64,
-    /// Auxiliary-head cross-entropy, times its weight.
-    pub loss_aux: f64,
-}
-
-/// The result of [`Trainer::run`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    /// Iterations done in total.
-    pub iterations: usize,
-    /// Loss of the last iteration.
-    pub final_loss: f64,
-    /// Iterations per second over this session.
-    pub iters_per_sec: f64,
-    /// The final evaluation.
-    pub eval: EvalResult,
-    /// The final weights.
-    pub model_path: PathBuf,
 }
 
 /// A training run (see the module docs).
@@ -108,6 +72,7 @@ pub struct Trainer {
     trainable: BTreeMap<String, Var>,
     model: EncoderDecoder,
     optimizer: Optimizer,
+    losses: LossPlan,
     train_set: Box<dyn SegDataset>,
     val_set: Box<dyn SegDataset>,
     pipeline: segkit_data::augment::Pipeline,
@@ -131,96 +96,6 @@ impl std::fmt::Debug for Trainer {
 
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
-}
-
-/// Deterministic initial values of one parameter: mmseg's initialisation (Kaiming-normal
-/// `fan_out` convolutions, BatchNorm 1 / 0, the classifier `conv_seg` N(0, 0.01), zero bias,
-/// the last BatchNorm of each residual block zero as `zero_init_residual`).
-fn init_value(name: &str, shape: &[usize], seed: u64, zero_gamma: &str) -> TrainResult<Tensor> {
-    let dev = Device::Cpu;
-    let n: usize = shape.iter().product();
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in name.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    let mut rng = SampleRng::for_sample(seed ^ h, 0x1417);
-    let mut normal = |std: f64| -> Vec<f32> {
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            // Box-Muller.
-            let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-            let u2 = rng.uniform();
-            let r = (-2.0 * u1.ln()).sqrt();
-            let t = 2.0 * std::f64::consts::PI * u2;
-            v.push((std * r * t.cos()) as f32);
-            if v.len() < n {
-                v.push((std * r * t.sin()) as f32);
-            }
-        }
-        v
-    };
-    let data: Vec<f32> = if name.ends_with(".running_var") {
-        vec![1.0; n]
-    } else if name.ends_with(".running_mean") {
-        vec![0.0; n]
-    } else if shape.len() == 1 {
-        let gamma = name.ends_with(".weight");
-        let zero = name.starts_with("backbone.layer") && name.ends_with(zero_gamma);
-        vec![if gamma && !zero { 1.0 } else { 0.0 }; n]
-    } else if name.contains("conv_seg.") || shape.len() == 2 {
-        normal(0.01)
-    } else {
-        // Kaiming normal, mode fan_out, ReLU gain: std = sqrt(2 / (out * kh * kw)).
-        let fan_out = shape[0] * shape[2..].iter().product::<usize>();
-        normal((2.0 / fan_out.max(1) as f64).sqrt())
-    };
-    Ok(Tensor::from_vec(data, shape, &dev)?)
-}
-
-/// The training set, the validation set and the ignore index.
-type Datasets = (Box<dyn SegDataset>, Box<dyn SegDataset>, u8);
-
-fn open_datasets(cfg: &TrainConfig, model_cfg: &SegmentorConfig) -> TrainResult<Datasets> {
-    let train = open_dataset(&cfg.dataset, Split::Train, &model_cfg.meta)?;
-    let mut val = open_dataset(&cfg.dataset, Split::Val, &model_cfg.meta)?;
-    if let Some(n) = cfg.val_limit {
-        val = Box::new(Limited::new(val, n));
-    }
-    let k = model_cfg.num_classes();
-    let n = train.info().classes.len();
-    if n != k {
-        return Err(TrainError::Config {
-            path: PathBuf::from("<train config>"),
-            reason: format!(
-                "the dataset has {n} classes but model `{}` predicts {k}",
-                model_cfg.name
-            ),
-        });
-    }
-    if train.is_empty() {
-        return Err(TrainError::Config {
-            path: PathBuf::from("<train config>"),
-            reason: "the training split has no samples".into(),
-        });
-    }
-    let ignore = train.info().ignore_index;
-    Ok((train, val, ignore))
-}
-
-/// Checks that every label is a class or the ignore index, naming the file otherwise.
-fn check_labels(s: &Sample, k: usize, ignore: u8) -> TrainResult<()> {
-    if let Some(sem) = &s.semantic {
-        if let Some(&v) = sem.iter().find(|&&v| v != ignore && v as usize >= k) {
-            return Err(segkit_data::Error::BadFile {
-                path: s.path.clone(),
-                reason: format!(
-                    "label value {v} is neither a class (0..{k}) nor the ignore index {ignore}"
-                ),
-            }
-            .into());
-        }
-    }
-    Ok(())
 }
 
 impl Trainer {
@@ -270,8 +145,8 @@ impl Trainer {
             });
         }
         let device = Device::Cpu;
-        let (train_set, val_set, ignore) = open_datasets(&cfg, &model_cfg)?;
-        let _ = ignore;
+        let (train_set, val_set, _) = open_datasets(&cfg, &model_cfg)?;
+        let losses = LossPlan::new(&model_cfg, cfg.aux_loss_weight)?;
         let pipeline = segkit_data::augment::Pipeline::new(cfg.pipeline.clone())?;
         let varmap = VarMap::new();
         let model = EncoderDecoder::new(
@@ -296,6 +171,7 @@ impl Trainer {
         let mut t = Self {
             order: DataOrder::new(cfg.seed, train_set.len(), 0, 0),
             optimizer: Optimizer::new(&cfg.optimizer),
+            losses,
             cfg,
             model_cfg,
             device,
@@ -325,11 +201,13 @@ impl Trainer {
     }
 
     fn initialise(&mut self) -> TrainResult<()> {
+        // The last BatchNorm of each residual block (`zero_init_residual`); none elsewhere.
         let zero_gamma = match &self.model_cfg.backbone {
             BackboneConfig::ResNet(r) => match r.layout() {
-                Ok((_, true)) => ".bn3.weight",
-                _ => ".bn2.weight",
+                Ok((_, true)) => Some(".bn3.weight"),
+                _ => Some(".bn2.weight"),
             },
+            _ => None,
         };
         for (name, var) in &self.params {
             var.set(&init_value(name, var.dims(), self.cfg.seed, zero_gamma)?)?;
@@ -412,12 +290,7 @@ impl Trainer {
         self.order = DataOrder::new(self.cfg.seed, self.train_set.len(), state.epoch, state.pos);
         self.samples_seen = state.samples_seen;
         self.dropout_state = state.dropout_state;
-        self.interval = Interval {
-            loss: f64::from_bits(state.interval_bits[0]),
-            decode: f64::from_bits(state.interval_bits[1]),
-            aux: f64::from_bits(state.interval_bits[2]),
-            count: state.interval_count,
-        };
+        self.interval = Interval::from_state(&state.interval, self.losses.names()).map_err(bad)?;
         Ok(())
     }
 
@@ -495,11 +368,11 @@ impl Trainer {
             self.cfg
                 .schedule
                 .lr_at(self.cfg.optimizer.lr(), self.iteration, self.cfg.iterations);
-        let ce = CrossEntropyLoss::mmseg();
         let acc = self.cfg.accumulate;
         let ignore = self.train_set.info().ignore_index;
         let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let (mut l_all, mut l_dec, mut l_aux) = (0f64, 0f64, 0f64);
+        let mut total = 0f64;
+        let mut named = BTreeMap::new();
         for _ in 0..acc {
             let samples = self.load_batch()?;
             let batch = collate(
@@ -509,33 +382,21 @@ impl Trainer {
                 ignore,
                 &self.device,
             )?;
-            let (_, _, h, w) = batch.images.dims4()?;
             let prev = segkit_core::random::thread_state();
             segkit_core::random::set_thread_state(Some(self.dropout_state));
             let out = self.model.forward_t(&batch.images, true);
             self.dropout_state = segkit_core::random::thread_state().unwrap_or(0);
             segkit_core::random::set_thread_state(prev);
-            let out = out?;
-            let ac = self.model_cfg.align_corners();
-            let up = |t: &Tensor| segkit_core::ops::resize_bilinear(t, (h, w), ac);
-            let dec = ce.forward(&up(&out.logits)?, &batch.labels)?;
-            let mut loss = dec.clone();
-            let mut aux_v = 0.0;
-            if let (Some(a), true) = (&out.aux_logits, self.cfg.aux_loss_weight != 0.0) {
-                let aux = (ce.forward(&up(a)?, &batch.labels)? * self.cfg.aux_loss_weight)?;
-                aux_v = aux.to_scalar::<f32>()? as f64;
-                loss = (loss + aux)?;
-            }
-            let lv = loss.to_scalar::<f32>()? as f64;
+            let losses = self.losses.compute(&out?, &batch.labels, ignore as i64)?;
+            let lv = accumulate(&mut named, &losses)?;
             if !lv.is_finite() {
                 return Err(TrainError::Diverged {
                     iteration: self.iteration + 1,
                     loss: lv,
                 });
             }
-            l_all += lv;
-            l_dec += dec.to_scalar::<f32>()? as f64;
-            l_aux += aux_v;
+            total += lv;
+            let loss = losses.total;
             let scaled = if acc > 1 { (loss / acc as f64)? } else { loss };
             let g = scaled.backward()?;
             for (name, var) in &self.trainable {
@@ -550,20 +411,15 @@ impl Trainer {
         }
         self.optimizer.step(&self.trainable, &grads, lr)?;
         self.iteration += 1;
-        let n = acc as f64;
-        let rec = IterLosses {
-            iter: self.iteration,
-            lr,
-            loss: l_all / n,
-            loss_decode: l_dec / n,
-            loss_aux: l_aux / n,
-        };
-        self.interval.loss += rec.loss;
-        self.interval.decode += rec.loss_decode;
-        self.interval.aux += rec.loss_aux;
-        self.interval.count += 1;
-        self.history.push(rec);
+        let rec = IterLosses::new(self.iteration, lr, total, named, acc);
+        self.interval.add(&rec);
+        self.history.push(rec.clone());
         Ok(rec)
+    }
+
+    /// The losses the run trains with (names and configuration).
+    pub fn loss_plan(&self) -> &LossPlan {
+        &self.losses
     }
 
     /// Writes the checkpoint (model, optimizer, position, configs) atomically.
@@ -591,21 +447,18 @@ impl Trainer {
             samples_seen: self.samples_seen,
             dropout_state: self.dropout_state,
             adam_steps: steps,
-            interval_bits: [
-                self.interval.loss.to_bits(),
-                self.interval.decode.to_bits(),
-                self.interval.aux.to_bits(),
-            ],
-            interval_count: self.interval.count,
+            interval: self.interval.to_state(),
             train_len: self.train_set.len(),
         };
-        let json = |v: &dyn erased::Json| v.to_json();
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), checkpoint::FORMAT.to_string());
         meta.insert("iteration".to_string(), self.iteration.to_string());
-        meta.insert("state".to_string(), json(&state)?);
-        meta.insert("train_config".to_string(), json(&self.cfg)?);
-        meta.insert("model_config".to_string(), json(&self.model_cfg)?);
+        meta.insert("state".to_string(), checkpoint::to_json(&state)?);
+        meta.insert("train_config".to_string(), checkpoint::to_json(&self.cfg)?);
+        meta.insert(
+            "model_config".to_string(),
+            checkpoint::to_json(&self.model_cfg)?,
+        );
         let bytes = checkpoint::to_bytes(&tensors, &meta)?;
         Ok((bytes, self.cfg.output_dir.join(CHECKPOINT_FILE)))
     }
@@ -659,18 +512,15 @@ impl Trainer {
             progress.update(it, rec.loss, rec.lr);
             let li = self.cfg.log_interval.max(1);
             if it % li == 0 || it == total {
-                let c = self.interval.count.max(1) as f64;
-                log.write(&serde_json::json!({
-                    "type": "train",
-                    "iter": it,
-                    "lr": rec.lr,
-                    "loss": self.interval.loss / c,
-                    "loss_decode": self.interval.decode / c,
-                    "loss_aux": self.interval.aux / c,
-                    "last_loss": rec.loss,
-                    "sec_per_iter": t0.elapsed().as_secs_f64(),
-                    "elapsed": started.elapsed().as_secs_f64(),
-                }))?;
+                let mut record = serde_json::Map::new();
+                record.insert("type".into(), "train".into());
+                record.insert("iter".into(), it.into());
+                record.insert("lr".into(), rec.lr.into());
+                record.extend(self.interval.means());
+                record.insert("last_loss".into(), rec.loss.into());
+                record.insert("sec_per_iter".into(), t0.elapsed().as_secs_f64().into());
+                record.insert("elapsed".into(), started.elapsed().as_secs_f64().into());
+                log.write(&serde_json::Value::Object(record))?;
                 self.interval = Interval::default();
             }
             let eval_now =
@@ -733,23 +583,5 @@ impl Trainer {
         })?;
         checkpoint::write_atomic(&self.cfg.output_dir.join("summary.json"), j.as_bytes())?;
         Ok(summary)
-    }
-}
-
-mod erased {
-    use crate::{TrainError, TrainResult};
-
-    /// Object-safe JSON serialisation for the checkpoint metadata.
-    pub(super) trait Json {
-        fn to_json(&self) -> TrainResult<String>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> TrainResult<String> {
-            serde_json::to_string(self).map_err(|e| TrainError::Io {
-                path: std::path::PathBuf::from("<checkpoint metadata>"),
-                reason: e.to_string(),
-            })
-        }
     }
 }

@@ -1,5 +1,6 @@
-//! [`SwinConfig`]: the Hugging Face `SwinConfig` fields that shape a `SwinBackbone`, with
-//! presets for the released checkpoints.
+//! [`SwinConfig`]: the Hugging Face `SwinConfig` fields that shape a `SwinBackbone` (with
+//! mmseg's `SwinTransformer` argument names accepted as aliases), the [`SwinKeyStyle`] that
+//! picks whose checkpoint layout is read, and presets for the released checkpoints of both.
 
 use segkit_core::FeatureSpec;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -24,14 +25,53 @@ pub enum HiddenAct {
     Silu,
 }
 
+/// Whose state-dict layout a [`super::Swin`] reads, and the few places where the two
+/// reference implementations compute differently (everything else is the same network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SwinKeyStyle {
+    /// Hugging Face transformers' `SwinBackbone` (`modeling_swin.py`):
+    /// `embeddings.{patch_embeddings.projection,norm}`, `encoder.layers.{i}.blocks.{j}.
+    /// {layernorm_before, attention.self.{query,key,value,relative_position_bias_table},
+    /// attention.output.dense, layernorm_after, intermediate.dense, output.dense}`,
+    /// `encoder.layers.{i}.downsample.{reduction,norm}`, `hidden_states_norms.stage{k}`.
+    /// Patch merging concatenates each 2x2 neighbourhood as `[x(0,0), x(1,0), x(0,1),
+    /// x(1,1)]`; drop path acts on the attention branch only; `out_indices` index
+    /// `["stem", "stage1", ..]`.
+    #[default]
+    #[serde(alias = "HF", alias = "hf")]
+    Hf,
+    /// mmseg's `SwinTransformer` (`mmseg/models/backbones/swin.py`, the backbone of mmseg's
+    /// UPerNet-Swin configs and model-zoo checkpoints): `patch_embed.{projection,norm}`,
+    /// `stages.{i}.blocks.{j}.{norm1, attn.w_msa.{qkv,proj,relative_position_bias_table,
+    /// relative_position_index}, norm2, ffn.layers.0.0, ffn.layers.1}` (one fused `qkv`
+    /// projection, rows `[q; k; v]`), `stages.{i}.downsample.{norm,reduction}`, output norms
+    /// `norm{i}` (`i` counted from 0), `absolute_pos_embed`. Patch merging gathers each 2x2
+    /// neighbourhood with `nn.Unfold`, so merged channel `4c + 2 dy + dx` holds channel `c`
+    /// of pixel `(dy, dx)`: the forward pass gathers in that order, and the weights are used
+    /// as saved. Drop path acts on both residual branches and dropout also follows the MLP
+    /// activation (mmcv's `FFN`); both are training-only. `out_indices` count stages from 0
+    /// (mmseg's `(0, 1, 2, 3)` is every stage; the stem cannot be returned).
+    #[serde(alias = "MMSeg", alias = "mmseg")]
+    Mmseg,
+}
+
 /// Configuration of a [`super::Swin`] backbone, field for field the Hugging Face `SwinConfig`
 /// (`transformers/models/swin/configuration_swin.py`), so that an HF `config.json` (or the
 /// `backbone_config` object of a OneFormer / Mask2Former `config.json`) deserialises directly.
 ///
 /// Fields missing from the JSON take HF's defaults ([`SwinConfig::default`], which is
-/// `microsoft/swin-tiny-patch4-window7-224`). HF bookkeeping fields that do not change the
-/// network (`model_type` aside: it must be `"swin"` when present; `hidden_size`, `num_layers`,
-/// `stage_names`, `encoder_stride`, `initializer_range`, `path_norm`, ...) are ignored.
+/// `microsoft/swin-tiny-patch4-window7-224`; mmseg's `SwinTransformer` defaults are the same
+/// network). HF bookkeeping fields that do not change the network (`model_type` aside: it must
+/// be `"swin"` when present; `hidden_size`, `num_layers`, `stage_names`, `encoder_stride`,
+/// `initializer_range`, `path_norm`, ...) are ignored.
+///
+/// mmseg's argument names are accepted as aliases (`embed_dims`, `in_channels`,
+/// `pretrain_img_size`, `drop_rate`, `attn_drop_rate`, `use_abs_pos_embed`; `depths`,
+/// `num_heads`, `window_size`, `mlp_ratio`, `qkv_bias`, `qk_scale`, `patch_norm`,
+/// `drop_path_rate`, `patch_size` and `out_indices` share their names), so an mmseg backbone
+/// dict with `key_style: "Mmseg"` reads as written. mmseg arguments that change nothing at
+/// inference or that segkit's Swin fixes (`strides = (patch_size, 2, 2, 2)`, `act_cfg` GELU,
+/// `norm_cfg` LN, `with_cp`, `frozen_stages`, `init_cfg`, `pretrained`) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SwinConfig {
@@ -39,16 +79,20 @@ pub struct SwinConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     /// Pre-training image size `(height, width)`; matters only for absolute position
-    /// embeddings, whose grid it fixes. HF accepts an int or a pair. Default 224.
-    #[serde(deserialize_with = "de_size")]
+    /// embeddings, whose grid it fixes (mmseg `pretrain_img_size`). HF accepts an int or a
+    /// pair. Default 224.
+    #[serde(deserialize_with = "de_size", alias = "pretrain_img_size")]
     pub image_size: [usize; 2],
     /// Side of the square, non-overlapping patches that the patch embedding projects (the
     /// stride of the first feature map). HF accepts an int or an equal pair. Default 4.
     #[serde(deserialize_with = "de_patch")]
     pub patch_size: usize,
-    /// Input image channels. Default 3.
+    /// Input image channels (mmseg `in_channels`). Default 3.
+    #[serde(alias = "in_channels")]
     pub num_channels: usize,
-    /// Channels `C` of the first stage; stage `i` (0-based) has `C * 2^i`. Default 96 (Swin-T).
+    /// Channels `C` of the first stage; stage `i` (0-based) has `C * 2^i` (mmseg
+    /// `embed_dims`). Default 96 (Swin-T).
+    #[serde(alias = "embed_dims")]
     pub embed_dim: usize,
     /// Number of Swin blocks per stage (the paper's `{2, 2, 6, 2}` for Swin-T). Blocks alternate
     /// regular (W-MSA) and shifted (SW-MSA) windows, starting with a regular one.
@@ -64,10 +108,19 @@ pub struct SwinConfig {
     pub mlp_ratio: f64,
     /// Whether the query / key / value projections have biases. Default true.
     pub qkv_bias: bool,
+    /// Scale of the attention scores instead of `head_dim^-1/2` (mmseg `qk_scale`; `None`,
+    /// the default, in every released config).
+    pub qk_scale: Option<f64>,
+    /// LayerNorm after the patch embedding and before each patch merging's reduction (mmseg
+    /// `patch_norm`; HF always has them). Default true.
+    pub patch_norm: bool,
     /// Dropout after the patch embedding, the attention projection and the MLP (training
-    /// only). Default 0.
+    /// only; mmseg `drop_rate`). Default 0.
+    #[serde(alias = "drop_rate")]
     pub hidden_dropout_prob: f64,
-    /// Dropout on the attention probabilities (training only). Default 0.
+    /// Dropout on the attention probabilities (training only; mmseg `attn_drop_rate`).
+    /// Default 0.
+    #[serde(alias = "attn_drop_rate")]
     pub attention_probs_dropout_prob: f64,
     /// Stochastic depth: the drop probability rises linearly from 0 at the first block to this
     /// value at the last (training only; identity at inference). HF's default 0.1; OneFormer
@@ -76,19 +129,26 @@ pub struct SwinConfig {
     /// Activation of the MLPs. Default `"gelu"` (exact).
     pub hidden_act: HiddenAct,
     /// Learned absolute position embeddings added after the patch embedding (off in every
-    /// released Swin). When on, the patch grid of the input must equal
-    /// `image_size / patch_size` (no interpolation).
+    /// released Swin; mmseg `use_abs_pos_embed`). When on, the patch grid of the input must
+    /// equal `image_size / patch_size` (no interpolation).
+    #[serde(alias = "use_abs_pos_embed")]
     pub use_absolute_embeddings: bool,
     /// Epsilon of the LayerNorms inside the blocks (`layernorm_before` / `layernorm_after`).
     /// The patch-embedding, patch-merging and output norms use PyTorch's default 1e-5, as HF.
     pub layer_norm_eps: f64,
-    /// Which maps to return, by HF stage name: `"stem"` (the patch embedding), `"stage1"` ..
-    /// `"stageN"` (each stage's output before its patch merging), in that order. `None` with
-    /// `out_indices` also `None` means the last stage only (HF's rule).
+    /// Which maps to return, by HF stage name: `"stem"` (the patch embedding, HF key style
+    /// only), `"stage1"` .. `"stageN"` (each stage's output before its patch merging), in that
+    /// order. `None` with `out_indices` also `None` means HF's rule (the last stage only) for
+    /// [`SwinKeyStyle::Hf`] and mmseg's default (every stage) for [`SwinKeyStyle::Mmseg`].
     pub out_features: Option<Vec<String>>,
-    /// The same selection as indices into `["stem", "stage1", ..]`; used when `out_features`
-    /// is `None`, and must agree with it otherwise.
+    /// The same selection as indices: into `["stem", "stage1", ..]` for
+    /// [`SwinKeyStyle::Hf`] (HF's meaning), stage indices counted from 0 for
+    /// [`SwinKeyStyle::Mmseg`] (mmseg's meaning, as in its `norm{i}` keys: `(0, 1, 2, 3)` is
+    /// stage1..stage4). Used when `out_features` is `None`, and must agree with it otherwise.
     pub out_indices: Option<Vec<usize>>,
+    /// Whose checkpoint layout the network reads (and the training-time and patch-merging
+    /// details that go with it). Default [`SwinKeyStyle::Hf`].
+    pub key_style: SwinKeyStyle,
 }
 
 impl Default for SwinConfig {
@@ -113,6 +173,9 @@ impl Default for SwinConfig {
             layer_norm_eps: 1e-5,
             out_features: None,
             out_indices: None,
+            qk_scale: None,
+            patch_norm: true,
+            key_style: SwinKeyStyle::Hf,
         }
     }
 }
@@ -193,6 +256,56 @@ impl SwinConfig {
         }
     }
 
+    /// mmseg's `SwinTransformer` as its UPerNet-Swin configs set it (`configs/_base_/models/
+    /// upernet_swin.py` and `configs/swin/*`): mmseg keys, drop path 0.3, every stage
+    /// (`out_indices = (0, 1, 2, 3)`), patch norm, qkv bias.
+    fn mmseg(base: Self) -> Self {
+        Self {
+            key_style: SwinKeyStyle::Mmseg,
+            drop_path_rate: 0.3,
+            out_features: None,
+            out_indices: Some(vec![0, 1, 2, 3]),
+            ..base
+        }
+    }
+
+    /// mmseg's Swin-T (`swin-tiny-patch4-window7-in1k-pre_upernet_*`): embed_dims 96,
+    /// depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7, mlp_ratio 4, drop path 0.3,
+    /// `out_indices = (0, 1, 2, 3)`, mmseg keys.
+    pub fn mmseg_tiny() -> Self {
+        Self::mmseg(Self::tiny())
+    }
+
+    /// mmseg's Swin-S (`swin-small-patch4-window7-in1k-pre_upernet_*`): Swin-T with depths
+    /// (2, 2, 18, 2).
+    pub fn mmseg_small() -> Self {
+        Self::mmseg(Self::small())
+    }
+
+    /// mmseg's Swin-B at 224 (`swin-base-patch4-window7-*`): embed_dims 128, depths
+    /// (2, 2, 18, 2), heads (4, 8, 16, 32), window 7.
+    pub fn mmseg_base_window7() -> Self {
+        Self::mmseg(Self::base_window7())
+    }
+
+    /// mmseg's Swin-B at 384 (`swin-base-patch4-window12-*-384x384-pre_*`): window 12,
+    /// `pretrain_img_size` 384.
+    pub fn mmseg_base_window12() -> Self {
+        Self::mmseg(Self::base_window12())
+    }
+
+    /// mmseg's Swin-L at 224 (`swin-large-patch4-window7-in22k-pre_*`): embed_dims 192,
+    /// depths (2, 2, 18, 2), heads (6, 12, 24, 48), window 7.
+    pub fn mmseg_large_window7() -> Self {
+        Self::mmseg(Self::large_window7())
+    }
+
+    /// mmseg's Swin-L at 384 (`swin-large-patch4-window12-in22k-384x384-pre_*`): window 12,
+    /// `pretrain_img_size` 384.
+    pub fn mmseg_large_window12() -> Self {
+        Self::mmseg(Self::large_window12())
+    }
+
     /// The same configuration returning the given HF stage names (`"stem"`, `"stage1"`, ..).
     pub fn with_out_features<S: Into<String>>(
         mut self,
@@ -220,7 +333,8 @@ impl SwinConfig {
             .collect()
     }
 
-    /// The returned maps as indices into [`SwinConfig::stage_names`] (0 = stem), increasing.
+    /// The returned maps as indices into [`SwinConfig::stage_names`] (0 = stem), increasing,
+    /// whatever the key style (an mmseg `out_indices` entry `i` is stage `i + 1` here).
     pub fn out_stage_indices(&self) -> Result<Vec<usize>> {
         let names = self.stage_names();
         let from_names = match &self.out_features {
@@ -237,17 +351,38 @@ impl SwinConfig {
             ),
             None => None,
         };
-        let idx = match (from_names, &self.out_indices) {
-            (Some(a), Some(b)) if &a != b => {
+        let n = self.num_stages();
+        let mmseg = self.key_style == SwinKeyStyle::Mmseg;
+        let from_indices = match (&self.out_indices, mmseg) {
+            (Some(b), true) => {
+                if let Some(&bad) = b.iter().find(|&&i| i >= n) {
+                    return Err(Error::InvalidConfig(format!(
+                        "Swin out index {bad} out of range for mmseg's stage indices 0..{n}"
+                    )));
+                }
+                Some(b.iter().map(|&i| i + 1).collect::<Vec<_>>())
+            }
+            (b, false) => b.clone(),
+            (None, true) => None,
+        };
+        let idx = match (from_names, from_indices) {
+            (Some(a), Some(b)) if a != b => {
                 return Err(Error::InvalidConfig(format!(
-                    "Swin out_features {:?} and out_indices {b:?} disagree",
-                    self.out_features
+                    "Swin out_features {:?} and out_indices {:?} disagree",
+                    self.out_features, self.out_indices
                 )))
             }
             (Some(a), _) => a,
-            (None, Some(b)) => b.clone(),
-            (None, None) => vec![self.num_stages()],
+            (None, Some(b)) => b,
+            (None, None) if mmseg => (1..=n).collect(),
+            (None, None) => vec![n],
         };
+        if mmseg && idx.first() == Some(&0) {
+            return Err(Error::InvalidConfig(
+                "mmseg's SwinTransformer cannot return the stem (\"stem\" needs key_style Hf)"
+                    .into(),
+            ));
+        }
         if idx.is_empty() {
             return Err(Error::InvalidConfig(
                 "Swin must return at least one feature map".into(),
@@ -277,6 +412,13 @@ impl SwinConfig {
                 FeatureSpec::new(self.stage_dim(s), self.patch_size << s)
             })
             .collect())
+    }
+
+    /// Scale of the attention scores of a block with `dim` channels and `heads` heads:
+    /// `qk_scale`, else `(dim / heads)^-1/2`.
+    pub fn attention_scale(&self, dim: usize, heads: usize) -> f64 {
+        self.qk_scale
+            .unwrap_or_else(|| ((dim / heads.max(1)) as f64).powf(-0.5))
     }
 
     /// Hidden width of the MLP of a block with `dim` channels (Python's `int(mlp_ratio * dim)`).
@@ -347,6 +489,11 @@ impl SwinConfig {
         ] {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("Swin {name} must be in [0, 1), got {p}"));
+            }
+        }
+        if let Some(q) = self.qk_scale {
+            if !(q.is_finite() && q > 0.0) {
+                return bad(format!("Swin qk_scale must be positive, got {q}"));
             }
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {

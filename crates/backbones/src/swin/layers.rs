@@ -1,5 +1,5 @@
-//! The layers of a Swin backbone, named as HF's modules: patch embedding, Swin block
-//! (`SwinLayer`: window attention + MLP), patch merging.
+//! The layers of a Swin block, named as HF's modules (`SwinLayer`: window attention + MLP),
+//! with mmseg's `SwinBlock` names as the other key style, and the shared `Linear` / `LayerNorm`.
 //!
 //! Inference (`train = false`) uses candle's fused CPU/CUDA kernels (`layer_norm`,
 //! `softmax_last_dim`) and segkit's fast GELU, which do not record gradients; training mode
@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 use segkit_core::ops::{self, Activation};
 
-use super::config::{HiddenAct, SwinConfig};
+use super::config::{HiddenAct, SwinConfig, SwinKeyStyle};
 use super::fused;
 use super::kernel::WindowAttention;
 use super::window::{relative_position_index, WindowGeometry};
@@ -73,7 +73,7 @@ impl Linear {
 }
 
 /// `x W^T + b` for `x` of any rank (flattened to a matrix for one GEMM).
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let din = dims[dims.len() - 1];
     let rows = x.elem_count() / din.max(1);
@@ -98,7 +98,7 @@ fn act(x: &Tensor, a: HiddenAct, train: bool) -> Result<Tensor> {
     })
 }
 
-fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
         Ok(candle_nn::ops::dropout(x, p as f32)?)
     } else {
@@ -120,84 +120,118 @@ fn drop_path(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     Ok(x.broadcast_mul(&mask)?)
 }
 
-/// `embeddings`: patchify + linear projection (`patch_embeddings.projection`, a
-/// `patch x patch` stride-`patch` conv), LayerNorm (`norm`), optional absolute position
-/// embeddings (`position_embeddings`), dropout.
-pub(crate) struct PatchEmbeddings {
-    weight: Tensor,
-    bias: Tensor,
-    norm: LayerNorm,
-    position: Option<Tensor>,
-    patch: usize,
-    in_channels: usize,
-    dropout: f64,
+/// The query / key / value projections.
+enum QkvProjection {
+    /// HF: three `dim x dim` linears `attention.self.{query,key,value}`.
+    Separate {
+        query: Linear,
+        key: Linear,
+        value: Linear,
+    },
+    /// mmseg: one `3 dim x dim` linear `attn.w_msa.qkv`, rows `[q; k; v]`.
+    Fused(Linear),
 }
 
-impl PatchEmbeddings {
-    pub fn new(cfg: &SwinConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let (p, c) = (cfg.patch_size, cfg.embed_dim);
-        let pvb = vb.pp("patch_embeddings").pp("projection");
-        let position = if cfg.use_absolute_embeddings {
-            let n = (cfg.image_size[0] / p) * (cfg.image_size[1] / p);
-            Some(vb.get((1, n, c), "position_embeddings")?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight: pvb.get((c, cfg.num_channels, p, p), "weight")?,
-            bias: pvb.get(c, "bias")?,
-            norm: LayerNorm::new(c, TORCH_LN_EPS, vb.pp("norm"))?,
-            position,
-            patch: p,
-            in_channels: cfg.num_channels,
-            dropout: cfg.hidden_dropout_prob,
+/// A fused `[q; k; v]` weight (or bias), stacked along dim 0, with its query third scaled.
+fn scaled_thirds(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
+    Ok(Tensor::cat(
+        &[(t.narrow(0, 0, dim)? * scale)?, t.narrow(0, dim, 2 * dim)?],
+        0,
+    )?)
+}
+
+impl QkvProjection {
+    /// `3C x C` weight and `3C` bias (if any), the query part scaled by `scale`.
+    fn scaled(&self, dim: usize, scale: f64) -> Result<(Tensor, Option<Tensor>)> {
+        Ok(match self {
+            QkvProjection::Separate { query, key, value } => {
+                let w = Tensor::cat(
+                    &[
+                        (&query.weight * scale)?,
+                        key.weight.clone(),
+                        value.weight.clone(),
+                    ],
+                    0,
+                )?;
+                let b = match (&query.bias, &key.bias, &value.bias) {
+                    (Some(q), Some(k), Some(v)) => {
+                        Some(Tensor::cat(&[(q * scale)?, k.clone(), v.clone()], 0)?)
+                    }
+                    _ => None,
+                };
+                (w, b)
+            }
+            QkvProjection::Fused(l) => {
+                let b = match &l.bias {
+                    Some(b) => Some(scaled_thirds(b, dim, scale)?),
+                    None => None,
+                };
+                (scaled_thirds(&l.weight, dim, scale)?, b)
+            }
         })
     }
+}
 
-    /// `N x C_in x H x W` -> tokens `N x (h * w) x C` and the grid `(h, w)`, with
-    /// `h = ceil(H / patch)` (HF zero-pads the bottom / right to a multiple of the patch).
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, (usize, usize))> {
-        let (n, cin, h, w) = x.dims4()?;
-        let p = self.patch;
-        let (gh, gw) = (h.div_ceil(p), w.div_ceil(p));
-        let mut x = x.clone();
-        if gw * p != w {
-            x = x.pad_with_zeros(3, 0, gw * p - w)?;
-        }
-        if gh * p != h {
-            x = x.pad_with_zeros(2, 0, gh * p - h)?;
-        }
-        // The conv as one GEMM: (N h w) x (C_in p p) patches times the (C x C_in p p) kernel.
-        let patches = x
-            .reshape((n, cin, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((n * gh * gw, self.in_channels * p * p))?;
-        let c = self.weight.dim(0)?;
-        let w2 = self.weight.reshape((c, self.in_channels * p * p))?;
-        let y = linear(&patches, &w2, Some(&self.bias))?.reshape((n, gh * gw, c))?;
-        let mut y = self.norm.forward(&y, train)?;
-        if let Some(pos) = &self.position {
-            if pos.dim(1)? != gh * gw {
-                return Err(segkit_core::Error::shape(
-                    "Swin patch grid (absolute position embeddings are not interpolated)",
-                    &[pos.dim(1)?],
-                    &[gh * gw],
-                )
-                .into());
+/// The block's weights as one key style names them.
+struct BlockWeights<'a> {
+    norm_before: VarBuilder<'a>,
+    /// Where `relative_position_bias_table` (and mmseg's index buffer) live.
+    table: VarBuilder<'a>,
+    qkv: QkvProjection,
+    proj: VarBuilder<'a>,
+    norm_after: VarBuilder<'a>,
+    fc1: VarBuilder<'a>,
+    fc2: VarBuilder<'a>,
+}
+
+impl<'a> BlockWeights<'a> {
+    fn new(cfg: &SwinConfig, dim: usize, vb: VarBuilder<'a>) -> Result<Self> {
+        Ok(match cfg.key_style {
+            SwinKeyStyle::Hf => {
+                let att = vb.pp("attention");
+                let s = att.pp("self");
+                let qkv = QkvProjection::Separate {
+                    query: Linear::new(dim, dim, cfg.qkv_bias, s.pp("query"))?,
+                    key: Linear::new(dim, dim, cfg.qkv_bias, s.pp("key"))?,
+                    value: Linear::new(dim, dim, cfg.qkv_bias, s.pp("value"))?,
+                };
+                Self {
+                    norm_before: vb.pp("layernorm_before"),
+                    table: s,
+                    qkv,
+                    proj: att.pp("output").pp("dense"),
+                    norm_after: vb.pp("layernorm_after"),
+                    fc1: vb.pp("intermediate").pp("dense"),
+                    fc2: vb.pp("output").pp("dense"),
+                }
             }
-            y = y.broadcast_add(pos)?;
-        }
-        Ok((dropout(&y, self.dropout, train)?, (gh, gw)))
+            SwinKeyStyle::Mmseg => {
+                let w_msa = vb.pp("attn").pp("w_msa");
+                let ffn = vb.pp("ffn").pp("layers");
+                Self {
+                    norm_before: vb.pp("norm1"),
+                    qkv: QkvProjection::Fused(Linear::new(
+                        dim,
+                        3 * dim,
+                        cfg.qkv_bias,
+                        w_msa.pp("qkv"),
+                    )?),
+                    proj: w_msa.pp("proj"),
+                    table: w_msa,
+                    norm_after: vb.pp("norm2"),
+                    fc1: ffn.pp(0).pp(0),
+                    fc2: ffn.pp(1),
+                }
+            }
+        })
     }
 }
 
-/// `encoder.layers.{i}.blocks.{j}`: HF `SwinLayer`, one (shifted) window attention block.
+/// One (shifted) window attention block: HF `SwinLayer` (`encoder.layers.{i}.blocks.{j}`) or
+/// mmseg `SwinBlock` (`stages.{i}.blocks.{j}`), the same computation at inference.
 pub(crate) struct SwinBlock {
     layernorm_before: LayerNorm,
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: QkvProjection,
     relative_position_bias_table: Tensor,
     relative_position_index: Tensor,
     proj: Linear,
@@ -207,12 +241,16 @@ pub(crate) struct SwinBlock {
     heads: usize,
     dim: usize,
     window: usize,
+    /// Scale of the scores (`head_dim^-1/2` unless `qk_scale`).
+    scale: f64,
     /// Shift of the windows (`window / 2` for odd blocks, else 0).
     pub shift: usize,
     drop_path: f64,
     hidden_dropout: f64,
     attn_dropout: f64,
     act: HiddenAct,
+    /// mmcv's `FFN` (mmseg): dropout after the activation too, drop path on the MLP branch.
+    mmcv_ffn: bool,
     /// Inference cache: the attention parameters, computed at the first inference call (so
     /// weights changed afterwards, e.g. by an optimizer, are not seen by inference).
     cache: OnceLock<AttentionParams>,
@@ -240,54 +278,47 @@ impl SwinBlock {
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
         let w = cfg.window_size;
-        let att = vb.pp("attention");
-        let s = att.pp("self");
-        let table = s.get(
+        let keys = BlockWeights::new(cfg, dim, vb)?;
+        let table = keys.table.get(
             ((2 * w - 1) * (2 * w - 1), heads),
             "relative_position_bias_table",
         )?;
+        // mmseg registers the index as a (persistent) buffer, so its checkpoints hold it. It
+        // is a pure function of the window size (mmseg's `double_step_seq` construction gives
+        // HF's index, see window.rs), computed here; the stored copy is looked up only so that
+        // strict loading accounts for the key, and its values are not used.
+        let index_name = "relative_position_index";
+        if cfg.key_style == SwinKeyStyle::Mmseg && keys.table.contains_tensor(index_name) {
+            keys.table.get((w * w, w * w), index_name)?;
+        }
         let index = Tensor::from_vec(relative_position_index(w), w * w * w * w, table.device())?;
         let hidden = cfg.mlp_hidden(dim);
         Ok(Self {
-            layernorm_before: LayerNorm::new(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
-            query: Linear::new(dim, dim, cfg.qkv_bias, s.pp("query"))?,
-            key: Linear::new(dim, dim, cfg.qkv_bias, s.pp("key"))?,
-            value: Linear::new(dim, dim, cfg.qkv_bias, s.pp("value"))?,
+            layernorm_before: LayerNorm::new(dim, cfg.layer_norm_eps, keys.norm_before)?,
+            qkv: keys.qkv,
             relative_position_bias_table: table,
             relative_position_index: index,
-            proj: Linear::new(dim, dim, true, att.pp("output").pp("dense"))?,
-            layernorm_after: LayerNorm::new(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
-            fc1: Linear::new(dim, hidden, true, vb.pp("intermediate").pp("dense"))?,
-            fc2: Linear::new(hidden, dim, true, vb.pp("output").pp("dense"))?,
+            proj: Linear::new(dim, dim, true, keys.proj)?,
+            layernorm_after: LayerNorm::new(dim, cfg.layer_norm_eps, keys.norm_after)?,
+            fc1: Linear::new(dim, hidden, true, keys.fc1)?,
+            fc2: Linear::new(hidden, dim, true, keys.fc2)?,
             heads,
             dim,
             window: w,
+            scale: cfg.attention_scale(dim, heads),
             shift,
             drop_path,
             hidden_dropout: cfg.hidden_dropout_prob,
             attn_dropout: cfg.attention_probs_dropout_prob,
             act: cfg.hidden_act,
+            mmcv_ffn: cfg.key_style == SwinKeyStyle::Mmseg,
             cache: OnceLock::new(),
         })
     }
 
     /// The attention parameters from the current weights (`host` only when `with_host`).
     fn attention_params(&self, with_host: bool) -> Result<AttentionParams> {
-        let scale = ((self.dim / self.heads) as f64).powf(-0.5);
-        let w_qkv = Tensor::cat(
-            &[
-                (&self.query.weight * scale)?,
-                self.key.weight.clone(),
-                self.value.weight.clone(),
-            ],
-            0,
-        )?;
-        let b_qkv = match (&self.query.bias, &self.key.bias, &self.value.bias) {
-            (Some(q), Some(k), Some(v)) => {
-                Some(Tensor::cat(&[(q * scale)?, k.clone(), v.clone()], 0)?)
-            }
-            _ => None,
-        };
+        let (w_qkv, b_qkv) = self.qkv.scaled(self.dim, self.scale)?;
         let n = self.window * self.window;
         let rel_bias = self
             .relative_position_bias_table
@@ -347,12 +378,18 @@ impl SwinBlock {
         }
         let attn = self.attention_composed(&y, params, geo, train)?;
         let attn = dropout(&self.proj.forward(&attn)?, self.hidden_dropout, train)?;
-        // HF applies drop path to the attention branch only.
+        // HF applies drop path to the attention branch only, mmseg to both branches.
         let x = (x + drop_path(&attn, self.drop_path, train)?)?;
 
         let y = self.layernorm_after.forward(&x, train)?;
-        let y = act(&self.fc1.forward(&y)?, self.act, train)?;
-        let y = dropout(&self.fc2.forward(&y)?, self.hidden_dropout, train)?;
+        let mut y = act(&self.fc1.forward(&y)?, self.act, train)?;
+        if self.mmcv_ffn {
+            y = dropout(&y, self.hidden_dropout, train)?;
+        }
+        let mut y = dropout(&self.fc2.forward(&y)?, self.hidden_dropout, train)?;
+        if self.mmcv_ffn {
+            y = drop_path(&y, self.drop_path, train)?;
+        }
         Ok((x + y)?)
     }
 
@@ -433,42 +470,5 @@ impl SwinBlock {
             .contiguous()?
             .reshape((b, nw * n, c))?;
         Ok(out.index_select(&geo.reverse, 1)?) // B x L x C, padding dropped
-    }
-}
-
-/// `encoder.layers.{i}.downsample`: HF `SwinPatchMerging`. Zero-pads odd sizes at the
-/// bottom / right, concatenates each 2x2 neighbourhood as `[x(0,0), x(1,0), x(0,1), x(1,1)]`
-/// (row offset varies fastest), LayerNorm (`norm`, 4C), `reduction` 4C -> 2C without bias.
-pub(crate) struct PatchMerging {
-    norm: LayerNorm,
-    reduction: Linear,
-}
-
-impl PatchMerging {
-    pub fn new(dim: usize, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            norm: LayerNorm::new(4 * dim, TORCH_LN_EPS, vb.pp("norm"))?,
-            reduction: Linear::new(4 * dim, 2 * dim, false, vb.pp("reduction"))?,
-        })
-    }
-
-    /// Tokens `B x (H W) x C` of an `H x W` map -> `B x (ceil(H/2) ceil(W/2)) x 2C`.
-    pub fn forward(&self, x: &Tensor, (h, w): (usize, usize), train: bool) -> Result<Tensor> {
-        let (b, _, c) = x.dims3()?;
-        let mut x = x.reshape((b, h, w, c))?;
-        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
-        if h % 2 == 1 {
-            x = x.pad_with_zeros(1, 0, 1)?;
-        }
-        if w % 2 == 1 {
-            x = x.pad_with_zeros(2, 0, 1)?;
-        }
-        let x = x
-            .reshape((b, h2, 2, w2, 2, c))?
-            .permute((0, 1, 3, 4, 2, 5))?
-            .contiguous()?
-            .reshape((b, h2 * w2, 4 * c))?;
-        let x = self.norm.forward(&x, train)?;
-        self.reduction.forward(&x)
     }
 }

@@ -22,6 +22,22 @@
 //! - drop path (stochastic depth, linear in the block index up to `drop_path_rate`) acts in
 //!   training mode only and, as in HF, on the attention branch only; dropouts likewise.
 //!
+//! With [`SwinKeyStyle::Mmseg`] it matches, likewise, mmseg's `SwinTransformer`
+//! (`mmseg/models/backbones/swin.py`, checked against mmsegmentation 1.2.2), so that mmseg's
+//! UPerNet-Swin checkpoints load as saved:
+//! - keys `patch_embed.{projection,norm}`, `stages.{i}.blocks.{j}.{norm1, attn.w_msa.{qkv,
+//!   proj, relative_position_bias_table}, norm2, ffn.layers.0.0, ffn.layers.1}`,
+//!   `stages.{i}.downsample.{norm,reduction}`, output norms `norm{i}` (stage `i` from 0);
+//!   mmseg's `relative_position_index` buffers are looked up when present (so strict
+//!   loading accounts for them) but the index is computed: mmseg's construction gives HF's;
+//! - patch merging gathers each 2x2 neighbourhood in `nn.Unfold`'s channel-major order (see
+//!   [`SwinKeyStyle::Mmseg`]), the forward pass does, the saved weights are used as they are;
+//! - padding (patch embedding, windows, merging: bottom / right zeros), the shifted-window
+//!   mask (-100 between regions, padding not masked, windows always partitioned and shifted)
+//!   and the normalised stage outputs (`norm{i}`) are the same computation as HF's;
+//! - drop path acts on both residual branches and dropout also follows the MLP activation
+//!   (mmcv's `FFN`), in training only; `out_indices` count stages from 0.
+//!
 //! Performance: f32 inference on the CPU runs each block's window attention as one fused
 //! kernel (`kernel.rs`: per window and head, scores + relative position bias + shift mask,
 //! softmax and the weighted sum of values stay in L1; the padding, cyclic shift, partition and
@@ -57,14 +73,18 @@ mod config;
 mod fused;
 mod kernel;
 mod layers;
+mod patch;
+#[cfg(test)]
+mod tests;
 mod window;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::{Backbone, FeatureSpec};
 
-pub use config::{HiddenAct, SwinConfig};
-use layers::{LayerNorm, PatchEmbeddings, PatchMerging, SwinBlock, TORCH_LN_EPS};
+pub use config::{HiddenAct, SwinConfig, SwinKeyStyle};
+use layers::{LayerNorm, SwinBlock, TORCH_LN_EPS};
+use patch::{PatchEmbeddings, PatchMerging};
 use window::WindowGeometry;
 
 use crate::{Error, Result};
@@ -110,12 +130,13 @@ pub struct Swin {
 }
 
 impl Swin {
-    /// Builds the network, loading every parameter from `vb` under HF `SwinBackbone`'s
-    /// checkpoint keys (pass `vb.pp("model.pixel_level_module.encoder")` for a OneFormer
-    /// checkpoint).
+    /// Builds the network, loading every parameter from `vb` under the checkpoint keys of
+    /// `cfg.key_style`: HF `SwinBackbone`'s (pass `vb.pp("model.pixel_level_module.encoder")`
+    /// for a OneFormer checkpoint) or mmseg `SwinTransformer`'s (`vb.pp("backbone")` for an
+    /// mmseg segmentor checkpoint).
     pub fn new(cfg: &SwinConfig, vb: VarBuilder<'_>) -> Result<Self> {
         cfg.validate()?;
-        let embeddings = PatchEmbeddings::new(cfg, vb.pp("embeddings"))?;
+        let embeddings = PatchEmbeddings::new(cfg, vb.clone())?;
         let total: usize = cfg.depths.iter().sum();
         let denom = total.saturating_sub(1).max(1) as f64;
         let n = cfg.num_stages();
@@ -123,7 +144,10 @@ impl Swin {
         let mut block_idx = 0;
         for (i, (&depth, &heads)) in cfg.depths.iter().zip(&cfg.num_heads).enumerate() {
             let dim = cfg.stage_dim(i);
-            let svb = vb.pp("encoder").pp("layers").pp(i);
+            let svb = match cfg.key_style {
+                SwinKeyStyle::Hf => vb.pp("encoder").pp("layers").pp(i),
+                SwinKeyStyle::Mmseg => vb.pp("stages").pp(i),
+            };
             let mut blocks = Vec::with_capacity(depth);
             for j in 0..depth {
                 let shift = if j % 2 == 0 { 0 } else { cfg.window_size / 2 };
@@ -139,7 +163,7 @@ impl Swin {
                 block_idx += 1;
             }
             let downsample = if i + 1 < n {
-                Some(PatchMerging::new(dim, svb.pp("downsample"))?)
+                Some(PatchMerging::new(cfg, dim, svb.pp("downsample"))?)
             } else {
                 None
             };
@@ -150,12 +174,12 @@ impl Swin {
         let mut outputs = Vec::with_capacity(idx.len());
         for &k in &idx {
             let dim = cfg.stage_dim(k.saturating_sub(1));
-            let norm = LayerNorm::new(
-                dim,
-                TORCH_LN_EPS,
-                vb.pp("hidden_states_norms").pp(&stage_names[k]),
-            )?;
-            outputs.push((k, norm));
+            let nvb = match cfg.key_style {
+                SwinKeyStyle::Hf => vb.pp("hidden_states_norms").pp(&stage_names[k]),
+                // `out_stage_indices` never selects the stem (k = 0) in this style.
+                SwinKeyStyle::Mmseg => vb.pp(format!("norm{}", k.saturating_sub(1))),
+            };
+            outputs.push((k, LayerNorm::new(dim, TORCH_LN_EPS, nvb)?));
         }
         Ok(Self {
             cfg: cfg.clone(),

@@ -21,8 +21,8 @@
 //!
 //! The deterministic parts are byte-equal to mmcv / mmseg with OpenCV 5.0 (checked in
 //! `crates/data/tests/augment.rs` against `tests/parity/gen_augment.py`): the resize kernels
-//! ([`resize`]), crop, flip, pad, the photometric operations for given draws ([`color`]) and
-//! the normalisation.
+//! ([`crate::image::resize`], the ones inference uses too), crop, flip, pad, the photometric
+//! operations for given draws ([`color`]) and the normalisation.
 //!
 //! Deliberate differences:
 //! - randomness comes from [`Rng`] (xoshiro256** seeded by splitmix64), not numpy's global
@@ -34,7 +34,6 @@
 //!   that, so the numbers are mmseg's.
 
 pub mod color;
-pub mod resize;
 mod sample;
 
 pub use color::{PhotoMetricParams, PhotoMetricRanges};
@@ -250,7 +249,7 @@ pub fn random_resize_scale(scale: [usize; 2], ratio_range: [f64; 2], u: f64) -> 
 /// The size `(w, h)` mmseg's `Resize(scale, keep_ratio)` gives a `(w, h)` image.
 pub fn resize_target(size: (usize, usize), scale: [usize; 2], keep_ratio: bool) -> (usize, usize) {
     if keep_ratio {
-        resize::rescale_size(size, scale)
+        crate::image::resize::rescale_size(size, scale)
     } else {
         (scale[0], scale[1])
     }

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::color::{photometric, PhotoMetricParams};
-use super::resize::{resize_bilinear, resize_nearest};
+use crate::image::resize::{resize_bilinear, resize_nearest};
 use crate::{Error, InstanceAnnotation, Result, Sample};
 
 /// A crop window in mmseg's `crop_bbox` order, clamped to the image: rows `y1..y2`, columns

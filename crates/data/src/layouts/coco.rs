@@ -211,7 +211,7 @@ fn image_index(json: &Path, img_dir: &Path, images: &[ImageJson]) -> Result<Hash
 }
 
 /// Reads an image and checks it against the JSON's size.
-fn read_listed_image(path: &Path, json: &Path, w: usize, h: usize) -> Result<crate::io::Rgb8> {
+fn read_listed_image(path: &Path, json: &Path, w: usize, h: usize) -> Result<crate::image::Rgb8> {
     let img = read_rgb8(path)?;
     if (img.width, img.height) != (w, h) {
         return Err(bad_file(

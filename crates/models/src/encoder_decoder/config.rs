@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::backbone::BackboneConfig;
-pub use super::heads::HeadConfig;
+pub use super::heads::{HeadConfig, HeadRole, SegmentorLosses};
 pub use super::neck::NeckConfig;
 
 use crate::datasets::DatasetMeta;
@@ -199,6 +199,10 @@ pub struct SegmentorConfig {
     /// Class names and palette.
     #[serde(default)]
     pub meta: DatasetMeta,
+    /// The training losses per head and named output (mmseg's `loss_decode`); unset lists
+    /// take mmseg's defaults for the head type (see [`SegmentorLosses`]).
+    #[serde(default, skip_serializing_if = "SegmentorLosses::is_default")]
+    pub losses: SegmentorLosses,
 }
 
 impl SegmentorConfig {
@@ -218,20 +222,43 @@ impl SegmentorConfig {
         Ok(cfg)
     }
 
-    /// The names of the segmentor's outputs ([`crate::SegmentorOutput::named`]): `logits`,
-    /// `aux_logits` when there is an auxiliary head, then the decode head's other outputs as
-    /// `{name}_logits`.
+    /// The names of the segmentor's outputs ([`crate::SegmentorOutput::named`], named by
+    /// [`HeadRole::output_name`]): `logits`, `aux_logits` when there is an auxiliary head,
+    /// the decode head's other outputs as `{name}_logits` (`pam_logits`, `cam_logits`,
+    /// `se_logits`), then the auxiliary head's other outputs as `aux_{name}_logits`.
     pub fn output_names(&self) -> Vec<String> {
-        let mut v = vec!["logits".to_string()];
-        if self.auxiliary_head.is_some() {
-            v.push("aux_logits".to_string());
+        let mut v = vec![HeadRole::Decode.output_name("logits")];
+        let aux = self.auxiliary_head.as_ref().map(HeadConfig::output_names);
+        if aux.is_some() {
+            v.push(HeadRole::Auxiliary.output_name("logits"));
         }
-        v.extend(
-            self.decode_head
-                .extra_output_names()
-                .into_iter()
-                .map(|n| format!("{n}_logits")),
-        );
+        let extra = |role: HeadRole, names: Vec<String>| {
+            names.into_iter().skip(1).map(move |n| role.output_name(&n))
+        };
+        v.extend(extra(HeadRole::Decode, self.decode_head.output_names()));
+        v.extend(aux.into_iter().flat_map(|n| extra(HeadRole::Auxiliary, n)));
+        v
+    }
+
+    /// The heads and their losses per output: the configured lists, or mmseg's defaults
+    /// ([`HeadConfig::mmseg_losses`]; the auxiliary head's weighted 0.4).
+    pub fn head_losses(&self) -> Vec<(HeadRole, &HeadConfig, Vec<segkit_losses::OutputLosses>)> {
+        let mut v = vec![(
+            HeadRole::Decode,
+            &self.decode_head,
+            self.losses
+                .decode_head
+                .clone()
+                .unwrap_or_else(|| self.decode_head.mmseg_losses()),
+        )];
+        if let Some(aux) = &self.auxiliary_head {
+            let l = self
+                .losses
+                .auxiliary_head
+                .clone()
+                .unwrap_or_else(|| super::heads::mmseg_auxiliary_losses(aux));
+            v.push((HeadRole::Auxiliary, aux, l));
+        }
         v
     }
 
@@ -257,6 +284,16 @@ impl SegmentorConfig {
                     aux.num_classes()
                 )));
             }
+        }
+        if self.auxiliary_head.is_none() && self.losses.auxiliary_head.is_some() {
+            return Err(Error::InvalidConfig(format!(
+                "`{}`: losses.auxiliary_head is set but the model has no auxiliary head",
+                self.name
+            )));
+        }
+        for (role, head, losses) in self.head_losses() {
+            let what = format!("`{}` losses of the {} head", self.name, role.loss_prefix());
+            head.validate_losses(&what, &losses)?;
         }
         if !self.meta.classes.is_empty() && self.meta.classes.len() != n {
             return Err(Error::InvalidConfig(format!(

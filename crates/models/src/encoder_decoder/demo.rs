@@ -85,5 +85,6 @@ pub fn demo_config() -> SegmentorConfig {
             classes: FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
             palette: FASHION_PALETTE.to_vec(),
         },
+        losses: Default::default(),
     }
 }

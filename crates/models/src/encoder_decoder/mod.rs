@@ -23,7 +23,9 @@
 //! let model = EncoderDecoder::new(&cfg, candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
 //! let x = Tensor::zeros((1, 3, 64, 96), DType::F32, &Device::Cpu).unwrap();
 //! let out = model.forward_t(&x, false).unwrap();
-//! assert_eq!(out.logits.dims(), &[1, 3, 2, 3]); // stride 32
+//! assert_eq!(out.logits().dims(), &[1, 3, 2, 3]); // stride 32
+//! assert_eq!(out.get("logits").unwrap().dims(), &[1, 3, 2, 3]);
+//! assert_eq!(model.output_names(), ["logits"]);
 //! assert_eq!(model.encode_decode(&x).unwrap().dims(), &[1, 3, 64, 96]);
 //! ```
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod heads;
 pub mod inference;
+mod model_impl;
 pub mod neck;
 pub mod presets;
 
@@ -40,115 +43,85 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use segkit_core::checkpoint::{self, StateDict};
-use segkit_core::{Backbone, FeatureSpec, Neck};
-use segkit_heads::{AsppHead, DaHead, EncHead, FcnHead, PspHead};
+use segkit_core::{Backbone, DecodeHead, HeadOutput, Neck};
 
 use crate::{Error, Result};
-use config::{HeadConfig, SegmentorConfig};
+use config::{HeadRole, SegmentorConfig};
 
-/// A built decode or auxiliary head (boxed: the heads differ much in size).
-enum Head {
-    Fcn(Box<FcnHead>),
-    Psp(Box<PspHead>),
-    Da(Box<DaHead>),
-    Aspp(Box<AsppHead>),
-    Enc(Box<EncHead>),
-}
-
-/// All outputs of one head.
-struct HeadOutput {
-    main: Tensor,
-    pam: Option<Tensor>,
-    cam: Option<Tensor>,
-    se: Option<Tensor>,
-}
-
-impl Head {
-    fn new(cfg: &HeadConfig, inputs: &[FeatureSpec], vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(match cfg {
-            HeadConfig::Fcn(c) => Head::Fcn(Box::new(FcnHead::new(c, inputs, vb)?)),
-            HeadConfig::Psp(c) => Head::Psp(Box::new(PspHead::new(c, inputs, vb)?)),
-            HeadConfig::Da(c) => Head::Da(Box::new(DaHead::new(c, inputs, vb)?)),
-            HeadConfig::Aspp(c) => Head::Aspp(Box::new(AsppHead::new(c, inputs, vb)?)),
-            HeadConfig::Enc(c) => Head::Enc(Box::new(EncHead::new(c, inputs, vb)?)),
-        })
-    }
-
-    fn output_stride(&self) -> usize {
-        use segkit_core::DecodeHead;
-        match self {
-            Head::Fcn(h) => h.output_stride(),
-            Head::Psp(h) => h.output_stride(),
-            Head::Da(h) => h.output_stride(),
-            Head::Aspp(h) => h.output_stride(),
-            Head::Enc(h) => h.output_stride(),
-        }
-    }
-
-    fn forward(&self, feats: &[Tensor], train: bool) -> Result<HeadOutput> {
-        let plain = |main| HeadOutput {
-            main,
-            pam: None,
-            cam: None,
-            se: None,
-        };
-        Ok(match self {
-            Head::Fcn(h) => plain(h.forward(feats, train)?),
-            Head::Psp(h) => plain(h.forward(feats, train)?),
-            Head::Aspp(h) => plain(h.forward(feats, train)?),
-            Head::Da(h) => {
-                let o = h.forward(feats, train)?;
-                HeadOutput {
-                    main: o.fused,
-                    pam: Some(o.pam),
-                    cam: Some(o.cam),
-                    se: None,
-                }
-            }
-            Head::Enc(h) => {
-                let o = h.forward(feats, train)?;
-                HeadOutput {
-                    main: o.seg,
-                    pam: None,
-                    cam: None,
-                    se: o.se,
-                }
-            }
-        })
-    }
-}
-
-/// Every output of an [`EncoderDecoder`] forward pass, at the heads' output strides.
+/// Every output of an [`EncoderDecoder`] forward pass, by name, at the heads' output strides:
+/// each head's [`HeadOutput`] under its [`HeadRole`].
+///
+/// The segmentor's names ([`SegmentorOutput::named`], [`HeadRole::output_name`]): `logits`
+/// (the decode head's prediction; DANet: the fused PAM + CAM logits), `aux_logits` (the
+/// auxiliary head's), then the decode head's other outputs as `{name}_logits` (DANet's
+/// `pam_logits`, `cam_logits`; EncNet's class-presence `se_logits`, `N x K`).
 #[derive(Debug, Clone)]
 pub struct SegmentorOutput {
-    /// The decode head's logits `N x K x h x w` (DANet: the fused PAM + CAM logits).
-    pub logits: Tensor,
-    /// The auxiliary head's logits, when the model has one.
-    pub aux_logits: Option<Tensor>,
-    /// DANet's position-attention branch logits.
-    pub pam_logits: Option<Tensor>,
-    /// DANet's channel-attention branch logits.
-    pub cam_logits: Option<Tensor>,
-    /// EncNet's semantic-encoding (class presence) logits `N x K`.
-    pub se_logits: Option<Tensor>,
+    /// The decode head's outputs.
+    pub decode: HeadOutput,
+    /// The auxiliary head's outputs, when the model has one.
+    pub auxiliary: Option<HeadOutput>,
+    /// The segmentor's name of each output, in [`SegmentorOutput::named`]'s order, with the
+    /// head and the head's name of the output.
+    names: Vec<(String, HeadRole, String)>,
 }
 
 impl SegmentorOutput {
-    /// The outputs that are present, by name (`logits`, `aux_logits`, `pam_logits`,
-    /// `cam_logits`, `se_logits`), in that order.
-    pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
-        let mut v = vec![("logits", &self.logits)];
-        for (name, t) in [
-            ("aux_logits", &self.aux_logits),
-            ("pam_logits", &self.pam_logits),
-            ("cam_logits", &self.cam_logits),
-            ("se_logits", &self.se_logits),
-        ] {
-            if let Some(t) = t {
-                v.push((name, t));
+    /// Names the outputs of `decode` and `auxiliary`.
+    pub fn new(decode: HeadOutput, auxiliary: Option<HeadOutput>) -> Self {
+        let heads: Vec<(HeadRole, &HeadOutput)> = std::iter::once((HeadRole::Decode, &decode))
+            .chain(auxiliary.iter().map(|a| (HeadRole::Auxiliary, a)))
+            .collect();
+        let mut names = Vec::new();
+        // The heads' logits first, then their other outputs.
+        for main in [true, false] {
+            for (role, out) in &heads {
+                for n in out.names() {
+                    if (n == HeadOutput::LOGITS) == main {
+                        names.push((role.output_name(n), *role, n.to_string()));
+                    }
+                }
             }
         }
-        v
+        Self {
+            decode,
+            auxiliary,
+            names,
+        }
+    }
+
+    /// The decode head's logits `N x K x h x w`.
+    pub fn logits(&self) -> &Tensor {
+        &self.decode.logits
+    }
+
+    /// The auxiliary head's logits, when the model has one.
+    pub fn aux_logits(&self) -> Option<&Tensor> {
+        self.auxiliary.as_ref().map(|a| &a.logits)
+    }
+
+    /// The outputs of the head in `role`, if the model has it.
+    pub fn head(&self, role: HeadRole) -> Option<&HeadOutput> {
+        match role {
+            HeadRole::Decode => Some(&self.decode),
+            HeadRole::Auxiliary => self.auxiliary.as_ref(),
+        }
+    }
+
+    /// The output with the segmentor's name `name` (`logits`, `aux_logits`, `pam_logits`, ...).
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        let (_, role, n) = self.names.iter().find(|(s, _, _)| s == name)?;
+        self.head(*role)?.get(n)
+    }
+
+    /// Every output by the segmentor's name: `logits`, `aux_logits` (with an auxiliary
+    /// head), then the decode head's other outputs (`pam_logits`, `cam_logits`, `se_logits`)
+    /// and the auxiliary head's (`aux_{name}_logits`), in that order.
+    pub fn named(&self) -> Vec<(&str, &Tensor)> {
+        self.names
+            .iter()
+            .filter_map(|(s, role, n)| Some((s.as_str(), self.head(*role)?.get(n)?)))
+            .collect()
     }
 }
 
@@ -158,8 +131,8 @@ pub struct EncoderDecoder {
     device: Device,
     backbone: Box<dyn Backbone>,
     neck: Option<Box<dyn Neck>>,
-    decode_head: Head,
-    auxiliary_head: Option<Head>,
+    decode_head: Box<dyn DecodeHead>,
+    auxiliary_head: Option<Box<dyn DecodeHead>>,
 }
 
 impl std::fmt::Debug for EncoderDecoder {
@@ -187,9 +160,9 @@ impl EncoderDecoder {
         if let Some(n) = &neck {
             specs = n.output_specs();
         }
-        let decode_head = Head::new(&cfg.decode_head, &specs, vb.pp("decode_head"))?;
+        let decode_head = cfg.decode_head.build(&specs, vb.pp("decode_head"))?;
         let auxiliary_head = match &cfg.auxiliary_head {
-            Some(c) => Some(Head::new(c, &specs, vb.pp("auxiliary_head"))?),
+            Some(c) => Some(c.build(&specs, vb.pp("auxiliary_head"))?),
             None => None,
         };
         Ok(Self {
@@ -278,28 +251,53 @@ impl EncoderDecoder {
         })
     }
 
+    /// The head in `role`, if the model has it.
+    pub fn head(&self, role: HeadRole) -> Option<&dyn DecodeHead> {
+        match role {
+            HeadRole::Decode => Some(self.decode_head.as_ref()),
+            HeadRole::Auxiliary => self.auxiliary_head.as_deref(),
+        }
+    }
+
+    /// The names of the outputs [`EncoderDecoder::forward_t`] returns
+    /// ([`SegmentorOutput::named`]), from the built heads; equal to
+    /// [`SegmentorConfig::output_names`].
+    pub fn output_names(&self) -> Vec<String> {
+        let roles = [HeadRole::Decode, HeadRole::Auxiliary];
+        let heads: Vec<(HeadRole, Vec<String>)> = roles
+            .iter()
+            .filter_map(|&r| Some((r, self.head(r)?.output_names())))
+            .collect();
+        let mut v = Vec::new();
+        for main in [true, false] {
+            for (role, names) in &heads {
+                v.extend(
+                    names
+                        .iter()
+                        .filter(|n| (n.as_str() == HeadOutput::LOGITS) == main)
+                        .map(|n| role.output_name(n)),
+                );
+            }
+        }
+        v
+    }
+
     /// Runs every head, the auxiliary one included, on `x` (`N x 3 x H x W`, normalised).
     /// `train` selects BatchNorm batch statistics and enables dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<SegmentorOutput> {
         let feats = self.extract_feat(x, train)?;
-        let main = self.decode_head.forward(&feats, train)?;
-        let aux_logits = match &self.auxiliary_head {
-            Some(h) => Some(h.forward(&feats, train)?.main),
+        let decode = self.decode_head.forward_t(&feats, train)?;
+        let auxiliary = match &self.auxiliary_head {
+            Some(h) => Some(h.forward_t(&feats, train)?),
             None => None,
         };
-        Ok(SegmentorOutput {
-            logits: main.main,
-            aux_logits,
-            pam_logits: main.pam,
-            cam_logits: main.cam,
-            se_logits: main.se,
-        })
+        Ok(SegmentorOutput::new(decode, auxiliary))
     }
 
     /// The decode head's logits at its output stride (the auxiliary head is not run).
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let feats = self.extract_feat(x, train)?;
-        Ok(self.decode_head.forward(&feats, train)?.main)
+        Ok(self.decode_head.forward_t(&feats, train)?.logits)
     }
 
     /// mmseg `encode_decode` in inference mode: the decode head's logits bilinearly resized
@@ -315,5 +313,72 @@ impl EncoderDecoder {
             (h, w),
             self.cfg.align_corners(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every encoder-decoder preset's config names the outputs its built model returns.
+    #[test]
+    fn config_output_names_agree_with_the_built_heads() {
+        let mut n = 0;
+        for info in crate::presets() {
+            let Ok(crate::ModelConfig::EncoderDecoder(cfg)) = crate::preset(&info.name) else {
+                continue;
+            };
+            let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+            let model = EncoderDecoder::new(&cfg, vb).unwrap();
+            assert_eq!(model.output_names(), cfg.output_names(), "{}", info.name);
+            for role in [HeadRole::Decode, HeadRole::Auxiliary] {
+                let head = cfg.head_losses().into_iter().find(|h| h.0 == role);
+                if let (Some(built), Some((_, c, _))) = (model.head(role), head) {
+                    assert_eq!(built.outputs(), c.outputs(), "{}", info.name);
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 15, "only {n} encoder-decoder presets");
+    }
+
+    /// A forward pass returns exactly the outputs the config names, DANet's and EncNet's
+    /// included.
+    #[test]
+    fn forward_returns_the_named_outputs() {
+        let tiny = |head: &str| {
+            SegmentorConfig::from_json(&format!(
+                r#"{{"name": "tiny", "backbone": {{"type": "ResNet", "depth": 18,
+                    "base_channels": 4, "stem": {{"type": "Deep", "width": 4}},
+                    "key_style": "Mmseg", "strides": [1, 2, 1, 1], "dilations": [1, 1, 2, 4],
+                    "contract_dilation": true}},
+                    "decode_head": {head},
+                    "auxiliary_head": {{"type": "FCNHead", "base": {{"channels": 4,
+                        "num_classes": 3, "in_index": 2}}, "num_convs": 1,
+                        "concat_input": false}}}}"#
+            ))
+            .unwrap()
+        };
+        let da = tiny(
+            r#"{"type": "DAHead", "base": {"channels": 4, "num_classes": 3}, "pam_channels": 2}"#,
+        );
+        let enc = tiny(
+            r#"{"type": "EncHead", "base": {"channels": 4, "num_classes": 3, "in_index": [1, 2, 3],
+                "input_transform": "multiple_select"}, "num_codes": 4}"#,
+        );
+        let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        for (cfg, want) in [
+            (da, vec!["logits", "aux_logits", "pam_logits", "cam_logits"]),
+            (enc, vec!["logits", "aux_logits", "se_logits"]),
+        ] {
+            assert_eq!(cfg.output_names(), want);
+            let m = EncoderDecoder::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
+            let out = m.forward_t(&x, false).unwrap();
+            let names: Vec<&str> = out.named().iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, want);
+            for n in want {
+                assert!(out.get(n).is_some(), "{n}");
+            }
+        }
     }
 }

@@ -245,6 +245,7 @@ impl Preset {
             test_cfg: TestMode::Whole,
             tta: None,
             meta: self.dataset.meta(),
+            losses: Default::default(),
         }
     }
 }

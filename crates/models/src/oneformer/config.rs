@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use segkit_backbones::{ResNetConfig, SwinConfig};
+use segkit_core::FeatureSpec;
+use segkit_losses::OneFormerLossConfig;
 use segkit_necks::MsDeformAttnPixelDecoderConfig;
 use segkit_oneformer::decoder::TransformerDecoderConfig;
 use segkit_oneformer::text_mapper::TextMapperConfig;
@@ -134,10 +136,10 @@ impl OneFormerPreprocessConfig {
 pub enum OneFormerBackboneConfig {
     /// `backbone_config.model_type == "swin"`: HF `SwinBackbone` keys.
     Swin(SwinConfig),
-    /// `backbone_config.model_type == "resnet"`: HF `ResNetBackbone` (keys
-    /// `embedder.embedder.*`, `encoder.stages.{s}.layers.{l}.{layer.{k},shortcut}.*`), which is
-    /// torchvision's ResNet (v1.5, stride in the 3x3) under other names; segkit builds its
-    /// torchvision-layout ResNet and renames the keys (a rename table, no weight changes).
+    /// `backbone_config.model_type == "resnet"`: HF `ResNetBackbone`, torchvision's ResNet
+    /// (v1.5, stride in the 3x3) under HF's keys (`embedder.embedder.*`,
+    /// `encoder.stages.{s}.layers.{l}.{layer.{k},shortcut}.*`), which segkit's ResNet loads
+    /// directly with `key_style: Hf`.
     ResNet(ResNetConfig),
 }
 
@@ -149,7 +151,15 @@ impl OneFormerBackboneConfig {
         }
     }
 
-    /// transformers' `ResNetConfig` (JSON) -> segkit's torchvision-layout ResNet, for the
+    /// The specs of the backbone's four outputs, finest first.
+    pub fn feature_specs(&self) -> Result<Vec<FeatureSpec>> {
+        Ok(match self {
+            Self::Swin(c) => c.feature_specs()?,
+            Self::ResNet(c) => c.feature_specs()?,
+        })
+    }
+
+    /// transformers' `ResNetConfig` (JSON) -> segkit's ResNet with HF's key layout, for the
     /// architectures torchvision has (depth 18/34 basic, 50/101/152 bottleneck, stem width 64,
     /// widths 256..2048 or 64..512, v1.5 strides, all four stages returned).
     fn hf_resnet(v: &Value, name: &str) -> Result<Self> {
@@ -223,7 +233,7 @@ impl OneFormerBackboneConfig {
                 "out_features {outs:?}: OneFormer needs stage1..stage4"
             ));
         }
-        Ok(Self::ResNet(ResNetConfig::torchvision(depth)))
+        Ok(Self::ResNet(ResNetConfig::hf(depth)))
     }
 }
 
@@ -248,48 +258,34 @@ pub struct OneFormerConfig {
     pub labels: Vec<String>,
     /// Image preprocessing.
     pub preprocess: OneFormerPreprocessConfig,
-    /// Loss weights and matcher / sampling settings (HF's names).
+    /// The training criterion: loss weights, matcher and point-sampling settings
+    /// (segkit-losses' config; `loss.num_classes` equals `decoder.num_labels`).
     pub loss: OneFormerLossConfig,
 }
 
-/// OneFormer's training settings from `config.json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct OneFormerLossConfig {
-    /// Weight of the "no object" class in the classification loss. 0.1.
-    pub no_object_weight: f64,
-    /// Classification loss weight (and matcher cost). 2.0.
-    pub class_weight: f64,
-    /// Sigmoid cross-entropy mask loss weight. 5.0.
-    pub mask_weight: f64,
-    /// Dice loss weight. 5.0.
-    pub dice_weight: f64,
-    /// Query-text contrastive loss weight. 0.5.
-    pub contrastive_weight: f64,
-    /// Initial temperature of the contrastive loss (`logit_scale = log(1 / t)`). 0.07.
-    pub contrastive_temperature: Option<f64>,
-    /// Points sampled per mask for the mask losses. 12544.
-    pub train_num_points: usize,
-    /// Oversampling of candidate points. 3.0.
-    pub oversample_ratio: f64,
-    /// Fraction of points chosen by uncertainty. 0.75.
-    pub importance_sample_ratio: f64,
-}
+/// transformers' `OneFormerConfig` fields that configure the criterion (HF's names, which
+/// segkit-losses' [`OneFormerLossConfig`] accepts as aliases of its own).
+const HF_LOSS_FIELDS: [&str; 9] = [
+    "no_object_weight",
+    "class_weight",
+    "mask_weight",
+    "dice_weight",
+    "contrastive_weight",
+    "contrastive_temperature",
+    "train_num_points",
+    "oversample_ratio",
+    "importance_sample_ratio",
+];
 
-impl Default for OneFormerLossConfig {
-    fn default() -> Self {
-        Self {
-            no_object_weight: 0.1,
-            class_weight: 2.0,
-            mask_weight: 5.0,
-            dice_weight: 5.0,
-            contrastive_weight: 0.5,
-            contrastive_temperature: Some(0.07),
-            train_num_points: 12544,
-            oversample_ratio: 3.0,
-            importance_sample_ratio: 0.75,
-        }
-    }
+/// The criterion's settings from an HF `config.json`: its [`HF_LOSS_FIELDS`] (missing ones keep
+/// OneFormer's defaults), for `num_labels` classes.
+fn hf_loss(v: &Value, num_labels: usize) -> Result<OneFormerLossConfig> {
+    let mut m: serde_json::Map<String, Value> = HF_LOSS_FIELDS
+        .iter()
+        .filter_map(|&k| v.get(k).map(|x| (k.to_string(), x.clone())))
+        .collect();
+    m.insert("num_classes".into(), num_labels.into());
+    parse(&Value::Object(m), "loss")
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T> {
@@ -298,8 +294,10 @@ fn parse<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T> {
 }
 
 impl OneFormerConfig {
-    /// Parses a transformers OneFormer `config.json` (text). The backbone must be Swin
-    /// (`backbone_config.model_type == "swin"`).
+    /// Parses a transformers OneFormer `config.json` (text). The backbone must be Swin or
+    /// ResNet (`backbone_config.model_type`). HF's `conv_dim` / `mask_dim` configure the pixel
+    /// decoder and stay declared in the transformer decoder's config, which checks them against
+    /// the pixel decoder's specs; the criterion's fields go to [`OneFormerLossConfig`].
     pub fn from_hf_json(name: &str, text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::InvalidConfig(format!("{name}: config.json is not JSON: {e}")))?;
@@ -373,6 +371,7 @@ impl OneFormerConfig {
         } else {
             labels
         };
+        let decoder_num_labels = decoder.num_labels;
         let cfg = Self {
             name: name.to_string(),
             backbone,
@@ -385,7 +384,7 @@ impl OneFormerConfig {
                 .unwrap_or(false),
             labels,
             preprocess: OneFormerPreprocessConfig::default(),
-            loss: parse(&v, "loss")?,
+            loss: hf_loss(&v, decoder_num_labels)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -418,22 +417,21 @@ impl OneFormerConfig {
         Ok(cfg)
     }
 
-    /// Checks the parts against each other.
+    /// Checks the parts against each other: the specs the backbone and the pixel decoder
+    /// report fit the transformer decoder (a declared `conv_dim` / `mask_dim` that differs is
+    /// an error naming both), and the class counts agree.
     pub fn validate(&self) -> Result<()> {
         self.backbone.validate()?;
+        let specs = self
+            .pixel_decoder
+            .output_specs(&self.backbone.feature_specs()?)?;
         self.decoder
-            .validate()
-            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
-        if self.pixel_decoder.conv_dim != self.decoder.conv_dim
-            || self.pixel_decoder.mask_dim != self.decoder.mask_dim
-        {
+            .input_dims(&specs)
+            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", self.name)))?;
+        if self.loss.num_classes != self.decoder.num_labels {
             return Err(Error::InvalidConfig(format!(
-                "{}: pixel decoder conv_dim / mask_dim ({}, {}) differ from the decoder's ({}, {})",
-                self.name,
-                self.pixel_decoder.conv_dim,
-                self.pixel_decoder.mask_dim,
-                self.decoder.conv_dim,
-                self.decoder.mask_dim
+                "{}: loss.num_classes {} differs from decoder.num_labels {}",
+                self.name, self.loss.num_classes, self.decoder.num_labels
             )));
         }
         if self.labels.len() != self.decoder.num_labels {
@@ -445,5 +443,73 @@ impl OneFormerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use segkit_backbones::KeyStyle;
+
+    /// A small HF config.json: ResNet-18 backbone, width 32, three classes.
+    const HF: &str = r#"{
+        "model_type": "oneformer", "conv_dim": 32, "mask_dim": 32, "hidden_dim": 32,
+        "num_attention_heads": 4, "encoder_layers": 1, "decoder_layers": 3,
+        "backbone_config": {"model_type": "resnet", "depths": [2, 2, 2, 2],
+                            "layer_type": "basic", "hidden_sizes": [64, 128, 256, 512]},
+        "id2label": {"0": "a", "1": "b", "2": "c"},
+        "no_object_weight": 0.2, "train_num_points": 100, "class_weight": 3.0,
+        "contrastive_temperature": null, "use_auxiliary_loss": true
+    }"#;
+
+    #[test]
+    fn hf_fields_map_onto_the_parts() {
+        let c = OneFormerConfig::from_hf_json("t", HF).unwrap();
+        match &c.backbone {
+            OneFormerBackboneConfig::ResNet(r) => {
+                assert_eq!((r.depth, r.key_style), (18, KeyStyle::Hf))
+            }
+            other => panic!("expected ResNet, got {other:?}"),
+        }
+        assert_eq!(
+            (c.decoder.conv_dim, c.decoder.mask_dim),
+            (Some(32), Some(32))
+        );
+        assert_eq!(c.pixel_decoder.conv_dim, 32);
+        // The criterion's settings under HF's names land in segkit-losses' config.
+        let l = &c.loss;
+        assert_eq!(l.num_classes, 3);
+        assert_eq!((l.eos_coef, l.num_points, l.class_weight), (0.2, 100, 3.0));
+        assert_eq!((l.mask_weight, l.contrastive_temperature), (5.0, None));
+        // segkit's own serialisation round-trips.
+        let j = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<OneFormerConfig>(&j).unwrap(), c);
+    }
+
+    #[test]
+    fn declared_dims_are_checked_against_the_specs() {
+        let mut c = OneFormerConfig::from_hf_json("t", HF).unwrap();
+        c.decoder.mask_dim = Some(64);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`mask_dim` is 64") && e.contains("mask features (stride 4) has 32"),
+            "{e}"
+        );
+        // A config.json whose decoder width does not match the pixel decoder's levels.
+        let bad = HF.replace(r#""hidden_dim": 32"#, r#""hidden_dim": 64"#);
+        let e = OneFormerConfig::from_hf_json("t", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`hidden_dim` is 64") && e.contains("has 32"),
+            "{e}"
+        );
+        let mut c = OneFormerConfig::from_hf_json("t", HF).unwrap();
+        c.loss.num_classes = 4;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_classes"));
     }
 }

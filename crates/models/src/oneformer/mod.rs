@@ -1,7 +1,8 @@
-//! OneFormer (Jain et al., CVPR 2023) assembled from segkit's parts: the Swin backbone
-//! (segkit-backbones), the multi-scale deformable-attention pixel decoder (segkit-necks) and the
-//! task-conditioned transformer decoder, text mapper, tokenizer and post-processing
-//! (segkit-oneformer).
+//! OneFormer (Jain et al., CVPR 2023) assembled from segkit's parts: the Swin or ResNet backbone
+//! (segkit-backbones, HF key layouts), the multi-scale deformable-attention pixel decoder
+//! (segkit-necks) and the task-conditioned transformer decoder, text mapper, tokenizer and
+//! post-processing (segkit-oneformer). Channels flow as `FeatureSpec`s: the backbone's specs
+//! build the pixel decoder, whose output specs build the transformer decoder.
 //!
 //! Weight paths are transformers' `OneFormerForUniversalSegmentation` state-dict keys
 //! (`model.pixel_level_module.encoder.*`, `model.pixel_level_module.decoder.*`,
@@ -14,11 +15,12 @@
 //! class logits `B x N x (K + 1)` and mask logits `B x N x ceil(H/4) x ceil(W/4)`.
 
 mod config;
+mod model_impl;
 pub mod presets;
 
-pub use config::{
-    OneFormerBackboneConfig, OneFormerConfig, OneFormerLossConfig, OneFormerPreprocessConfig,
-};
+pub use config::{OneFormerBackboneConfig, OneFormerConfig, OneFormerPreprocessConfig};
+/// OneFormer's criterion settings: segkit-losses' config, the one home of these fields.
+pub use segkit_losses::OneFormerLossConfig;
 
 use std::path::Path;
 
@@ -26,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use segkit_backbones::{ResNet, Swin};
 use segkit_core::checkpoint::{self, StateDict};
-use segkit_core::Backbone;
+use segkit_core::{Backbone, Neck};
 use segkit_necks::MsDeformAttnPixelDecoder;
 use segkit_oneformer::decoder::{StagePrediction, TransformerDecoder};
 use segkit_oneformer::postprocess::{
@@ -57,7 +59,7 @@ pub struct OneFormerOutput {
     pub mask_features: Tensor,
 }
 
-/// A OneFormer model: Swin backbone, pixel decoder, transformer decoder and (when the
+/// A OneFormer model: Swin or ResNet backbone, pixel decoder, transformer decoder and (when the
 /// checkpoint has it) the text mapper.
 pub struct OneFormer {
     cfg: OneFormerConfig,
@@ -113,17 +115,7 @@ impl OneFormer {
                 Encoder::Swin(sw)
             }
             OneFormerBackboneConfig::ResNet(rc) => {
-                let prefix = "model.pixel_level_module.encoder.";
-                let renamed = vb
-                    .clone()
-                    .rename_f(move |k: &str| match k.strip_prefix(prefix) {
-                        Some(rest) => format!("{prefix}{}", hf_resnet_key(rest)),
-                        None => k.to_string(),
-                    });
-                Encoder::ResNet(ResNet::new(
-                    rc,
-                    renamed.pp("model.pixel_level_module.encoder"),
-                )?)
+                Encoder::ResNet(ResNet::new(rc, plm.pp("encoder"))?)
             }
         };
         let pixel_decoder = MsDeformAttnPixelDecoder::new(
@@ -131,12 +123,9 @@ impl OneFormer {
             &backbone.feature_specs(),
             plm.pp("decoder"),
         )?;
-        let decoder = TransformerDecoder::new(
-            &cfg.decoder,
-            m.pp("task_encoder"),
-            m.pp("transformer_module"),
-        )
-        .map_err(oneformer_err)?;
+        let decoder =
+            TransformerDecoder::new(&cfg.decoder, &pixel_decoder.output_specs(), m.clone())
+                .map_err(oneformer_err)?;
         // As transformers: the text mapper exists iff `is_training`.
         let text_mapper = if cfg.is_training {
             Some(TextMapper::new(&cfg.text_mapper, m.pp("text_mapper")).map_err(oneformer_err)?)
@@ -411,56 +400,11 @@ impl Encoder {
     }
 }
 
-/// torchvision ResNet key (what segkit's ResNet asks for) -> transformers `ResNetBackbone` key.
-fn hf_resnet_key(k: &str) -> String {
-    let parts: Vec<&str> = k.split('.').collect();
-    let norm_or_conv = |p: &str| -> Option<&'static str> {
-        if p.starts_with("conv") {
-            Some("convolution")
-        } else if p.starts_with("bn") {
-            Some("normalization")
-        } else {
-            None
-        }
-    };
-    match parts.as_slice() {
-        [p, rest @ ..] if norm_or_conv(p).is_some() && (*p == "conv1" || *p == "bn1") => format!(
-            "embedder.embedder.{}.{}",
-            norm_or_conv(p).unwrap_or_default(),
-            rest.join(".")
-        ),
-        [layer, block, "downsample", idx, rest @ ..] if layer.starts_with("layer") => {
-            let s = layer[5..].parse::<usize>().unwrap_or(1).saturating_sub(1);
-            let which = if *idx == "0" {
-                "convolution"
-            } else {
-                "normalization"
-            };
-            format!(
-                "encoder.stages.{s}.layers.{block}.shortcut.{which}.{}",
-                rest.join(".")
-            )
-        }
-        [layer, block, p, rest @ ..] if layer.starts_with("layer") && norm_or_conv(p).is_some() => {
-            let s = layer[5..].parse::<usize>().unwrap_or(1).saturating_sub(1);
-            let k = p[p.len() - 1..]
-                .parse::<usize>()
-                .unwrap_or(1)
-                .saturating_sub(1);
-            format!(
-                "encoder.stages.{s}.layers.{block}.layer.{k}.{}.{}",
-                norm_or_conv(p).unwrap_or_default(),
-                rest.join(".")
-            )
-        }
-        _ => k.to_string(),
-    }
-}
-
 fn oneformer_err(e: segkit_oneformer::Error) -> Error {
     match e {
         segkit_oneformer::Error::Core(c) => Error::Core(c),
         segkit_oneformer::Error::InvalidConfig(m) => Error::InvalidConfig(m),
+        e @ segkit_oneformer::Error::SpecMismatch { .. } => Error::InvalidConfig(e.to_string()),
         other => Error::Core(other.into()),
     }
 }

@@ -354,7 +354,7 @@ fn build(
             longest_edge,
             ..OneFormerPreprocessConfig::default()
         },
-        loss: OneFormerLossConfig::default(),
+        loss: OneFormerLossConfig::oneformer(labels.len()),
     }
 }
 

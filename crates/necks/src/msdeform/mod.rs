@@ -138,6 +138,28 @@ impl MsDeformAttnPixelDecoderConfig {
         }
     }
 
+    /// The decoder's output specs for inputs with `inputs` specs (finest first), without
+    /// building it: the mask features (`mask_dim` at `common_stride`), then the encoder levels
+    /// (`conv_dim` at the strides of the coarsest `num_feature_levels` inputs, finest first).
+    /// This is [`Neck::output_specs`]' order, and what OneFormer's transformer decoder is built
+    /// from. Errors as [`MsDeformAttnPixelDecoder::new`] on a config that does not fit `inputs`.
+    pub fn output_specs(&self, inputs: &[FeatureSpec]) -> Result<Vec<FeatureSpec>> {
+        self.validate(inputs)?;
+        Ok(self.specs_for(inputs))
+    }
+
+    /// [`Self::output_specs`] for inputs already validated.
+    fn specs_for(&self, inputs: &[FeatureSpec]) -> Vec<FeatureSpec> {
+        let first = inputs.len().saturating_sub(self.num_feature_levels);
+        let mut v = vec![FeatureSpec::new(self.mask_dim, self.common_stride)];
+        v.extend(
+            inputs[first..]
+                .iter()
+                .map(|s| FeatureSpec::new(self.conv_dim, s.stride)),
+        );
+        v
+    }
+
     fn validate(&self, inputs: &[FeatureSpec]) -> Result<usize> {
         let bad = |m: String| Err(Error::InvalidConfig(format!("pixel decoder: {m}")));
         if self.conv_dim == 0
@@ -442,14 +464,7 @@ impl Neck for MsDeformAttnPixelDecoder {
     /// Finest first: the mask features (`mask_dim` at `common_stride`), then the encoder levels
     /// (`conv_dim` at the strides of the coarsest `num_feature_levels` inputs, finest first).
     fn output_specs(&self) -> Vec<FeatureSpec> {
-        let first = self.inputs.len() - self.cfg.num_feature_levels;
-        let mut v = vec![FeatureSpec::new(self.cfg.mask_dim, self.cfg.common_stride)];
-        v.extend(
-            self.inputs[first..]
-                .iter()
-                .map(|s| FeatureSpec::new(self.cfg.conv_dim, s.stride)),
-        );
-        v
+        self.cfg.specs_for(&self.inputs)
     }
 
     /// The outputs in [`Neck::output_specs`] order (the reverse of HF's multi-scale order).

@@ -36,6 +36,15 @@ fn shapes_specs_and_neck_order() {
             FeatureSpec::new(32, 32)
         ]
     );
+    // The config reports the same specs without building the decoder.
+    assert_eq!(
+        small_cfg().output_specs(&specs()).unwrap(),
+        dec.output_specs()
+    );
+    assert!(matches!(
+        small_cfg().output_specs(&specs()[2..]),
+        Err(Error::InvalidConfig(_))
+    ));
     let xs: Vec<Tensor> = [(4, 9, 11), (8, 5, 6), (12, 3, 3), (16, 2, 2)]
         .iter()
         .map(|&(c, h, w)| Tensor::zeros((2, c, h, w), DType::F32, &dev).unwrap())

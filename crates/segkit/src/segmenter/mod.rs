@@ -28,12 +28,14 @@
 //! unknown name is an [`Error::UnknownModel`] listing the names that exist and whether their
 //! files are present.
 //!
+//! Results ([`Segmentation`]) are typed and implement `serde::Serialize`: the JSON shape is
+//! documented in [`results`].
+//!
 //! Tasks: semantic models ([`crate::EncoderDecoder`]) do [`Task::Semantic`] only (another
 //! task is an [`Error::UnsupportedTask`]); OneFormer does all three, with transformers'
 //! post-processing defaults ([`crate::PredictOptions`]).
 
 pub mod registry;
-pub mod results;
 
 use std::path::{Path, PathBuf};
 
@@ -41,36 +43,18 @@ use candle_core::Device;
 use image::DynamicImage;
 
 pub use registry::{DEFAULT_MODEL, WEIGHTS_ENV};
-pub use results::{
-    ClassArea, Instance, InstanceResult, PanopticResult, PanopticSegment, Rle, Segmentation,
-    SemanticResult, UNLABELED,
-};
-pub use segkit_oneformer::tokenizer::Task;
-
-use crate::oneformer::OneFormerPrediction;
-use crate::{
-    EncoderDecoder, Error, ModelConfig, OneFormer, PredictOptions, Result, SegmentorConfig,
+pub use segkit_models::segment::{
+    default_palette, results, ClassArea, Instance, InstanceResult, Model, PanopticResult,
+    PanopticSegment, Rle, Segmentation, SemanticResult, Task, UNLABELED,
 };
 
-/// Which architecture a [`Segmenter`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// An mmseg-style encoder-decoder (semantic segmentation only).
-    EncoderDecoder,
-    /// OneFormer (semantic, instance and panoptic).
-    OneFormer,
-}
-
-enum Model {
-    EncoderDecoder(Box<EncoderDecoder>),
-    OneFormer(Box<OneFormer>),
-}
+use crate::{EncoderDecoder, Error, ModelConfig, OneFormer, PredictOptions, Result};
 
 /// A loaded model with its class names and palette, ready to segment images.
 pub struct Segmenter {
     name: String,
     source: Option<PathBuf>,
-    model: Model,
+    model: Box<dyn Model>,
     classes: Vec<String>,
     palette: Vec<[u8; 3]>,
     things: Option<Vec<u32>>,
@@ -82,26 +66,9 @@ impl std::fmt::Debug for Segmenter {
         f.debug_struct("Segmenter")
             .field("name", &self.name)
             .field("source", &self.source)
-            .field("kind", &self.kind())
+            .field("architecture", &self.architecture())
             .field("classes", &self.classes.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// A palette for `classes`: the dataset's when the names are ADE20K's or Cityscapes', else
-/// the VOC bit-shuffling palette.
-fn default_palette(classes: &[String]) -> Vec<[u8; 3]> {
-    use crate::datasets::{ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE};
-    use crate::oneformer::presets::ONEFORMER_ADE20K_CLASSES;
-    let same = |names: &[&str]| {
-        names.len() == classes.len() && names.iter().zip(classes).all(|(a, b)| *a == b)
-    };
-    if same(&ADE20K_CLASSES) || same(&ONEFORMER_ADE20K_CLASSES) {
-        ADE20K_PALETTE.to_vec()
-    } else if same(&CITYSCAPES_CLASSES) {
-        CITYSCAPES_PALETTE.to_vec()
-    } else {
-        segkit_data::palette::voc_palette(classes.len())
     }
 }
 
@@ -147,8 +114,10 @@ fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
 
 /// What a directory's `config.json` describes.
 enum DirConfig {
-    Segkit(Box<SegmentorConfig>),
-    OneFormer,
+    /// segkit's own config: a tagged [`ModelConfig`].
+    Segkit(Box<ModelConfig>),
+    /// A Hugging Face `save_pretrained` directory with this `model_type`.
+    HuggingFace(String),
 }
 
 fn read_dir_config(config: &Path) -> Result<DirConfig> {
@@ -157,17 +126,7 @@ fn read_dir_config(config: &Path) -> Result<DirConfig> {
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad_model(config, format!("not valid JSON: {e}")))?;
     if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
-        // A Hugging Face `save_pretrained` directory: its config names the model type.
-        return match t {
-            "oneformer" => Ok(DirConfig::OneFormer),
-            t => Err(bad_model(
-                config,
-                format!(
-                    "Hugging Face model_type `{t}` is not supported (segkit loads `oneformer` \
-                     directories, and segkit model configs with a `\"type\"`)"
-                ),
-            )),
-        };
+        return Ok(DirConfig::HuggingFace(t.to_string()));
     }
     if v.get("type").is_none() {
         return Err(bad_model(
@@ -177,19 +136,7 @@ fn read_dir_config(config: &Path) -> Result<DirConfig> {
         ));
     }
     match ModelConfig::from_json(&text) {
-        Ok(ModelConfig::EncoderDecoder(cfg)) => {
-            cfg.validate()
-                .map_err(|e| bad_model(config, e.to_string()))?;
-            Ok(DirConfig::Segkit(cfg))
-        }
-        Ok(other) => Err(bad_model(
-            config,
-            format!(
-                "a `{}` config describes no segmenter (segkit segments with `EncoderDecoder` \
-                 configs and Hugging Face OneFormer directories)",
-                other.type_name()
-            ),
-        )),
+        Ok(cfg) => Ok(DirConfig::Segkit(Box::new(cfg))),
         Err(Error::InvalidConfig(m)) => Err(bad_model(
             config,
             format!("not a valid segkit model config: {m}"),
@@ -285,18 +232,15 @@ impl Segmenter {
         const CONFIG: &str = include_str!("../../demo/config.json");
         const WEIGHTS: &[u8] = include_bytes!("../../demo/model.safetensors");
         let what = Path::new("<embedded segkit-demo>");
-        let cfg = match ModelConfig::from_json(CONFIG) {
-            Ok(ModelConfig::EncoderDecoder(c)) => *c,
-            Ok(other) => return Err(bad_model(what, format!("a {} config", other.type_name()))),
-            Err(e) => return Err(bad_model(what, format!("embedded config: {e}"))),
-        };
+        let cfg = ModelConfig::from_json(CONFIG)
+            .map_err(|e| bad_model(what, format!("embedded config: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)?;
         let mut sd = segkit_core::checkpoint::StateDict::new();
         for (k, t) in tensors {
             sd.insert(k, t);
         }
-        let model = EncoderDecoder::from_state_dict(&cfg, &sd, device)?;
-        Ok(Self::from_encoder_decoder(DEFAULT_MODEL, model))
+        let model = cfg.from_state_dict(DEFAULT_MODEL, &sd, what, device)?;
+        Self::from_model(DEFAULT_MODEL, model, what)
     }
 
     fn load_path(path: &Path, device: &Device) -> Result<Self> {
@@ -320,13 +264,13 @@ impl Segmenter {
             }
             return Err(bad_model(
                 path,
-                "a OneFormer checkpoint loads from its directory: give the directory",
+                "a Hugging Face checkpoint loads from its directory: give the directory",
             ));
         }
         if let Some(preset) =
             registry::entry_for_dir_name(&dir_name(&parent)).and_then(|e| e.preset)
         {
-            let cfg = SegmentorConfig::preset(&preset)?;
+            let cfg = segkit_models::preset(&preset)?;
             return Self::from_checkpoint(dir_name(&parent), &cfg, path, device);
         }
         Err(bad_model(
@@ -345,85 +289,80 @@ impl Segmenter {
                     let ckpt = find_checkpoint(dir)?;
                     Self::from_checkpoint(name, &cfg, &ckpt, device)
                 }
-                DirConfig::OneFormer => {
-                    let model = OneFormer::from_hf_dir(dir, device).map_err(|e| match e {
-                        Error::InvalidConfig(m) => bad_model(&config, m),
-                        other => other,
-                    })?;
-                    let mut seg = Self::from_oneformer(name, model);
-                    seg.source = Some(dir.to_path_buf());
-                    Ok(seg)
+                DirConfig::HuggingFace(model_type) => {
+                    let model = segkit_models::load_hf_dir(dir, &model_type, device)?;
+                    Self::from_model(name, model, dir)
                 }
             };
         }
+        // A registry entry's directory as downloaded: the preset says which model it is.
         match entry.and_then(|e| e.preset.as_deref()) {
-            Some(p) if !p.starts_with("oneformer_") => {
-                let cfg = SegmentorConfig::preset(p)?;
+            Some(p) => {
+                let cfg = segkit_models::preset(p)?;
                 let ckpt = find_checkpoint(dir)?;
                 Self::from_checkpoint(name, &cfg, &ckpt, device)
             }
-            _ => Err(bad_model(
+            None => Err(bad_model(
                 dir,
                 "no config.json: a model directory holds a segkit config.json + \
-                 model.safetensors, or a Hugging Face OneFormer save_pretrained",
+                 model.safetensors, or a Hugging Face save_pretrained",
             )),
         }
     }
 
     fn from_checkpoint(
         name: String,
-        cfg: &SegmentorConfig,
+        cfg: &ModelConfig,
         ckpt: &Path,
         device: &Device,
     ) -> Result<Self> {
-        let model = EncoderDecoder::from_checkpoint(cfg, ckpt, device)?;
-        let mut seg = Self::from_encoder_decoder(name, model);
-        seg.source = Some(ckpt.to_path_buf());
+        let model = cfg.load(cfg.name().unwrap_or(&name), ckpt, device)?;
+        Self::from_model(name, model, ckpt)
+    }
+
+    /// Wraps a loaded model of any architecture read from `source`. A model that does no
+    /// segmentation task (a backbone on its own) is an [`Error::BadModel`].
+    pub fn from_model(
+        name: impl Into<String>,
+        model: Box<dyn Model>,
+        source: &Path,
+    ) -> Result<Self> {
+        if model.tasks().is_empty() {
+            return Err(bad_model(
+                source,
+                format!(
+                    "a `{}` model does no segmentation task (it is a backbone)",
+                    model.architecture()
+                ),
+            ));
+        }
+        let mut seg = Self::wrap(name, model);
+        seg.source = Some(source.to_path_buf());
         Ok(seg)
+    }
+
+    fn wrap(name: impl Into<String>, model: Box<dyn Model>) -> Self {
+        Self {
+            name: name.into(),
+            source: None,
+            classes: model.classes(),
+            palette: model.palette(),
+            things: model.thing_classes(),
+            model,
+            options: PredictOptions::default(),
+        }
     }
 
     /// Wraps a built [`EncoderDecoder`]; class names and palette come from its config's
     /// `meta` (`class_<i>` and the VOC palette where it has none).
     pub fn from_encoder_decoder(name: impl Into<String>, model: EncoderDecoder) -> Self {
-        let cfg = model.config();
-        let n = cfg.num_classes();
-        let classes: Vec<String> = if cfg.meta.classes.len() == n {
-            cfg.meta.classes.clone()
-        } else {
-            (0..n).map(|i| format!("class_{i}")).collect()
-        };
-        let palette = if cfg.meta.palette.len() == n {
-            cfg.meta.palette.clone()
-        } else {
-            default_palette(&classes)
-        };
-        Self {
-            name: name.into(),
-            source: None,
-            model: Model::EncoderDecoder(Box::new(model)),
-            classes,
-            palette,
-            things: None,
-            options: PredictOptions::default(),
-        }
+        Self::wrap(name, Box::new(model))
     }
 
     /// Wraps a built [`OneFormer`]; class names are its labels, the palette the dataset's
     /// (ADE20K, Cityscapes) or VOC's, thing classes those segkit knows for the label set.
     pub fn from_oneformer(name: impl Into<String>, model: OneFormer) -> Self {
-        let cfg = model.config();
-        let classes = cfg.labels.clone();
-        let palette = default_palette(&classes);
-        let things = Some(cfg.thing_classes()).filter(|t| !t.is_empty());
-        Self {
-            name: name.into(),
-            source: None,
-            model: Model::OneFormer(Box::new(model)),
-            classes,
-            palette,
-            things,
-            options: PredictOptions::default(),
-        }
+        Self::wrap(name, Box::new(model))
     }
 
     /// OneFormer post-processing settings (thresholds, stuff fusing); ignored by semantic
@@ -443,20 +382,14 @@ impl Segmenter {
         self.source.as_deref()
     }
 
-    /// The architecture.
-    pub fn kind(&self) -> ModelKind {
-        match self.model {
-            Model::EncoderDecoder(_) => ModelKind::EncoderDecoder,
-            Model::OneFormer(_) => ModelKind::OneFormer,
-        }
+    /// The architecture (the model config's `"type"`: `EncoderDecoder`, `OneFormer`, ...).
+    pub fn architecture(&self) -> &'static str {
+        self.model.architecture()
     }
 
     /// The tasks [`Segmenter::segment`] accepts.
     pub fn supported_tasks(&self) -> &'static [Task] {
-        match self.model {
-            Model::EncoderDecoder(_) => &[Task::Semantic],
-            Model::OneFormer(_) => &Task::ALL,
-        }
+        self.model.tasks()
     }
 
     /// Whether `task` is supported.
@@ -481,31 +414,27 @@ impl Segmenter {
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        match &self.model {
-            Model::EncoderDecoder(m) => m.device(),
-            Model::OneFormer(m) => m.device(),
-        }
+        self.model.device()
+    }
+
+    /// The model, of whatever architecture.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
     }
 
     /// The encoder-decoder, for a semantic model.
     pub fn encoder_decoder(&self) -> Option<&EncoderDecoder> {
-        match &self.model {
-            Model::EncoderDecoder(m) => Some(m),
-            Model::OneFormer(_) => None,
-        }
+        self.model.as_any().downcast_ref()
     }
 
     /// The OneFormer model, for a OneFormer segmenter.
     pub fn oneformer(&self) -> Option<&OneFormer> {
-        match &self.model {
-            Model::OneFormer(m) => Some(m),
-            Model::EncoderDecoder(_) => None,
-        }
+        self.model.as_any().downcast_ref()
     }
 
     /// Segments `image` for `task` at the image's own size: the model's test pipeline
     /// (mmseg's for encoder-decoders, `OneFormerProcessor`'s for OneFormer), the model and
-    /// the task's post-processing.
+    /// the task's post-processing ([`Model::segment`]), named after this segmenter.
     ///
     /// Errors: [`Error::UnsupportedTask`] naming the tasks the model does; [`Error::BadImage`]
     /// for an empty image.
@@ -521,107 +450,7 @@ impl Segmenter {
                     .collect(),
             });
         }
-        match &self.model {
-            Model::EncoderDecoder(m) => {
-                let p = m.predict_image(image)?;
-                Ok(Segmentation::Semantic(SemanticResult {
-                    height: p.height(),
-                    width: p.width(),
-                    class_map: p.class_ids()?,
-                    classes: self.classes.clone(),
-                    palette: self.palette.clone(),
-                }))
-            }
-            Model::OneFormer(m) => Ok(match m.predict_image(image, task, &self.options)? {
-                OneFormerPrediction::Semantic(r) => Segmentation::Semantic(SemanticResult {
-                    height: r.height,
-                    width: r.width,
-                    class_map: r.segmentation,
-                    classes: self.classes.clone(),
-                    palette: self.palette.clone(),
-                }),
-                OneFormerPrediction::Instance(r) => {
-                    let (map, segs) = self.segments(&r)?;
-                    Segmentation::Instance(InstanceResult {
-                        height: r.height,
-                        width: r.width,
-                        instances: segs
-                            .into_iter()
-                            .map(|s| Instance {
-                                id: s.id,
-                                class_id: s.class_id,
-                                class_name: s.class_name,
-                                score: s.score,
-                                area: s.area,
-                                bbox: s.bbox,
-                                mask: s.mask,
-                            })
-                            .collect(),
-                        segment_map: map,
-                        classes: self.classes.clone(),
-                        palette: self.palette.clone(),
-                    })
-                }
-                OneFormerPrediction::Panoptic(r) => {
-                    let (map, segments) = self.segments(&r)?;
-                    Segmentation::Panoptic(PanopticResult {
-                        height: r.height,
-                        width: r.width,
-                        segment_map: map,
-                        segments,
-                        classes: self.classes.clone(),
-                        palette: self.palette.clone(),
-                    })
-                }
-            }),
-        }
-    }
-
-    /// The segment map (0 = none) and one segment per id (fused stuff segments, which
-    /// transformers lists once per query, merged; the highest score kept) with its mask.
-    fn segments(
-        &self,
-        r: &segkit_oneformer::postprocess::SegmentationResult,
-    ) -> Result<(Vec<u32>, Vec<PanopticSegment>)> {
-        let map: Vec<u32> = r
-            .segmentation
-            .iter()
-            .map(|&v| u32::try_from(v).unwrap_or(0))
-            .collect();
-        let mut uniq: Vec<(u32, u32, f64)> = Vec::new();
-        for s in &r.segments {
-            let Ok(id) = u32::try_from(s.id) else {
-                continue;
-            };
-            if id == 0 {
-                continue;
-            }
-            match uniq.iter_mut().find(|u| u.0 == id) {
-                Some(u) => u.2 = u.2.max(s.score),
-                None => uniq.push((id, s.label_id, s.score)),
-            }
-        }
-        let ids: Vec<u32> = uniq.iter().map(|u| u.0).collect();
-        let rles = results::rles_of_segments(&map, r.height, r.width, &ids)?;
-        let segments = uniq
-            .into_iter()
-            .zip(rles)
-            .map(|((id, class_id, score), mask)| PanopticSegment {
-                id,
-                class_id,
-                class_name: self
-                    .classes
-                    .get(class_id as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class_{class_id}")),
-                isthing: self.things.as_ref().map(|t| t.contains(&class_id)),
-                score,
-                area: mask.area(),
-                bbox: mask.to_bbox(),
-                mask,
-            })
-            .collect();
-        Ok((map, segments))
+        self.model.segment(image, task, &self.options)
     }
 }
 

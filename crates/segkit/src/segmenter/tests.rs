@@ -43,7 +43,7 @@ const TINY: &str = r#"{"name": "tiny", "backbone": {"type": "ResNet", "depth": 1
 
 /// A segkit model directory (`config.json` + `model.safetensors`) with synthetic weights.
 fn write_model_dir(dir: &Path, config: &str) {
-    let cfg = SegmentorConfig::from_json(config).unwrap();
+    let cfg = crate::SegmentorConfig::from_json(config).unwrap();
     let rec = Recorder::default();
     let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
     EncoderDecoder::new(&cfg, vb).unwrap();
@@ -73,7 +73,7 @@ fn segkit_model_dir_segments_semantic_only() {
     write_model_dir(&dir, TINY);
     let seg = Segmenter::load(&dir, &Device::Cpu).unwrap();
     assert_eq!(seg.name(), "tiny-model");
-    assert_eq!(seg.kind(), ModelKind::EncoderDecoder);
+    assert_eq!(seg.architecture(), "EncoderDecoder");
     assert_eq!(seg.classes(), ["sky", "tree", "road", "car"]);
     assert_eq!(seg.palette().len(), 4);
     let out = seg.segment(&photo(), Task::Semantic).unwrap();
@@ -158,7 +158,7 @@ fn bad_model_dirs_are_typed() {
 #[test]
 fn oneformer_hf_dir_does_every_task() {
     let seg = Segmenter::load(fixture("oneformer/hf_dir_safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(seg.kind(), ModelKind::OneFormer);
+    assert_eq!(seg.architecture(), "OneFormer");
     assert_eq!(seg.classes().len(), 7);
     assert_eq!(seg.thing_classes(), None);
     let img = crate::image::open(fixture("oneformer/photo.png")).unwrap();

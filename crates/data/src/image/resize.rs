@@ -17,8 +17,9 @@
 //! - [`resize_nearest`]: `cv2.resize(.., INTER_NEAREST)`: source index
 //!   `min(floor(x * (src / dst)), src - 1)` in f64, for label maps and masks.
 //!
-//! segkit-data carries its own kernel (written from these rules, not moved from the facade's
-//! `segkit::image::resize_rgb8`, which differs at the border rows); the facade can switch to it.
+//! These are segkit's only OpenCV resize kernels for 8-bit data: training augmentation
+//! (mmseg's `Resize` / `RandomResize`) and inference (segkit-models' test `Resize` and TTA, via
+//! [`super::resize_rgb8`]) both call them.
 
 use crate::{Error, Result};
 

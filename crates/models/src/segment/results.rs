@@ -1,7 +1,45 @@
-//! The typed results of [`crate::Segmenter::segment`]: a class map ([`SemanticResult`]),
+//! The typed results of [`crate::Model::segment`] (and the facade's `Segmenter::segment`): a class map ([`SemanticResult`]),
 //! object instances with COCO RLE masks ([`InstanceResult`]), or panoptic segments
 //! ([`PanopticResult`]), each carrying the model's class names and palette so that it can be
 //! painted, overlaid and saved without the model.
+//!
+//! [`SemanticResult`] is segkit's one semantic result: the models' own outputs (segkit-models'
+//! [`crate::Prediction`], the OneFormer post-processing's `SemanticResult` with its per-class
+//! scores) become one with [`SemanticResult::from_prediction`] and
+//! [`SemanticResult::from_oneformer`]; instance and panoptic results come from the OneFormer
+//! post-processing with [`InstanceResult::from_oneformer`] and
+//! [`PanopticResult::from_oneformer`].
+//!
+//! # JSON
+//! Every result implements `serde::Serialize` (what `segkit infer` writes to `STEM.json`,
+//! next to the image information). The per-pixel maps (class map, segment map) are not
+//! serialised — they are images (`save_classes` writes them as PNG) — and neither are the
+//! class names and palette; the JSON gives each class present with its area instead, and
+//! each mask as a COCO RLE. The shape, stable:
+//!
+//! ```text
+//! {
+//!   "task": "semantic" | "instance" | "panoptic",    (Segmentation only)
+//!   "height": 96,
+//!   "width": 128,
+//!   "classes": [                                     (ClassArea: classes present, by id)
+//!     {"id": 1, "name": "tree", "area": 1234, "fraction": 0.1004}
+//!   ],
+//!   "unlabeled_area": 0,                             (pixels of no class; 0 for semantic models)
+//!   "instances": [                                   (InstanceResult only; Instance)
+//!     {"id": 1, "class_id": 1, "class_name": "tree", "score": 0.93, "area": 1234,
+//!      "bbox": [x, y, w, h], "segmentation": {"size": [96, 128], "counts": "..."}}
+//!   ],
+//!   "segments": [                                    (PanopticResult only; PanopticSegment)
+//!     {"id": 1, "class_id": 1, "class_name": "tree", "isthing": true | false | null,
+//!      "score": 0.93, "area": 1234, "bbox": [x, y, w, h],
+//!      "segmentation": {"size": [96, 128], "counts": "..."}}
+//!   ]
+//! }
+//! ```
+//!
+//! `segmentation` is pycocotools' compressed RLE (`{"size": [h, w], "counts": str}`,
+//! column-major), which `pycocotools.mask.decode` reads as is; `bbox` is COCO's `[x, y, w, h]`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -11,6 +49,7 @@ use std::path::Path;
 use image::{DynamicImage, GrayImage, ImageBuffer, ImageFormat, Luma, RgbImage};
 use segkit_data::palette;
 pub use segkit_data::Rle;
+use serde::Serialize;
 
 use super::Task;
 use crate::{Error, Result};
@@ -19,23 +58,39 @@ use crate::{Error, Result};
 /// class map; never produced by a semantic model).
 pub const UNLABELED: u32 = u32::MAX;
 
-fn invalid(msg: impl Into<String>) -> Error {
+pub(super) fn invalid(msg: impl Into<String>) -> Error {
     Error::Core(segkit_core::Error::InvalidArgument(msg.into()))
 }
 
-fn data_err(e: segkit_data::Error) -> Error {
+pub(super) fn data_err(e: segkit_data::Error) -> Error {
     match e {
         segkit_data::Error::Core(c) => Error::Core(c),
         other => invalid(other.to_string()),
     }
 }
 
+/// The name of class `id` in `classes`: `"unlabeled"` for [`UNLABELED`], `"class_<id>"`
+/// when the model has no name for it.
+pub(super) fn class_name(classes: &[String], id: u32) -> Cow<'_, str> {
+    if id == UNLABELED {
+        return Cow::Borrowed("unlabeled");
+    }
+    match classes.get(id as usize) {
+        Some(n) => Cow::Borrowed(n.as_str()),
+        None => Cow::Owned(format!("class_{id}")),
+    }
+}
+
 /// One class of a [`SemanticResult`] and how much of the image it covers.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// JSON: `{"id": 1, "name": "tree", "area": 1234, "fraction": 0.1004}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassArea {
-    /// Class id.
+    /// Class id (JSON `id`).
+    #[serde(rename = "id")]
     pub class_id: u32,
-    /// Class name.
+    /// Class name (JSON `name`).
+    #[serde(rename = "name")]
     pub class_name: String,
     /// Pixels of the class.
     pub area: u64,
@@ -44,6 +99,10 @@ pub struct ClassArea {
 }
 
 /// A class per pixel.
+///
+/// JSON (see the [module docs](self)): `height`, `width`, the classes present with their
+/// areas (`classes`, [`SemanticResult::class_areas`]) and `unlabeled_area`; the class map
+/// itself is an image ([`SemanticResult::save_classes`]), not JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticResult {
     /// Map height (the input image's).
@@ -64,13 +123,7 @@ impl SemanticResult {
     /// The name of class `id` (`"unlabeled"` for [`UNLABELED`], `"class_<id>"` when the
     /// model has no name for it).
     pub fn class_name(&self, id: u32) -> Cow<'_, str> {
-        if id == UNLABELED {
-            return Cow::Borrowed("unlabeled");
-        }
-        match self.classes.get(id as usize) {
-            Some(n) => Cow::Borrowed(n.as_str()),
-            None => Cow::Owned(format!("class_{id}")),
-        }
+        class_name(&self.classes, id)
     }
 
     /// The classes present in the map, by class id, with their pixel counts and fractions
@@ -191,7 +244,10 @@ impl SemanticResult {
 }
 
 /// One object of an [`InstanceResult`].
-#[derive(Debug, Clone, PartialEq)]
+///
+/// JSON: `{"id", "class_id", "class_name", "score", "area", "bbox", "segmentation"}`, the
+/// mask as a COCO RLE `{"size": [h, w], "counts": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Instance {
     /// Segment id (its value in [`InstanceResult::segment_map`]; 1, 2, ...).
     pub id: u32,
@@ -201,15 +257,20 @@ pub struct Instance {
     pub class_name: String,
     /// Class probability of the query that produced it.
     pub score: f64,
-    /// The mask, COCO run-length encoded (`Rle::to_compressed` gives the `counts` string).
-    pub mask: Rle,
     /// Pixels of the mask.
     pub area: u64,
     /// Tight box `[x, y, w, h]` (COCO's `bbox`).
     pub bbox: [f64; 4],
+    /// The mask, COCO run-length encoded (`Rle::to_compressed` gives the `counts` string;
+    /// JSON `segmentation`).
+    #[serde(rename = "segmentation", serialize_with = "super::json::coco_rle")]
+    pub mask: Rle,
 }
 
 /// Object instances (non-overlapping: each pixel belongs to at most one).
+///
+/// JSON: as [`SemanticResult`]'s (for [`InstanceResult::to_semantic`]) plus `instances`
+/// ([`Instance`]); the segment map is not serialised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceResult {
     /// Image height.
@@ -227,7 +288,10 @@ pub struct InstanceResult {
 }
 
 /// One segment of a [`PanopticResult`].
-#[derive(Debug, Clone, PartialEq)]
+///
+/// JSON: `{"id", "class_id", "class_name", "isthing", "score", "area", "bbox",
+/// "segmentation"}` (`isthing` is `null` when unknown).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PanopticSegment {
     /// Segment id (its value in [`PanopticResult::segment_map`]).
     pub id: u32,
@@ -244,11 +308,15 @@ pub struct PanopticSegment {
     pub area: u64,
     /// Tight box `[x, y, w, h]`.
     pub bbox: [f64; 4],
-    /// The mask, COCO run-length encoded.
+    /// The mask, COCO run-length encoded (JSON `segmentation`).
+    #[serde(rename = "segmentation", serialize_with = "super::json::coco_rle")]
     pub mask: Rle,
 }
 
 /// A panoptic segmentation: every pixel in at most one segment, stuff and things.
+///
+/// JSON: as [`SemanticResult`]'s (for [`PanopticResult::to_semantic`]) plus `segments`
+/// ([`PanopticSegment`]); the segment map is not serialised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PanopticResult {
     /// Image height.
@@ -265,8 +333,12 @@ pub struct PanopticResult {
     pub palette: Vec<[u8; 3]>,
 }
 
-/// The result of [`crate::Segmenter::segment`], by task.
-#[derive(Debug, Clone, PartialEq)]
+/// The result of [`crate::Model::segment`] (and the facade's `Segmenter::segment`), by task.
+///
+/// JSON: the result's own, with `"task": "semantic" | "instance" | "panoptic"` first (see
+/// the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
 pub enum Segmentation {
     /// A class per pixel.
     Semantic(SemanticResult),
@@ -381,52 +453,6 @@ impl Segmentation {
     }
 }
 
-/// COCO RLEs of the segments `ids` of a row-major `height x width` id map, in one
-/// column-major pass (the masks equal `Rle::from_mask(map == id)`).
-pub(crate) fn rles_of_segments(
-    map: &[u32],
-    height: usize,
-    width: usize,
-    ids: &[u32],
-) -> Result<Vec<Rle>> {
-    let n = height * width;
-    if map.len() != n {
-        return Err(invalid(format!(
-            "segment map has {} pixels, expected {height} x {width}",
-            map.len()
-        )));
-    }
-    let index: HashMap<u32, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    // Per segment: the counts so far and the column-major position after its last pixel.
-    let mut state: Vec<(Vec<u32>, usize)> = vec![(Vec::new(), 0); ids.len()];
-    for x in 0..width {
-        for y in 0..height {
-            let Some(&k) = index.get(&map[y * width + x]) else {
-                continue;
-            };
-            let p = x * height + y;
-            let (counts, end) = &mut state[k];
-            match counts.last_mut() {
-                Some(last) if *end == p => *last += 1,
-                _ => {
-                    counts.push((p - *end) as u32);
-                    counts.push(1);
-                }
-            }
-            *end = p + 1;
-        }
-    }
-    state
-        .into_iter()
-        .map(|(mut counts, end)| {
-            if counts.is_empty() || end < n {
-                counts.push((n - end) as u32);
-            }
-            Rle::new(height, width, counts).map_err(data_err)
-        })
-        .collect()
-}
-
 fn dims_u32(width: usize, height: usize) -> Result<(u32, u32)> {
     match (u32::try_from(width), u32::try_from(height)) {
         (Ok(w), Ok(h)) => Ok((w, h)),
@@ -498,23 +524,6 @@ fn save_image(img: &DynamicImage, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rles_equal_per_mask_encoding() {
-        let (h, w) = (5, 7);
-        let map: Vec<u32> = (0..h * w).map(|i| ((i * 7 + i / 3) % 4) as u32).collect();
-        let ids = [0u32, 1, 2, 3, 9];
-        let rles = rles_of_segments(&map, h, w, &ids).unwrap();
-        for (id, rle) in ids.iter().zip(&rles) {
-            let mask: Vec<u8> = map.iter().map(|&v| u8::from(v == *id)).collect();
-            assert_eq!(*rle, Rle::from_mask(&mask, h, w).unwrap(), "id {id}");
-        }
-        assert_eq!(rles[4].area(), 0);
-        // A mask that ends on a foreground pixel and one that starts on one.
-        let map = vec![1u32, 0, 0, 1];
-        let r = rles_of_segments(&map, 2, 2, &[1]).unwrap();
-        assert_eq!(r[0], Rle::from_mask(&[1u8, 0, 0, 1], 2, 2).unwrap());
-    }
 
     fn sem(classes: usize) -> SemanticResult {
         SemanticResult {

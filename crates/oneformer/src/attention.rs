@@ -1,0 +1,127 @@
+//! The attention blocks OneFormer's transformer parts share: `torch.nn.MultiheadAttention`
+//! (packed input projection) and scaled dot-product attention over batch-first projections.
+//!
+//! Reference: PyTorch `torch/nn/modules/activation.py` (`MultiheadAttention`,
+//! `in_proj_weight` / `in_proj_bias` / `out_proj`), as transformers'
+//! `models/oneformer/modeling_oneformer.py` uses it in the query transformer, the masked
+//! cross-attention and the text encoder.
+//!
+//! # Shapes
+//! `query: B x Lq x C`, `key, value: B x Lk x C` -> `B x Lq x C`; an additive mask broadcasts
+//! to `B x heads x Lq x Lk`.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use segkit_oneformer::attention::MultiheadAttention;
+//! let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+//! let attn = MultiheadAttention::new(32, 4, 0.0, vb).unwrap();
+//! let q = Tensor::zeros((2, 5, 32), DType::F32, &Device::Cpu).unwrap();
+//! let kv = Tensor::zeros((2, 7, 32), DType::F32, &Device::Cpu).unwrap();
+//! assert_eq!(attn.forward(&q, &kv, &kv, None, false).unwrap().dims(), &[2, 5, 32]);
+//! ```
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::{Error, Result};
+
+/// Inverted dropout with probability `p` when `train`; identity otherwise.
+pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        Ok(candle_nn::ops::dropout(x, p as f32)?)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// Scaled dot-product attention over batch-first projections.
+/// `q: B x Lq x C`, `k, v: B x Lk x C`, `mask`: additive, broadcastable to `B x heads x Lq x Lk`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    attn_dropout: f64,
+    train: bool,
+) -> Result<Tensor> {
+    let (b, lq, c) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let d = c / heads;
+    let scale = (d as f64).powf(-0.5);
+    let q = (q * scale)?
+        .reshape((b, lq, heads, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let k = k
+        .reshape((b, lk, heads, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let v = v
+        .reshape((b, lk, heads, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let mut s = q.matmul(&k.t()?)?;
+    if let Some(m) = mask {
+        s = s.broadcast_add(m)?;
+    }
+    let a = candle_nn::ops::softmax_last_dim(&s)?;
+    let a = dropout(&a, attn_dropout, train)?;
+    let o = a.matmul(&v)?;
+    Ok(o.transpose(1, 2)?.reshape((b, lq, c))?)
+}
+
+/// `torch.nn.MultiheadAttention` (packed `in_proj_weight` / `in_proj_bias`, `out_proj`).
+#[derive(Debug, Clone)]
+pub struct MultiheadAttention {
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    out: Linear,
+    heads: usize,
+    dropout: f64,
+}
+
+impl MultiheadAttention {
+    /// Loads `in_proj_weight` (`3C x C`), `in_proj_bias`, `out_proj.{weight,bias}`.
+    pub fn new(dim: usize, heads: usize, dropout: f64, vb: VarBuilder<'_>) -> Result<Self> {
+        if heads == 0 || dim % heads != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "multi-head attention: width {dim} is not divisible into {heads} heads"
+            )));
+        }
+        let w = vb.get((3 * dim, dim), "in_proj_weight")?;
+        let b = vb.get(3 * dim, "in_proj_bias")?;
+        let part = |i: usize| -> Result<Linear> {
+            Ok(Linear::new(
+                w.narrow(0, i * dim, dim)?.contiguous()?,
+                Some(b.narrow(0, i * dim, dim)?.contiguous()?),
+            ))
+        };
+        Ok(Self {
+            wq: part(0)?,
+            wk: part(1)?,
+            wv: part(2)?,
+            out: candle_nn::linear(dim, dim, vb.pp("out_proj"))?,
+            heads,
+            dropout,
+        })
+    }
+
+    /// Batch-first attention: `query: B x Lq x C`, `key, value: B x Lk x C`; `mask` additive
+    /// (`-inf` where attention is not allowed), broadcastable to `B x heads x Lq x Lk`.
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let q = self.wq.forward(query)?;
+        let k = self.wk.forward(key)?;
+        let v = self.wv.forward(value)?;
+        let o = attend(&q, &k, &v, self.heads, mask, self.dropout, train)?;
+        Ok(self.out.forward(&o)?)
+    }
+}
