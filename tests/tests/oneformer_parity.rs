@@ -10,10 +10,14 @@
 //!   (pytorch_model.bin) load unchanged and reproduce transformers' outputs.
 
 use candle_core::{DType, Device, Tensor};
-use segkit::{OneFormer, OneFormerConfig, OneFormerOutput};
+use segkit::oneformer_parts::postprocess::{Segment, SegmentationResult};
+use segkit::oneformer_parts::tokenizer::Task;
+use segkit::{OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions};
 use segkit_core::testing::{synthetic_input, synthetic_var_builder};
 use segkit_tests::{assert_sampled_close, fixture_path, get, load_fixture};
 use std::collections::HashMap;
+
+type Fixture = HashMap<String, Tensor>;
 
 fn config(name: &str) -> OneFormerConfig {
     let p = fixture_path(&format!("oneformer/{name}_config.json"));
@@ -21,7 +25,7 @@ fn config(name: &str) -> OneFormerConfig {
     OneFormerConfig::from_hf_json(name, &text).unwrap()
 }
 
-fn check_outputs(out: &OneFormerOutput, f: &HashMap<String, Tensor>) {
+fn check_outputs(out: &OneFormerOutput, f: &Fixture) {
     assert_sampled_close("task_token", &out.task_token, f);
     assert_sampled_close("contrastive_queries", &out.contrastive_queries, f);
     assert_sampled_close(
@@ -124,152 +128,189 @@ fn hf_dir_pytorch_bin_loads_unchanged() {
     hf_dir("bin");
 }
 
+fn read_json(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_path(rel)).unwrap()).unwrap()
+}
+
+/// The full configuration with the photo fixture's preprocessing (shortest edge 96).
+fn photo_config() -> OneFormerConfig {
+    let mut cfg = config("full");
+    let pre = read_json("oneformer/photo_preprocessor_config.json");
+    cfg.preprocess = segkit::oneformer::OneFormerPreprocessConfig::from_json(&pre).unwrap();
+    assert_eq!(cfg.preprocess.shortest_edge, 96);
+    cfg
+}
+
+/// Tokenizer and model for `task` on the preprocessed photo `x`: the processor's task inputs
+/// exactly, the logits within tolerance.
+fn check_photo_forward(model: &OneFormer, x: &Tensor, task: Task, f: &Fixture) {
+    let t = task.as_str();
+    let ti = model.task_inputs(task).unwrap();
+    let want_ti = get(f, &format!("{t}.task_inputs"));
+    let d = (&ti - want_ti).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{t}: task inputs");
+    let out = model.forward(x, &ti, None, false).unwrap();
+    assert_sampled_close(
+        &format!("{t}.class_queries_logits"),
+        &out.class_queries_logits,
+        f,
+    );
+    assert_sampled_close(
+        &format!("{t}.masks_queries_logits"),
+        &out.masks_queries_logits,
+        f,
+    );
+}
+
+/// The post-processing options of task `t`: the fixture's (lowered) thresholds and stuff
+/// classes, when it records them.
+fn photo_options(meta: &serde_json::Value, t: &str) -> PredictOptions {
+    let mut opts = PredictOptions::default();
+    if let Some(m) = meta["tasks"].get(t) {
+        let kw = |k: &str| m[k].as_f64().unwrap();
+        opts.instance.threshold = kw("threshold");
+        opts.instance.mask_threshold = kw("mask_threshold");
+        opts.instance.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
+        opts.panoptic.threshold = kw("threshold");
+        opts.panoptic.mask_threshold = kw("mask_threshold");
+        opts.panoptic.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
+        opts.panoptic.label_ids_to_fuse = meta["stuff_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+    }
+    opts
+}
+
+/// The end-to-end prediction of task `t` against transformers' map and segments.
+fn check_photo_prediction(
+    pred: OneFormerPrediction,
+    t: &str,
+    opts: &PredictOptions,
+    f: &Fixture,
+    meta: &serde_json::Value,
+) {
+    let want_map: Vec<i32> = get(f, &format!("{t}.map"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i32>()
+        .unwrap();
+    match pred {
+        OneFormerPrediction::Semantic(r) => {
+            let got: Vec<i32> = r.segmentation.iter().map(|&v| v as i32).collect();
+            let differ = got.iter().zip(&want_map).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "semantic map: {differ} pixels differ");
+        }
+        OneFormerPrediction::Instance(r) | OneFormerPrediction::Panoptic(r) => {
+            let differ = r
+                .segmentation
+                .iter()
+                .zip(&want_map)
+                .filter(|(a, b)| a != b)
+                .count();
+            eprintln!(
+                "{t}: {differ} of {} pixels differ end to end",
+                want_map.len()
+            );
+            if t == "panoptic" {
+                check_panoptic_ties(&r, &want_map, &opts.panoptic, f);
+            } else {
+                assert_eq!(differ, 0, "{t}: {differ} pixels differ");
+            }
+            check_segments(&r.segments, t, meta);
+        }
+    }
+}
+
+/// Synthetic weights make every query's class score ~0.033 (spread 1e-5), so the per-pixel
+/// arg-max of score x mask has ties at float-rounding level. Every pixel of the panoptic map
+/// `r` (and of segkit's post-processing of transformers' own logits) that differs from
+/// `want_map` must be one where transformers' top-2 margin is within the logits' agreement
+/// (1e-6 relative to the score); on transformers' logits the segments are equal.
+fn check_panoptic_ties(
+    r: &SegmentationResult,
+    want_map: &[i32],
+    opts: &segkit::oneformer_parts::postprocess::PanopticConfig,
+    f: &Fixture,
+) {
+    let margin = get(f, "panoptic.margin")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let tie = |i: usize| margin[i] <= 0.033 * 1e-6;
+    let check = |map: &[i32], what: &str| {
+        let bad: Vec<usize> = (0..want_map.len())
+            .filter(|&i| map[i] != want_map[i] && !tie(i))
+            .collect();
+        let n = (0..want_map.len())
+            .filter(|&i| map[i] != want_map[i])
+            .count();
+        eprintln!("{what}: {n} pixels differ, all at ties: {}", bad.is_empty());
+        assert!(
+            bad.is_empty(),
+            "{what}: pixels {bad:?} differ without a tie"
+        );
+    };
+    check(&r.segmentation, "panoptic end to end");
+    let exact = segkit::oneformer_parts::postprocess::post_process_panoptic_segmentation(
+        get(f, "panoptic.class_queries_logits.full"),
+        get(f, "panoptic.masks_queries_logits.full"),
+        opts,
+        Some(&[(96, 128)]),
+    )
+    .unwrap()
+    .remove(0);
+    check(&exact.segmentation, "panoptic on transformers' logits");
+    assert_eq!(
+        exact.segments, r.segments,
+        "panoptic segments on HF's logits"
+    );
+}
+
+/// The segments of task `t` equal the fixture's: ids, labels and scores.
+fn check_segments(got: &[Segment], t: &str, meta: &serde_json::Value) {
+    let want = meta["tasks"][t]["segments"].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{t}: segment count");
+    assert!(!want.is_empty(), "{t}: the fixture has no segments");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.id as i64, w["id"].as_i64().unwrap(), "{t}: id");
+        assert_eq!(
+            g.label_id as i64,
+            w["label_id"].as_i64().unwrap(),
+            "{t}: label"
+        );
+        assert!(
+            (g.score - w["score"].as_f64().unwrap()).abs() <= 1e-5,
+            "{t}: score"
+        );
+    }
+    eprintln!("{t}: {} segments equal", got.len());
+}
+
 /// The real photo end to end: segkit's preprocessing, tokenizer, model and post-processing vs
 /// OneFormerProcessor + the model + OneFormerImageProcessor's post-processing (thresholds
 /// lowered in both because synthetic weights give near-uniform class probabilities).
 #[test]
 fn real_photo_three_tasks_end_to_end() {
-    use segkit::oneformer_parts::tokenizer::Task;
-    use segkit::{OneFormerPrediction, PredictOptions};
     let dev = Device::Cpu;
-    let mut cfg = config("full");
-    let pre: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_path("oneformer/photo_preprocessor_config.json")).unwrap(),
-    )
-    .unwrap();
-    cfg.preprocess = segkit::oneformer::OneFormerPreprocessConfig::from_json(&pre).unwrap();
-    assert_eq!(cfg.preprocess.shortest_edge, 96);
-    let model = OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev)).unwrap();
+    let model = OneFormer::new(&photo_config(), synthetic_var_builder(DType::F32, &dev)).unwrap();
     let f = load_fixture("oneformer/photo.safetensors");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_path("oneformer/photo.json")).unwrap(),
-    )
-    .unwrap();
+    let meta = read_json("oneformer/photo.json");
     let img = segkit::image::open(fixture_path("oneformer/photo.png")).unwrap();
     for task in [Task::Semantic, Task::Instance, Task::Panoptic] {
-        let t = task.as_str();
-        // Tokenizer: the processor's task inputs.
-        let ti = model.task_inputs(task).unwrap();
-        let want_ti = get(&f, &format!("{t}.task_inputs"));
-        let d = (&ti - want_ti).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{t}: task inputs");
-        // Model on the preprocessed photo.
         let x = model.preprocess(&img.to_rgb8()).unwrap();
-        let out = model.forward(&x, &ti, None, false).unwrap();
-        assert_sampled_close(
-            &format!("{t}.class_queries_logits"),
-            &out.class_queries_logits,
-            &f,
-        );
-        assert_sampled_close(
-            &format!("{t}.masks_queries_logits"),
-            &out.masks_queries_logits,
-            &f,
-        );
-        // Post-processing.
-        let mut opts = PredictOptions::default();
-        if let Some(m) = meta["tasks"].get(t) {
-            let kw = |k: &str| m[k].as_f64().unwrap();
-            opts.instance.threshold = kw("threshold");
-            opts.instance.mask_threshold = kw("mask_threshold");
-            opts.instance.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
-            opts.panoptic.threshold = kw("threshold");
-            opts.panoptic.mask_threshold = kw("mask_threshold");
-            opts.panoptic.overlap_mask_area_threshold = kw("overlap_mask_area_threshold");
-            opts.panoptic.label_ids_to_fuse = meta["stuff_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-        }
-        let want_map: Vec<i32> = get(&f, &format!("{t}.map"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i32>()
-            .unwrap();
-        match model.predict_image(&img, task, &opts).unwrap() {
-            OneFormerPrediction::Semantic(r) => {
-                let got: Vec<i32> = r.segmentation.iter().map(|&v| v as i32).collect();
-                let differ = got.iter().zip(&want_map).filter(|(a, b)| a != b).count();
-                assert_eq!(differ, 0, "semantic map: {differ} pixels differ");
-            }
-            OneFormerPrediction::Instance(r) | OneFormerPrediction::Panoptic(r) => {
-                let differ = r
-                    .segmentation
-                    .iter()
-                    .zip(&want_map)
-                    .filter(|(a, b)| a != b)
-                    .count();
-                eprintln!(
-                    "{t}: {differ} of {} pixels differ end to end",
-                    want_map.len()
-                );
-                if t == "panoptic" {
-                    // Synthetic weights make every query's class score ~0.033 (spread 1e-5), so
-                    // the per-pixel arg-max of score x mask has ties at float-rounding level.
-                    // Every pixel that differs must be one where transformers' own top-2
-                    // margin is within the logits' agreement (1e-6 relative to the score).
-                    let margin = get(&f, "panoptic.margin")
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap();
-                    let tie = |i: usize| margin[i] <= 0.033 * 1e-6;
-                    let check = |map: &[i32], what: &str| {
-                        let bad: Vec<usize> = (0..want_map.len())
-                            .filter(|&i| map[i] != want_map[i] && !tie(i))
-                            .collect();
-                        let n = (0..want_map.len())
-                            .filter(|&i| map[i] != want_map[i])
-                            .count();
-                        eprintln!("{what}: {n} pixels differ, all at ties: {}", bad.is_empty());
-                        assert!(
-                            bad.is_empty(),
-                            "{what}: pixels {bad:?} differ without a tie"
-                        );
-                    };
-                    check(&r.segmentation, "panoptic end to end");
-                    let exact =
-                        segkit::oneformer_parts::postprocess::post_process_panoptic_segmentation(
-                            get(&f, "panoptic.class_queries_logits.full"),
-                            get(&f, "panoptic.masks_queries_logits.full"),
-                            &opts.panoptic,
-                            Some(&[(96, 128)]),
-                        )
-                        .unwrap()
-                        .remove(0);
-                    check(&exact.segmentation, "panoptic on transformers' logits");
-                    assert_eq!(
-                        exact.segments, r.segments,
-                        "panoptic segments on HF's logits"
-                    );
-                } else {
-                    assert_eq!(differ, 0, "{t}: {differ} pixels differ");
-                }
-                let want = meta["tasks"][t]["segments"].as_array().unwrap();
-                assert_eq!(r.segments.len(), want.len(), "{t}: segment count");
-                assert!(!want.is_empty(), "{t}: the fixture has no segments");
-                for (g, w) in r.segments.iter().zip(want) {
-                    assert_eq!(g.id as i64, w["id"].as_i64().unwrap(), "{t}: id");
-                    assert_eq!(
-                        g.label_id as i64,
-                        w["label_id"].as_i64().unwrap(),
-                        "{t}: label"
-                    );
-                    assert!(
-                        (g.score - w["score"].as_f64().unwrap()).abs() <= 1e-5,
-                        "{t}: score"
-                    );
-                }
-                eprintln!("{t}: {} segments equal", r.segments.len());
-            }
-        }
+        check_photo_forward(&model, &x, task, &f);
+        let opts = photo_options(&meta, task.as_str());
+        let pred = model.predict_image(&img, task, &opts).unwrap();
+        check_photo_prediction(pred, task.as_str(), &opts, &f, &meta);
     }
 }
 
-/// OneFormer on transformers' `ResNetBackbone` (ResNet-50): segkit's torchvision-layout ResNet
-/// under a key rename table.
+/// OneFormer on transformers' `ResNetBackbone` (ResNet-50): segkit's ResNet reading HF's keys
+/// directly (`KeyStyle::Hf`).
 #[test]
 fn resnet50_backbone_config() {
     let dev = Device::Cpu;

@@ -342,7 +342,7 @@ fn assert_typed<T: std::fmt::Debug>(what: &str, r: segkit_core::Result<T>) {
 }
 
 #[test]
-fn bad_arguments_give_typed_errors() {
+fn bad_resize_and_pool_arguments_give_typed_errors() {
     let x3 = zeros(&[3, 4, 5]);
     let x = zeros(&[1, 2, 4, 5]);
     assert_typed(
@@ -372,7 +372,12 @@ fn bad_arguments_give_typed_errors() {
         "adaptive_avg_pool2d_fallback size 0",
         adaptive_avg_pool2d_fallback(&x, (1, 0)),
     );
+}
 
+#[test]
+fn bad_grid_sample_arguments_give_typed_errors() {
+    let x3 = zeros(&[3, 4, 5]);
+    let x = zeros(&[1, 2, 4, 5]);
     let (bl, zp) = (GridSampleMode::Bilinear, GridSamplePadding::Zeros);
     assert_typed(
         "grid_sample rank 3 input",
@@ -394,7 +399,12 @@ fn bad_arguments_give_typed_errors() {
         "grid_sample_fallback grid batch",
         grid_sample_fallback(&x, &zeros(&[2, 2, 2, 2]), bl, zp, false),
     );
+}
 
+#[test]
+fn bad_roi_align_arguments_give_typed_errors() {
+    let x3 = zeros(&[3, 4, 5]);
+    let x = zeros(&[1, 2, 4, 5]);
     let rois = Tensor::new(&[[0f32, 0.0, 0.0, 2.0, 2.0]], &Device::Cpu).unwrap();
     assert_typed(
         "roi_align rank 3 input",
@@ -442,7 +452,10 @@ fn bad_arguments_give_typed_errors() {
             .dims(),
         [0, 2, 3, 4]
     );
+}
 
+#[test]
+fn bad_box_arguments_give_typed_errors() {
     let boxes = zeros(&[3, 4]);
     assert_typed("box_area N x 3", box_area(&zeros(&[3, 3])));
     assert_typed("box_iou rank 1", box_iou(&zeros(&[4]), &boxes));

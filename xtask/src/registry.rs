@@ -190,22 +190,76 @@ fn url_file_name(url: &str) -> Option<&str> {
     path.rsplit('/').next().filter(|s| !s.is_empty())
 }
 
+/// Checks an entry name: ASCII letters, digits, `-`, `_` and `.`, not leading.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err("names are ASCII letters, digits, `-`, `_` and `.` (not leading)".into())
+    }
+}
+
+/// Lowercases and checks `url` entry hashes: a well-formed full hash and / or prefix (at least
+/// one), the hash starting with the prefix.
+fn url_hashes(
+    sha256: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<(Option<String>, Option<String>), String> {
+    let sha256 = sha256.map(str::to_ascii_lowercase);
+    let prefix = prefix.map(str::to_ascii_lowercase);
+    if let Some(s) = &sha256 {
+        check_sha256(s)?;
+    }
+    if let Some(p) = &prefix {
+        if p.is_empty() || p.len() > 64 || !is_hex(p) {
+            return Err(format!("sha256_prefix `{p}` is not hex digits"));
+        }
+        if let Some(s) = &sha256 {
+            if !s.starts_with(p.as_str()) {
+                return Err(format!("sha256 {s} does not start with sha256_prefix {p}"));
+            }
+        }
+    }
+    if sha256.is_none() && prefix.is_none() {
+        return Err("a url entry needs `sha256` or `sha256_prefix`".into());
+    }
+    Ok((sha256, prefix))
+}
+
+/// Checks the `files` of an `hf_repo` entry (plain relative names, listed once, well-formed
+/// hashes, which are lowercased).
+fn hf_files(files: Option<Vec<HfFile>>) -> Result<Vec<HfFile>, String> {
+    let mut files = files.unwrap_or_default();
+    if files.is_empty() {
+        return Err("an `hf_repo` entry needs `files`".into());
+    }
+    for f in &mut files {
+        check_rel(&f.name)?;
+        if let Some(s) = &mut f.sha256 {
+            *s = s.to_ascii_lowercase();
+            check_sha256(s).map_err(|m| format!("{}: {m}", f.name))?;
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(f) = files.iter().find(|f| !seen.insert(f.name.clone())) {
+        return Err(format!("file `{}` is listed twice", f.name));
+    }
+    Ok(files)
+}
+
 impl RawEntry {
-    fn into_entry(self, index: usize) -> Result<Entry, String> {
+    fn into_entry(mut self, index: usize) -> Result<Entry, String> {
         let name = self
             .name
+            .take()
             .ok_or_else(|| format!("model #{}: `name` is missing", index + 1))?;
         let ctx = |m: String| format!("model `{name}`: {m}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            || name.starts_with('.')
-        {
-            return Err(ctx(
-                "names are ASCII letters, digits, `-`, `_` and `.` (not leading)".into(),
-            ));
-        }
+        check_name(&name).map_err(ctx)?;
         let kinds = [self.url.is_some(), self.hf_repo.is_some(), self.embedded];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(ctx(
@@ -217,89 +271,14 @@ impl RawEntry {
                 return Err(ctx(format!("miou {m} is not a percentage")));
             }
         }
-        let source = if let Some(url) = self.url {
-            if self.revision.is_some() || self.files.is_some() {
-                return Err(ctx(
-                    "`revision` and `files` belong to `hf_repo` entries".into()
-                ));
-            }
-            let file = url_file_name(&url)
-                .ok_or_else(|| ctx(format!("cannot take a file name from the url `{url}`")))?
-                .to_string();
-            check_rel(&file).map_err(ctx)?;
-            let sha256 = self.sha256.map(|s| s.to_ascii_lowercase());
-            let prefix = self.sha256_prefix.map(|s| s.to_ascii_lowercase());
-            if let Some(s) = &sha256 {
-                check_sha256(s).map_err(ctx)?;
-            }
-            if let Some(p) = &prefix {
-                if p.is_empty() || p.len() > 64 || !is_hex(p) {
-                    return Err(ctx(format!("sha256_prefix `{p}` is not hex digits")));
-                }
-                if let Some(s) = &sha256 {
-                    if !s.starts_with(p.as_str()) {
-                        return Err(ctx(format!(
-                            "sha256 {s} does not start with sha256_prefix {p}"
-                        )));
-                    }
-                }
-            }
-            if sha256.is_none() && prefix.is_none() {
-                return Err(ctx("a url entry needs `sha256` or `sha256_prefix`".into()));
-            }
-            Source::Url {
-                url,
-                file,
-                sha256,
-                sha256_prefix: prefix,
-                size: self.size,
-            }
-        } else if let Some(repo) = self.hf_repo {
-            if self.sha256.is_some() || self.sha256_prefix.is_some() || self.size.is_some() {
-                return Err(ctx(
-                    "hashes and sizes of an `hf_repo` entry go in its `files`".into(),
-                ));
-            }
-            let parts: Vec<&str> = repo.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(ctx(format!("hf_repo `{repo}` is not `org/name`")));
-            }
-            let revision = self
-                .revision
-                .filter(|r| !r.is_empty())
-                .ok_or_else(|| ctx("an `hf_repo` entry needs a `revision`".into()))?;
-            let mut files = self.files.unwrap_or_default();
-            if files.is_empty() {
-                return Err(ctx("an `hf_repo` entry needs `files`".into()));
-            }
-            for f in &mut files {
-                check_rel(&f.name).map_err(ctx)?;
-                if let Some(s) = &mut f.sha256 {
-                    *s = s.to_ascii_lowercase();
-                    check_sha256(s).map_err(|m| ctx(format!("{}: {m}", f.name)))?;
-                }
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(f) = files.iter().find(|f| !seen.insert(f.name.clone())) {
-                return Err(ctx(format!("file `{}` is listed twice", f.name)));
-            }
-            Source::Hf {
-                repo,
-                revision,
-                files,
-            }
+        let source = if let Some(url) = self.url.take() {
+            self.url_source(url)
+        } else if let Some(repo) = self.hf_repo.take() {
+            self.hf_source(repo)
         } else {
-            if self.sha256.is_some()
-                || self.sha256_prefix.is_some()
-                || self.revision.is_some()
-                || self.files.is_some()
-            {
-                return Err(ctx(
-                    "an embedded entry has no hashes, revision or files".into()
-                ));
-            }
-            Source::Embedded
-        };
+            self.embedded_source()
+        }
+        .map_err(ctx)?;
         Ok(Entry {
             name,
             source,
@@ -310,6 +289,59 @@ impl RawEntry {
             default: self.default,
             description: self.description,
         })
+    }
+
+    /// A `url` entry: the file named by the URL, its hashes and size.
+    fn url_source(&self, url: String) -> Result<Source, String> {
+        if self.revision.is_some() || self.files.is_some() {
+            return Err("`revision` and `files` belong to `hf_repo` entries".into());
+        }
+        let file = url_file_name(&url)
+            .ok_or_else(|| format!("cannot take a file name from the url `{url}`"))?
+            .to_string();
+        check_rel(&file)?;
+        let (sha256, sha256_prefix) =
+            url_hashes(self.sha256.as_deref(), self.sha256_prefix.as_deref())?;
+        Ok(Source::Url {
+            url,
+            file,
+            sha256,
+            sha256_prefix,
+            size: self.size,
+        })
+    }
+
+    /// An `hf_repo` entry: `org/name`, a revision and its files (taken out of `self`).
+    fn hf_source(&mut self, repo: String) -> Result<Source, String> {
+        if self.sha256.is_some() || self.sha256_prefix.is_some() || self.size.is_some() {
+            return Err("hashes and sizes of an `hf_repo` entry go in its `files`".into());
+        }
+        let parts: Vec<&str> = repo.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("hf_repo `{repo}` is not `org/name`"));
+        }
+        let revision = self
+            .revision
+            .take()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| "an `hf_repo` entry needs a `revision`".to_string())?;
+        Ok(Source::Hf {
+            repo,
+            revision,
+            files: hf_files(self.files.take())?,
+        })
+    }
+
+    /// An `embedded = true` entry, which has nothing to fetch.
+    fn embedded_source(&self) -> Result<Source, String> {
+        if self.sha256.is_some()
+            || self.sha256_prefix.is_some()
+            || self.revision.is_some()
+            || self.files.is_some()
+        {
+            return Err("an embedded entry has no hashes, revision or files".into());
+        }
+        Ok(Source::Embedded)
     }
 }
 

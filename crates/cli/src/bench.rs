@@ -106,144 +106,174 @@ fn reset_peak_rss() {
 
 type Job = Box<dyn Fn() -> Result<Tensor, CliError>>;
 
+/// Builds the job of `case` (model or inputs made once, outside the timing).
 fn make(case: &str) -> Result<Job, CliError> {
     let dev = Device::Cpu;
-    Ok(match case {
-        "resnet50" | "resnet50_os8" => {
-            let os = if case == "resnet50" { 32 } else { 8 };
-            let cfg = ResNetConfig::torchvision(50).with_output_stride(os)?;
-            let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, &dev))?;
-            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
-            Box::new(move || Ok(net.forward(&x, false)?.c5))
-        }
+    match case {
+        "resnet50" => resnet50(32, &dev),
+        "resnet50_os8" => resnet50(8, &dev),
         "danet_r50-d8" | "pspnet_r50-d8" | "fastfcn_jpu_psp" | "fastfcn_jpu_aspp"
-        | "fastfcn_jpu_enc" => {
-            let preset = match case {
-                "fastfcn_jpu_psp" => "fastfcn_r50-d32_jpu_psp_ade20k-512x512".to_string(),
-                "fastfcn_jpu_aspp" => "fastfcn_r50-d32_jpu_aspp_ade20k-512x512".to_string(),
-                "fastfcn_jpu_enc" => "fastfcn_r50-d32_jpu_enc_ade20k-512x512".to_string(),
-                c => format!("{c}_ade20k-512x512"),
-            };
-            let cfg = segkit::SegmentorConfig::preset(&preset)
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            let model = segkit::EncoderDecoder::new(&cfg, synthetic_var_builder(DType::F32, &dev))
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
-            Box::new(move || {
-                model
-                    .logits(&x, false)
-                    .map_err(|e| CliError::Usage(e.to_string()))
-            })
-        }
-        "swin_t" => {
-            let cfg = segkit_backbones::swin::SwinConfig::oneformer_swin_tiny();
-            let net =
-                segkit_backbones::swin::Swin::new(&cfg, synthetic_var_builder(DType::F32, &dev))?;
-            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
-            Box::new(move || {
-                let o = net.forward(&x, false)?.into_vec();
-                o.into_iter()
-                    .last()
-                    .ok_or_else(|| CliError::Usage("Swin returned no features".into()))
-            })
-        }
-        "pixel_decoder" => {
-            let channels = [96, 192, 384, 768];
-            let specs: Vec<segkit_core::FeatureSpec> = channels
-                .iter()
-                .zip([4, 8, 16, 32])
-                .map(|(&c, s)| segkit_core::FeatureSpec::new(c, s))
-                .collect();
-            let cfg = segkit::necks::MsDeformAttnPixelDecoderConfig::oneformer_ade20k_swin_tiny();
-            let dec = segkit::necks::MsDeformAttnPixelDecoder::new(
-                &cfg,
-                &specs,
-                synthetic_var_builder(DType::F32, &dev),
-            )
-            .map_err(segkit_core::Error::from)?;
-            let feats = channels
-                .iter()
-                .zip([128, 64, 32, 16])
-                .enumerate()
-                .map(|(i, (&c, s))| {
-                    synthetic_input(&format!("bench.stage{}", i + 1), (1, c, s, s), &dev)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Box::new(move || {
-                Ok(dec
-                    .forward(&feats, false)
-                    .map_err(segkit_core::Error::from)?
-                    .mask_features)
-            })
-        }
-        "oneformer_swin_t" => {
-            let cfg = segkit::OneFormerConfig::ade20k_swin_tiny();
-            let model = segkit::OneFormer::new(&cfg, synthetic_var_builder(DType::F32, &dev))
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            let x = synthetic_input("input", (1, 3, 512, 512), &dev)?;
-            let ti = model
-                .task_inputs(segkit::oneformer_parts::tokenizer::Task::Semantic)
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            Box::new(move || {
-                Ok(model
-                    .forward(&x, &ti, None, false)
-                    .map_err(|e| CliError::Usage(e.to_string()))?
-                    .masks_queries_logits)
-            })
-        }
-        "conv3x3_256" => {
-            let x = synthetic_input("input", (1, 256, 128, 128), &dev)?;
-            let w = synthetic_tensor("conv.weight", (256, 256, 3, 3), DType::F32, &dev)?;
-            let b = synthetic_tensor("conv.bias", 256, DType::F32, &dev)?;
-            let p = Conv2dParams {
-                padding: 1,
-                ..Default::default()
-            };
-            Box::new(move || Ok(ops::conv2d(&x, &w, Some(&b), p, Activation::None)?))
-        }
-        "resize_bilinear" => {
-            let x = synthetic_input("input", (1, 256, 128, 128), &dev)?;
-            Box::new(move || Ok(ops::resize_bilinear(&x, (512, 512), false)?))
-        }
-        "grid_sample" => {
-            let x = synthetic_input("input", (1, 256, 64, 64), &dev)?;
-            let g = (synthetic_input("grid", (1, 128, 128, 2), &dev)? * 0.55)?;
-            Box::new(move || {
-                Ok(ops::grid_sample(
-                    &x,
-                    &g,
-                    GridSampleMode::Bilinear,
-                    GridSamplePadding::Zeros,
-                    false,
-                )?)
-            })
-        }
-        "roi_align" => {
-            let x = synthetic_input("input", (1, 256, 200, 200), &dev)?;
-            // Boxes in image coordinates (spatial scale 1/4 -> 800 px image).
-            let u = ((synthetic_input("rois", (512, 4), &dev)? + 2.0)? / 4.0)?;
-            let u = u.to_vec2::<f32>()?;
-            let mut rois = Vec::with_capacity(512 * 5);
-            for r in u {
-                let (x1, y1) = (r[0] * 700.0, r[1] * 700.0);
-                rois.extend_from_slice(&[
-                    0.0,
-                    x1,
-                    y1,
-                    x1 + 8.0 + r[2] * 300.0,
-                    y1 + 8.0 + r[3] * 300.0,
-                ]);
-            }
-            let rois = Tensor::from_vec(rois, (512, 5), &dev)?;
-            Box::new(move || Ok(ops::roi_align(&x, &rois, (7, 7), 0.25, 2, true)?))
-        }
-        other => {
-            return Err(CliError::Usage(format!(
-                "unknown bench case `{other}`; cases: {}",
-                CASES.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
-            )))
-        }
-    })
+        | "fastfcn_jpu_enc" => segmentor(case, &dev),
+        "swin_t" => swin_t(&dev),
+        "pixel_decoder" => pixel_decoder(&dev),
+        "oneformer_swin_t" => oneformer_swin_t(&dev),
+        "conv3x3_256" => conv3x3_256(&dev),
+        "resize_bilinear" => resize_bilinear(&dev),
+        "grid_sample" => grid_sample(&dev),
+        "roi_align" => roi_align(&dev),
+        other => Err(CliError::Usage(format!(
+            "unknown bench case `{other}`; cases: {}",
+            CASES.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The 1x3x512x512 input of the model cases.
+fn image_input(dev: &Device) -> Result<Tensor, CliError> {
+    Ok(synthetic_input("input", (1, 3, 512, 512), dev)?)
+}
+
+/// torchvision's ResNet-50 at output stride `os`: C5.
+fn resnet50(os: usize, dev: &Device) -> Result<Job, CliError> {
+    let cfg = ResNetConfig::torchvision(50).with_output_stride(os)?;
+    let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, dev))?;
+    let x = image_input(dev)?;
+    Ok(Box::new(move || Ok(net.forward(&x, false)?.c5)))
+}
+
+/// The ADE20K preset of an mmseg segmentor case: decode logits.
+fn segmentor(case: &str, dev: &Device) -> Result<Job, CliError> {
+    let preset = match case {
+        "fastfcn_jpu_psp" => "fastfcn_r50-d32_jpu_psp_ade20k-512x512".to_string(),
+        "fastfcn_jpu_aspp" => "fastfcn_r50-d32_jpu_aspp_ade20k-512x512".to_string(),
+        "fastfcn_jpu_enc" => "fastfcn_r50-d32_jpu_enc_ade20k-512x512".to_string(),
+        c => format!("{c}_ade20k-512x512"),
+    };
+    let cfg =
+        segkit::SegmentorConfig::preset(&preset).map_err(|e| CliError::Usage(e.to_string()))?;
+    let model = segkit::EncoderDecoder::new(&cfg, synthetic_var_builder(DType::F32, dev))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let x = image_input(dev)?;
+    Ok(Box::new(move || {
+        model
+            .logits(&x, false)
+            .map_err(|e| CliError::Usage(e.to_string()))
+    }))
+}
+
+/// OneFormer's Swin-T backbone: the last stage.
+fn swin_t(dev: &Device) -> Result<Job, CliError> {
+    let cfg = segkit_backbones::swin::SwinConfig::oneformer_swin_tiny();
+    let net = segkit_backbones::swin::Swin::new(&cfg, synthetic_var_builder(DType::F32, dev))?;
+    let x = image_input(dev)?;
+    Ok(Box::new(move || {
+        let o = net.forward(&x, false)?.into_vec();
+        o.into_iter()
+            .last()
+            .ok_or_else(|| CliError::Usage("Swin returned no features".into()))
+    }))
+}
+
+/// OneFormer's pixel decoder on Swin-T-shaped levels of a 512x512 image: the mask features.
+fn pixel_decoder(dev: &Device) -> Result<Job, CliError> {
+    let channels = [96, 192, 384, 768];
+    let specs: Vec<segkit_core::FeatureSpec> = channels
+        .iter()
+        .zip([4, 8, 16, 32])
+        .map(|(&c, s)| segkit_core::FeatureSpec::new(c, s))
+        .collect();
+    let cfg = segkit::necks::MsDeformAttnPixelDecoderConfig::oneformer_ade20k_swin_tiny();
+    let dec = segkit::necks::MsDeformAttnPixelDecoder::new(
+        &cfg,
+        &specs,
+        synthetic_var_builder(DType::F32, dev),
+    )
+    .map_err(segkit_core::Error::from)?;
+    let feats = channels
+        .iter()
+        .zip([128, 64, 32, 16])
+        .enumerate()
+        .map(|(i, (&c, s))| synthetic_input(&format!("bench.stage{}", i + 1), (1, c, s, s), dev))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Box::new(move || {
+        Ok(dec
+            .forward(&feats, false)
+            .map_err(segkit_core::Error::from)?
+            .mask_features)
+    }))
+}
+
+/// OneFormer Swin-T, semantic task: the mask logits.
+fn oneformer_swin_t(dev: &Device) -> Result<Job, CliError> {
+    let cfg = segkit::OneFormerConfig::ade20k_swin_tiny();
+    let model = segkit::OneFormer::new(&cfg, synthetic_var_builder(DType::F32, dev))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let x = image_input(dev)?;
+    let ti = model
+        .task_inputs(segkit::oneformer_parts::tokenizer::Task::Semantic)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Box::new(move || {
+        Ok(model
+            .forward(&x, &ti, None, false)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .masks_queries_logits)
+    }))
+}
+
+fn conv3x3_256(dev: &Device) -> Result<Job, CliError> {
+    let x = synthetic_input("input", (1, 256, 128, 128), dev)?;
+    let w = synthetic_tensor("conv.weight", (256, 256, 3, 3), DType::F32, dev)?;
+    let b = synthetic_tensor("conv.bias", 256, DType::F32, dev)?;
+    let p = Conv2dParams {
+        padding: 1,
+        ..Default::default()
+    };
+    Ok(Box::new(move || {
+        Ok(ops::conv2d(&x, &w, Some(&b), p, Activation::None)?)
+    }))
+}
+
+fn resize_bilinear(dev: &Device) -> Result<Job, CliError> {
+    let x = synthetic_input("input", (1, 256, 128, 128), dev)?;
+    Ok(Box::new(move || {
+        Ok(ops::resize_bilinear(&x, (512, 512), false)?)
+    }))
+}
+
+fn grid_sample(dev: &Device) -> Result<Job, CliError> {
+    let x = synthetic_input("input", (1, 256, 64, 64), dev)?;
+    let g = (synthetic_input("grid", (1, 128, 128, 2), dev)? * 0.55)?;
+    Ok(Box::new(move || {
+        Ok(ops::grid_sample(
+            &x,
+            &g,
+            GridSampleMode::Bilinear,
+            GridSamplePadding::Zeros,
+            false,
+        )?)
+    }))
+}
+
+fn roi_align(dev: &Device) -> Result<Job, CliError> {
+    let x = synthetic_input("input", (1, 256, 200, 200), dev)?;
+    // Boxes in image coordinates (spatial scale 1/4 -> 800 px image).
+    let u = ((synthetic_input("rois", (512, 4), dev)? + 2.0)? / 4.0)?;
+    let u = u.to_vec2::<f32>()?;
+    let mut rois = Vec::with_capacity(512 * 5);
+    for r in u {
+        let (x1, y1) = (r[0] * 700.0, r[1] * 700.0);
+        rois.extend_from_slice(&[
+            0.0,
+            x1,
+            y1,
+            x1 + 8.0 + r[2] * 300.0,
+            y1 + 8.0 + r[3] * 300.0,
+        ]);
+    }
+    let rois = Tensor::from_vec(rois, (512, 5), dev)?;
+    Ok(Box::new(move || {
+        Ok(ops::roi_align(&x, &rois, (7, 7), 0.25, 2, true)?)
+    }))
 }
 
 /// Runs `segkit bench`.

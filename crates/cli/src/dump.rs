@@ -160,7 +160,6 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
 /// segments as JSON next to the output.
 fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<(), CliError> {
     use segkit::oneformer_parts::tokenizer::Task;
-    use segkit::OneFormer;
     let input = a
         .input
         .as_ref()
@@ -174,15 +173,7 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
         .parse()
         .map_err(|e: segkit::oneformer_parts::Error| CliError::Usage(e.to_string()))?;
     let dev = Device::Cpu;
-    let model = match (&a.weights, a.synthetic, cfg) {
-        (Some(dir), false, _) => OneFormer::from_hf_dir(dir, &dev)?,
-        (_, true, Some(cfg)) => OneFormer::new(cfg, synthetic_var_builder(DType::F32, &dev))?,
-        _ => {
-            return Err(CliError::Usage(
-                "OneFormer: give --weights HF_DIR, or --preset NAME with --synthetic".into(),
-            ))
-        }
-    };
+    let model = load_oneformer(a, cfg, &dev)?;
     let x = read_input(input)?;
     let (b, _, h, w) = x.dims4()?;
     let ti = model.task_inputs(task)?;
@@ -190,49 +181,7 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
     let o = model.forward(&x, &ti, None, false)?;
     let mut map = HashMap::new();
     let (cls, masks) = (&o.class_queries_logits, &o.masks_queries_logits);
-    let sizes = vec![(h, w); b];
-    let pp = |e: segkit::oneformer_parts::Error| CliError::Core(e.into());
-    let opts = segkit::PredictOptions::default();
-    let (maps, segments): (Vec<Vec<i64>>, serde_json::Value) = match task {
-        Task::Semantic => {
-            let r = segkit::oneformer_parts::postprocess::post_process_semantic_segmentation(
-                cls,
-                masks,
-                Some(&sizes),
-            )
-            .map_err(pp)?;
-            let maps = r
-                .iter()
-                .map(|s| s.segmentation.iter().map(|&v| v as i64).collect())
-                .collect();
-            (maps, serde_json::Value::Null)
-        }
-        Task::Instance | Task::Panoptic => {
-            let r = if task == Task::Instance {
-                segkit::oneformer_parts::postprocess::post_process_instance_segmentation(
-                    cls,
-                    masks,
-                    &opts.instance,
-                    Some(&sizes),
-                )
-            } else {
-                segkit::oneformer_parts::postprocess::post_process_panoptic_segmentation(
-                    cls,
-                    masks,
-                    &opts.panoptic,
-                    Some(&sizes),
-                )
-            }
-            .map_err(pp)?;
-            let maps = r
-                .iter()
-                .map(|s| s.segmentation.iter().map(|&v| v as i64).collect())
-                .collect();
-            let segs = serde_json::to_value(r.iter().map(|s| &s.segments).collect::<Vec<_>>())
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            (maps, segs)
-        }
-    };
+    let (maps, segments) = post_process(task, cls, masks, &vec![(h, w); b])?;
     let flat: Vec<i64> = maps.into_iter().flatten().collect();
     map.insert(
         "segmentation".to_string(),
@@ -246,26 +195,82 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
     checkpoint::save_safetensors(&map, out)?;
     eprintln!("wrote {}", out.display());
     if !segments.is_null() {
-        let json = out.with_extension("json");
-        let text =
-            serde_json::to_string_pretty(&segments).map_err(|e| CliError::Usage(e.to_string()))?;
-        let tmp = json.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &json))
-            .map_err(|source| {
-                let _ = std::fs::remove_file(&tmp);
-                CliError::Core(segkit_core::Error::Io {
-                    path: json.clone(),
-                    source,
-                })
-            })?;
-        eprintln!("wrote {}", json.display());
+        write_segments(&out.with_extension("json"), &segments)?;
     }
     Ok(())
 }
 
-/// Builds a segmentor from synthetic weights or a whole mmseg checkpoint (`backbone.*`,
-/// `decode_head.*`, ...; `--prefix` selects a sub-tree first).
+/// OneFormer from `--weights HF_DIR`, or from `cfg` (a preset) with `--synthetic`.
+fn load_oneformer(
+    a: &DumpArgs,
+    cfg: Option<&segkit::OneFormerConfig>,
+    dev: &Device,
+) -> Result<segkit::OneFormer, CliError> {
+    use segkit::OneFormer;
+    Ok(match (&a.weights, a.synthetic, cfg) {
+        (Some(dir), false, _) => OneFormer::from_hf_dir(dir, dev)?,
+        (_, true, Some(cfg)) => OneFormer::new(cfg, synthetic_var_builder(DType::F32, dev))?,
+        _ => {
+            return Err(CliError::Usage(
+                "OneFormer: give --weights HF_DIR, or --preset NAME with --synthetic".into(),
+            ))
+        }
+    })
+}
+
+/// transformers' post-processing of `task` with its default options, at `sizes`: one map per
+/// image, and the segments of each image as JSON (`Null` for the semantic task).
+fn post_process(
+    task: segkit::oneformer_parts::tokenizer::Task,
+    cls: &Tensor,
+    masks: &Tensor,
+    sizes: &[(usize, usize)],
+) -> Result<(Vec<Vec<i64>>, serde_json::Value), CliError> {
+    use segkit::oneformer_parts::postprocess;
+    use segkit::oneformer_parts::tokenizer::Task;
+    fn to_i64<T: Copy + Into<i64>>(seg: &[T]) -> Vec<i64> {
+        seg.iter().map(|&v| v.into()).collect()
+    }
+    let pp = |e: segkit::oneformer_parts::Error| CliError::Core(e.into());
+    let opts = segkit::PredictOptions::default();
+    let r = match task {
+        Task::Semantic => {
+            let r = postprocess::post_process_semantic_segmentation(cls, masks, Some(sizes))
+                .map_err(pp)?;
+            let maps = r.iter().map(|s| to_i64(&s.segmentation)).collect();
+            return Ok((maps, serde_json::Value::Null));
+        }
+        Task::Instance => {
+            postprocess::post_process_instance_segmentation(cls, masks, &opts.instance, Some(sizes))
+        }
+        Task::Panoptic => {
+            postprocess::post_process_panoptic_segmentation(cls, masks, &opts.panoptic, Some(sizes))
+        }
+    }
+    .map_err(pp)?;
+    let maps = r.iter().map(|s| to_i64(&s.segmentation)).collect();
+    let segs = serde_json::to_value(r.iter().map(|s| &s.segments).collect::<Vec<_>>())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok((maps, segs))
+}
+
+/// Writes `segments` as pretty JSON to `json` (through `json.tmp`, renamed into place).
+fn write_segments(json: &std::path::Path, segments: &serde_json::Value) -> Result<(), CliError> {
+    let text =
+        serde_json::to_string_pretty(segments).map_err(|e| CliError::Usage(e.to_string()))?;
+    let tmp = json.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, json))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            CliError::Core(segkit_core::Error::Io {
+                path: json.to_path_buf(),
+                source,
+            })
+        })?;
+    eprintln!("wrote {}", json.display());
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

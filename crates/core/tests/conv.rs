@@ -118,6 +118,11 @@ fn params(stride: usize, padding: usize, dilation: usize, groups: usize) -> Conv
     }
 }
 
+/// The case of an `x`-shaped input, `o` output channels and a `k` kernel with parameters `p`.
+fn case(x: [usize; 4], o: usize, k: (usize, usize), p: Conv2dParams) -> Case {
+    Case { x, o, k, p }
+}
+
 #[test]
 fn grid_matches_candle() {
     // C = 4, O = 8: groups 1, 2 and C (depthwise with channel multiplier 2) all divide both.
@@ -160,149 +165,34 @@ fn grid_matches_candle() {
 fn odd_and_real_shapes_match_candle() {
     let cases = [
         // Odd sizes.
-        Case {
-            x: [1, 3, 97, 129],
-            o: 16,
-            k: (3, 3),
-            p: params(1, 1, 1, 1),
-        },
-        Case {
-            x: [1, 3, 97, 129],
-            o: 8,
-            k: (7, 7),
-            p: params(2, 3, 1, 1),
-        },
-        Case {
-            x: [1, 3, 97, 129],
-            o: 3,
-            k: (3, 3),
-            p: params(2, 4, 4, 3),
-        },
-        Case {
-            x: [2, 5, 7, 9],
-            o: 7,
-            k: (3, 3),
-            p: params(1, 1, 1, 1),
-        },
-        Case {
-            x: [2, 5, 7, 9],
-            o: 10,
-            k: (3, 3),
-            p: params(2, 2, 2, 5),
-        },
-        Case {
-            x: [2, 5, 7, 9],
-            o: 4,
-            k: (1, 1),
-            p: params(2, 0, 1, 1),
-        },
-        Case {
-            x: [2, 5, 7, 9],
-            o: 4,
-            k: (1, 1),
-            p: params(1, 1, 1, 1),
-        },
+        case([1, 3, 97, 129], 16, (3, 3), params(1, 1, 1, 1)),
+        case([1, 3, 97, 129], 8, (7, 7), params(2, 3, 1, 1)),
+        case([1, 3, 97, 129], 3, (3, 3), params(2, 4, 4, 3)),
+        case([2, 5, 7, 9], 7, (3, 3), params(1, 1, 1, 1)),
+        case([2, 5, 7, 9], 10, (3, 3), params(2, 2, 2, 5)),
+        case([2, 5, 7, 9], 4, (1, 1), params(2, 0, 1, 1)),
+        case([2, 5, 7, 9], 4, (1, 1), params(1, 1, 1, 1)),
         // Non-square kernels.
-        Case {
-            x: [1, 6, 19, 23],
-            o: 6,
-            k: (1, 7),
-            p: params(1, 3, 1, 2),
-        },
-        Case {
-            x: [1, 6, 19, 23],
-            o: 6,
-            k: (7, 1),
-            p: params(1, 3, 1, 1),
-        },
+        case([1, 6, 19, 23], 6, (1, 7), params(1, 3, 1, 2)),
+        case([1, 6, 19, 23], 6, (7, 1), params(1, 3, 1, 1)),
         // Kernels wider than the per-column tables of the packing code.
-        Case {
-            x: [1, 2, 5, 40],
-            o: 3,
-            k: (3, 19),
-            p: params(1, 9, 1, 1),
-        },
-        Case {
-            x: [1, 2, 9, 50],
-            o: 5,
-            k: (1, 21),
-            p: params(2, 4, 2, 1),
-        },
+        case([1, 2, 5, 40], 3, (3, 19), params(1, 9, 1, 1)),
+        case([1, 2, 9, 50], 5, (1, 21), params(2, 4, 2, 1)),
         // 1x1 maps.
-        Case {
-            x: [3, 16, 1, 1],
-            o: 32,
-            k: (1, 1),
-            p: params(1, 0, 1, 1),
-        },
-        Case {
-            x: [3, 16, 1, 1],
-            o: 16,
-            k: (3, 3),
-            p: params(1, 1, 1, 16),
-        },
-        Case {
-            x: [3, 16, 1, 1],
-            o: 8,
-            k: (3, 3),
-            p: params(1, 1, 1, 1),
-        },
+        case([3, 16, 1, 1], 32, (1, 1), params(1, 0, 1, 1)),
+        case([3, 16, 1, 1], 16, (3, 3), params(1, 1, 1, 16)),
+        case([3, 16, 1, 1], 8, (3, 3), params(1, 1, 1, 1)),
         // ResNet-like layers, several output-row tiles per image.
-        Case {
-            x: [1, 64, 40, 36],
-            o: 64,
-            k: (3, 3),
-            p: params(1, 1, 1, 1),
-        },
-        Case {
-            x: [1, 64, 40, 36],
-            o: 128,
-            k: (3, 3),
-            p: params(2, 1, 1, 1),
-        },
-        Case {
-            x: [1, 256, 48, 48],
-            o: 96,
-            k: (3, 3),
-            p: params(1, 2, 2, 1),
-        },
-        Case {
-            x: [2, 128, 24, 20],
-            o: 256,
-            k: (1, 1),
-            p: params(1, 0, 1, 1),
-        },
-        Case {
-            x: [1, 128, 40, 40],
-            o: 64,
-            k: (1, 1),
-            p: params(2, 0, 1, 1),
-        },
-        Case {
-            x: [1, 64, 33, 31],
-            o: 64,
-            k: (3, 3),
-            p: params(1, 1, 1, 32),
-        },
-        Case {
-            x: [1, 3, 130, 126],
-            o: 64,
-            k: (7, 7),
-            p: params(2, 3, 1, 1),
-        },
+        case([1, 64, 40, 36], 64, (3, 3), params(1, 1, 1, 1)),
+        case([1, 64, 40, 36], 128, (3, 3), params(2, 1, 1, 1)),
+        case([1, 256, 48, 48], 96, (3, 3), params(1, 2, 2, 1)),
+        case([2, 128, 24, 20], 256, (1, 1), params(1, 0, 1, 1)),
+        case([1, 128, 40, 40], 64, (1, 1), params(2, 0, 1, 1)),
+        case([1, 64, 33, 31], 64, (3, 3), params(1, 1, 1, 32)),
+        case([1, 3, 130, 126], 64, (7, 7), params(2, 3, 1, 1)),
         // Depthwise.
-        Case {
-            x: [2, 32, 30, 28],
-            o: 32,
-            k: (3, 3),
-            p: params(1, 4, 4, 32),
-        },
-        Case {
-            x: [1, 32, 30, 28],
-            o: 32,
-            k: (5, 5),
-            p: params(2, 2, 1, 32),
-        },
+        case([2, 32, 30, 28], 32, (3, 3), params(1, 4, 4, 32)),
+        case([1, 32, 30, 28], 32, (5, 5), params(2, 2, 1, 32)),
     ];
     let mut worst = 0f32;
     for (i, c) in cases.iter().enumerate() {

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
 
+use serde::{Deserialize, Serialize};
+
+use crate::record::IntervalState;
 use crate::{TrainError, TrainResult};
 
 /// Format tag stored in the metadata.
@@ -158,6 +161,23 @@ pub fn load(path: &Path) -> TrainResult<Checkpoint> {
     Ok(Checkpoint { tensors, metadata })
 }
 
+/// What a checkpoint's metadata `state` stores besides the tensors: the position of the run
+/// (iteration, data order, samples seen, dropout stream, AdamW step counts), the log
+/// interval's sums and the training-set size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub(crate) iteration: usize,
+    pub(crate) epoch: u64,
+    pub(crate) pos: usize,
+    pub(crate) samples_seen: u64,
+    pub(crate) dropout_state: u64,
+    pub(crate) adam_steps: BTreeMap<String, u64>,
+    /// The interval's loss sums (bit patterns) and count.
+    #[serde(flatten)]
+    pub(crate) interval: IntervalState,
+    pub(crate) train_len: usize,
+}
+
 /// JSON text of a checkpoint metadata entry.
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> TrainResult<String> {
     serde_json::to_string(v).map_err(|e| TrainError::Io {
@@ -169,6 +189,19 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> TrainResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_of_older_checkpoints_still_reads() {
+        // The metadata `state` of a checkpoint written before losses were named.
+        let old = r#"{"iteration": 4, "epoch": 0, "pos": 12, "samples_seen": 12,
+            "dropout_state": 7, "adam_steps": {}, "interval_bits": [1, 2, 3],
+            "interval_count": 0, "train_len": 24}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert_eq!(s.interval.interval_bits, [1, 2, 3]);
+        assert_eq!(s.interval.interval_named_bits, None);
+        let back: State = serde_json::from_str(&to_json(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
 
     #[test]
     fn failed_write_keeps_the_previous_file() {

@@ -23,9 +23,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
 use segkit_data::SegDataset;
-use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::data::{check_labels, collate, open_datasets, DataOrder};
 use crate::eval::{detached_copy, evaluate, EvalResult};
@@ -33,7 +32,7 @@ use crate::init::init_value;
 use crate::losses::LossPlan;
 use crate::optim::Optimizer;
 use crate::progress::{MetricsLog, Progress};
-use crate::record::{accumulate, Interval, IntervalState, IterLosses, TrainSummary};
+use crate::record::{accumulate, Interval, IterLosses, TrainSummary};
 use crate::{TrainError, TrainResult};
 use segkit_models::EncoderDecoder;
 use segkit_models::{BackboneConfig, SegmentorConfig};
@@ -46,21 +45,6 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the JSONL metrics log.
 pub const LOG_FILE: &str = "metrics.jsonl";
-
-/// What a checkpoint's metadata stores besides the tensors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct State {
-    iteration: usize,
-    epoch: u64,
-    pos: usize,
-    samples_seen: u64,
-    dropout_state: u64,
-    adam_steps: BTreeMap<String, u64>,
-    /// The interval's loss sums (bit patterns) and count.
-    #[serde(flatten)]
-    interval: IntervalState,
-    train_len: usize,
-}
 
 /// A training run (see the module docs).
 pub struct Trainer {

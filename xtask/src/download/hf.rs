@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::verify::{self, Checked, Expect};
@@ -121,6 +121,41 @@ pub struct HubFile {
     pub downloaded: bool,
 }
 
+/// `repo@revision` on the hub: names it in errors and requests.
+#[derive(Clone, Copy)]
+struct HubRepo<'a> {
+    repo: &'a str,
+    revision: &'a str,
+}
+
+impl HubRepo<'_> {
+    fn error(&self, file: &str, msg: String) -> DownloadError {
+        DownloadError::Hub {
+            repo: self.repo.to_string(),
+            revision: self.revision.to_string(),
+            file: file.to_string(),
+            msg,
+        }
+    }
+
+    fn offline_error(&self, file: &str, cache: &Path) -> DownloadError {
+        DownloadError::Offline {
+            repo: self.repo.to_string(),
+            revision: self.revision.to_string(),
+            file: file.to_string(),
+            cache: cache.to_path_buf(),
+        }
+    }
+
+    fn hf_hub_repo(&self) -> Repo {
+        Repo::with_revision(
+            self.repo.to_string(),
+            RepoType::Model,
+            self.revision.to_string(),
+        )
+    }
+}
+
 /// Gets every file of `repo@revision` (cache first), verifies all of them, then places them in
 /// `dir`. Files already in `dir` that match the registry's hash (or, unpinned, the hash in
 /// `dir/.verified`) are kept. `force` re-downloads into the cache, bypassing it.
@@ -132,123 +167,159 @@ pub fn fetch_hf(
     dir: &Path,
     force: bool,
 ) -> Result<Vec<HubFile>, DownloadError> {
-    let hub_err = |file: &str, msg: String| DownloadError::Hub {
-        repo: repo.to_string(),
-        revision: revision.to_string(),
-        file: file.to_string(),
-        msg,
-    };
+    let hub = HubRepo { repo, revision };
     let marker = verify::read_marker(dir);
     let mut api = None;
     let mut got = Vec::new();
     for f in files {
-        let expect = Expect {
-            sha256: f.sha256.as_deref(),
-            prefix: None,
-            size: f.size,
-        };
-        // Already placed and still matching: keep it.
-        let placed = dir.join(&f.name);
-        if !force && placed.is_file() {
-            let (sha, size) = verify::sha256_file(&placed)?;
-            let known = f
-                .sha256
-                .as_deref()
-                .or(marker.get(&f.name).map(String::as_str));
-            if known == Some(sha.as_str()) && f.size.is_none_or(|s| s == size) {
-                got.push(HubFile {
-                    name: f.name.clone(),
-                    cached: placed,
-                    sha256: sha,
-                    size,
-                    checked: if f.sha256.is_some() {
-                        Checked::Full
-                    } else {
-                        Checked::Unpinned
-                    },
-                    downloaded: false,
-                });
+        if !force {
+            if let Some(kept) = already_placed(dir, f, &marker)? {
+                got.push(kept);
                 continue;
             }
         }
-        let hit = if force && !opts.offline {
-            None
-        } else {
-            cached(&opts.cache_dir, repo, revision, &f.name)
-        };
-        let (path, downloaded) = match hit {
-            Some(p) => (p, false),
-            None if opts.offline => {
-                return Err(DownloadError::Offline {
-                    repo: repo.to_string(),
-                    revision: revision.to_string(),
-                    file: f.name.clone(),
-                    cache: opts.cache_dir.clone(),
-                })
-            }
-            None => {
-                let client = match api.take() {
-                    Some(a) => a,
-                    None => {
-                        let mut b = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-                            .with_progress(opts.progress)
-                            .with_retries(3);
-                        if let Some(e) = &opts.endpoint {
-                            b = b.with_endpoint(e.clone());
-                        }
-                        if let Some(t) = &opts.token {
-                            b = b.with_token(Some(t.clone()));
-                        }
-                        b.build().map_err(|e| hub_err(&f.name, e.to_string()))?
-                    }
-                };
-                let r = client.repo(Repo::with_revision(
-                    repo.to_string(),
-                    RepoType::Model,
-                    revision.to_string(),
-                ));
-                // hf-hub 0.4 asserts and unwraps on some malformed server answers (a
-                // redirect without Location, ...): turn such a panic into an error too.
-                let p =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.download(&f.name)))
-                        .map_err(|_| hub_err(&f.name, "hf-hub panicked (see above)".into()))?
-                        .map_err(|e| hub_err(&f.name, e.to_string()))?;
-                api = Some(client);
-                (p, true)
-            }
-        };
-        let (sha, size) = verify::sha256_file(&path)?;
-        let checked = expect.check(
-            &path.display().to_string(),
-            &sha,
-            size,
-            "nothing was placed; the cached copy is stale or corrupt: run again with --force \
-             to fetch it anew",
-        )?;
-        got.push(HubFile {
-            name: f.name.clone(),
-            cached: path,
-            sha256: sha,
-            size,
-            checked,
-            downloaded,
-        });
+        let (path, downloaded) = locate(opts, hub, &f.name, force, &mut api)?;
+        got.push(verified(f, path, downloaded)?);
     }
+    place_all(dir, &got, marker)?;
+    Ok(got)
+}
 
+/// `dir/FILE` when it is there and matches the registry's hash (or, unpinned, the hash the
+/// `marker` recorded).
+fn already_placed(
+    dir: &Path,
+    f: &HfFile,
+    marker: &BTreeMap<String, String>,
+) -> Result<Option<HubFile>, DownloadError> {
+    let placed = dir.join(&f.name);
+    if !placed.is_file() {
+        return Ok(None);
+    }
+    let (sha, size) = verify::sha256_file(&placed)?;
+    let known = f
+        .sha256
+        .as_deref()
+        .or(marker.get(&f.name).map(String::as_str));
+    let still_matching = known == Some(sha.as_str()) && f.size.is_none_or(|s| s == size);
+    if !still_matching {
+        return Ok(None);
+    }
+    Ok(Some(HubFile {
+        name: f.name.clone(),
+        cached: placed,
+        sha256: sha,
+        size,
+        checked: if f.sha256.is_some() {
+            Checked::Full
+        } else {
+            Checked::Unpinned
+        },
+        downloaded: false,
+    }))
+}
+
+/// The cache path of `file` and whether it was downloaded now: from the cache unless `force`
+/// (and online), else through `api` (built on first use), unless offline.
+fn locate(
+    opts: &HubOptions,
+    hub: HubRepo<'_>,
+    file: &str,
+    force: bool,
+    api: &mut Option<Api>,
+) -> Result<(PathBuf, bool), DownloadError> {
+    let hit = if force && !opts.offline {
+        None
+    } else {
+        cached(&opts.cache_dir, hub.repo, hub.revision, file)
+    };
+    match hit {
+        Some(p) => Ok((p, false)),
+        None if opts.offline => Err(hub.offline_error(file, &opts.cache_dir)),
+        None => Ok((download(opts, hub, file, api)?, true)),
+    }
+}
+
+/// hf-hub's client for `opts` (endpoint, token, progress bars, 3 retries).
+fn build_api(opts: &HubOptions) -> Result<Api, hf_hub::api::sync::ApiError> {
+    let mut b = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+        .with_progress(opts.progress)
+        .with_retries(3);
+    if let Some(e) = &opts.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    if let Some(t) = &opts.token {
+        b = b.with_token(Some(t.clone()));
+    }
+    b.build()
+}
+
+/// Downloads `file` into the cache with `api` (built on first use) and returns its path.
+fn download(
+    opts: &HubOptions,
+    hub: HubRepo<'_>,
+    file: &str,
+    api: &mut Option<Api>,
+) -> Result<PathBuf, DownloadError> {
+    let client = match api.take() {
+        Some(a) => a,
+        None => build_api(opts).map_err(|e| hub.error(file, e.to_string()))?,
+    };
+    let r = client.repo(hub.hf_hub_repo());
+    // hf-hub 0.4 asserts and unwraps on some malformed server answers (a redirect without
+    // Location, ...): turn such a panic into an error too.
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.download(file)))
+        .map_err(|_| hub.error(file, "hf-hub panicked (see above)".into()))?
+        .map_err(|e| hub.error(file, e.to_string()))?;
+    *api = Some(client);
+    Ok(p)
+}
+
+/// Hashes the cached copy of `f` at `path` and checks it against the registry.
+fn verified(f: &HfFile, path: PathBuf, downloaded: bool) -> Result<HubFile, DownloadError> {
+    let expect = Expect {
+        sha256: f.sha256.as_deref(),
+        prefix: None,
+        size: f.size,
+    };
+    let (sha, size) = verify::sha256_file(&path)?;
+    let checked = expect.check(
+        &path.display().to_string(),
+        &sha,
+        size,
+        "nothing was placed; the cached copy is stale or corrupt: run again with --force \
+         to fetch it anew",
+    )?;
+    Ok(HubFile {
+        name: f.name.clone(),
+        cached: path,
+        sha256: sha,
+        size,
+        checked,
+        downloaded,
+    })
+}
+
+/// Places every verified file in `dir` (those not already there) and records their hashes in
+/// `dir/.verified`, over the `marker` read before.
+fn place_all(
+    dir: &Path,
+    got: &[HubFile],
+    marker: BTreeMap<String, String>,
+) -> Result<(), DownloadError> {
     std::fs::create_dir_all(dir).map_err(DownloadError::io(dir))?;
-    for f in &got {
+    for f in got {
         let dst = dir.join(&f.name);
         if f.cached == dst {
             continue;
         }
         place(&f.cached, &dst)?;
     }
-    let mut m: BTreeMap<String, String> = marker;
-    for f in &got {
+    let mut m = marker;
+    for f in got {
         m.insert(f.name.clone(), f.sha256.clone());
     }
-    verify::write_marker(dir, &m)?;
-    Ok(got)
+    verify::write_marker(dir, &m)
 }
 
 /// Hard-links (or copies) `src` to a temporary name next to `dst`, then renames it.

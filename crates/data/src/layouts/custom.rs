@@ -152,94 +152,12 @@ impl CustomDataset {
     /// Errors: as [`CustomDataset::new`], plus a missing or unreadable list file.
     pub fn with_config(root: impl AsRef<Path>, cfg: &CustomConfig) -> Result<Self> {
         let root = root.as_ref();
-        let n = cfg.classes.len();
-        if n == 0 || n > 255 {
-            return Err(Error::InvalidArgument(format!(
-                "a dataset needs 1..=255 classes, got {n}"
-            )));
-        }
-        if (cfg.ignore_index as usize) < n {
-            return Err(Error::InvalidArgument(format!(
-                "ignore index {} is a class index (there are {n} classes)",
-                cfg.ignore_index
-            )));
-        }
-        let palette = if cfg.palette.is_empty() {
-            crate::palette::voc_palette(n)
-        } else if cfg.palette.len() == n {
-            cfg.palette.clone()
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "{n} classes but {} palette colours",
-                cfg.palette.len()
-            )));
-        };
-        if let Some(&t) = cfg.thing_classes.iter().find(|&&t| t as usize >= n) {
-            return Err(Error::InvalidArgument(format!(
-                "thing class {t} is not a class index (there are {n} classes)"
-            )));
-        }
-        if cfg.instance_dir.is_some() && cfg.ann_dir.is_none() {
-            return Err(Error::InvalidArgument(
-                "instance ids need label maps (ann_dir): an instance's class is its pixels' label"
-                    .into(),
-            ));
-        }
-        require_dir(root, "dataset root")?;
-        let img_dir = root.join(&cfg.img_dir);
-        require_dir(&img_dir, "image folder")?;
-        let ann_dir = cfg.ann_dir.as_ref().map(|d| root.join(d));
-        if let Some(d) = &ann_dir {
-            require_dir(d, "annotation folder")?;
-        }
-        let inst_dir = cfg.instance_dir.as_ref().map(|d| root.join(d));
-        if let Some(d) = &inst_dir {
-            require_dir(d, "instance-id folder")?;
-        }
-        let names: Vec<String> = match &cfg.list_file {
-            Some(list) => read_list(&root.join(list))?,
-            None => {
-                let files = list_files(&img_dir, &cfg.img_suffix)?;
-                files
-                    .into_iter()
-                    .map(|f| f[..f.len() - cfg.img_suffix.len()].to_string())
-                    .collect()
-            }
-        };
-        if names.is_empty() {
-            let what = match &cfg.list_file {
-                Some(list) => root.join(list),
-                None => img_dir.clone(),
-            };
-            return Err(bad_file(
-                &what,
-                format!("lists no images (suffix {:?})", cfg.img_suffix),
-            ));
-        }
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let image = join(&img_dir, &format!("{name}{}", cfg.img_suffix));
-            if cfg.list_file.is_some() {
-                require_file(&image, "listed image")?;
-            }
-            let seg = match &ann_dir {
-                Some(d) => {
-                    let p = join(d, &format!("{name}{}", cfg.seg_map_suffix));
-                    require_file(&p, &format!("annotation of image {}", image.display()))?;
-                    Some(p)
-                }
-                None => None,
-            };
-            let inst = match &inst_dir {
-                Some(d) => {
-                    let p = join(d, &format!("{name}{}", cfg.instance_suffix));
-                    require_file(&p, &format!("instance-id map of image {}", image.display()))?;
-                    Some(p)
-                }
-                None => None,
-            };
-            entries.push(Entry { image, seg, inst });
-        }
+        let palette = cfg.checked_palette()?;
+        let folders = Folders::resolve(root, cfg)?;
+        let entries = list_names(root, cfg, &folders.img)?
+            .iter()
+            .map(|name| folders.entry(cfg, name))
+            .collect::<Result<Vec<_>>>()?;
         Ok(CustomDataset {
             entries,
             info: DatasetInfo {
@@ -346,6 +264,126 @@ impl CustomDataset {
         }
         Ok(())
     }
+}
+
+impl CustomConfig {
+    /// Checks the class settings (class count, ignore index, palette length, thing classes,
+    /// instances without label maps) and returns the palette: `palette`, or the VOC palette
+    /// when it is empty.
+    fn checked_palette(&self) -> Result<Vec<[u8; 3]>> {
+        let n = self.classes.len();
+        if n == 0 || n > 255 {
+            return Err(Error::InvalidArgument(format!(
+                "a dataset needs 1..=255 classes, got {n}"
+            )));
+        }
+        if (self.ignore_index as usize) < n {
+            return Err(Error::InvalidArgument(format!(
+                "ignore index {} is a class index (there are {n} classes)",
+                self.ignore_index
+            )));
+        }
+        let palette = if self.palette.is_empty() {
+            crate::palette::voc_palette(n)
+        } else if self.palette.len() == n {
+            self.palette.clone()
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "{n} classes but {} palette colours",
+                self.palette.len()
+            )));
+        };
+        if let Some(&t) = self.thing_classes.iter().find(|&&t| t as usize >= n) {
+            return Err(Error::InvalidArgument(format!(
+                "thing class {t} is not a class index (there are {n} classes)"
+            )));
+        }
+        if self.instance_dir.is_some() && self.ann_dir.is_none() {
+            return Err(Error::InvalidArgument(
+                "instance ids need label maps (ann_dir): an instance's class is its pixels' label"
+                    .into(),
+            ));
+        }
+        Ok(palette)
+    }
+}
+
+/// The folders of a [`CustomConfig`] under its root, each checked to exist.
+struct Folders {
+    img: PathBuf,
+    ann: Option<PathBuf>,
+    inst: Option<PathBuf>,
+}
+
+impl Folders {
+    /// Joins `cfg`'s folders to `root` and checks that the root and each folder exist.
+    fn resolve(root: &Path, cfg: &CustomConfig) -> Result<Self> {
+        require_dir(root, "dataset root")?;
+        let img = root.join(&cfg.img_dir);
+        require_dir(&img, "image folder")?;
+        let ann = cfg.ann_dir.as_ref().map(|d| root.join(d));
+        if let Some(d) = &ann {
+            require_dir(d, "annotation folder")?;
+        }
+        let inst = cfg.instance_dir.as_ref().map(|d| root.join(d));
+        if let Some(d) = &inst {
+            require_dir(d, "instance-id folder")?;
+        }
+        Ok(Folders { img, ann, inst })
+    }
+
+    /// The sample `name`: its image (required to exist when listed by a list file) and its
+    /// label map and instance-id map, each required to exist when the config has its folder.
+    fn entry(&self, cfg: &CustomConfig, name: &str) -> Result<Entry> {
+        let image = join(&self.img, &format!("{name}{}", cfg.img_suffix));
+        if cfg.list_file.is_some() {
+            require_file(&image, "listed image")?;
+        }
+        let seg = match &self.ann {
+            Some(d) => {
+                let p = join(d, &format!("{name}{}", cfg.seg_map_suffix));
+                require_file(&p, &format!("annotation of image {}", image.display()))?;
+                Some(p)
+            }
+            None => None,
+        };
+        let inst = match &self.inst {
+            Some(d) => {
+                let p = join(d, &format!("{name}{}", cfg.instance_suffix));
+                require_file(&p, &format!("instance-id map of image {}", image.display()))?;
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(Entry { image, seg, inst })
+    }
+}
+
+/// The sample names (image paths relative to `img_dir`, without `img_suffix`): the lines of
+/// the list file, or every file under `img_dir` ending in `img_suffix`. Fails when there are
+/// none.
+fn list_names(root: &Path, cfg: &CustomConfig, img_dir: &Path) -> Result<Vec<String>> {
+    let names: Vec<String> = match &cfg.list_file {
+        Some(list) => read_list(&root.join(list))?,
+        None => {
+            let files = list_files(img_dir, &cfg.img_suffix)?;
+            files
+                .into_iter()
+                .map(|f| f[..f.len() - cfg.img_suffix.len()].to_string())
+                .collect()
+        }
+    };
+    if names.is_empty() {
+        let what = match &cfg.list_file {
+            Some(list) => root.join(list),
+            None => img_dir.to_path_buf(),
+        };
+        return Err(bad_file(
+            &what,
+            format!("lists no images (suffix {:?})", cfg.img_suffix),
+        ));
+    }
+    Ok(names)
 }
 
 /// The non-empty, trimmed lines of a list file.

@@ -20,10 +20,14 @@
 //! Ground-truth `area` defaults to the mask area (COCO files carry their own, e.g. the
 //! polygon area, which may be passed in).
 
+mod accumulate;
+mod matching;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::rle::Rle;
 use crate::{Error, Result};
+use accumulate::{accumulate, summarize, Shape};
 
 /// `np.linspace(start, stop, num)` (numpy 2's arithmetic: `i * step + start`, last = stop).
 pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
@@ -218,16 +222,6 @@ pub struct CocoEvaluator {
     dts: Vec<Detection>,
 }
 
-/// Per (image, category, area range) result of `evaluateImg`.
-struct EvalImg {
-    dt_scores: Vec<f64>,
-    /// `[T][D]`: matched (to a gt) or not.
-    dt_matched: Vec<Vec<bool>>,
-    /// `[T][D]`.
-    dt_ignore: Vec<Vec<bool>>,
-    gt_ignore: Vec<bool>,
-}
-
 impl CocoEvaluator {
     /// An evaluator over the given category ids, with [`CocoParams::segm`].
     pub fn new(category_ids: &[u64]) -> Self {
@@ -324,207 +318,26 @@ impl CocoEvaluator {
         let p = &self.params;
         let mut max_dets = p.max_dets.clone();
         max_dets.sort_unstable();
-        let max_det = max_dets[2];
         let cats: Vec<Option<u64>> = if p.use_cats {
             self.categories.iter().map(|&c| Some(c)).collect()
         } else {
             vec![None]
         };
-        let img_ids: Vec<u64> = self.images.keys().copied().collect();
-
-        // _prepare: group by (image, category) in insertion order
-        let mut gts: BTreeMap<(u64, u64), Vec<&GroundTruth>> = BTreeMap::new();
-        for g in self
-            .gts
-            .iter()
-            .filter(|g| self.categories.contains(&g.category_id))
-        {
-            gts.entry((g.image_id, g.category_id)).or_default().push(g);
-        }
-        let mut dts: BTreeMap<(u64, u64), Vec<&Detection>> = BTreeMap::new();
-        for d in self
-            .dts
-            .iter()
-            .filter(|d| self.categories.contains(&d.category_id))
-        {
-            dts.entry((d.image_id, d.category_id)).or_default().push(d);
-        }
-        let collect = |img: u64, cat: Option<u64>| -> (Vec<&GroundTruth>, Vec<&Detection>) {
-            let keys: Vec<u64> = match cat {
-                Some(c) => vec![c],
-                None => self.categories.iter().copied().collect(),
-            };
-            let mut g = Vec::new();
-            let mut d = Vec::new();
-            for c in keys {
-                g.extend(gts.get(&(img, c)).into_iter().flatten().copied());
-                d.extend(dts.get(&(img, c)).into_iter().flatten().copied());
-            }
-            (g, d)
+        let eval_imgs = self.evaluate_images(&cats, max_dets[2])?;
+        let shape = Shape {
+            t: p.iou_thrs.len(),
+            r: p.rec_thrs.len(),
+            k: cats.len(),
+            a: p.area_rng.len(),
+            m: max_dets.len(),
         };
-
-        let t_n = p.iou_thrs.len();
-        let a_n = p.area_rng.len();
-        let i_n = img_ids.len();
-        // evalImgs[k][a][i]
-        let mut eval_imgs: Vec<Option<EvalImg>> = Vec::with_capacity(cats.len() * a_n * i_n);
-        for &cat in &cats {
-            // computeIoU once per image
-            let mut per_img = Vec::with_capacity(i_n);
-            for &img in &img_ids {
-                let (g, mut d) = collect(img, cat);
-                d.sort_by(|a, b| desc(a.score, b.score)); // stable mergesort of -score
-                d.truncate(max_det);
-                let ious = if g.is_empty() || d.is_empty() {
-                    Vec::new()
-                } else {
-                    let dm: Vec<&Rle> = d.iter().map(|x| &x.mask).collect();
-                    let gm: Vec<&Rle> = g.iter().map(|x| &x.mask).collect();
-                    let crowd: Vec<bool> = g.iter().map(|x| x.iscrowd).collect();
-                    crate::rle::iou_refs(&dm, &gm, &crowd)?
-                };
-                per_img.push((g, d, ious));
-            }
-            for rng in &p.area_rng {
-                for (g, d, ious) in &per_img {
-                    eval_imgs.push(evaluate_img(g, d, ious, *rng, &p.iou_thrs));
-                }
-            }
-        }
-        debug_assert_eq!(eval_imgs.len(), cats.len() * a_n * i_n);
-
-        // accumulate
-        let r_n = p.rec_thrs.len();
-        let k_n = cats.len();
-        let m_n = max_dets.len();
-        let mut precision = vec![-1.0; t_n * r_n * k_n * a_n * m_n];
-        let mut recall = vec![-1.0; t_n * k_n * a_n * m_n];
-        for k in 0..k_n {
-            for a in 0..a_n {
-                for (m, &md) in max_dets.iter().enumerate() {
-                    let es: Vec<&EvalImg> = (0..i_n)
-                        .filter_map(|i| eval_imgs[(k * a_n + a) * i_n + i].as_ref())
-                        .collect();
-                    if es.is_empty() {
-                        continue;
-                    }
-                    // (score, image index in es, detection index)
-                    let mut order: Vec<(f64, usize, usize)> = Vec::new();
-                    for (ei, e) in es.iter().enumerate() {
-                        for (di, &s) in e.dt_scores.iter().take(md).enumerate() {
-                            order.push((s, ei, di));
-                        }
-                    }
-                    order.sort_by(|x, y| desc(x.0, y.0)); // stable mergesort of -score
-                    let npig = es
-                        .iter()
-                        .flat_map(|e| e.gt_ignore.iter())
-                        .filter(|&&ig| !ig)
-                        .count();
-                    if npig == 0 {
-                        continue;
-                    }
-                    let nd = order.len();
-                    for t in 0..t_n {
-                        let mut rc = Vec::with_capacity(nd);
-                        let mut pr = Vec::with_capacity(nd);
-                        let (mut tp, mut fp) = (0u64, 0u64);
-                        for &(_, ei, di) in &order {
-                            let matched = es[ei].dt_matched[t][di];
-                            let ignored = es[ei].dt_ignore[t][di];
-                            if matched && !ignored {
-                                tp += 1;
-                            }
-                            if !matched && !ignored {
-                                fp += 1;
-                            }
-                            let (tpf, fpf) = (tp as f64, fp as f64);
-                            rc.push(tpf / npig as f64);
-                            pr.push(tpf / (fpf + tpf + f64::EPSILON));
-                        }
-                        let ri = ((t * k_n + k) * a_n + a) * m_n + m;
-                        recall[ri] = rc.last().copied().unwrap_or(0.0);
-                        for i in (1..nd).rev() {
-                            if pr[i] > pr[i - 1] {
-                                pr[i - 1] = pr[i];
-                            }
-                        }
-                        for (r, &thr) in p.rec_thrs.iter().enumerate() {
-                            // np.searchsorted(rc, thr, side='left')
-                            let pi = rc.partition_point(|&x| x < thr);
-                            let v = if pi < nd { pr[pi] } else { 0.0 };
-                            precision[(((t * r_n + r) * k_n + k) * a_n + a) * m_n + m] = v;
-                        }
-                    }
-                }
-            }
-        }
-
-        // summarize
-        let summ = |ap: bool, iou_thr: Option<f64>, area: &str, md: usize| -> f64 {
-            let aind: Vec<usize> = p
-                .area_rng_lbl
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| *l == area)
-                .map(|(i, _)| i)
-                .collect();
-            let mind: Vec<usize> = max_dets
-                .iter()
-                .enumerate()
-                .filter(|(_, &x)| x == md)
-                .map(|(i, _)| i)
-                .collect();
-            let tind: Vec<usize> = match iou_thr {
-                None => (0..t_n).collect(),
-                Some(thr) => (0..t_n).filter(|&t| p.iou_thrs[t] == thr).collect(),
-            };
-            let mut v = Vec::new();
-            for &t in &tind {
-                if ap {
-                    for r in 0..r_n {
-                        for k in 0..k_n {
-                            for &a in &aind {
-                                for &m in &mind {
-                                    v.push(
-                                        precision[(((t * r_n + r) * k_n + k) * a_n + a) * m_n + m],
-                                    );
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    for k in 0..k_n {
-                        for &a in &aind {
-                            for &m in &mind {
-                                v.push(recall[((t * k_n + k) * a_n + a) * m_n + m]);
-                            }
-                        }
-                    }
-                }
-            }
-            mean_valid(&v)
-        };
-        let (m0, m1, m2) = (max_dets[0], max_dets[1], max_dets[2]);
-        let stats = [
-            summ(true, None, "all", m2),
-            summ(true, Some(0.5), "all", m2),
-            summ(true, Some(0.75), "all", m2),
-            summ(true, None, "small", m2),
-            summ(true, None, "medium", m2),
-            summ(true, None, "large", m2),
-            summ(false, None, "all", m0),
-            summ(false, None, "all", m1),
-            summ(false, None, "all", m2),
-            summ(false, None, "small", m2),
-            summ(false, None, "medium", m2),
-            summ(false, None, "large", m2),
-        ];
+        let acc = accumulate(&eval_imgs, shape, self.images.len(), &max_dets, &p.rec_thrs);
+        let stats = summarize(p, &max_dets, &acc);
         Ok(CocoEvalResult {
             stats,
-            precision,
-            recall,
-            counts: [t_n, r_n, k_n, a_n, m_n],
+            precision: acc.precision,
+            recall: acc.recall,
+            counts: shape.counts(),
             category_ids: if p.use_cats {
                 self.categories.iter().copied().collect()
             } else {
@@ -532,79 +345,6 @@ impl CocoEvaluator {
             },
         })
     }
-}
-
-/// `COCOeval.evaluateImg` for one image, category and area range. `d` is sorted by score
-/// and cut at max_det already; `ious[d][g]` in the original gt order.
-fn evaluate_img(
-    g: &[&GroundTruth],
-    d: &[&Detection],
-    ious: &[Vec<f64>],
-    rng: [f64; 2],
-    iou_thrs: &[f64],
-) -> Option<EvalImg> {
-    if g.is_empty() && d.is_empty() {
-        return None;
-    }
-    let out_of = |area: f64| area < rng[0] || area > rng[1];
-    let g_ignore_raw: Vec<bool> = g
-        .iter()
-        .map(|x| x.iscrowd || out_of(x.area.unwrap_or(x.mask.area() as f64)))
-        .collect();
-    // gt sorted by ignore flag (stable)
-    let mut gtind: Vec<usize> = (0..g.len()).collect();
-    gtind.sort_by_key(|&i| g_ignore_raw[i]);
-    let gt_ig: Vec<bool> = gtind.iter().map(|&i| g_ignore_raw[i]).collect();
-    let crowd: Vec<bool> = gtind.iter().map(|&i| g[i].iscrowd).collect();
-    let t_n = iou_thrs.len();
-    let (gn, dn) = (g.len(), d.len());
-    let mut gtm = vec![vec![false; gn]; t_n];
-    let mut dtm = vec![vec![false; dn]; t_n];
-    let mut dt_ig = vec![vec![false; dn]; t_n];
-    if !ious.is_empty() {
-        for (ti, &t) in iou_thrs.iter().enumerate() {
-            for di in 0..dn {
-                let mut iou = t.min(1.0 - 1e-10);
-                let mut m: Option<usize> = None;
-                for gi in 0..gn {
-                    if gtm[ti][gi] && !crowd[gi] {
-                        continue;
-                    }
-                    if let Some(mi) = m {
-                        if !gt_ig[mi] && gt_ig[gi] {
-                            break;
-                        }
-                    }
-                    let v = ious[di][gtind[gi]];
-                    if v < iou {
-                        continue;
-                    }
-                    iou = v;
-                    m = Some(gi);
-                }
-                if let Some(mi) = m {
-                    dt_ig[ti][di] = gt_ig[mi];
-                    dtm[ti][di] = true;
-                    gtm[ti][mi] = true;
-                }
-            }
-        }
-    }
-    for di in 0..dn {
-        if out_of(d[di].mask.area() as f64) {
-            for ti in 0..t_n {
-                if !dtm[ti][di] {
-                    dt_ig[ti][di] = true;
-                }
-            }
-        }
-    }
-    Some(EvalImg {
-        dt_scores: d.iter().map(|x| x.score).collect(),
-        dt_matched: dtm,
-        dt_ignore: dt_ig,
-        gt_ignore: gt_ig,
-    })
 }
 
 #[cfg(test)]

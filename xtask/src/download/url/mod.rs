@@ -6,15 +6,15 @@
 //! partial file are hashed first); only when it matches the registry is the partial file
 //! renamed to `DIR/FILE`. On a mismatch the partial file is deleted and nothing is left.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
-
 use super::verify::{self, Checked, Expect};
 use super::DownloadError;
+
+mod transfer;
+
+use transfer::Partial;
 
 /// What to download and how to check it.
 #[derive(Debug, Clone, Copy)]
@@ -53,41 +53,6 @@ pub fn agent() -> ureq::Agent {
         .try_proxy_from_env(true)
         .user_agent(concat!("segkit-xtask/", env!("CARGO_PKG_VERSION")))
         .build()
-}
-
-fn bar(total: Option<u64>, start: u64, label: &str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = match total {
-        Some(t) => {
-            let pb = ProgressBar::new(t);
-            if let Ok(s) = ProgressStyle::with_template(
-                "{msg} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                pb.set_style(s.progress_chars("=> "));
-            }
-            pb
-        }
-        None => {
-            let pb = ProgressBar::new_spinner();
-            if let Ok(s) = ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}") {
-                pb.set_style(s);
-            }
-            pb
-        }
-    };
-    pb.set_message(label.to_string());
-    pb.set_position(start);
-    pb
-}
-
-/// `bytes START-END/TOTAL` -> (START, TOTAL).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
 /// Downloads (or resumes) `spec` into `dir`, verifies it and renames it into place.
@@ -137,170 +102,74 @@ fn fetch_into(
         verify::remove_file_if_exists(&partial)?;
     }
     if target.exists() {
-        let (sha, size) = verify::sha256_file(&target)?;
-        let checked = spec.expect.check(
-            &target.display().to_string(),
-            &sha,
-            size,
-            "the file was left in place; run again with --force to download it anew",
-        )?;
-        return Ok(Fetched {
-            path: target,
-            sha256: sha,
-            size,
-            checked,
-            transferred: 0,
-            resumed_from: 0,
-        });
+        return verify_existing(spec, target);
     }
-
-    let mut start = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-    if spec.expect.size.is_some_and(|s| start > s) {
-        verify::remove_file_if_exists(&partial)?;
-        start = 0;
-    }
-    let mut hasher = Sha256::new();
-    if start > 0 {
-        verify::hash_into(&partial, &mut hasher)?;
-    }
-    let mut resumed_from = start;
-    let mut transferred = 0u64;
-
-    let complete = spec.expect.size.is_some_and(|s| s == start && start > 0);
+    let mut partial = Partial::resume(spec, partial)?;
+    let complete = spec
+        .expect
+        .size
+        .is_some_and(|s| s == partial.start && partial.start > 0);
     if !complete {
-        // `identity`: a compressed body would break byte offsets (ureq leaves the header off
-        // by itself when a Range is set).
-        let req = if start > 0 {
-            agent.get(spec.url).set("Range", &format!("bytes={start}-"))
-        } else {
-            agent.get(spec.url).set("Accept-Encoding", "identity")
-        };
-        let resp = match req.call() {
-            Ok(r) => Some(r),
-            // 416: nothing after `start`, i.e. the partial file already holds everything.
-            Err(ureq::Error::Status(416, _)) if start > 0 => None,
-            Err(ureq::Error::Status(status, _)) => {
-                return Err(DownloadError::Http {
-                    url: spec.url.to_string(),
-                    status,
-                })
-            }
-            Err(e) => {
-                return Err(DownloadError::Network {
-                    url: spec.url.to_string(),
-                    msg: transport_msg(&e),
-                })
-            }
-        };
-        if let Some(resp) = resp {
-            // Opened only now, so a failed request leaves no empty partial file behind.
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&partial)
-                .map_err(DownloadError::io(&partial))?;
-            let length: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
-            let total = if resp.status() == 206 {
-                let cr = resp.header("Content-Range").unwrap_or("");
-                match parse_content_range(cr) {
-                    Some((s, total)) if s == start => total.or(length.map(|l| l + start)),
-                    _ => {
-                        drop(file);
-                        verify::remove_file_if_exists(&partial)?;
-                        return Err(DownloadError::BadResume {
-                            url: spec.url.to_string(),
-                            msg: format!("asked for bytes from {start}, got Content-Range `{cr}`"),
-                        });
-                    }
-                }
-            } else {
-                if start > 0 {
-                    eprintln!(
-                        "xtask: {} ignored the range request; downloading from the start",
-                        spec.url
-                    );
-                    file.set_len(0).map_err(DownloadError::io(&partial))?;
-                    file.seek(SeekFrom::Start(0))
-                        .map_err(DownloadError::io(&partial))?;
-                    hasher = Sha256::new();
-                    start = 0;
-                    resumed_from = 0;
-                }
-                length
-            };
-            let pb = bar(total, start, spec.file, progress);
-            let mut reader = resp.into_reader();
-            let mut buf = vec![0u8; 1 << 18];
-            loop {
-                let k = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        pb.abandon();
-                        file.flush().map_err(DownloadError::io(&partial))?;
-                        return Err(DownloadError::Interrupted {
-                            url: spec.url.to_string(),
-                            got: start + transferred,
-                            total,
-                            partial,
-                            msg: e.to_string(),
-                        });
-                    }
-                };
-                file.write_all(&buf[..k])
-                    .map_err(DownloadError::io(&partial))?;
-                hasher.update(&buf[..k]);
-                transferred += k as u64;
-                pb.inc(k as u64);
-            }
-            pb.finish_and_clear();
-            file.sync_all().map_err(DownloadError::io(&partial))?;
-            drop(file);
-            if let Some(t) = total {
-                if start + transferred < t {
-                    return Err(DownloadError::Interrupted {
-                        url: spec.url.to_string(),
-                        got: start + transferred,
-                        total,
-                        partial,
-                        msg: "end of stream".into(),
-                    });
-                }
-            }
+        if let Some(resp) = request(agent, spec.url, partial.start)? {
+            partial.receive(resp, spec, progress)?;
         }
     }
-    let size = std::fs::metadata(&partial)
-        .map_err(DownloadError::io(&partial))?
-        .len();
-    let sha = verify::hex(&hasher.finalize());
-    let checked = match spec.expect.check(
-        spec.url,
+    partial.verify_and_place(spec, target)
+}
+
+/// Verifies a file that is already in place (an error if it does not match).
+fn verify_existing(spec: &UrlFile<'_>, target: PathBuf) -> Result<Fetched, DownloadError> {
+    let (sha, size) = verify::sha256_file(&target)?;
+    let checked = spec.expect.check(
+        &target.display().to_string(),
         &sha,
         size,
-        "the download was deleted; nothing was kept",
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            verify::remove_file_if_exists(&partial)?;
-            return Err(e);
-        }
-    };
-    std::fs::rename(&partial, &target).map_err(DownloadError::io(&target))?;
+        "the file was left in place; run again with --force to download it anew",
+    )?;
     Ok(Fetched {
         path: target,
         sha256: sha,
         size,
         checked,
-        transferred,
-        resumed_from,
+        transferred: 0,
+        resumed_from: 0,
     })
+}
+
+/// Asks for the body from byte `start` on: `None` when the server answers 416 to a range
+/// request, i.e. the partial file already holds everything.
+fn request(
+    agent: &ureq::Agent,
+    url: &str,
+    start: u64,
+) -> Result<Option<ureq::Response>, DownloadError> {
+    // `identity`: a compressed body would break byte offsets (ureq leaves the header off by
+    // itself when a Range is set).
+    let req = if start > 0 {
+        agent.get(url).set("Range", &format!("bytes={start}-"))
+    } else {
+        agent.get(url).set("Accept-Encoding", "identity")
+    };
+    match req.call() {
+        Ok(r) => Ok(Some(r)),
+        Err(ureq::Error::Status(416, _)) if start > 0 => Ok(None),
+        Err(ureq::Error::Status(status, _)) => Err(DownloadError::Http {
+            url: url.to_string(),
+            status,
+        }),
+        Err(e) => Err(DownloadError::Network {
+            url: url.to_string(),
+            msg: transport_msg(&e),
+        }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::test_server::{Route, Server};
+    use super::transfer::parse_content_range;
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn body(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
