@@ -152,8 +152,10 @@ pub trait DecodeHead: Send + Sync {
     /// image or the label map (mmseg's `self.align_corners`).
     fn align_corners(&self) -> bool;
     /// Name and kind of every output [`DecodeHead::forward_t`] returns, [`HeadOutput::LOGITS`]
-    /// first.
-    fn outputs(&self) -> Vec<HeadOutputSpec>;
+    /// first. Default: only the logits (heads with more outputs, such as DANet's, override it).
+    fn outputs(&self) -> Vec<HeadOutputSpec> {
+        vec![HeadOutputSpec::logits()]
+    }
     /// The names of [`DecodeHead::outputs`].
     fn output_names(&self) -> Vec<String> {
         self.outputs().into_iter().map(|o| o.name).collect()

@@ -30,7 +30,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
 use segkit_core::ops;
-use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec};
+use segkit_core::{DecodeHead, FeatureSpec, HeadOutput};
 
 use crate::decode_head::{single_input_transform, ClsSeg, DecodeHeadConfig, HeadInputs, InIndex};
 use crate::{Error, Result};
@@ -161,11 +161,6 @@ impl DecodeHead for PspHead {
 
     fn align_corners(&self) -> bool {
         self.cfg.base.align_corners
-    }
-
-    /// Only the logits.
-    fn outputs(&self) -> Vec<HeadOutputSpec> {
-        vec![HeadOutputSpec::logits()]
     }
 
     fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<HeadOutput> {

@@ -180,18 +180,19 @@ mod tests {
         assert!((v[0] - (10.0 - 123.675) / 58.395).abs() < 1e-6);
     }
 
+    /// segkit-data's image errors (tested there) arrive as the models' `Error::BadImage`,
+    /// still naming the file.
     #[test]
-    fn bad_images_are_typed() {
-        assert!(matches!(
-            decode(b"not an image"),
-            Err(Error::BadImage { .. })
-        ));
+    fn image_errors_map_to_bad_image() {
         let e = open("/nonexistent/x.png").unwrap_err();
         assert!(
             matches!(&e, Error::BadImage { what, .. } if what.contains("x.png")),
             "{e}"
         );
-        assert!(e.to_string().contains("x.png"), "{e}");
+        assert!(matches!(
+            decode(b"not an image"),
+            Err(Error::BadImage { .. })
+        ));
         let empty = DynamicImage::new_rgb8(0, 4);
         assert!(matches!(to_rgb8(&empty), Err(Error::BadImage { .. })));
     }

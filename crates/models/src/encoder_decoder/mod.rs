@@ -197,29 +197,14 @@ impl EncoderDecoder {
         device: &Device,
     ) -> Result<Self> {
         let path = path.as_ref();
-        let sd = StateDict::load(path).map_err(|source| Error::Checkpoint {
-            model: cfg.name.clone(),
-            checkpoint: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let sd = StateDict::load(path).map_err(|e| Error::checkpoint(&cfg.name, path, e))?;
         Self::load(cfg, &sd, device, path)
     }
 
     fn load(cfg: &SegmentorConfig, sd: &StateDict, device: &Device, path: &Path) -> Result<Self> {
         cfg.validate()?;
-        checkpoint::load_model(sd, DType::F32, device, |vb| Self::new(cfg, vb)).map_err(|e| match e
-        {
-            Error::Core(
-                source @ (segkit_core::Error::MissingWeight { .. }
-                | segkit_core::Error::ShapeMismatch { .. }
-                | segkit_core::Error::UnexpectedWeights { .. }),
-            ) => Error::Checkpoint {
-                model: cfg.name.clone(),
-                checkpoint: path.to_path_buf(),
-                source: Box::new(source),
-            },
-            other => other,
-        })
+        checkpoint::load_model(sd, DType::F32, device, |vb| Self::new(cfg, vb))
+            .map_err(|e| e.in_checkpoint(&cfg.name, path))
     }
 
     /// The configuration.

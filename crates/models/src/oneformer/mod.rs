@@ -177,11 +177,7 @@ impl OneFormer {
     pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = OneFormerConfig::from_hf_dir(dir)?;
-        let mut sd = StateDict::load(dir).map_err(|source| Error::Checkpoint {
-            model: cfg.name.clone(),
-            checkpoint: dir.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let mut sd = StateDict::load(dir).map_err(|e| Error::checkpoint(&cfg.name, dir, e))?;
         if !cfg.is_training {
             // A checkpoint saved from a training run keeps the text mapper; transformers
             // ignores those weights when `is_training` is false, and so does segkit.
@@ -205,19 +201,8 @@ impl OneFormer {
     }
 
     fn load(cfg: &OneFormerConfig, sd: &StateDict, device: &Device, path: &Path) -> Result<Self> {
-        checkpoint::load_model(sd, DType::F32, device, |vb| Self::new(cfg, vb)).map_err(|e| match e
-        {
-            Error::Core(
-                source @ (segkit_core::Error::MissingWeight { .. }
-                | segkit_core::Error::ShapeMismatch { .. }
-                | segkit_core::Error::UnexpectedWeights { .. }),
-            ) => Error::Checkpoint {
-                model: cfg.name.clone(),
-                checkpoint: path.to_path_buf(),
-                source: Box::new(source),
-            },
-            other => other,
-        })
+        checkpoint::load_model(sd, DType::F32, device, |vb| Self::new(cfg, vb))
+            .map_err(|e| e.in_checkpoint(&cfg.name, path))
     }
 
     /// The configuration.
