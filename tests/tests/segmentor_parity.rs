@@ -478,37 +478,29 @@ fn safetensors_from_convert_loads_the_same_model() {
     assert_eq!(d, 0.0);
 }
 
+/// Every preset a registry entry names exists in segkit-models' one preset table, every mmseg
+/// URL carries mmseg's 8-hex hash prefix, and every mmseg preset has exactly one default
+/// checkpoint (read with segkit's one registry parser).
 #[test]
 fn weight_registry_names_real_presets() {
+    use segkit::segmenter::registry::{Registry, Source};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights/registry.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let reg = Registry::load(&path).unwrap_or_else(|e| panic!("registry: {e}"));
     let mut defaults: HashMap<String, usize> = HashMap::new();
-    let mut current = None;
-    for line in text.lines() {
-        let value = |l: &str| {
-            l.split_once('=')
-                .map(|(_, v)| v.trim().trim_matches('"').to_string())
-        };
-        if line.starts_with("preset =") {
-            let p = value(line).unwrap();
-            if p.starts_with("oneformer_") {
-                segkit::OneFormerConfig::preset(&p).unwrap_or_else(|e| panic!("registry: {e}"));
-            } else {
-                p.parse::<Preset>()
-                    .unwrap_or_else(|e| panic!("registry: {e}"));
+    for e in &reg.entries {
+        if let Some(p) = &e.preset {
+            segkit::preset(p).unwrap_or_else(|err| panic!("registry entry {}: {err}", e.name));
+            if e.default {
+                *defaults.entry(p.clone()).or_default() += 1;
             }
-            current = Some(p);
-        } else if line.starts_with("url =") {
-            let url = value(line).unwrap();
-            let prefix = url
-                .rsplit('-')
-                .next()
-                .unwrap()
-                .trim_end_matches(".pth")
-                .to_string();
+        }
+        if let Source::Url {
+            url, sha256_prefix, ..
+        } = &e.source
+        {
+            let prefix = url.rsplit('-').next().unwrap().trim_end_matches(".pth");
             assert_eq!(prefix.len(), 8, "{url}");
-        } else if line == "default = true" {
-            *defaults.entry(current.clone().unwrap()).or_default() += 1;
+            assert_eq!(sha256_prefix.as_deref(), Some(prefix), "{url}");
         }
     }
     for p in Preset::all() {

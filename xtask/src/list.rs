@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
+use segkit::segmenter::registry::{Entry, Registry, Source};
+
 use crate::download::verify::{self, MARKER};
-use crate::registry::{Entry, Registry, Source, REGISTRY};
+use crate::registry::{self, REGISTRY};
 
 /// Whether an entry is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,15 +59,14 @@ fn human(bytes: u64) -> String {
 
 /// What is in `weights/NAME/` for `entry`.
 pub fn status(entry: &Entry, weights: &Path) -> Status {
-    let dir = weights.join(&entry.name);
     if let Source::Embedded = entry.source {
-        let present = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-        return if present {
+        return if registry::has_entries(&registry::embedded_dir(entry, weights)) {
             Status::Embedded
         } else {
             Status::EmbeddedMissing
         };
     }
+    let dir = weights.join(&entry.name);
     let files = entry.file_names();
     let have = files.iter().filter(|f| dir.join(f).is_file()).count();
     if have == 0 {
@@ -141,12 +142,14 @@ fn size(entry: &Entry, weights: &Path) -> String {
     // Unknown to the registry: what is on disk, when it is all there.
     let dir = weights.join(&entry.name);
     let on_disk: Option<u64> = match entry.source {
-        Source::Embedded => std::fs::read_dir(&dir).ok().map(|d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        }),
+        Source::Embedded => std::fs::read_dir(registry::embedded_dir(entry, weights))
+            .ok()
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            }),
         _ => entry
             .file_names()
             .iter()
@@ -205,7 +208,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("unknown argument {a}; usage: cargo xtask list"));
     }
     let root = crate::root();
-    let reg = Registry::load(&root.join(REGISTRY)).map_err(|e| e.to_string())?;
+    let reg = registry::load(&root.join(REGISTRY)).map_err(|e| e.to_string())?;
     print!("{}", table(&reg, &root.join("weights")));
     println!(
         "\nHASH: sha256 = full hash pinned; prefix = only the 8 hex digits mmseg publishes \

@@ -21,7 +21,7 @@ use hf_hub::{Cache, Repo, RepoType};
 
 use super::verify::{self, Checked, Expect};
 use super::DownloadError;
-use crate::registry::HfFile;
+use segkit::segmenter::registry::HfFile;
 
 /// How to reach the hub.
 #[derive(Debug, Clone)]

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::DownloadError;
 
-use crate::registry::{Entry, Registry, Source, REGISTRY};
+use segkit::segmenter::registry::{bundled_dir, Entry, Source};
+
+use crate::registry::{self, REGISTRY};
 use verify::{Checked, Expect};
 
 const USAGE: &str = "usage: cargo xtask download NAME.. [--force] [--convert] \
@@ -117,16 +119,19 @@ pub fn fetch_entry(
                 .collect())
         }
         Source::Embedded => {
-            let present = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-            if present {
+            if registry::has_entries(&registry::embedded_dir(entry, weights)) {
                 Ok(Vec::new())
             } else {
+                // Where the repository commits it: the segkit package for the demo model.
+                let (dir, committed) = match bundled_dir(&entry.name) {
+                    Some(d) => (d.clone(), rel(&d, &crate::root()).into_owned()),
+                    None => (dir, format!("weights/{}", entry.name)),
+                };
                 Err(DownloadError::Embedded(format!(
                     "`{}` is committed with the repository, but {} is missing or empty; \
-                     restore it with `git checkout -- weights/{}`",
+                     restore it with `git checkout -- {committed}`",
                     entry.name,
                     dir.display(),
-                    entry.name
                 )))
             }
         }
@@ -261,11 +266,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let a = parse(args)?;
     let root = crate::root();
     let weights = root.join("weights");
-    let reg = Registry::load(&root.join(REGISTRY)).map_err(|e| e.to_string())?;
+    let reg = registry::load(&root.join(REGISTRY)).map_err(|e| e.to_string())?;
     let entries = a
         .names
         .iter()
-        .map(|n| reg.get(n))
+        .map(|n| registry::get(&reg, n))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let agent = url::agent();
@@ -280,9 +285,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         if let Source::Embedded = entry.source {
+            let dir = registry::embedded_dir(entry, &weights);
             println!(
-                "{}: embedded, present in weights/{} (nothing to download)",
-                entry.name, entry.name
+                "{}: embedded, present in {} (nothing to download)",
+                entry.name,
+                rel(&dir, &root)
             );
         }
         report(entry, &files, &root);
@@ -317,6 +324,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 mod tests {
     use super::test_server::{Route, Server};
     use super::*;
+    use segkit::segmenter::registry::Registry;
     use sha2::{Digest, Sha256};
 
     fn s(v: &[&str]) -> Vec<String> {

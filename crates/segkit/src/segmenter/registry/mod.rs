@@ -5,10 +5,18 @@
 //! time). The registry (`registry.toml` in those roots) says what each name is — an mmseg
 //! preset checkpoint, a Hugging Face OneFormer directory, or the committed demo model — and
 //! which names exist but are not downloaded yet.
+//!
+//! The registry file has one parser, [`Registry::parse`] (in [`file`](mod@file): sources,
+//! hashes, defaults, validation), used both here ([`list_models`], [`find_model`]) and by
+//! `cargo xtask list | download`, which add the download side (network, files on disk).
+
+pub mod file;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+pub use file::{Entry, HfFile, Registry, Source};
 
 use crate::{Error, Result};
 
@@ -46,6 +54,14 @@ pub fn weights_roots() -> Vec<PathBuf> {
     roots
 }
 
+/// Where segkit's sources keep an embedded model that this crate compiles in: `demo/` of
+/// the `segkit` package (`crates/segkit/demo/` in the workspace) for [`DEFAULT_MODEL`], `None`
+/// for any other name. The directory is there in a checkout and in the packaged crate; an
+/// installed binary does not need it ([`crate::Segmenter::load_embedded_default`]).
+pub fn bundled_dir(name: &str) -> Option<PathBuf> {
+    (name == DEFAULT_MODEL).then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("demo"))
+}
+
 /// A model name [`crate::Segmenter::load`] knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelEntry {
@@ -76,32 +92,19 @@ impl ModelEntry {
     /// What to do to get the files of a registered model that is not present.
     pub fn fetch_hint(&self) -> String {
         if self.embedded {
+            let home = bundled_dir(&self.name).map_or_else(
+                || format!("weights/{}/", self.name),
+                |d| d.display().to_string(),
+            );
             format!(
-                "it is committed with the repository in weights/{}/ (check out the whole \
+                "it is committed with the repository in {home} (check out the whole \
                  repository, or point ${WEIGHTS_ENV} at a directory containing {}/)",
-                self.name, self.name
+                self.name
             )
         } else {
             format!("run `cargo xtask download {}`", self.name)
         }
     }
-}
-
-#[derive(Deserialize)]
-struct RawRegistry {
-    #[serde(default)]
-    model: Vec<RawEntry>,
-}
-
-#[derive(Deserialize)]
-struct RawEntry {
-    name: Option<String>,
-    preset: Option<String>,
-    format: Option<String>,
-    description: Option<String>,
-    mmseg_config: Option<String>,
-    #[serde(default)]
-    embedded: bool,
 }
 
 /// `ROOT/NAME` when it is a directory holding at least one visible file.
@@ -119,25 +122,12 @@ fn present(roots: &[PathBuf], name: &str) -> Option<PathBuf> {
     roots.iter().find_map(|r| present_in(r, name))
 }
 
-fn read_registry(path: &Path) -> Result<Vec<RawEntry>> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        Error::Core(segkit_core::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    })?;
-    let raw: RawRegistry = toml::from_str(&text).map_err(|e| Error::BadModel {
-        path: path.to_path_buf(),
-        reason: format!("the registry does not parse: {}", e.message()),
-    })?;
-    Ok(raw.model)
-}
-
 /// Every model name known: the registries' entries (first registry wins on a name), then
 /// the directories under the weights roots that no registry lists, each with whether (and
 /// where) its files are present.
 ///
-/// Errors: a registry file that exists but cannot be read or parsed.
+/// Errors: a registry file that exists but cannot be read, or that [`Registry::parse`]
+/// rejects ([`Error::BadModel`] naming the file and the entry).
 pub fn list_models() -> Result<Vec<ModelEntry>> {
     let roots = weights_roots();
     let mut out: Vec<ModelEntry> = Vec::new();
@@ -146,19 +136,18 @@ pub fn list_models() -> Result<Vec<ModelEntry>> {
         if !reg.is_file() {
             continue;
         }
-        for e in read_registry(&reg)? {
-            let Some(name) = e.name else { continue };
-            if out.iter().any(|o| o.name == name) {
+        for e in Registry::load(&reg)?.entries {
+            if out.iter().any(|o| o.name == e.name) {
                 continue;
             }
             out.push(ModelEntry {
-                dir: present(&roots, &name),
-                name,
+                dir: present(&roots, &e.name),
+                embedded: e.is_embedded(),
+                name: e.name,
                 preset: e.preset,
                 format: e.format,
                 description: e.description,
                 mmseg_config: e.mmseg_config,
-                embedded: e.embedded,
                 registered: true,
             });
         }
@@ -239,40 +228,4 @@ pub(crate) fn entry_for_dir_name(name: &str) -> Option<ModelEntry> {
         .ok()?
         .into_iter()
         .find(|e| e.name == name || e.mmseg_config.as_deref() == Some(name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_paths() {
-        assert!(is_name("segkit-demo"));
-        assert!(is_name("pspnet_r50-d8_ade20k-512x512"));
-        assert!(!is_name("./segkit-demo"));
-        assert!(!is_name("crates/segkit/demo"));
-        assert!(!is_name(".."));
-        assert!(!is_name(""));
-    }
-
-    #[test]
-    fn the_committed_registry_lists_the_presets_and_the_demo() {
-        let all = list_models().unwrap();
-        let demo = all.iter().find(|e| e.name == DEFAULT_MODEL).unwrap();
-        assert!(demo.embedded && demo.registered);
-        let psp = all
-            .iter()
-            .find(|e| e.name == "pspnet_r50-d8_ade20k-512x512")
-            .unwrap();
-        assert_eq!(psp.preset.as_deref(), Some("pspnet_r50-d8_ade20k-512x512"));
-        let e = find_model("no-such-model").unwrap_err().to_string();
-        assert!(
-            e.contains("no-such-model") && e.contains("pspnet_r50-d8_ade20k-512x512"),
-            "{e}"
-        );
-        assert!(!e.contains('\n'));
-        // The mmseg config name is an alias.
-        let alias = find_model("pspnet_r50-d8_4xb4-160k_ade20k-512x512").unwrap();
-        assert_eq!(alias.name, "pspnet_r50-d8_ade20k-512x512");
-    }
 }
