@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synth  # noqa: E402
 import mmseg_stub  # noqa: E402,F401  (stubs mmcv.ops before importing mmseg)
+from gen_segmentors import configs_dir, to_bn  # noqa: E402  (shared mmseg config helpers)
 
 INPUT = (2, 3, 64, 64)
 NUM_CLASSES = 19
@@ -40,26 +41,6 @@ CASES = {
     "danet": "danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py",
     "encnet": "encnet/encnet_r50-d8_4xb2-80k_cityscapes-512x1024.py",
 }
-
-
-def configs_dir():
-    import mmseg
-
-    return os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs")
-
-
-def to_bn(cfg):
-    """SyncBN -> BN everywhere (same keys and math on one process)."""
-    if isinstance(cfg, dict):
-        for k, v in cfg.items():
-            if k == "norm_cfg" and isinstance(v, dict) and v.get("type") == "SyncBN":
-                cfg[k] = dict(v, type="BN")
-            else:
-                to_bn(v)
-    elif isinstance(cfg, (list, tuple)):
-        for v in cfg:
-            to_bn(v)
-    return cfg
 
 
 def shrink(model_cfg):
