@@ -16,7 +16,9 @@ use candle_nn::VarBuilder;
 use crate::ops::{self, Activation, Conv2dParams};
 use crate::{Error, Result};
 
+mod batch_norm;
 mod mlp;
+pub use batch_norm::BatchNormAct;
 pub use mlp::{Mlp, MlpKeys};
 
 /// Normalisation after a convolution.
