@@ -10,6 +10,8 @@
 //! - [`swin`]: Swin Transformer T / S / B / L (HF `SwinBackbone` or mmseg `SwinTransformer`
 //!   keys and numerics, stages 1..4 at strides 4 / 8 / 16 / 32), configured from an HF
 //!   `backbone_config` or an mmseg backbone dict.
+//! - [`wider_resnet`]: WideResNet38-A2 (pre-activation blocks, output stride 8), Gated-SCNN's
+//!   regular stream with the official key names (m1..m7).
 #![deny(missing_docs)]
 
 /// The README's usage example, compiled and run as a doctest.
@@ -19,9 +21,11 @@ pub struct ReadmeDoctests;
 
 pub mod resnet;
 pub mod swin;
+pub mod wider_resnet;
 
 pub use resnet::{KeyStyle, ResNet, ResNetConfig, ResNetOutput, Stem};
 pub use swin::{HiddenAct, Swin, SwinConfig, SwinKeyStyle, SwinOutput};
+pub use wider_resnet::{WideResNet, WideResNetConfig, WideResNetOutput};
 
 /// Errors of segkit-backbones.
 #[derive(Debug, thiserror::Error)]
