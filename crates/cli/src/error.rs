@@ -8,9 +8,6 @@ pub enum CliError {
     /// An error from segkit's libraries.
     #[error(transparent)]
     Core(#[from] segkit_core::Error),
-    /// A backbone error.
-    #[error(transparent)]
-    Backbone(#[from] segkit_backbones::Error),
     /// A model error (config, checkpoint that does not fit — naming the model, the file and
     /// the key —, image, device).
     #[error(transparent)]
@@ -27,6 +24,29 @@ pub enum CliError {
     #[error("bad config {}: {reason}", .path.display())]
     BadConfig {
         /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An output path that is one of the command's inputs: refused, nothing written.
+    #[error(
+        "refusing to write {}: it is the {role} {}; choose another output path",
+        .output.display(),
+        .input.display()
+    )]
+    WouldOverwrite {
+        /// The output path given.
+        output: PathBuf,
+        /// The input it would replace.
+        input: PathBuf,
+        /// Which input (`--weights`, `--input`, ...).
+        role: String,
+    },
+    /// An output path that cannot be written (its directory is missing or a file, or it is
+    /// a directory).
+    #[error("cannot write {}: {reason}", .path.display())]
+    Output {
+        /// The output path given.
         path: PathBuf,
         /// What is wrong.
         reason: String,

@@ -8,13 +8,18 @@
 //! Failure behaviour, in order:
 //! 1. everything that can be checked before any work is checked first — the alpha, the
 //!    device, every input (exists, is an image by its header; directories and globs
-//!    expanded), that no two inputs share a stem, that the output directory is (or can be
+//!    expanded; files an earlier run wrote — `STEM_*.png` listed in its `STEM.json` — are
+//!    skipped when a directory or glob finds them), that no two inputs share a stem, that
+//!    no output file is one of the inputs (`infer DIR --out DIR` with the user's own
+//!    `cat_color.png` next to `cat.png` is refused), that the output directory is (or can be
 //!    created as) a writable directory, the model (loaded once) and that it does the task —
 //!    and a failure there writes nothing (not even the output directory);
 //! 2. then images are processed in order; each image's four files are encoded in memory,
 //!    written as hidden temporary files in the output directory and renamed into place
 //!    together, so an image that fails (corrupt pixel data, a full disk) leaves none of its
-//!    files. The run stops at the first failing image with one line naming it and how many
+//!    files; a file it would have replaced (an earlier run's) is kept aside until all four
+//!    are in place and restored on failure, so no run deletes a file it did not create.
+//!    The run stops at the first failing image with one line naming it and how many
 //!    images were written before it, and exits non-zero; the earlier images' files stay.
 
 use std::collections::HashMap;
@@ -26,6 +31,8 @@ use segkit::segmenter::results::encode_image;
 use segkit::{Segmentation, Segmenter, Task};
 use serde::Serialize;
 
+use crate::infer_outputs::{check_no_input_overwritten, is_own_output, output_names};
+use crate::outputs::write_all_or_none;
 use crate::CliError;
 
 /// The segmentation task.
@@ -104,10 +111,16 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Files, directories and glob patterns -> image paths, in argument order, without repeats.
-fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>, String> {
+/// Files an earlier `segkit infer` wrote ([`is_own_output`]) that a directory or a glob
+/// finds are not inputs; they are counted in the second value. Files named on the command
+/// line are always inputs.
+fn expand_inputs(args: &[String]) -> Result<(Vec<PathBuf>, usize), String> {
     let mut out: Vec<PathBuf> = Vec::new();
-    let push = |p: PathBuf, out: &mut Vec<PathBuf>| {
-        if !out.contains(&p) {
+    let mut skipped = 0usize;
+    let mut push_found = |p: PathBuf, out: &mut Vec<PathBuf>| {
+        if is_own_output(&p) {
+            skipped += 1;
+        } else if !out.contains(&p) {
             out.push(p);
         }
     };
@@ -121,9 +134,11 @@ fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>, String> {
                      not searched: use a glob such as '{a}/**/*.png')"
                 ));
             }
-            found.into_iter().for_each(|f| push(f, &mut out));
+            found.into_iter().for_each(|f| push_found(f, &mut out));
         } else if p.exists() {
-            push(p.to_path_buf(), &mut out);
+            if !out.iter().any(|o| o == p) {
+                out.push(p.to_path_buf());
+            }
         } else if a.contains(['*', '?', '[']) {
             let paths = glob::glob(a).map_err(|e| format!("bad glob pattern `{a}`: {e}"))?;
             let mut any = false;
@@ -132,11 +147,11 @@ fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>, String> {
                 if path.is_dir() {
                     for f in images_in(&path)? {
                         any = true;
-                        push(f, &mut out);
+                        push_found(f, &mut out);
                     }
                 } else {
                     any = true;
-                    push(path, &mut out);
+                    push_found(path, &mut out);
                 }
             }
             if !any {
@@ -146,7 +161,13 @@ fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>, String> {
             return Err(format!("input {a} does not exist"));
         }
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err(format!(
+            "no inputs left: the {skipped} image(s) found were written by an earlier `segkit \
+             infer` (name such a file explicitly to segment it)"
+        ));
+    }
+    Ok((out, skipped))
 }
 
 fn stem(p: &Path) -> String {
@@ -244,42 +265,6 @@ fn check_out_dir(out: &Path) -> Result<(), String> {
     probe_writable(ancestor, out)
 }
 
-fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Writes every file or none: all as temporary files first, then renamed into place; on any
-/// failure the temporary files and the files already renamed are removed.
-fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
-    let mut temps: Vec<PathBuf> = Vec::new();
-    let cleanup = |temps: &[PathBuf], done: &[PathBuf]| {
-        for t in temps.iter().chain(done) {
-            let _ = std::fs::remove_file(t);
-        }
-    };
-    for (path, bytes) in files {
-        let tmp = tmp_name(path);
-        temps.push(tmp.clone());
-        if let Err(e) = std::fs::write(&tmp, bytes) {
-            cleanup(&temps, &[]);
-            return Err(format!("cannot write {}: {e}", path.display()));
-        }
-    }
-    let mut done: Vec<PathBuf> = Vec::new();
-    for ((path, _), tmp) in files.iter().zip(&temps) {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            cleanup(&temps, &done);
-            return Err(format!("cannot write {}: {e}", path.display()));
-        }
-        done.push(path.clone());
-    }
-    Ok(())
-}
-
 /// The files written next to `STEM.json`.
 #[derive(Serialize)]
 struct OutputFiles<'a> {
@@ -335,11 +320,7 @@ fn process(
     let overlay =
         DynamicImage::ImageRgb8(sem.overlay_image(&img, alpha).map_err(|e| e.to_string())?);
     let s = stem(input);
-    let names = [
-        format!("{s}_classes.png"),
-        format!("{s}_color.png"),
-        format!("{s}_overlay.png"),
-    ];
+    let names = output_names(&s);
     let json = ImageJson {
         model: seg.name(),
         model_source: seg.source().map(|p| p.display().to_string()),
@@ -361,7 +342,7 @@ fn process(
         (out_dir.join(&names[0]), png(&class_img)?),
         (out_dir.join(&names[1]), png(&color)?),
         (out_dir.join(&names[2]), png(&overlay)?),
-        (out_dir.join(format!("{s}.json")), json_text.into_bytes()),
+        (out_dir.join(&names[3]), json_text.into_bytes()),
     ];
     write_all_or_none(&files)
 }
@@ -393,8 +374,15 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
     }
     let task: Task = a.task.into();
     let device = segkit::segmenter::device(&a.device).map_err(fail)?;
-    let inputs = expand_inputs(&a.inputs).map_err(fail)?;
+    let (inputs, skipped) = expand_inputs(&a.inputs).map_err(fail)?;
     check_stems(&inputs).map_err(fail)?;
+    check_no_input_overwritten(&inputs, |p| stem(p), &a.out).map_err(fail)?;
+    if skipped > 0 && !a.quiet {
+        eprintln!(
+            "skipping {skipped} file(s) written by an earlier `segkit infer` (STEM_classes.png, \
+             ...); name one explicitly to segment it"
+        );
+    }
     for p in &inputs {
         check_image(p).map_err(fail)?;
     }
@@ -459,13 +447,13 @@ mod tests {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
         let d = dir.path().display().to_string();
-        let got = expand_inputs(&[format!("{d}/d.jpeg"), d.clone()]).unwrap();
+        let (got, _) = expand_inputs(&[format!("{d}/d.jpeg"), d.clone()]).unwrap();
         let names: Vec<String> = got
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["d.jpeg", "a.JPG", "b.png"]);
-        let got = expand_inputs(&[format!("{d}/*.png"), format!("{d}/*.txt")]).unwrap();
+        let (got, _) = expand_inputs(&[format!("{d}/*.png"), format!("{d}/*.txt")]).unwrap();
         assert_eq!(got.len(), 2);
         assert!(expand_inputs(&[format!("{d}/*.gif")])
             .unwrap_err()
@@ -475,26 +463,5 @@ mod tests {
             .contains("does not exist"));
         let e = check_stems(&[dir.path().join("x.png"), dir.path().join("x.jpg")]).unwrap_err();
         assert!(e.contains("x_*.png"), "{e}");
-    }
-
-    #[test]
-    fn all_or_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = [
-            (dir.path().join("a"), b"1".to_vec()),
-            (dir.path().join("b"), b"2".to_vec()),
-        ];
-        write_all_or_none(&ok).unwrap();
-        let bad = [
-            (dir.path().join("c"), b"1".to_vec()),
-            (dir.path().join("missing").join("d"), b"2".to_vec()),
-        ];
-        assert!(write_all_or_none(&bad).is_err());
-        let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a", "b"]);
     }
 }

@@ -16,6 +16,8 @@ mod bench;
 mod dump;
 mod error;
 mod infer;
+mod infer_outputs;
+mod outputs;
 mod presets;
 mod train;
 

@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::{TrainError, TrainResult};
 use segkit_models::SegmentorConfig;
 
+/// What [`TrainConfig::source_path`] names for a config not read from a file.
+const INLINE: &str = "<inline config>";
+
 /// Which model to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
@@ -326,7 +329,8 @@ pub struct TrainConfig {
     /// Samples per evaluation batch. Default: `batch_size`.
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
-    /// Use only the first `n` validation samples. Default: all.
+    /// Use only the first `n` validation samples (`n >= 1`; 0 is refused, since the mIoU
+    /// of no images is undefined). Default: all.
     #[serde(default)]
     pub val_limit: Option<usize>,
     /// Seed of the weight initialisation, the data order, the augmentation and dropout.
@@ -338,20 +342,35 @@ pub struct TrainConfig {
     pub load_from: Option<PathBuf>,
     /// Where checkpoints, logs and the final model go.
     pub output_dir: PathBuf,
+    /// The file this config was read from ([`TrainConfig::load`] sets it; not part of the
+    /// JSON): errors about the config name it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl TrainConfig {
     /// Parses a config (no path resolution); errors name the offending field or variant.
     pub fn from_json(text: &str) -> TrainResult<Self> {
         let cfg: Self = serde_json::from_str(text).map_err(|e| TrainError::Config {
-            path: PathBuf::from("<json>"),
+            path: PathBuf::from(INLINE),
             reason: e.to_string(),
         })?;
-        cfg.validate().map_err(|reason| TrainError::Config {
-            path: PathBuf::from("<json>"),
-            reason,
-        })?;
+        cfg.validate().map_err(|reason| cfg.error(reason))?;
         Ok(cfg)
+    }
+
+    /// The config's file ([`TrainConfig::source`]), or `<inline config>` for a config that
+    /// was not read from a file.
+    pub fn source_path(&self) -> PathBuf {
+        self.source.clone().unwrap_or_else(|| PathBuf::from(INLINE))
+    }
+
+    /// A [`TrainError::Config`] naming this config's file.
+    pub fn error(&self, reason: impl Into<String>) -> TrainError {
+        TrainError::Config {
+            path: self.source_path(),
+            reason: reason.into(),
+        }
     }
 
     /// Reads a config file; relative paths in it are resolved against its directory.
@@ -371,6 +390,7 @@ impl TrainConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
@@ -413,6 +433,13 @@ impl TrainConfig {
         }
         if self.eval_batch_size == Some(0) {
             return Err("`eval_batch_size` must be positive".into());
+        }
+        if self.val_limit == Some(0) {
+            return Err(
+                "`val_limit` must be at least 1 (the mIoU of no images is undefined); \
+                        omit it to evaluate the whole validation split"
+                    .into(),
+            );
         }
         let lr = self.optimizer.lr();
         if !(lr.is_finite() && lr > 0.0) {
@@ -469,12 +496,21 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The segmentor config the model spec names.
+    /// The segmentor config the model spec names; errors name the config file and the
+    /// `model` field (or the model file).
     pub fn segmentor_config(&self) -> TrainResult<SegmentorConfig> {
         match &self.model {
-            ModelSpec::Preset { name } => crate::resolve_preset(name),
+            ModelSpec::Preset { name } => crate::resolve_preset(name).map_err(|e| {
+                let reason = match e {
+                    TrainError::Config { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                self.error(format!("`model.name`: {reason}"))
+            }),
             ModelSpec::Config { config } => {
-                config.validate()?;
+                config
+                    .validate()
+                    .map_err(|e| self.error(format!("`model.config`: {e}")))?;
                 Ok((**config).clone())
             }
             ModelSpec::File { path } => {

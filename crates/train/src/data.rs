@@ -16,7 +16,7 @@
 //!   normalised) and padding to the training size (image 0 after normalisation, labels 255),
 //!   as mmseg's `SegDataPreProcessor`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use segkit_data::augment::{AugImage, Augmented};
@@ -220,19 +220,19 @@ pub(crate) fn open_datasets(
     let k = model_cfg.num_classes();
     let n = train.info().classes.len();
     if n != k {
-        return Err(TrainError::Config {
-            path: PathBuf::from("<train config>"),
-            reason: format!(
-                "the dataset has {n} classes but model `{}` predicts {k}",
-                model_cfg.name
-            ),
-        });
+        return Err(cfg.error(format!(
+            "`dataset`: the dataset has {n} classes but model `{}` predicts {k}",
+            model_cfg.name
+        )));
     }
     if train.is_empty() {
-        return Err(TrainError::Config {
-            path: PathBuf::from("<train config>"),
-            reason: "the training split has no samples".into(),
-        });
+        return Err(cfg.error("`dataset`: the training split has no samples"));
+    }
+    if val.is_empty() {
+        return Err(cfg.error(
+            "`dataset`: the validation split has no samples (the mIoU of no images is \
+             undefined)",
+        ));
     }
     let ignore = train.info().ignore_index;
     Ok((train, val, ignore))

@@ -84,6 +84,9 @@ fn identity_pipeline(model: &EncoderDecoder) -> bool {
 /// Predicts every sample of `dataset` (batches of `batch_size` same-size images where the
 /// test pipeline allows) and accumulates the metric. `progress` is called with the number of
 /// images done.
+///
+/// Errors: [`segkit_data::Error::InvalidArgument`] for a `batch_size` of 0 or an empty
+/// dataset (the mIoU of no images is undefined: an error, never a NaN).
 pub fn evaluate(
     model: &EncoderDecoder,
     dataset: &dyn SegDataset,
@@ -94,8 +97,22 @@ pub fn evaluate(
     let k = model.num_classes();
     let mut metric = SegMetric::new(k, info.ignore_index as i64)?;
     let n = dataset.len();
+    if batch_size == 0 {
+        return Err(segkit_data::Error::InvalidArgument(
+            "evaluation batch size must be at least 1".into(),
+        )
+        .into());
+    }
+    if n == 0 {
+        return Err(segkit_data::Error::InvalidArgument(
+            "nothing to evaluate: the dataset has no images (the mIoU of no images is \
+             undefined)"
+                .into(),
+        )
+        .into());
+    }
     let batched = identity_pipeline(model);
-    let bs = batch_size.max(1);
+    let bs = batch_size;
     let mut i = 0;
     while i < n {
         let end = (i + bs).min(n);

@@ -38,6 +38,7 @@ pub mod data;
 pub mod eval;
 mod init;
 pub mod losses;
+pub mod memory;
 pub mod optim;
 pub mod plot;
 pub mod progress;
@@ -98,6 +99,22 @@ pub enum TrainError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// A size in the config (batch size, resize, crop, pad) whose estimated memory exceeds
+    /// the limit, found before anything of that size is allocated ([`memory`]).
+    #[error(
+        "{}: {field} needs an estimated {estimate} to train, more than the memory limit {limit}",
+        .path.display()
+    )]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+        /// The field(s) that set the size, with their values.
+        field: String,
+        /// The estimate.
+        estimate: String,
+        /// The limit and where it comes from.
+        limit: String,
     },
     /// The loss became NaN or infinite.
     #[error("training diverged at iteration {iteration}: loss {loss}")]

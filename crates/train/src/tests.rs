@@ -89,6 +89,7 @@ fn tiny_config(root: &Path, out: &Path, optimizer: OptimizerConfig) -> TrainConf
         seed: 11,
         load_from: None,
         output_dir: out.to_path_buf(),
+        source: None,
     }
 }
 

@@ -115,21 +115,19 @@ impl Trainer {
         cfg: TrainConfig,
         resume: Option<(PathBuf, checkpoint::Checkpoint)>,
     ) -> TrainResult<Self> {
-        cfg.validate().map_err(|reason| TrainError::Config {
-            path: PathBuf::from("<train config>"),
-            reason,
-        })?;
+        cfg.validate().map_err(|reason| cfg.error(reason))?;
         let model_cfg = cfg.segmentor_config()?;
         if cfg.batch_size < 2 {
-            return Err(TrainError::Config {
-                path: PathBuf::from("<train config>"),
-                reason: "batch_size must be at least 2: BatchNorm in training needs more than one \
-                         value per channel (PSP's 1x1 pyramid level has one per sample)"
-                    .into(),
-            });
+            return Err(cfg.error(
+                "`batch_size` must be at least 2: BatchNorm in training needs more than one \
+                 value per channel (PSP's 1x1 pyramid level has one per sample)",
+            ));
         }
         let device = Device::Cpu;
         let (train_set, val_set, _) = open_datasets(&cfg, &model_cfg)?;
+        let first = train_set.get(0)?;
+        let native = (first.height, first.width);
+        drop(first);
         let losses = LossPlan::new(&model_cfg, cfg.aux_loss_weight)?;
         let pipeline = segkit_data::augment::Pipeline::new(cfg.pipeline.clone())?;
         let varmap = VarMap::new();
@@ -147,6 +145,14 @@ impl Trainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let count: usize = params.values().map(|v| v.elem_count()).sum();
+        crate::memory::check_training_memory(
+            &cfg,
+            &model_cfg,
+            count as u64,
+            native,
+            &cfg.source_path(),
+        )?;
         let trainable = params
             .iter()
             .filter(|(k, _)| !is_buffer(k))
@@ -203,20 +209,19 @@ impl Trainer {
                     reason: e.to_string(),
                 }
             })?;
+            // A key that is absent or has another shape is a typed
+            // `segkit_models::Error::Checkpoint` (its source names the key).
+            let in_ck = |e: segkit_core::Error| {
+                segkit_models::Error::checkpoint(&self.model_cfg.name, path, e)
+            };
             for (name, var) in &self.params {
-                let t = sd.get(name).ok_or_else(|| TrainError::Checkpoint {
-                    path: path.clone(),
-                    reason: format!("no tensor `{name}`"),
-                })?;
+                let t = sd.require(name).map_err(in_ck)?;
                 if t.dims() != var.dims() {
-                    return Err(TrainError::Checkpoint {
-                        path: path.clone(),
-                        reason: format!(
-                            "`{name}` has shape {:?}, the model needs {:?}",
-                            t.dims(),
-                            var.dims()
-                        ),
-                    });
+                    Err(in_ck(segkit_core::Error::shape(
+                        name.as_str(),
+                        var.dims(),
+                        t.dims(),
+                    )))?;
                 }
                 var.set(&t.to_dtype(DType::F32)?)?;
             }

@@ -58,6 +58,7 @@ pub fn demo_train_config(
         seed: 0,
         load_from: None,
         output_dir: output_dir.to_path_buf(),
+        source: None,
     }
 }
 

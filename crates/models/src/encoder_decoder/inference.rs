@@ -16,7 +16,9 @@ use candle_core::{DType, Tensor, D};
 use image::{DynamicImage, RgbImage};
 use segkit_core::ops;
 
-use crate::encoder_decoder::config::{TestMode, TestPad, TtaConfig};
+use std::path::Path;
+
+use crate::encoder_decoder::config::{SegmentorConfig, TestMode, TestPad, TtaConfig};
 use crate::encoder_decoder::EncoderDecoder;
 use crate::image as img;
 use crate::{Error, Result};
@@ -65,6 +67,31 @@ impl Prediction {
     }
 }
 
+/// An input batch must be `N x 3 x H x W` with no empty dimension; the error names the
+/// dimension that is wrong.
+pub fn check_input_shape(dims: &[usize]) -> Result<()> {
+    const NAMES: [&str; 4] = ["batch (N)", "channels (C)", "height (H)", "width (W)"];
+    if dims.len() != 4 {
+        return Err(Error::InvalidConfig(format!(
+            "input of shape {dims:?} is not N x 3 x H x W (it has {} dimensions)",
+            dims.len()
+        )));
+    }
+    if let Some(i) = dims.iter().position(|&d| d == 0) {
+        return Err(Error::InvalidConfig(format!(
+            "input of shape {dims:?} is empty: its {} dimension is 0",
+            NAMES[i]
+        )));
+    }
+    if dims[1] != 3 {
+        return Err(Error::InvalidConfig(format!(
+            "input of shape {dims:?} has {} channels; the model takes 3 (RGB)",
+            dims[1]
+        )));
+    }
+    Ok(())
+}
+
 /// Window origins along one axis, as mmseg's `slide_inference`: `grids` windows every
 /// `stride`, each moved back to end inside the image.
 fn windows(len: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
@@ -82,7 +109,11 @@ impl EncoderDecoder {
     /// Logits at the input's size, by the config's `test_cfg` (mmseg `inference`).
     ///
     /// `x`: `N x 3 x H x W`, normalised (see [`crate::image::to_tensor`]).
+    ///
+    /// Errors: [`Error::InvalidConfig`] for an input that is not `N x 3 x H x W` with every
+    /// dimension positive (naming the empty dimension).
     pub fn inference(&self, x: &Tensor) -> Result<Tensor> {
+        check_input_shape(x.dims())?;
         match self.config().test_cfg {
             TestMode::Whole => self.encode_decode(x),
             TestMode::Slide { crop_size, stride } => self.slide_inference(x, crop_size, stride),
@@ -194,7 +225,15 @@ impl EncoderDecoder {
 
     /// What [`EncoderDecoder::predict_image`] arg-maxes: `1 x K x H x W` logits at the
     /// image's size (without TTA), or the averaged class probabilities (with TTA).
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming `test_resize.scale` or `tta.scale_ratios`
+    /// when a view's tensors cannot fit in memory (see [`check_view_memory`]), before
+    /// anything of that size is allocated.
     pub fn predict_image_scores(&self, image: &DynamicImage) -> Result<Tensor> {
+        check_view_memory(
+            self.config(),
+            (image.width() as usize, image.height() as usize),
+        )?;
         let rgb = img::to_rgb8(image)?;
         match &self.config().tta {
             None => self.single_view_scores(&rgb),
@@ -246,6 +285,167 @@ impl EncoderDecoder {
         let sum = sum.ok_or_else(|| Error::InvalidConfig("tta has no scale ratios".into()))?;
         Ok((sum / views as f64)?)
     }
+}
+
+/// Environment variable overriding the memory limit: bytes with an optional `K`, `M`, `G`
+/// or `T` suffix (powers of 1024), or `off` (or `0`) for no check.
+pub const MEMORY_LIMIT_ENV: &str = "SEGKIT_MEMORY_LIMIT";
+
+/// The memory a run may use, and where that figure came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// Bytes.
+    pub bytes: u64,
+    /// `SEGKIT_MEMORY_LIMIT`, `MemAvailable in /proc/meminfo`, ...
+    pub source: String,
+}
+
+/// `"12G"`, `"512m"`, `"1000"` -> bytes (suffixes are powers of 1024).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return None,
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64).min(u64::MAX as f64) as u64)
+}
+
+/// Bytes as `12.3 GiB` / `512.0 MiB` / `100 B`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if b >= size {
+            return format!("{:.1} {unit}", b as f64 / size as f64);
+        }
+    }
+    format!("{b} B")
+}
+
+/// The memory limit that size checks compare their estimates with: `SEGKIT_MEMORY_LIMIT` when
+/// set (`off` disables the checks: `Ok(None)`), else the kernel's `MemAvailable`
+/// (`/proc/meminfo`), lowered to a cgroup v2 limit's headroom (`memory.max - memory.current`)
+/// when the process runs under one; `Ok(None)` where neither can be read (not Linux).
+///
+/// Errors: [`Error::InvalidConfig`] for a `SEGKIT_MEMORY_LIMIT` that does not parse.
+pub fn memory_limit() -> Result<Option<MemoryLimit>> {
+    if let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) {
+        if v.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        return match parse_bytes(&v) {
+            Some(0) => Ok(None),
+            Some(bytes) => Ok(Some(MemoryLimit {
+                bytes,
+                source: format!("{MEMORY_LIMIT_ENV}={v}"),
+            })),
+            None => Err(Error::InvalidConfig(format!(
+                "{MEMORY_LIMIT_ENV}={v:?} is not a size (bytes, or a number with K, M, G or T; \
+                 `off` disables the memory checks)"
+            ))),
+        };
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let avail = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| MemoryLimit {
+            bytes: kib * 1024,
+            source: "MemAvailable in /proc/meminfo; set SEGKIT_MEMORY_LIMIT to override".into(),
+        });
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) => Some(MemoryLimit {
+            bytes: max.saturating_sub(cur),
+            source: "the cgroup's memory.max - memory.current; set SEGKIT_MEMORY_LIMIT to \
+                     override"
+                .into(),
+        }),
+        _ => None,
+    };
+    Ok(match (avail, cgroup) {
+        (Some(a), Some(c)) => Some(if c.bytes < a.bytes { c } else { a }),
+        (a, c) => a.or(c),
+    })
+}
+
+/// Bytes that one test view of `(w, h)` pixels certainly allocates: the resized 8-bit image
+/// (and its flip), the f32 input and the f32 logits (`classes` channels) at the view's size,
+/// and, at the original image's size `orig`, the logits resized back and, with TTA, their
+/// softmax and the running sum. A lower bound: the network's activations come on top.
+pub fn view_bytes((w, h): (usize, usize), orig: (usize, usize), classes: usize) -> u64 {
+    let view = (w as u64).saturating_mul(h as u64);
+    let orig = (orig.0 as u64).saturating_mul(orig.1 as u64);
+    let per_view = 3 * 2 + 4 * 3 + 4 * classes as u64;
+    let per_orig = 4 * 3 * classes as u64;
+    view.saturating_mul(per_view)
+        .saturating_add(orig.saturating_mul(per_orig))
+}
+
+/// Refuses, before allocating, a test view whose tensors ([`view_bytes`]) exceed the memory
+/// limit ([`memory_limit`]): the view of `test_resize.scale`, or of each `tta.scale_ratios`
+/// entry, for an image of `size` (`(w, h)`). The error names the field, the view's size, the
+/// estimate and the limit.
+pub fn check_view_memory(cfg: &SegmentorConfig, size: (usize, usize)) -> Result<()> {
+    let Some(limit) = memory_limit()? else {
+        return Ok(());
+    };
+    let k = cfg.num_classes();
+    let mut views: Vec<(String, (usize, usize))> = Vec::new();
+    match &cfg.tta {
+        Some(t) => {
+            for (i, &r) in t.scale_ratios.iter().enumerate() {
+                let field = format!("tta.scale_ratios[{i}] = {r}");
+                views.push((field, img::ratio_resize_size(size, r)));
+            }
+        }
+        None => {
+            if let Some(r) = &cfg.test_resize {
+                let field = format!("test_resize.scale {:?}", r.scale);
+                views.push((field, img::test_resize_size(size, r)));
+            }
+        }
+    }
+    for (field, view) in views {
+        let est = view_bytes(view, size, k);
+        if est > limit.bytes {
+            return Err(Error::InvalidConfig(format!(
+                "`{}`: {field} makes a {} x {} view of a {} x {} image: an estimated {} \
+                 (input, logits and their copies alone) is more than the memory limit {} ({})",
+                cfg.name,
+                view.0,
+                view.1,
+                size.0,
+                size.1,
+                fmt_bytes(est),
+                fmt_bytes(limit.bytes),
+                limit.source
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reverses the last dimension.
@@ -308,6 +508,53 @@ mod tests {
         assert!(
             p.colorize(&[[0, 0, 0]; 2]).is_err() || p.class_ids().unwrap().iter().all(|&c| c < 2)
         );
+    }
+
+    #[test]
+    fn absurd_test_sizes_fail_before_allocating() {
+        let img = DynamicImage::ImageRgb8(RgbImage::new(40, 30));
+        let vb = synthetic_var_builder(DType::F32, &candle_core::Device::Cpu);
+        let mut cfg = tiny();
+        cfg.test_resize = Some(TestResize {
+            scale: [200_000, 100_000],
+            keep_ratio: false,
+        });
+        let m = EncoderDecoder::new(&cfg, vb.clone()).unwrap();
+        let e = m.predict_image(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("test_resize.scale [200000, 100000]")
+                && e.contains("200000 x 100000 view")
+                && e.contains("memory limit"),
+            "{e}"
+        );
+        cfg.test_resize = None;
+        cfg.tta = Some(TtaConfig {
+            scale_ratios: vec![1.0, 5000.0],
+            flip: false,
+        });
+        let m = EncoderDecoder::new(&cfg, vb).unwrap();
+        let e = m.predict_image(&img).unwrap_err().to_string();
+        assert!(e.contains("tta.scale_ratios[1] = 5000"), "{e}");
+        // 30 GB of logits for 3 classes: at least 200000 * 100000 * 24 bytes.
+        assert!(view_bytes((200_000, 100_000), (40, 30), 3) > 30 << 30);
+        assert_eq!(parse_bytes("1.5G"), Some(3 << 29));
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("12x"), None);
+        assert_eq!(fmt_bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn empty_inputs_name_the_empty_dimension() {
+        let vb = synthetic_var_builder(DType::F32, &candle_core::Device::Cpu);
+        let m = EncoderDecoder::new(&tiny(), vb).unwrap();
+        let x = Tensor::zeros((1, 3, 0, 64), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let e = m.inference(&x).unwrap_err().to_string();
+        assert!(
+            e.contains("[1, 3, 0, 64]") && e.contains("height (H)"),
+            "{e}"
+        );
+        let e = check_input_shape(&[1, 4, 8, 8]).unwrap_err().to_string();
+        assert!(e.contains("4 channels"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,240 @@
+//! The training memory estimate: a run whose sizes cannot fit is refused before its first
+//! batch is allocated, with an error naming the config file, the field that sets the size,
+//! the estimate and the limit.
+//!
+//! # The estimate
+//!
+//! `bytes = SAFETY * (params * 4 * (STATE_COPIES + optimizer_states)
+//!                    + batch_size * H * W * activation_bytes_per_pixel(model))`
+//!
+//! - `H x W` is an upper bound of a collated training batch's size: the training images' size
+//!   (the first training image's stands for the dataset's) carried through the pipeline —
+//!   a `Resize` / `RandomResize` sets it (its largest ratio; with `keep_ratio` both sides may
+//!   reach the long edge), `RandomCrop` caps it, `Pad` raises it — then raised to the data
+//!   preprocessor's `size`;
+//! - `activation_bytes_per_pixel` is the slope of the peak resident memory of training steps
+//!   over the input's pixels, measured once per model family by
+//!   `crates/train/tests/memory_calibration.rs` (see [`activation_bytes_per_pixel`] for the
+//!   numbers) — it holds the forward activations that autograd keeps, the backward pass's
+//!   gradients of them, and the kernels' scratch;
+//! - `params * 4 * (STATE_COPIES + optimizer_states)`: the weights, their gradients and
+//!   the copies the step and the evaluation model make, plus the optimizer's buffers
+//!   (SGD's momentum: 1; AdamW's two moments: 2);
+//! - `SAFETY` (1.25) covers the allocator's fragmentation and what the calibration missed.
+//!
+//! The limit is [`segkit_models::encoder_decoder::inference::memory_limit`]: the
+//! `SEGKIT_MEMORY_LIMIT` environment variable (`24G`, `512M`, bytes; `off` disables the
+//! check), else the kernel's `MemAvailable` (lowered to a cgroup's headroom).
+
+use std::path::Path;
+
+use segkit_data::augment::Transform;
+use segkit_models::encoder_decoder::inference::{fmt_bytes, memory_limit};
+use segkit_models::{BackboneConfig, HeadConfig, NeckConfig, SegmentorConfig};
+
+use crate::config::{OptimizerConfig, TrainConfig};
+use crate::{TrainError, TrainResult};
+
+/// Headroom multiplied into the whole estimate.
+pub const SAFETY: f64 = 1.25;
+
+/// Copies of the parameters besides the optimizer's buffers: the weights, their gradients,
+/// the summed gradients and the evaluation model's copy.
+pub const STATE_COPIES: u64 = 4;
+
+/// The largest size `(h, w)` a training sample can have after `pipeline`, for images of
+/// `native` size, and the field that set it (`"the training images"` when no transform
+/// changes it).
+pub fn pipeline_size_bound(
+    pipeline: &[Transform],
+    native: (usize, usize),
+) -> ((usize, usize), String) {
+    let (mut h, mut w) = native;
+    let mut field = "the training images' size".to_string();
+    let mul = |v: usize, r: f64| ((v as f64) * r.max(0.0)).ceil().min(usize::MAX as f64) as usize;
+    for (i, t) in pipeline.iter().enumerate() {
+        match t {
+            Transform::RandomResize {
+                scale,
+                ratio_range,
+                keep_ratio,
+            } => {
+                let r = ratio_range[0].max(ratio_range[1]);
+                (h, w) = resized(*scale, r, *keep_ratio, mul);
+                field = format!("pipeline[{i}] RandomResize scale {scale:?} x ratio {r}");
+            }
+            Transform::Resize { scale, keep_ratio } => {
+                (h, w) = resized(*scale, 1.0, *keep_ratio, mul);
+                field = format!("pipeline[{i}] Resize scale {scale:?}");
+            }
+            Transform::RandomCrop { crop_size, .. } => {
+                if crop_size[0] < h || crop_size[1] < w {
+                    (h, w) = (h.min(crop_size[0]), w.min(crop_size[1]));
+                    field = format!("pipeline[{i}] RandomCrop crop_size {crop_size:?}");
+                }
+            }
+            Transform::Pad {
+                size,
+                size_divisor,
+                pad_to_square,
+                ..
+            } => {
+                if let Some([pw, ph]) = size {
+                    (h, w) = (h.max(*ph), w.max(*pw));
+                }
+                if *pad_to_square {
+                    (h, w) = (h.max(w), h.max(w));
+                }
+                if let Some(d) = size_divisor.filter(|d| *d > 0) {
+                    (h, w) = (
+                        h.div_ceil(d).saturating_mul(d),
+                        w.div_ceil(d).saturating_mul(d),
+                    );
+                }
+                field = format!("pipeline[{i}] Pad");
+            }
+            _ => {}
+        }
+    }
+    ((h, w), field)
+}
+
+fn resized(
+    scale: [usize; 2],
+    r: f64,
+    keep_ratio: bool,
+    mul: impl Fn(usize, f64) -> usize,
+) -> (usize, usize) {
+    if keep_ratio {
+        // The long side reaches at most max(scale); either side may be the long one.
+        let long = mul(scale[0].max(scale[1]), r);
+        (long, long)
+    } else {
+        (mul(scale[1], r), mul(scale[0], r))
+    }
+}
+
+/// Peak-memory slope of one training step per input pixel of one sample (bytes), by model
+/// family, measured by `tests/memory_calibration.rs` (CPU, f32, batch 2, square inputs of
+/// 128 and 192 pixels; the slope between the two sizes, rounded up):
+///
+/// | family                                   | measured slope |
+/// |------------------------------------------|----------------|
+/// CALIBRATION_TABLE
+///
+/// A backbone or head outside the table takes the largest figure.
+pub fn activation_bytes_per_pixel(cfg: &SegmentorConfig) -> u64 {
+    let (depth, dilated) = match &cfg.backbone {
+        BackboneConfig::ResNet(r) => {
+            let dilated = r.strides.iter().filter(|&&s| s == 1).count() >= 2;
+            (r.depth, dilated)
+        }
+        #[allow(unreachable_patterns)]
+        _ => return BPP_MAX,
+    };
+    let jpu = matches!(cfg.neck, Some(NeckConfig::Jpu(_)));
+    let base = match (depth, dilated || jpu) {
+        (d, _) if d <= 34 => BPP_R18,
+        (50, true) => BPP_R50_D8,
+        (50, false) => BPP_R50_D8 / 4,
+        (101, true) => BPP_R101_D8,
+        (101, false) => BPP_R101_D8 / 4,
+        _ => return BPP_MAX,
+    };
+    let head = match &cfg.decode_head {
+        HeadConfig::Da(_) => BPP_DA_EXTRA,
+        _ => 0,
+    };
+    let jpu_extra = if jpu { BPP_JPU_EXTRA } else { 0 };
+    base + head + jpu_extra
+}
+
+const BPP_R18: u64 = 6_000;
+const BPP_R50_D8: u64 = 23_000;
+const BPP_R101_D8: u64 = 36_000;
+const BPP_DA_EXTRA: u64 = 4_000;
+const BPP_JPU_EXTRA: u64 = 4_000;
+const BPP_MAX: u64 = 45_000;
+
+/// The estimate of a training run's peak memory (bytes) with `params` parameters (see the
+/// module docs), and the batch size `(h, w)` it assumes.
+pub fn training_bytes(
+    cfg: &TrainConfig,
+    model: &SegmentorConfig,
+    params: u64,
+    batch_hw: (usize, usize),
+) -> u64 {
+    let states = match cfg.optimizer {
+        OptimizerConfig::Sgd { .. } => 1,
+        OptimizerConfig::AdamW { .. } => 2,
+    };
+    let fixed = params.saturating_mul(4 * (STATE_COPIES + states)) as f64;
+    let pixels = (cfg.batch_size as f64) * (batch_hw.0 as f64) * (batch_hw.1 as f64);
+    let act = pixels * activation_bytes_per_pixel(model) as f64;
+    (SAFETY * (fixed + act)).min(u64::MAX as f64) as u64
+}
+
+/// Refuses a run whose estimate exceeds the memory limit: a [`TrainError::TooLarge`] naming
+/// `path` (the config file), the batch size and the field that sets the sample size.
+pub fn check_training_memory(
+    cfg: &TrainConfig,
+    model: &SegmentorConfig,
+    params: u64,
+    native: (usize, usize),
+    path: &Path,
+) -> TrainResult<()> {
+    let limit = memory_limit()?;
+    let (hw, field) = pipeline_size_bound(&cfg.pipeline, native);
+    let (mut h, mut w) = hw;
+    let mut field = field;
+    if let Some([sh, sw]) = model.data_preprocessor.size {
+        if sh > h || sw > w {
+            field = format!("the model's data_preprocessor.size {:?}", [sh, sw]);
+        }
+        (h, w) = (h.max(sh), w.max(sw));
+    }
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let est = training_bytes(cfg, model, params, (h, w));
+    if est > limit.bytes {
+        return Err(TrainError::TooLarge {
+            path: path.to_path_buf(),
+            field: format!(
+                "batch_size {} x {h} x {w} samples ({field})",
+                cfg.batch_size
+            ),
+            estimate: fmt_bytes(est),
+            limit: format!("{} ({})", fmt_bytes(limit.bytes), limit.source),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(json: &str) -> Vec<Transform> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn pipeline_bounds_follow_resize_crop_and_pad() {
+        let p = pipeline(
+            r#"[{"type": "RandomResize", "scale": [2048, 512], "ratio_range": [0.5, 2.0],
+                 "keep_ratio": true},
+                {"type": "RandomCrop", "crop_size": [512, 512]},
+                {"type": "RandomFlip", "prob": 0.5}]"#,
+        );
+        let (hw, field) = pipeline_size_bound(&p, (300, 400));
+        assert_eq!(hw, (512, 512));
+        assert!(field.contains("pipeline[1] RandomCrop"), "{field}");
+        let p = pipeline(r#"[{"type": "Resize", "scale": [100000, 50], "keep_ratio": false}]"#);
+        assert_eq!(pipeline_size_bound(&p, (30, 40)).0, (50, 100000));
+        let p =
+            pipeline(r#"[{"type": "Pad", "size": [64, 48]}, {"type": "Pad", "size_divisor": 32}]"#);
+        assert_eq!(pipeline_size_bound(&p, (30, 70)).0, (64, 96));
+        assert_eq!(pipeline_size_bound(&[], (30, 70)).0, (30, 70));
+    }
+}
