@@ -6,6 +6,7 @@
 //! - [`layouts`]: readers of ADE20K, Cityscapes, PASCAL VOC (+ SBD aug), COCO panoptic /
 //!   instances and mmseg's generic folder layout; [`io`]: the file decoding they share;
 //! - [`augment`]: mmseg's training augmentations on whole samples, under a seed;
+//! - [`edges`]: Gated-SCNN's Canny map (OpenCV-exact) and edge ground truth;
 //! - [`metrics`]: mIoU and friends (mmseg `IoUMetric`), PQ (panopticapi), mask AP
 //!   (pycocotools `COCOeval`);
 //! - [`rle`]: COCO run-length encoding (pycocotools `mask`);
@@ -19,6 +20,7 @@ pub struct ReadmeDoctests;
 
 pub mod augment;
 pub mod dataset;
+pub mod edges;
 pub mod image;
 pub mod io;
 pub mod layouts;
@@ -33,39 +35,10 @@ pub use layouts::{
 };
 pub use rle::Rle;
 
-/// Errors of segkit-data.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core.
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// A dataset file that is missing or malformed; names the file.
-    #[error("{path}: {reason}")]
-    BadFile {
-        /// The offending file.
-        path: std::path::PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An image that cannot be decoded or used ([`image`]); names the file.
-    #[error("bad image {what}: {reason}")]
-    BadImage {
-        /// The image (a file path, or a description of an in-memory image).
-        what: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An argument outside its valid range.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-}
+/// Errors of segkit-data: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-/// Result alias of segkit-data.
+/// `Result` with segkit-data's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
