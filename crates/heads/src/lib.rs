@@ -10,7 +10,9 @@
 //! - [`psp`]: PSPNet's pyramid pooling head;
 //! - [`danet`]: DANet's dual attention head (position + channel attention);
 //! - [`aspp`]: DeepLabV3's atrous spatial pyramid pooling head;
-//! - [`enc`]: EncNet's context encoding head with its SE-loss branch.
+//! - [`enc`]: EncNet's context encoding head with its SE-loss branch;
+//! - [`gscnn`]: Gated-SCNN's shape stream (gated convolutions), Canny fusion, ASPP with edge
+//!   branch and decoder (official nv-tlabs/GSCNN key names).
 //!
 //! All heads implement [`segkit_core::DecodeHead`], which returns every output by name
 //! ([`segkit_core::HeadOutput`]: `logits`, plus DANet's `pam` / `cam` and EncNet's `se`); their
@@ -28,6 +30,7 @@ pub mod danet;
 pub mod decode_head;
 pub mod enc;
 pub mod fcn;
+pub mod gscnn;
 pub mod psp;
 
 pub use aspp::{AsppHead, AsppHeadConfig};
