@@ -7,14 +7,26 @@ checkpoints (`{meta, state_dict, optimizer}` with arbitrary Python objects in `m
 DataParallel `module.` prefixes, HF `pytorch_model.bin`, safetensors, fp16, strided views and
 tensors sharing storage, the legacy (pre-1.6) format, and a few files that are not state dicts.
 
+Legacy (non-zip) files as PyTorch 0.4 / 1.0 wrote them (PANet's `{step, model, optimizer}`,
+Gated-SCNN's `{state_dict (module.*), optimizer, epoch, mean_iu}`), a legacy file with storage
+views (`view_metadata`, written by hand: torch >= 1.6 no longer writes them, but still reads
+them, and its values are the expected ones), a big-endian zip file (torch.load byte-swaps it),
+protocol-5 pickles, and hostile files under tests/fixtures/hostile/ (decompression bombs).
+
 Usage: python tests/parity/gen_checkpoints.py tests/fixtures
 Writes tests/fixtures/checkpoints/*.{pth,bin,safetensors} (a few KB each) and
-`expected.safetensors`, which holds the values torch sees, named `<case>.<key>`.
+`expected.safetensors`, which holds the values torch sees, named `<case>.<key>`; and
+tests/fixtures/hostile/*.pth (see `hostile`).
 """
 
 import collections
+import io
 import os
+import pickle
+import pickletools
+import struct
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -181,12 +193,19 @@ def main(root):
     torch.save(views, path("views.pth"))
     expect("views", views)
 
-    # Legacy (pre-1.6) serialization: must be detected and explained.
+    # Legacy (pre-1.6) serialization.
     torch.save(sd, path("legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save(views, path("legacy_views.pth"), _use_new_zipfile_serialization=False)
+    torch.save(model, path("legacy_module.pth"), _use_new_zipfile_serialization=False)
+    legacy_checkpoints(path, expect)
     # A whole pickled module rather than a state dict.
     torch.save(model, path("full_model.pth"))
-    # Pickle protocol 4 (torch.save(..., pickle_protocol=4)).
+    # Pickle protocol 4 and 5 (torch.save(..., pickle_protocol=N)).
     torch.save(sd, path("protocol4.pth"), pickle_protocol=4)
+    torch.save(sd, path("protocol5.pth"), pickle_protocol=5)
+    torch.save(sd, path("legacy_protocol5.pth"), pickle_protocol=5, _use_new_zipfile_serialization=False)
+    big_endian_zip(path("plain.pth"), path("big_endian.pth"), sd)
+    hostile(os.path.join(root, "hostile"))
 
     save_file(expected, path("expected.safetensors"))
     total = 0
@@ -194,6 +213,223 @@ def main(root):
         for f in files:
             total += os.path.getsize(os.path.join(dirpath, f))
     print(f"wrote {out} ({total} bytes)")
+
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+class PanetLike(nn.Module):
+    """PANet (Detectron.pytorch) key names: Conv_Body.*, RPN.*, Mask_Outs.*, AffineChannel2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.Conv_Body = nn.Module()
+        self.Conv_Body.conv_body = nn.Module()
+        self.Conv_Body.conv_body.res2 = nn.ModuleList([nn.Module()])
+        block = self.Conv_Body.conv_body.res2[0]
+        block.conv1 = nn.Conv2d(3, 4, 1, bias=False)
+        block.conv1_bn = nn.Module()  # AffineChannel2d: weight and bias parameters
+        block.conv1_bn.weight = nn.Parameter(torch.randn(4))
+        block.conv1_bn.bias = nn.Parameter(torch.randn(4))
+        self.Conv_Body.posthoc_modules = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(4, 4, 3, bias=False), nn.GroupNorm(2, 4)) for _ in range(2)]
+        )
+        self.RPN = nn.Module()
+        self.RPN.FPN_RPN_conv = nn.Conv2d(4, 4, 3)
+        self.Mask_Outs = nn.Module()
+        self.Mask_Outs.classify = nn.Conv2d(4, 3, 1)
+
+
+class GscnnLike(nn.Module):
+    """Gated-SCNN key names: mod2.block1.{bn1.0, convs.conv1}, gate1._gate_conv, final_seg."""
+
+    def __init__(self):
+        super().__init__()
+        self.mod2 = nn.Module()
+        self.mod2.block1 = nn.Module()
+        self.mod2.block1.bn1 = nn.Sequential(nn.BatchNorm2d(3))
+        self.mod2.block1.convs = nn.Sequential(collections.OrderedDict(conv1=nn.Conv2d(3, 4, 3, bias=False)))
+        self.gate1 = nn.Module()
+        self.gate1._gate_conv = nn.Sequential(
+            nn.BatchNorm2d(5), nn.Conv2d(5, 5, 1), nn.ReLU(), nn.Conv2d(5, 1, 1), nn.BatchNorm2d(1)
+        )
+        self.final_seg = nn.Sequential(nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4))
+
+
+def trained(model, optimizer):
+    """One SGD step, so that the optimizer holds momentum buffers (storages of their own)."""
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.num_batches_tracked.fill_(3)
+
+
+def pickle_ends(data, n):
+    """Byte offsets just after each of the first `n` pickles of `data`."""
+    f = io.BytesIO(data)
+    ends = []
+    for _ in range(n):
+        for _op in pickletools.genops(f):
+            pass
+        ends.append(f.tell())
+    return ends
+
+
+class StorageRef:
+    """A storage (or a legacy storage view) for `LegacyPickler`."""
+
+    def __init__(self, key, numel, view=None):
+        self.key, self.numel, self.view = key, numel, view
+
+
+class TensorRef:
+    """Pickles as torch does: `_rebuild_tensor_v2(storage, offset, size, stride, ..)`."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
+
+    def __reduce_ex__(self, proto):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class LegacyPickler(pickle.Pickler):
+    """Storage references as torch's persistent ids (`view_metadata` for legacy files)."""
+
+    legacy = True
+
+    def persistent_id(self, obj):
+        if isinstance(obj, StorageRef):
+            pid = ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return pid + (obj.view,) if self.legacy else pid
+        return None
+
+
+def legacy_checkpoints(path, expect):
+    """PANet- and Gated-SCNN-shaped legacy files, and one with storage views."""
+    legacy = dict(_use_new_zipfile_serialization=False)
+    torch.manual_seed(4)
+    panet = PanetLike()
+    opt = torch.optim.SGD(panet.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    trained(panet, opt)
+    expect("panet", panet.state_dict())
+    torch.save(
+        {"step": 179999, "train_size": 118287, "batch_size": 16, "model": panet.state_dict(),
+         "optimizer": opt.state_dict()},
+        path("legacy_panet.pth"), **legacy,
+    )
+    torch.manual_seed(5)
+    gscnn = GscnnLike()
+    opt = torch.optim.SGD(gscnn.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    trained(gscnn, opt)
+    expect("gscnn", gscnn.state_dict())
+    torch.save(
+        {"state_dict": nn.DataParallel(gscnn).state_dict(), "optimizer": opt.state_dict(),
+         "epoch": 174, "mean_iu": np.float64(0.808)},
+        path("legacy_gscnn.pth"), **legacy,
+    )
+
+    # Storage views: a root storage of 12 floats; `a` lies in the view 2..8, `b` in 8..12.
+    root = torch.arange(12, dtype=torch.float32) * 0.5 - 1.0
+    obj = collections.OrderedDict()
+    obj["a"] = TensorRef(StorageRef("root", 12, ("v1", 2, 6)), 1, (2, 2), (2, 1))
+    obj["b"] = TensorRef(StorageRef("root", 12, ("v2", 8, 4)), 0, (4,), (1,))
+    obj["c"] = TensorRef(StorageRef("root", 12, None), 0, (3,), (4,))
+    p = path("legacy_storage_views.pth")
+    with open(p, "wb") as f:
+        pickle.dump(MAGIC_NUMBER, f, protocol=2)
+        pickle.dump(LEGACY_PROTOCOL, f, protocol=2)
+        pickle.dump({"protocol_version": LEGACY_PROTOCOL, "little_endian": True,
+                     "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
+        LegacyPickler(f, protocol=2).dump(obj)
+        pickle.dump(["root"], f, protocol=2)
+        f.write(struct.pack("<q", 12) + root.numpy().tobytes())
+    expect("storage_views", torch.load(p, weights_only=False))
+
+    # As PyTorch 0.4 wrote it on a big-endian machine: sys_info says big-endian and the
+    # element counts are in native order; the data is little-endian anyway.
+    floats = collections.OrderedDict((k, v) for k, v in panet.state_dict().items() if v.is_floating_point())
+    buf = io.BytesIO()
+    torch.save(floats, buf, **legacy)
+    data = bytearray(buf.getvalue())
+    ends = pickle_ends(bytes(data), 5)
+    info = data[ends[1]:ends[2]]
+    at = info.index(b"little_endian")
+    flag = info.index(b"\x88", at)
+    data[ends[1] + flag] = 0x89
+    keys = pickle.loads(bytes(data[ends[3]:ends[4]]))
+    pos = ends[4]
+    for _ in keys:
+        (n,) = struct.unpack("<q", data[pos:pos + 8])
+        data[pos:pos + 8] = struct.pack(">q", n)
+        pos += 8 + 4 * n
+    assert pos == len(data)
+    with open(path("legacy_big_endian_machine.pth"), "wb") as f:
+        f.write(data)
+    expect("panet_floats", floats)
+
+
+def big_endian_zip(src, dst, sd):
+    """`src` rewritten as a big-endian machine writes it: byteorder `big`, every storage's
+    elements byte-swapped. torch.load byte-swaps it back (checked)."""
+    sizes = [v.element_size() for v in sd.values()]  # storage i is the i-th tensor's
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            folder, _, name = info.filename.rpartition("/")
+            if name == "byteorder":
+                data = b"big"
+            elif folder.endswith("/data") and name.isdigit():
+                es = sizes[int(name)]
+                data = b"".join(data[i:i + es][::-1] for i in range(0, len(data), es))
+            zout.writestr(info.filename, data)
+    back = torch.load(dst)
+    for k, v in sd.items():
+        assert torch.equal(back[k], v), k
+
+
+def bomb(path, declared_elems, data_bytes, lie):
+    """A zip checkpoint whose storage entry `data/0` is `data_bytes` zeros, deflated; the
+    pickle declares `declared_elems` f32 elements. With `lie`, both zip headers declare the
+    entry as 16 bytes, whatever it expands to."""
+    pkl = io.BytesIO()
+    p = LegacyPickler(pkl, protocol=2)
+    p.legacy = False
+    p.dump({"w": TensorRef(StorageRef("0", declared_elems), 0, (declared_elems,), (1,))})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("bomb/data.pkl", pkl.getvalue())
+        z.writestr("bomb/byteorder", b"little")
+        info = zipfile.ZipInfo("bomb/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(info, "w") as f:
+            chunk = bytes(1 << 20)
+            for _ in range(data_bytes >> 20):
+                f.write(chunk)
+    if lie:
+        data = bytearray(open(path, "rb").read())
+        name = b"bomb/data/0"
+        for sig, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+            at = 0
+            while (at := data.find(sig, at)) >= 0:
+                if data[at + name_at:at + name_at + len(name)] == name:
+                    data[at + size_at:at + size_at + 4] = struct.pack("<I", 16)
+                at += 4
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def hostile(out):
+    """Decompression bombs (about 520 KB each, 512 MiB of zeros inside): the pickle declares
+    the 512 MiB (refused from the declared sizes, before decompressing), or declares 4
+    elements while the zip headers claim 16 bytes (a bounded read stops at byte 17)."""
+    os.makedirs(out, exist_ok=True)
+    size = 512 << 20
+    bomb(os.path.join(out, "bomb_declared.pth"), size // 4, size, lie=False)
+    bomb(os.path.join(out, "bomb_lying.pth"), 4, size, lie=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 //! `segkit_core::checkpoint` against real files written by `torch.save` and `safetensors`
 //! (tests/parity/gen_checkpoints.py; reference values in expected.safetensors).
 //!
-//! The cases are grouped by topic in `checkpoint/`: recognising and reading the formats,
-//! files that are not (readable) checkpoints, building models with typed errors, and saving.
+//! The cases are grouped by topic in `checkpoint/`: recognising and reading the formats, the
+//! legacy (pre-1.6) format, files that are not (readable) checkpoints, hostile files (one test
+//! per crash class of issue 14), building models with typed errors, and saving.
 
 // A test crate's root resolves modules next to itself: point them into `checkpoint/`.
 #[path = "checkpoint/bad_files.rs"]
 mod bad_files;
 #[path = "checkpoint/formats.rs"]
 mod formats;
+#[path = "checkpoint/hostile.rs"]
+mod hostile;
+#[path = "checkpoint/legacy.rs"]
+mod legacy;
 #[path = "checkpoint/model_loading.rs"]
 mod model_loading;
 #[path = "checkpoint/saving.rs"]

@@ -11,8 +11,35 @@
 //!   pickled object (see [`LoadOptions::key`]); the pickle is read by a small non-executing
 //!   reader, never run. Views are honoured (storage offsets and arbitrary strides; tied weights
 //!   stay one tensor);
-//! - the **legacy** pre-1.6 PyTorch format is recognised and refused with the one-line
-//!   Python command that converts it.
+//! - the **legacy** PyTorch format (`torch.save` before torch 1.6, or with
+//!   `_use_new_zipfile_serialization=False`: PyTorch 0.4 / 1.0 checkpoints such as PANet's
+//!   `{step, model, optimizer}` and Gated-SCNN's `{state_dict, optimizer, epoch, mean_iu}`),
+//!   read transparently by the same reader, with the same state-dict search, views, storage
+//!   views (`view_metadata`) and tied weights.
+//!
+//! Byte orders: a zip file whose `byteorder` entry says `big` is byte-swapped on load; legacy
+//! files are little-endian whatever machine wrote them (PyTorch converts on write; a
+//! big-endian machine's element counts are recognised too). Pickle protocols 2 to 5 are read
+//! (`torch.save(.., pickle_protocol=5)` writes no out-of-band buffers; a pickle that uses them
+//! is refused with a typed error).
+//!
+//! # Picking the state dict of a training checkpoint
+//! By default the state dict is found (see [`LoadOptions::key`]): PANet's `model`, Gated-SCNN's
+//! `state_dict` (its DataParallel `module.` prefix removed) are found without options. Name it
+//! to be explicit, or when a file holds several:
+//! `StateDict::load_with(path, &LoadOptions { key: Some("model"), ..Default::default() })`;
+//! a nested one is a `/`-separated path (`"model/ema"`). Training state (`optimizer`, ..) is
+//! never searched, and its storages are skipped without being read.
+//!
+//! # Hostile files
+//! The pickle is never executed, and no input can crash or exhaust the process: nesting of any
+//! depth is freed without recursion and tensor wrappers are unwrapped at most 8 deep; every
+//! size, offset and stride is checked with overflow-checked arithmetic against the storage
+//! before anything is allocated; storage sizes are checked against the file's remaining size
+//! (legacy) or the zip entry's declared size, and entries are decompressed with a bounded
+//! reader. What the reader may allocate for storages and for tensors is each bounded by twice
+//! the file's size plus 32 MiB (a decompression bomb, a stride-0 view of a huge size or
+//! thousands of overlapping views are refused before the allocation).
 //!
 //! Anything else (a truncated or corrupt file, an empty file, a text file, a Git LFS pointer, a
 //! pickled `nn.Module`) is an [`Error::BadCheckpoint`] naming the file and what is wrong.
@@ -66,10 +93,13 @@
 //! # }
 //! ```
 
+mod legacy;
 mod pickle;
 mod pth;
 mod st;
+mod torch;
 mod tracker;
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -90,15 +120,21 @@ pub enum CheckpointFormat {
     Safetensors,
     /// PyTorch's zip format (`torch.save`, torch >= 1.6): `.pth`, `.pt`, `.bin`, `.ckpt`.
     PyTorchZip,
-    /// PyTorch's legacy pickle format (torch < 1.6, or `_use_new_zipfile_serialization=False`);
-    /// recognised but not read.
+    /// PyTorch's legacy pickle format (torch < 1.6, or `_use_new_zipfile_serialization=False`).
     PyTorchLegacy,
 }
 
 /// `torch.serialization.MAGIC_NUMBER` (0x1950a86a20f9469cfc6c), as pickle `LONG1` bytes.
-const LEGACY_MAGIC: [u8; 12] = [
+pub(super) const LEGACY_MAGIC: [u8; 12] = [
     0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
 ];
+
+/// Whether `b` starts with the legacy format's magic-number pickle (protocol 2 or later; from
+/// protocol 4 on, a FRAME opcode comes first).
+pub(super) fn has_legacy_magic(b: &[u8]) -> bool {
+    let at = if b.get(2) == Some(&0x95) { 11 } else { 2 };
+    b.first() == Some(&0x80) && b.get(at..at + 12) == Some(&LEGACY_MAGIC[..])
+}
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadCheckpoint {
@@ -136,7 +172,7 @@ impl CheckpointFormat {
             return Ok(Self::PyTorchZip);
         }
         if b[0] == 0x80 {
-            if b.get(2..14) == Some(&LEGACY_MAGIC[..]) {
+            if has_legacy_magic(b) {
                 return Ok(Self::PyTorchLegacy);
             }
             return Err(bad(
@@ -183,19 +219,7 @@ fn read_file(path: &Path, key: Option<&str>) -> Result<BTreeMap<String, Tensor>>
     match CheckpointFormat::detect(path)? {
         CheckpointFormat::Safetensors => st::load(path),
         CheckpointFormat::PyTorchZip => pth::load(path, key),
-        CheckpointFormat::PyTorchLegacy => {
-            let p = path.display().to_string().replace('\'', "\\'");
-            Err(bad(
-                path,
-                format!(
-                    "a PyTorch checkpoint in the legacy serialization format (torch < 1.6 or \
-                     `_use_new_zipfile_serialization=False`), which segkit does not read; \
-                     re-save it once with torch >= 1.6: `python -c \"import torch; \
-                     torch.save(torch.load('{p}'), '{p}.new')\"` (add `weights_only=False` to \
-                     torch.load on torch >= 2.6 if it holds more than tensors)"
-                ),
-            ))
-        }
+        CheckpointFormat::PyTorchLegacy => legacy::load(path, key),
     }
 }
 

@@ -9,7 +9,7 @@ use segkit_core::Error;
 use super::{expected, fixture, tmp, R};
 
 /// Loads `path`, expecting a `BadCheckpoint` whose message names the file and says `says`.
-fn expect_bad(path: &Path, says: &[&str]) {
+pub(crate) fn expect_bad(path: &Path, says: &[&str]) {
     match StateDict::load(path) {
         Err(e @ Error::BadCheckpoint { .. }) => {
             let msg = e.to_string();
@@ -131,12 +131,4 @@ fn files_that_are_not_checkpoints() -> R {
         other => panic!("{other:?}"),
     }
     Ok(())
-}
-
-#[test]
-fn legacy_format_is_explained() {
-    expect_bad(
-        &fixture("legacy.pth"),
-        &["legacy serialization format", "torch.save(torch.load("],
-    );
 }

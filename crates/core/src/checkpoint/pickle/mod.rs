@@ -30,34 +30,71 @@ struct Machine<'a> {
     /// Positions in `stack` of the pending MARKs.
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Set when the program ran past the end of `data` (a longer prefix may parse).
+    eof: bool,
+    /// Every persistent id seen, in order (for torch: every storage reference).
+    pids: Vec<Value>,
 }
 
 type R<T> = std::result::Result<T, String>;
 
 /// Runs the pickle in `data` and returns the object it builds.
 pub(crate) fn load(data: &[u8]) -> R<Value> {
+    load_prefix(data).map(|l| l.value).map_err(|e| e.message)
+}
+
+/// Why a pickle could not be read.
+#[derive(Debug)]
+pub(crate) struct PickleError {
+    /// What is wrong, for the user.
+    pub message: String,
+    /// The program ran past the end of the data: it may be complete in a longer prefix.
+    pub eof: bool,
+}
+
+/// A pickle read by [`load_prefix`].
+pub(crate) struct Loaded {
+    /// The object it builds.
+    pub value: Value,
+    /// The bytes it took, STOP included.
+    pub len: usize,
+    /// Every persistent id it holds, in order.
+    pub pids: Vec<Value>,
+}
+
+/// Runs the pickle at the start of `data` (which may go on after its STOP).
+pub(crate) fn load_prefix(data: &[u8]) -> std::result::Result<Loaded, PickleError> {
     let mut m = Machine {
         data,
         pos: 0,
         stack: Vec::with_capacity(64),
         marks: Vec::new(),
         memo: HashMap::new(),
+        eof: false,
+        pids: Vec::new(),
     };
-    m.run()
+    match m.run() {
+        Ok(value) => Ok(Loaded {
+            value,
+            len: m.pos,
+            pids: std::mem::take(&mut m.pids),
+        }),
+        Err(message) => Err(PickleError {
+            message,
+            eof: m.eof,
+        }),
+    }
 }
 
 impl Machine<'_> {
     fn take(&mut self, n: usize) -> R<&[u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                format!(
-                    "pickle ends early (wanted {n} bytes at offset {})",
-                    self.pos
-                )
-            })?;
+        let Some(end) = self.pos.checked_add(n).filter(|&e| e <= self.data.len()) else {
+            self.eof = true;
+            return Err(format!(
+                "pickle ends early (wanted {n} bytes at offset {})",
+                self.pos
+            ));
+        };
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -84,10 +121,10 @@ impl Machine<'_> {
     /// A text line (protocol 0), without the newline.
     fn line(&mut self) -> R<&str> {
         let rest = &self.data[self.pos..];
-        let n = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("pickle ends inside a text line")?;
+        let Some(n) = rest.iter().position(|&b| b == b'\n') else {
+            self.eof = true;
+            return Err("pickle ends inside a text line".into());
+        };
         self.pos += n + 1;
         let line = &rest[..n];
         let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -43,14 +43,9 @@ impl Machine<'_> {
                     return Value::new_dict(Vec::new())
                 }
                 ("builtins" | "__builtin__", "set" | "frozenset") => {
-                    let items = match &args {
-                        Value::Tuple(t) => match t.first() {
-                            Some(Value::List(l)) => l.borrow().clone(),
-                            _ => Vec::new(),
-                        },
-                        _ => Vec::new(),
-                    };
-                    return Value::Set(Rc::new(RefCell::new(items)));
+                    // Sets are never read: their items are not copied (a copy per REDUCE of
+                    // one memoised list would make memory quadratic in the pickle's size).
+                    return Value::Set(Rc::new(RefCell::new(Vec::new())));
                 }
                 _ => {}
             }
@@ -383,11 +378,13 @@ impl Machine<'_> {
             b'Q' => {
                 // BINPERSID
                 let id = self.pop()?;
+                self.pids.push(id.clone());
                 self.push(Value::PersId(Rc::new(id)))
             }
             b'P' => {
                 // PERSID
                 let id = Value::Str(self.line()?.into());
+                self.pids.push(id.clone());
                 self.push(Value::PersId(Rc::new(id)))
             }
             _ => return Ok(false),

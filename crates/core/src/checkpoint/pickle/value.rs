@@ -5,8 +5,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// A value on the pickle stack.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) enum Value {
+    #[default]
     None,
     Bool,
     Int(i64),
@@ -42,7 +43,63 @@ pub(crate) struct Obj {
     pub list: Vec<Value>,
 }
 
+/// Values are dropped with an explicit work list rather than by recursion, so that a pickle
+/// nested 100k deep (lists, dicts, tuples, objects) cannot overflow the stack when freed.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut v) = pending.pop() {
+            v.take_children(&mut pending);
+            // `v` now owns no children uniquely: dropping it recurses at most one level.
+        }
+    }
+}
+
 impl Value {
+    /// Moves the children this value owns alone (sole reference) into `out`.
+    fn take_children(&mut self, out: &mut Vec<Value>) {
+        match self {
+            Value::List(rc) | Value::Set(rc) => {
+                if let Some(cell) = Rc::get_mut(rc) {
+                    out.append(cell.get_mut());
+                }
+            }
+            Value::Dict(rc) => {
+                if let Some(cell) = Rc::get_mut(rc) {
+                    for (k, v) in cell.get_mut().drain(..) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                }
+            }
+            Value::Tuple(rc) => {
+                if let Some(items) = Rc::get_mut(rc) {
+                    out.extend(items.iter_mut().map(std::mem::take));
+                }
+            }
+            Value::Object(rc) => {
+                if let Some(cell) = Rc::get_mut(rc) {
+                    let o = cell.get_mut();
+                    out.push(std::mem::take(&mut o.callable));
+                    out.push(std::mem::take(&mut o.args));
+                    out.extend(o.state.take());
+                    for (k, v) in o.items.drain(..) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                    out.append(&mut o.list);
+                }
+            }
+            Value::PersId(rc) => {
+                if let Some(v) = Rc::get_mut(rc) {
+                    out.push(std::mem::take(v));
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub(super) fn new_dict(items: Vec<(Value, Value)>) -> Value {
         Value::Dict(Rc::new(RefCell::new(items)))
     }
@@ -55,6 +112,16 @@ impl Value {
             items: Vec::new(),
             list: Vec::new(),
         })))
+    }
+
+    /// The address of a dict's or an object's shared contents: equal for two references to
+    /// one container (a memo reference), so that a walk can visit it once.
+    pub fn identity(&self) -> Option<usize> {
+        match self {
+            Value::Dict(d) => Some(Rc::as_ptr(d) as *const u8 as usize),
+            Value::Object(o) => Some(Rc::as_ptr(o) as *const u8 as usize),
+            _ => None,
+        }
     }
 
     /// `module.name` when this is a global.

@@ -1,0 +1,1 @@
+//! Hostile files (issue 14).
