@@ -3,6 +3,7 @@
 A weight is a pure function of (state-dict key, element index); see the Rust module's docs for
 the definition. Values are bit-identical to Rust's (f64 arithmetic, one rounding to f32).
 """
+import hashlib
 import math
 
 import numpy as np
@@ -81,23 +82,68 @@ def fill_(module: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
     return module
 
 
-def sample_outputs(name: str, t: torch.Tensor, n: int = 2048) -> dict:
-    """A compact, order-sensitive summary of an output tensor: values at n deterministic flat
-    indices, the shape, and the full sum and absolute sum (float64)."""
+def _signs(key: str, start: int, stop: int) -> np.ndarray:
+    """Elements start..stop of the sign sequence `key`: -1 where uniform(key, .) < 0.5, else +1
+    (chunks of one sequence, so a long tensor needs no n-sized u64 temporaries at once)."""
+    seed = np.uint64(fnv1a64(key.encode("utf-8")))
+    i = np.arange(start, stop, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = _splitmix64(seed + i * GOLDEN)
+    return np.where((z >> np.uint64(63)) == 0, -1.0, 1.0)
+
+
+def summary_seed(name: str, flat: np.ndarray) -> int:
+    """A 63-bit seed from the output's name and values (sha256), so two fixtures with the same
+    output name and shape probe different elements and use different projection signs."""
+    h = hashlib.sha256(name.encode("utf-8") + b"\0" + np.ascontiguousarray(flat).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def block_bounds(total: int, blocks: int):
+    """Block b of an n-element tensor split into k = min(blocks, n) blocks covers flat indices
+    [b * n // k, (b + 1) * n // k) (segkit_tests::sampled::block_bounds)."""
+    k = min(blocks, total)
+    return [(b * total // k, (b + 1) * total // k) for b in range(k)]
+
+
+def sample_outputs(name: str, t: torch.Tensor, n: int = 2048, blocks: int = 4096) -> dict:
+    """A compact summary of an output tensor that every element enters (checked by
+    segkit_tests::assert_sampled_close):
+
+    - `shape`; `n`; `seed` (summary_seed: from the name and the values, so it differs per fixture);
+    - `val`: the values at up to n flat indices, unique(floor(uniform("sample.{seed:016x}", n) * N))
+      (every element when N <= n);
+    - `sum`, `abssum`, `absmax` of the whole tensor (float64);
+    - `proj`: k = min(blocks, N) random projections, one per contiguous block of the flattened
+      tensor (block_bounds): sum over the block of s_i * x_i with s_i = +-1 from
+      uniform-style bits of "proj.{seed:016x}" (the top bit of splitmix64), in float64 stored
+      as float32. A defect anywhere, even confined to a 16x16 patch, moves the projections of
+      the blocks it touches.
+    """
     t = t.detach().float().contiguous()
     flat = t.reshape(-1)
+    arr = flat.numpy()
     total = flat.numel()
+    seed = summary_seed(name, arr)
     if total <= n:
         idx = torch.arange(total, dtype=torch.int64)
     else:
-        u = uniform("sample." + name, n)
+        u = uniform(f"sample.{seed:016x}", n)
         idx = torch.from_numpy(np.unique((u * total).astype(np.int64)))
+    x = arr.astype(np.float64)
+    key = f"proj.{seed:016x}"
+    proj = np.empty(min(blocks, total), dtype=np.float64)
+    for b, (lo, hi) in enumerate(block_bounds(total, blocks)):
+        proj[b] = float(np.dot(_signs(key, lo, hi), x[lo:hi]))
     return {
         f"{name}.shape": torch.tensor(list(t.shape), dtype=torch.int64),
-        f"{name}.idx": idx,
+        f"{name}.seed": torch.tensor([seed], dtype=torch.int64),
+        f"{name}.n": torch.tensor([n], dtype=torch.int64),
         f"{name}.val": flat[idx].clone(),
-        f"{name}.sum": flat.double().sum().reshape(1),
-        f"{name}.abssum": flat.double().abs().sum().reshape(1),
+        f"{name}.sum": torch.tensor([x.sum()], dtype=torch.float64),
+        f"{name}.abssum": torch.tensor([np.abs(x).sum()], dtype=torch.float64),
+        f"{name}.absmax": torch.tensor([np.abs(x).max() if total else 0.0], dtype=torch.float64),
+        f"{name}.proj": torch.from_numpy(proj.astype(np.float32)),
     }
 
 

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod sampled;
+
+pub use sampled::{assert_sampled_close, check_sampled};
+
 /// Path of a fixture file, relative to `tests/fixtures/`.
 pub fn fixture_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -77,45 +81,5 @@ pub fn assert_close_rtol(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
     assert!(
         d <= tol,
         "{what}: max|diff| {d:e} > tol {tol:e} (max|ref| {m:e})"
-    );
-}
-
-/// Checks `got` against a sampled reference written by `synth.sample_outputs(name, ..)`:
-/// shape, the values at the stored flat indices (DESIGN.md tolerance relative to the sampled
-/// max), and the full-tensor sum (tolerance `1e-6 * abssum`, which catches any systematic error
-/// in the elements that were not sampled).
-pub fn assert_sampled_close(name: &str, got: &Tensor, f: &HashMap<String, Tensor>) {
-    let shape: Vec<usize> = get(f, &format!("{name}.shape"))
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as usize)
-        .collect();
-    assert_eq!(got.dims(), shape.as_slice(), "{name}: shape");
-    let idx = get(f, &format!("{name}.idx")).to_dtype(DType::U32).unwrap();
-    let flat = got.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
-    let sampled = flat.index_select(&idx, 0).unwrap();
-    assert_close(
-        &format!("{name} (sampled)"),
-        &sampled,
-        get(f, &format!("{name}.val")),
-    );
-    let sum = flat
-        .to_dtype(DType::F64)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let want = get(f, &format!("{name}.sum")).to_vec1::<f64>().unwrap()[0];
-    let abssum = get(f, &format!("{name}.abssum")).to_vec1::<f64>().unwrap()[0];
-    let tol = 1e-6 * abssum.max(1.0);
-    eprintln!(
-        "{name}: |sum - ref| = {:.3e}, tol = {tol:.3e}",
-        (sum - want).abs()
-    );
-    assert!(
-        (sum - want).abs() <= tol,
-        "{name}: sum {sum} vs reference {want} (tol {tol})"
     );
 }

@@ -39,6 +39,20 @@ pub fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The 64 random bits of element `i` of the stream seeded by `seed` (`seed = fnv1a64(key)`):
+/// `splitmix64(seed + i * 0x9E3779B97F4A7C15)`, the `z` of the module docs.
+pub fn stream_bits(seed: u64, i: u64) -> u64 {
+    splitmix64(seed.wrapping_add(i.wrapping_mul(GOLDEN)))
+}
+
+/// `n` values `u = (z >> 40) / 2^24` in `[0, 1)` of the stream `key` (Python: `synth.uniform`).
+pub fn uniform(key: &str, n: usize) -> Vec<f64> {
+    let seed = fnv1a64(key.as_bytes());
+    (0..n as u64)
+        .map(|i| (stream_bits(seed, i) >> 40) as f64 / (1u64 << 24) as f64)
+        .collect()
+}
+
 /// The values of the synthetic tensor `key` of shape `dims`, row-major, in f64.
 pub fn synthetic_values(key: &str, dims: &[usize]) -> Vec<f64> {
     let n: usize = dims.iter().product();
