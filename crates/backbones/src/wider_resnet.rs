@@ -286,7 +286,10 @@ impl WideResNet {
     /// Builds the network, loading every parameter from `vb` under the reference's key names.
     pub fn new(cfg: &WideResNetConfig, vb: VarBuilder<'_>) -> Result<Self> {
         cfg.validate()?;
-        let m1 = ConvModuleConfig::new(3, 64, 3).norm(None).bias(false);
+        let m1 = ConvModuleConfig::new(3, 64, 3)
+            .norm(None)
+            .bias(false)
+            .act(Activation::None);
         let mod1 = ConvNormAct::new_with_paths(&m1, vb.pp("mod1").pp("conv1"), vb.pp("none"))?;
         let mut in_ch = 64;
         let mut mods = Vec::with_capacity(6);

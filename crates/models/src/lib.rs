@@ -6,7 +6,9 @@
 //!   Cityscapes / ADE20K, segkit's demo model), checkpoint loading and test pipeline;
 //! - [`oneformer`]: OneFormer assembled from a Swin or ResNet backbone, the deformable-attention
 //!   pixel decoder and the task-conditioned transformer decoder, with Hugging Face config and
-//!   directory loading and the shi-labs presets.
+//!   directory loading and the shi-labs presets;
+//! - [`gscnn`]: Gated-SCNN (WideResNet38 or dilated ResNet regular stream, shape stream with
+//!   gated convolutions, Canny fusion, ASPP with edge branch), official checkpoint layout.
 //!
 //! One [`ModelConfig`] (a closed `#[serde(tag = "type")]` enum) describes every model, and one
 //! preset table ([`presets`], [`preset`]) names every preset of every architecture. segkit's own
@@ -34,6 +36,7 @@ pub struct ReadmeDoctests;
 
 pub mod datasets;
 pub mod encoder_decoder;
+pub mod gscnn;
 pub mod image;
 pub mod model;
 pub mod oneformer;
@@ -48,6 +51,7 @@ pub use encoder_decoder::config::{
 pub use encoder_decoder::inference::Prediction;
 pub use encoder_decoder::presets::{Architecture, Dataset, Preset};
 pub use encoder_decoder::{EncoderDecoder, SegmentorOutput};
+pub use gscnn::{Gscnn, GscnnConfig, GscnnOutput};
 pub use model::{load_hf_dir, ModelConfig};
 pub use oneformer::{
     OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,

@@ -32,6 +32,8 @@ pub enum ModelConfig {
     EncoderDecoder(Box<SegmentorConfig>),
     /// OneFormer ([`crate::OneFormer`]).
     OneFormer(Box<OneFormerConfig>),
+    /// Gated-SCNN ([`crate::Gscnn`]).
+    Gscnn(Box<crate::GscnnConfig>),
 }
 
 impl ModelConfig {
@@ -42,6 +44,7 @@ impl ModelConfig {
             ModelConfig::Swin(_) => "Swin",
             ModelConfig::EncoderDecoder(_) => "EncoderDecoder",
             ModelConfig::OneFormer(_) => "OneFormer",
+            ModelConfig::Gscnn(_) => "Gscnn",
         }
     }
 
@@ -50,6 +53,7 @@ impl ModelConfig {
         match self {
             ModelConfig::EncoderDecoder(c) => Some(&c.name),
             ModelConfig::OneFormer(c) => Some(&c.name),
+            ModelConfig::Gscnn(c) => Some(&c.name),
             _ => None,
         }
     }
@@ -91,6 +95,7 @@ impl ModelConfig {
             ModelConfig::Swin(c) => Box::new(BackboneModel::new("Swin", Swin::new(c, vb)?, dev)),
             ModelConfig::EncoderDecoder(c) => Box::new(EncoderDecoder::new(c, vb)?),
             ModelConfig::OneFormer(c) => Box::new(OneFormer::new(c, vb)?),
+            ModelConfig::Gscnn(c) => Box::new(crate::Gscnn::new(c, vb)?),
         })
     }
 

@@ -119,6 +119,13 @@ pub fn presets() -> Vec<PresetInfo> {
             about: "OneFormer (HF shi-labs; semantic / instance / panoptic)".into(),
         });
     }
+    for name in crate::gscnn::GSCNN_PRESETS {
+        v.push(PresetInfo {
+            name: name.to_string(),
+            architecture: "Gscnn",
+            about: "Gated-SCNN (Cityscapes 19 classes; outputs seg, edge, alpha1..3, acts)".into(),
+        });
+    }
     v
 }
 
@@ -135,6 +142,11 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
     }
     if crate::oneformer::presets::ONEFORMER_PRESETS.contains(&name) {
         return Ok(OneFormerConfig::preset(name)?.into());
+    }
+    if crate::gscnn::GSCNN_PRESETS.contains(&name) {
+        return Ok(ModelConfig::Gscnn(Box::new(crate::GscnnConfig::preset(
+            name,
+        )?)));
     }
     Err(Error::UnknownPreset {
         name: name.to_string(),

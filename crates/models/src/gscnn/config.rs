@@ -1,0 +1,159 @@
+//! [`GscnnConfig`]: a Gated-SCNN model — regular stream, head settings, Canny input mode,
+//! normalisation and class names — and its presets.
+
+use segkit_backbones::{ResNetConfig, WideResNetConfig};
+use segkit_core::FeatureSpec;
+use segkit_heads::gscnn::GscnnHeadConfig;
+use serde::{Deserialize, Serialize};
+
+pub use segkit_data::edges::CannyInput;
+
+use crate::datasets::DatasetMeta;
+use crate::{Error, Result};
+
+/// The regular stream of a Gated-SCNN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GscnnBackbone {
+    /// WideResNet38-A2 at output stride 8 (the official model): shape input m1 (stride 1),
+    /// fine map m2 (stride 2), side outputs on m3 / m4 / m7, ASPP on m7.
+    #[serde(rename = "wrn38")]
+    Wrn38,
+    /// torchvision ResNet-50 dilated to output stride 8 (`replace_stride_with_dilation =
+    /// [False, True, True]`): shape input and fine map c2 (stride 4), side outputs on c3 / c4
+    /// / c5, ASPP on c5 (segkit's wiring; the official code has only WRN38).
+    #[serde(rename = "resnet50-d8")]
+    ResNet50D8,
+    /// ResNet-101, wired as [`GscnnBackbone::ResNet50D8`].
+    #[serde(rename = "resnet101-d8")]
+    ResNet101D8,
+}
+
+impl GscnnBackbone {
+    /// The ResNet config of a ResNet regular stream (`None` for WRN38).
+    pub fn resnet(&self) -> Result<Option<ResNetConfig>> {
+        let depth = match self {
+            GscnnBackbone::Wrn38 => return Ok(None),
+            GscnnBackbone::ResNet50D8 => 50,
+            GscnnBackbone::ResNet101D8 => 101,
+        };
+        Ok(Some(
+            ResNetConfig::torchvision(depth).with_output_stride(8)?,
+        ))
+    }
+
+    /// Which backbone outputs feed the head's `[shape, fine, side1, side2, deep]` inputs.
+    pub fn head_inputs(&self) -> [usize; 5] {
+        match self {
+            GscnnBackbone::Wrn38 => [0, 1, 2, 3, 6],
+            _ => [0, 0, 1, 2, 3],
+        }
+    }
+
+    /// The specs of the head's five inputs, from the backbone's specs.
+    pub fn head_specs(&self, specs: &[FeatureSpec]) -> Result<Vec<FeatureSpec>> {
+        self.head_inputs()
+            .iter()
+            .map(|&i| {
+                specs.get(i).copied().ok_or_else(|| {
+                    Error::InvalidConfig(format!("regular stream has no output {i}"))
+                })
+            })
+            .collect()
+    }
+
+    /// WRN38's config, for [`GscnnBackbone::Wrn38`].
+    pub fn wide_resnet(&self) -> Option<WideResNetConfig> {
+        (*self == GscnnBackbone::Wrn38).then(WideResNetConfig::wrn38_a2)
+    }
+}
+
+/// A Gated-SCNN model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GscnnConfig {
+    /// The model's name (the preset's).
+    pub name: String,
+    /// The regular stream.
+    pub backbone: GscnnBackbone,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Run the shape stream (the paper's model); `false`: regular stream + ASPP without the
+    /// edge branch, no `edge` output.
+    pub shape_stream: bool,
+    /// How the Canny map is computed from the normalised input (segkit-data's
+    /// [`CannyInput`]: `as_released`, the official checkpoint's, or `image8bit`).
+    pub canny: CannyInput,
+    /// Per-channel RGB mean on the 0..1 scale (torchvision `Normalize`; ImageNet's
+    /// 0.485, 0.456, 0.406).
+    pub mean: [f64; 3],
+    /// Per-channel RGB standard deviation on the 0..1 scale (0.229, 0.224, 0.225).
+    pub std: [f64; 3],
+    /// Class names and palette.
+    #[serde(default)]
+    pub meta: DatasetMeta,
+}
+
+/// The preset names, in the table's order.
+pub const GSCNN_PRESETS: [&str; 2] = ["gscnn_wrn38_cityscapes", "gscnn_r101-d8_cityscapes"];
+
+impl GscnnConfig {
+    /// The official Cityscapes model: WRN38, 19 classes, Canny as released, ImageNet
+    /// normalisation (`best_cityscapes_checkpoint.pth` loads into it).
+    pub fn wrn38_cityscapes() -> Self {
+        Self {
+            name: GSCNN_PRESETS[0].into(),
+            backbone: GscnnBackbone::Wrn38,
+            num_classes: 19,
+            shape_stream: true,
+            canny: CannyInput::AsReleased,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            meta: DatasetMeta::cityscapes(),
+        }
+    }
+
+    /// The same head on a torchvision ResNet-101 at output stride 8 (no released weights).
+    pub fn r101_d8_cityscapes() -> Self {
+        Self {
+            name: GSCNN_PRESETS[1].into(),
+            backbone: GscnnBackbone::ResNet101D8,
+            ..Self::wrn38_cityscapes()
+        }
+    }
+
+    /// The preset `name` ([`GSCNN_PRESETS`]).
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "gscnn_wrn38_cityscapes" => Ok(Self::wrn38_cityscapes()),
+            "gscnn_r101-d8_cityscapes" => Ok(Self::r101_d8_cityscapes()),
+            _ => Err(Error::UnknownPreset {
+                name: name.into(),
+                valid: GSCNN_PRESETS.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+
+    /// The head's config.
+    pub fn head(&self) -> GscnnHeadConfig {
+        GscnnHeadConfig {
+            shape_stream: self.shape_stream,
+            ..GscnnHeadConfig::official(self.num_classes)
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.num_classes == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "{}: num_classes must be positive",
+                self.name
+            )));
+        }
+        if self.std.iter().any(|s| !(*s > 0.0)) {
+            return Err(Error::InvalidConfig(format!(
+                "{}: std must be positive, got {:?}",
+                self.name, self.std
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Gated-SCNN parity: segkit-backbones' `WideResNet`, segkit-heads' `gscnn` parts and
+//! segkit-models' `Gscnn` against a PyTorch reference (fixtures: tests/parity/gen_gscnn.py).
+//!
+//! The official code (nv-tlabs/GSCNN) cannot be installed and runs Canny and CUDA inside its
+//! forward, so the reference is a PyTorch module written in gen_gscnn.py from the official
+//! code's math (`network/gscnn.py`, `network/wider_resnet.py`,
+//! `my_functionals/GatedSpatialConv.py`): the same module tree and state-dict keys, BN / conv /
+//! bias layout and upsampling modes. Both sides get the same Canny map: computed with OpenCV in
+//! the generator as released (the normalised input cast to uint8, `cv2.Canny(img, 10, 100)`)
+//! and stored in the fixture.
+//!
+//! Everything at full size (WRN38 to 4096 channels, 19 classes), synthetic weights
+//! (`segkit_core::testing`), odd input 1 x 3 x 97 x 129 (`synthetic_input("input", ..)`).
+//! Tolerance: DESIGN.md's, `1e-4 * max(1, max|ref|)` on the sampled values and projections
+//! (`segkit_tests::assert_sampled_close`).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use segkit::models::gscnn::{GscnnBackbone, GscnnConfig};
+use segkit::models::Gscnn;
+use segkit_backbones::{WideResNet, WideResNetConfig};
+use segkit_core::testing::{synthetic_input, synthetic_var_builder};
+use segkit_core::FeatureSpec;
+use segkit_heads::gscnn::{GatedSpatialConv, GscnnHead, GscnnHeadConfig};
+use segkit_tests::{assert_sampled_close, get, load_fixture};
+
+const H: usize = 97;
+const W: usize = 129;
+
+fn vb() -> candle_nn::VarBuilder<'static> {
+    synthetic_var_builder(DType::F32, &Device::Cpu)
+}
+
+fn fixture(name: &str) -> HashMap<String, Tensor> {
+    load_fixture(&format!("gscnn/{name}.safetensors"))
+}
+
+fn image() -> Tensor {
+    synthetic_input("input", (1, 3, H, W), &Device::Cpu).unwrap()
+}
+
+/// Checks every named output the fixture has.
+fn check_all(named: &[(String, Tensor)], f: &HashMap<String, Tensor>) {
+    let mut checked = 0;
+    for (name, t) in named {
+        if f.contains_key(&format!("{name}.shape")) {
+            assert_sampled_close(name, t, f);
+            checked += 1;
+        }
+    }
+    let want = f.keys().filter(|k| k.ends_with(".shape")).count();
+    assert_eq!(
+        checked,
+        want,
+        "outputs {:?}",
+        named.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn wrn38_a2_backbone() {
+    let f = fixture("wrn38");
+    let net = WideResNet::new(&WideResNetConfig::wrn38_a2(), vb()).unwrap();
+    let o = net.forward(&image(), false).unwrap().into_vec();
+    for (i, t) in o.iter().enumerate() {
+        assert_sampled_close(&format!("m{}", i + 1), t, &f);
+    }
+}
+
+fn gcl_case(fixture_name: &str, n: usize, train: bool) {
+    let f = fixture(fixture_name);
+    let gcl = GatedSpatialConv::new(32, 1e-5, vb().pp("gate1")).unwrap();
+    let dev = Device::Cpu;
+    let s = synthetic_input("input0", (n, 32, H, W), &dev).unwrap();
+    let r = synthetic_input("input1", (n, 1, H, W), &dev).unwrap();
+    let o = gcl.forward_t(&s, &r, train).unwrap();
+    assert_sampled_close("out", &o.out, &f);
+    assert_sampled_close("alpha", &o.alpha, &f);
+}
+
+#[test]
+fn gated_spatial_conv() {
+    gcl_case("gcl", 1, false);
+}
+
+#[test]
+fn gated_spatial_conv_train_mode() {
+    // BatchNorm batch statistics, batch 2.
+    gcl_case("gcl_train", 2, true);
+}
+
+#[test]
+fn head_shape_stream_fusion_aspp_decoder() {
+    // The head alone on synthetic WRN38-shaped maps: shape stream, Canny fusion (`acts`),
+    // ASPP with the edge branch and the decoder.
+    let f = fixture("head");
+    let specs: Vec<FeatureSpec> = [(64, 1), (128, 2), (256, 4), (512, 8), (4096, 8)]
+        .map(|(c, s)| FeatureSpec::new(c, s))
+        .to_vec();
+    let sizes = [(97, 129), (49, 65), (25, 33), (13, 17), (13, 17)];
+    let head = GscnnHead::new(&GscnnHeadConfig::official(19), &specs, vb()).unwrap();
+    let feats: Vec<Tensor> = specs
+        .iter()
+        .zip(sizes)
+        .enumerate()
+        .map(|(i, (s, (h, w)))| {
+            synthetic_input(&format!("input{i}"), (1, s.channels, h, w), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let o = head
+        .forward_t(&feats, Some(get(&f, "canny")), (H, W), false)
+        .unwrap();
+    let [a1, a2, a3] = o.alphas.unwrap();
+    let named = [
+        ("seg", o.seg),
+        ("edge", o.edge.unwrap()),
+        ("alpha1", a1),
+        ("alpha2", a2),
+        ("alpha3", a3),
+        ("acts", o.acts.unwrap()),
+    ]
+    .map(|(n, t)| (n.to_string(), t));
+    check_all(&named, &f);
+}
+
+fn model_case(fixture_name: &str, cfg: GscnnConfig, canny_from: &str) {
+    let f = fixture(fixture_name);
+    let canny = load_fixture(&format!("gscnn/{canny_from}.safetensors"));
+    let m = Gscnn::new(&cfg, vb()).unwrap();
+    let o = m
+        .forward_t(&image(), Some(get(&canny, "canny")), false)
+        .unwrap();
+    assert_eq!(o.edge.is_some(), cfg.shape_stream);
+    check_all(&o.named(), &f);
+}
+
+#[test]
+fn whole_model_wrn38() {
+    model_case(
+        "wrn38_model",
+        GscnnConfig::wrn38_cityscapes(),
+        "wrn38_model",
+    );
+}
+
+#[test]
+fn whole_model_wrn38_without_shape_stream() {
+    let cfg = GscnnConfig {
+        shape_stream: false,
+        ..GscnnConfig::wrn38_cityscapes()
+    };
+    model_case("wrn38_no_shape", cfg, "wrn38_model");
+}
+
+#[test]
+fn whole_model_resnet50_d8() {
+    let cfg = GscnnConfig {
+        backbone: GscnnBackbone::ResNet50D8,
+        ..GscnnConfig::wrn38_cityscapes()
+    };
+    model_case("r50_d8_model", cfg, "wrn38_model");
+}
