@@ -7,6 +7,8 @@
 //! - [`resnet`]: ResNet-18/34/50/101/152 with torchvision (V1b), mmseg V1c (deep stem) and
 //!   V1d (deep stem + average-pool shortcut, mmseg or timm conventions) stems, output stride
 //!   8 / 16 / 32 through dilation, contracted dilation and multi-grid.
+//! - [`resnet_caffe`]: Detectron's caffe-style (MSRA) ResNet-50/101/152 (stride on the 1x1
+//!   conv, frozen `AffineChannel2d` norms, BGR mean input), PANet's official key names.
 //! - [`swin`]: Swin Transformer T / S / B / L (HF `SwinBackbone` or mmseg `SwinTransformer`
 //!   keys and numerics, stages 1..4 at strides 4 / 8 / 16 / 32), configured from an HF
 //!   `backbone_config` or an mmseg backbone dict.
@@ -20,10 +22,12 @@
 pub struct ReadmeDoctests;
 
 pub mod resnet;
+pub mod resnet_caffe;
 pub mod swin;
 pub mod wider_resnet;
 
 pub use resnet::{KeyStyle, ResNet, ResNetConfig, ResNetOutput, Stem};
+pub use resnet_caffe::{subtract_pixel_means, CaffeResNet, CaffeResNetConfig, PIXEL_MEANS_BGR};
 pub use swin::{HiddenAct, Swin, SwinConfig, SwinKeyStyle, SwinOutput};
 pub use wider_resnet::{WideResNet, WideResNetConfig, WideResNetOutput};
 

@@ -1,7 +1,7 @@
 //! `segkit dump`: run a model on a tensor and write every output.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -9,6 +9,7 @@ use segkit::ModelConfig;
 use segkit_core::checkpoint::{self, StateDict};
 use segkit_core::testing::synthetic_var_builder;
 
+use crate::outputs::{check_output_file, refuse_overwriting_inputs};
 use crate::presets;
 use crate::CliError;
 
@@ -70,7 +71,40 @@ fn read_input(path: &PathBuf) -> Result<Tensor, CliError> {
             map.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
     })?;
+    segkit::models::encoder_decoder::inference::check_input_shape(t.dims())
+        .map_err(|e| CliError::Usage(format!("input {}: {e}", path.display())))?;
     Ok(t.to_dtype(DType::F32)?)
+}
+
+/// Every file the dump reads: `--input`, `--config`, `--weights` (a file, or each file of a
+/// model directory).
+fn inputs_of(a: &DumpArgs) -> Vec<(&'static str, PathBuf)> {
+    let mut v: Vec<(&'static str, PathBuf)> = Vec::new();
+    if let Some(i) = &a.input {
+        v.push(("--input", i.clone()));
+    }
+    if let Some(c) = &a.config {
+        v.push(("--config", c.clone()));
+    }
+    if let Some(w) = &a.weights {
+        v.push(("--weights", w.clone()));
+        if let Ok(rd) = std::fs::read_dir(w) {
+            v.extend(rd.flatten().map(|e| ("file of --weights", e.path())));
+        }
+    }
+    v
+}
+
+/// `--out` (and `extra`, files written next to it) must be writable file paths in an
+/// existing directory, none of them an input.
+fn check_outputs(a: &DumpArgs, out: &Path, extra: &[PathBuf]) -> Result<(), CliError> {
+    let inputs = inputs_of(a);
+    let refs: Vec<(&str, &Path)> = inputs.iter().map(|(r, p)| (*r, p.as_path())).collect();
+    for o in std::iter::once(out).chain(extra.iter().map(PathBuf::as_path)) {
+        check_output_file(o)?;
+        refuse_overwriting_inputs(o, &refs)?;
+    }
+    Ok(())
 }
 
 /// Builds any model from `--synthetic` or `--weights` (optionally only the keys under
@@ -141,6 +175,7 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         // OneFormer also writes its task's post-processed result.
         return run_oneformer(&a, Some(c));
     }
+    check_outputs(&a, out, &[])?;
     let x = read_input(input)?;
     let model = load_model(&a, &name, &cfg, &dev)?;
     let outputs = model.forward_named(&x, None)?;
@@ -149,7 +184,7 @@ pub fn run(a: DumpArgs) -> Result<(), CliError> {
         eprintln!("{k}: {:?}", t.dims());
         map.insert(k, t);
     }
-    checkpoint::save_safetensors(&map, out)?;
+    segkit::train::checkpoint::as_one_write(|| checkpoint::save_safetensors(&map, out))?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -172,6 +207,7 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
         .task
         .parse()
         .map_err(|e: segkit::oneformer_parts::Error| CliError::Usage(e.to_string()))?;
+    check_outputs(a, out, &[out.with_extension("json")])?;
     let dev = Device::Cpu;
     let model = load_oneformer(a, cfg, &dev)?;
     let x = read_input(input)?;
@@ -192,7 +228,7 @@ fn run_oneformer(a: &DumpArgs, cfg: Option<&segkit::OneFormerConfig>) -> Result<
     for (k, t) in &map {
         eprintln!("{k}: {:?}", t.dims());
     }
-    checkpoint::save_safetensors(&map, out)?;
+    segkit::train::checkpoint::as_one_write(|| checkpoint::save_safetensors(&map, out))?;
     eprintln!("wrote {}", out.display());
     if !segments.is_null() {
         write_segments(&out.with_extension("json"), &segments)?;
@@ -231,7 +267,7 @@ fn post_process(
     fn to_i64<T: Copy + Into<i64>>(seg: &[T]) -> Vec<i64> {
         seg.iter().map(|&v| v.into()).collect()
     }
-    let pp = |e: segkit::oneformer_parts::Error| CliError::Core(e.into());
+    let pp = |e: segkit::oneformer_parts::Error| CliError::Core(e);
     let opts = segkit::PredictOptions::default();
     let r = match task {
         Task::Semantic => {
@@ -254,20 +290,16 @@ fn post_process(
     Ok((maps, segs))
 }
 
-/// Writes `segments` as pretty JSON to `json` (through `json.tmp`, renamed into place).
-fn write_segments(json: &std::path::Path, segments: &serde_json::Value) -> Result<(), CliError> {
+/// Writes `segments` as pretty JSON to `json` (a hidden temporary file renamed into place).
+fn write_segments(json: &Path, segments: &serde_json::Value) -> Result<(), CliError> {
     let text =
         serde_json::to_string_pretty(segments).map_err(|e| CliError::Usage(e.to_string()))?;
-    let tmp = json.with_extension("json.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, json))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            CliError::Core(segkit_core::Error::Io {
-                path: json.to_path_buf(),
-                source,
-            })
-        })?;
+    crate::outputs::write_all_or_none(&[(json.to_path_buf(), text.into_bytes())]).map_err(
+        |reason| CliError::Output {
+            path: json.to_path_buf(),
+            reason,
+        },
+    )?;
     eprintln!("wrote {}", json.display());
     Ok(())
 }

@@ -51,8 +51,26 @@ enum Command {
     Eval(train::EvalArgs),
 }
 
+/// SIGINT / SIGTERM: wait for a file write in progress to finish (no temporary file is
+/// left, the target is either the new file or the previous one), then exit with 128 + the
+/// signal's number, as the default action's status would read in a shell.
+fn exit_cleanly_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // the default actions stay
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _no_more_writes = segkit::train::checkpoint::block_writes();
+            eprintln!("interrupted (signal {sig}); no write was left half-done");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_cleanly_on_signals();
     let r = match cli.command {
         Command::Infer(a) => infer::run(a),
         Command::Dump(a) => dump::run(a),
@@ -63,7 +81,9 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Every message of the chain once (a checkpoint error: the model and file, then
+            // the key that did not fit).
+            eprintln!("error: {}", segkit_core::error::Report(&e));
             ExitCode::FAILURE
         }
     }

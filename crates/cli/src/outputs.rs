@@ -85,8 +85,13 @@ fn hidden(path: &Path, suffix: &str) -> PathBuf {
 /// Writes every file or none: all as temporary files first, then each renamed into place,
 /// an existing file first moved aside to a backup. On any failure the temporary files are
 /// removed, the files this run put in place are removed and the backups renamed back; on
-/// success the backups (the replaced files) are removed. Nothing else is ever deleted.
+/// success the backups (the replaced files) are removed. Nothing else is ever deleted. A
+/// SIGINT / SIGTERM waits for the group to finish (see `main`).
 pub fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
+    segkit::train::checkpoint::as_one_write(|| write_group(files))
+}
+
+fn write_group(files: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
     let mut temps: Vec<PathBuf> = Vec::new();
     for (path, bytes) in files {
         let tmp = hidden(path, "tmp");

@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Start afresh even though the output directory holds an earlier run (its checkpoint,
+    /// weights and metrics are replaced). Without it such a directory is refused.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
 }
 
 /// Arguments of `segkit eval`.
@@ -42,16 +46,21 @@ pub struct EvalArgs {
     /// The split to evaluate. Default: the dataset's validation split.
     #[arg(long)]
     split: Option<String>,
-    /// Evaluate only the first N images.
-    #[arg(long)]
+    /// Evaluate only the first N images (N >= 1).
+    #[arg(long, value_parser = at_least_one())]
     limit: Option<usize>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
+    /// Images per batch (>= 1).
+    #[arg(long, default_value_t = 8, value_parser = at_least_one())]
     batch_size: usize,
     /// Where to write the results as JSON. Default: `eval.json` in the config's output
     /// directory.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// A count that must be at least 1 (`--batch-size 0` is an error, not a silent 1).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// candle's element-wise CPU ops spin on their own thread pool, which next to segkit's rayon
@@ -75,6 +84,24 @@ fn train_err(e: segkit::train::TrainError) -> CliError {
 pub fn run_train(a: TrainArgs) -> Result<(), CliError> {
     single_threaded_candle_pool();
     let cfg = load_config(&a.config)?;
+    if !a.resume && !a.overwrite {
+        let earlier: Vec<&str> = [
+            segkit::train::trainer::CHECKPOINT_FILE,
+            segkit::train::trainer::MODEL_FILE,
+        ]
+        .into_iter()
+        .filter(|f| cfg.output_dir.join(f).exists())
+        .collect();
+        if !earlier.is_empty() {
+            return Err(CliError::Usage(format!(
+                "output directory {} holds an earlier run ({}): continue it with --resume, \
+                 replace it with --overwrite, or choose another output_dir in {}",
+                cfg.output_dir.display(),
+                earlier.join(", "),
+                a.config.display()
+            )));
+        }
+    }
     let trainer = if a.resume {
         Trainer::resume(cfg)
     } else {
@@ -110,6 +137,15 @@ pub fn run_train(a: TrainArgs) -> Result<(), CliError> {
 pub fn run_eval(a: EvalArgs) -> Result<(), CliError> {
     single_threaded_candle_pool();
     let cfg = load_config(&a.config)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| cfg.output_dir.join("eval.json"));
+    let inputs = [
+        ("--config", a.config.as_path()),
+        ("--weights", a.weights.as_path()),
+    ];
+    crate::outputs::refuse_overwriting_inputs(&out, &inputs)?;
     let model_cfg = cfg.segmentor_config().map_err(train_err)?;
     let model = EncoderDecoder::from_checkpoint(&model_cfg, &a.weights, &Device::Cpu)
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -125,7 +161,7 @@ pub fn run_eval(a: EvalArgs) -> Result<(), CliError> {
     print!("{}", r.table());
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let out = a.out.unwrap_or_else(|| cfg.output_dir.join("eval.json"));
+
     let json = serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?;
     segkit::train::checkpoint::write_atomic(&out, format!("{json}\n").as_bytes())
         .map_err(train_err)?;

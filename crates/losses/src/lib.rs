@@ -62,57 +62,10 @@ pub use point_sample::{
     SeededPointSource,
 };
 
-/// Errors of segkit-losses.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core (shapes, ops).
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// An argument outside its valid range.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// A cost matrix with a NaN or `-inf` entry (scipy: "matrix contains invalid numeric
-    /// entries").
-    #[error("cost matrix contains an invalid entry ({value}) at row {row}, column {col}")]
-    InvalidCost {
-        /// Row of the first invalid entry.
-        row: usize,
-        /// Column of the first invalid entry.
-        col: usize,
-        /// The entry.
-        value: f64,
-    },
-    /// A cost matrix whose `+inf` entries leave no complete assignment (scipy: "cost matrix is
-    /// infeasible").
-    #[error(
-        "cost matrix ({rows}x{cols}) is infeasible: `+inf` entries leave no complete assignment"
-    )]
-    InfeasibleCost {
-        /// Rows of the matrix.
-        rows: usize,
-        /// Columns of the matrix.
-        cols: usize,
-    },
-}
+/// Errors of segkit-losses: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-impl From<Error> for segkit_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(c) => c,
-            Error::InvalidArgument(m) => segkit_core::Error::InvalidArgument(m),
-            other @ (Error::InvalidCost { .. } | Error::InfeasibleCost { .. }) => {
-                segkit_core::Error::InvalidArgument(other.to_string())
-            }
-        }
-    }
-}
-
-/// Result alias of segkit-losses.
+/// `Result` with segkit-losses's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,14 +3,21 @@
 //! in the header's metadata, the iteration, the data order's position, the dropout stream's
 //! state, the AdamW step counts and both configs as JSON.
 //!
-//! Files are written atomically: the bytes go to a temporary file in the same directory,
-//! which is flushed to disk and renamed over the target, so a failed or interrupted write
-//! leaves the previous checkpoint intact (and no temporary file behind).
+//! Files are written atomically: the bytes go to a temporary file `.NAME.tmp-PID` in the same
+//! directory, which is flushed to disk and renamed over the target, so a failed or
+//! interrupted write leaves the previous checkpoint intact. What an interruption can leave:
+//! - a failed write removes its temporary file;
+//! - SIGINT / SIGTERM: `segkit` waits for a write in progress to finish ([`block_writes`])
+//!   before it exits, so no temporary file is left;
+//! - SIGKILL (or a crash) leaves `.NAME.tmp-PID`; the next run in that directory removes
+//!   such files of processes that are no longer alive ([`remove_stale_temps`]) — only names
+//!   of this pattern, only for dead PIDs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockWriteGuard};
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
@@ -70,8 +77,133 @@ pub fn to_bytes(
         })
         .collect::<TrainResult<Vec<_>>>()?;
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    safetensors::serialize(views, Some(meta))
+    let meta = (!meta.is_empty()).then_some(meta);
+    safetensors::serialize(views, meta)
         .map_err(|e| ck_err(Path::new("<checkpoint>"), e.to_string()))
+}
+
+/// Creates the directory `dir` (and its parents) unless it exists; a path component that is
+/// a regular file is reported as such (not as "File exists").
+pub fn ensure_dir(dir: &Path) -> TrainResult<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(file) = dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+        let what = if file == dir {
+            "it is a regular file, not a directory".to_string()
+        } else {
+            format!("{} is a regular file, not a directory", file.display())
+        };
+        return Err(io_err(
+            dir,
+            format!("cannot use as output directory: {what}"),
+        ));
+    }
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, format!("cannot create the directory: {e}")))
+}
+
+/// `p` absolute with links resolved; a path that does not exist yet as its parent's
+/// canonical form joined with its name.
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent().map(|d| d.canonicalize()), p.file_name()) {
+        (Some(Ok(d)), Some(n)) => d.join(n),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Refuses a run whose output files (`names` in `cfg.output_dir`) include one of its inputs:
+/// the config file itself, `load_from` or the model file — a training run never replaces a
+/// file it reads.
+pub fn refuse_overwriting_inputs(cfg: &crate::TrainConfig, names: &[&str]) -> TrainResult<()> {
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(s) = &cfg.source {
+        inputs.push(("the training config", s));
+    }
+    if let Some(l) = &cfg.load_from {
+        inputs.push(("`load_from`", l));
+    }
+    if let crate::ModelSpec::File { path } = &cfg.model {
+        inputs.push(("`model.path`", path));
+    }
+    for name in names {
+        let out = cfg.output_dir.join(name);
+        let c = canonical(&out);
+        if let Some((role, p)) = inputs.iter().find(|(_, p)| canonical(p) == c) {
+            return Err(cfg.error(format!(
+                "`output_dir`: the run would write {} over {role} {}; choose another \
+                 output_dir",
+                out.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Held (shared) by every write in progress; [`block_writes`] takes it exclusively.
+static WRITES: RwLock<()> = RwLock::new(());
+
+/// Waits until no atomic write is in progress and keeps new ones from starting while the
+/// guard lives: a signal handler takes it before exiting, so an interrupted process leaves
+/// either the finished file or the previous one, and no temporary file.
+pub fn block_writes() -> RwLockWriteGuard<'static, ()> {
+    WRITES.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` as one write that [`block_writes`] waits for (the CLI's own grouped writes use
+/// it too).
+pub fn as_one_write<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = WRITES.read().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
+/// The PID of a temporary file this module writes, `.NAME.tmp-PID`.
+fn temp_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (stem, pid) = rest.rsplit_once(".tmp-")?;
+    if stem.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is alive (`/proc/PID` exists); `None` where that cannot be known
+/// (no `/proc`).
+fn pid_alive(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self").exists() {
+        return None;
+    }
+    Some(Path::new("/proc").join(pid.to_string()).exists())
+}
+
+/// Removes the temporary files `.NAME.tmp-PID` (NAME one of `names`) that processes which
+/// are no longer alive left in `dir` (a SIGKILL during a write); returns the removed paths.
+/// Nothing else is touched: other names, live PIDs (another run writing there), and
+/// everything on systems without `/proc`.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_pid(&name) else {
+            continue;
+        };
+        let ours = names.iter().any(|n| {
+            name.strip_prefix('.').and_then(|r| r.strip_prefix(n)) == Some(&format!(".tmp-{pid}"))
+        });
+        if !ours || pid == std::process::id() || pid_alive(pid) != Some(false) {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// Writes `bytes` to `path` atomically (see the module docs).
@@ -91,12 +223,13 @@ pub fn write_atomic_with(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    ensure_dir(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
     let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _guard = WRITES.read().unwrap_or_else(|e| e.into_inner());
     let result = (|| -> io::Result<()> {
         let mut f = File::create(&tmp)?;
         write(&mut f, bytes)?;
@@ -201,6 +334,37 @@ mod tests {
         assert_eq!(s.interval.interval_named_bits, None);
         let back: State = serde_json::from_str(&to_json(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PID above the kernel's maximum (4194304) is never alive.
+        let dead = ".checkpoint.safetensors.tmp-99999999";
+        let alive = format!(".checkpoint.safetensors.tmp-{}", std::process::id());
+        let parent = format!(
+            ".model.safetensors.tmp-{}",
+            std::os::unix::process::parent_id()
+        );
+        let keep = [
+            alive.as_str(),
+            parent.as_str(),
+            ".notes.txt.tmp-99999999",
+            "checkpoint.safetensors.tmp-99999999",
+            ".checkpoint.safetensors.tmp-12ab",
+            "checkpoint.safetensors",
+        ];
+        for n in keep.iter().chain([&dead]) {
+            fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let names = ["checkpoint.safetensors", "model.safetensors"];
+        let removed = remove_stale_temps(dir.path(), &names);
+        assert_eq!(removed, vec![dir.path().join(dead)]);
+        for n in keep {
+            assert!(dir.path().join(n).exists(), "{n} removed");
+        }
+        assert_eq!(temp_pid(".a.tmp-12"), Some(12));
+        assert_eq!(temp_pid("a.tmp-12"), None);
     }
 
     #[test]

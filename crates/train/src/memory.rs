@@ -13,7 +13,7 @@
 //!   reach the long edge), `RandomCrop` caps it, `Pad` raises it — then raised to the data
 //!   preprocessor's `size`;
 //! - `activation_bytes_per_pixel` is the slope of the peak resident memory of training steps
-//!   over the input's pixels, measured once per model family by
+//!   over the input's pixels (backbone + class maps), measured once per model family by
 //!   `crates/train/tests/memory_calibration.rs` (see [`activation_bytes_per_pixel`] for the
 //!   numbers) — it holds the forward activations that autograd keeps, the backward pass's
 //!   gradients of them, and the kernels' scratch;
@@ -114,47 +114,71 @@ fn resized(
     }
 }
 
-/// Peak-memory slope of one training step per input pixel of one sample (bytes), by model
-/// family, measured by `tests/memory_calibration.rs` (CPU, f32, batch 2, square inputs of
-/// 128 and 192 pixels; the slope between the two sizes, rounded up):
+/// Peak memory of a training step per input pixel of one sample (bytes): a backbone / neck
+/// figure (scaled by the ResNet's width, `base_channels / 64`) plus `CLASS_MAP_BYTES` per
+/// class per class-map output (the logits, their softmax, the loss's gradients and the
+/// resizes at the input's size: DANet has three decode outputs, every other head one, the
+/// auxiliary head one more).
 ///
-/// | family                                   | measured slope |
-/// |------------------------------------------|----------------|
-/// CALIBRATION_TABLE
+/// Measured with `tests/memory_calibration.rs` (CPU, f32, SGD, batch 2, square inputs; the
+/// peak `VmHWM` of two steps; KiB per sample pixel — the slope between sizes, and the whole
+/// peak over the pixels at 192 x 192):
 ///
-/// A backbone or head outside the table takes the largest figure.
+/// | preset (classes)                      | slope 128->192 | slope 256->320 | peak / px at 192 |
+/// |---------------------------------------|----------------|----------------|------------------|
+/// | segkit demo r18 width 16 (11)         | 2.1            | 2.1 (b4, 256)  | 2.1              |
+/// | pspnet r50-d8 ADE20K (150)            | 21.5           | 29.2           | 34.2             |
+/// | pspnet r50-d8 Cityscapes (19)         | 19.3           |                | 29.5             |
+/// | pspnet r101-d8 ADE20K                 | 37.1           |                | 50.0             |
+/// | danet r50-d8 ADE20K                   | 37.1           |                | 43.5             |
+/// | danet r50-d8 Cityscapes               | 21.7           |                | 28.8             |
+/// | danet r101-d8 ADE20K                  | 50.3           |                | 58.9             |
+/// | fastfcn r50-d32 JPU + PSP ADE20K      | 17.9           |                | 31.8             |
+/// | fastfcn r50-d32 JPU + ASPP ADE20K     | 22.6           |                | 33.8             |
+/// | fastfcn r50-d32 JPU + Enc ADE20K      | 23.2           |                | 29.8             |
+///
+/// (The "peak / px" column includes the parameters' share, which the estimate counts
+/// separately.) A backbone outside the table (Swin) takes `UNKNOWN_BACKBONE`.
 pub fn activation_bytes_per_pixel(cfg: &SegmentorConfig) -> u64 {
-    let (depth, dilated) = match &cfg.backbone {
+    let jpu = matches!(cfg.neck, Some(NeckConfig::Jpu(_)));
+    let backbone = match &cfg.backbone {
         BackboneConfig::ResNet(r) => {
             let dilated = r.strides.iter().filter(|&&s| s == 1).count() >= 2;
-            (r.depth, dilated)
+            let base = match (r.depth, dilated && !jpu) {
+                (d, _) if d <= 18 => R18,
+                (d, _) if d <= 34 => R34,
+                (d, true) if d <= 50 => R50_D8,
+                (d, false) if d <= 50 => R50_D32_JPU,
+                (_, true) => R101_D8,
+                (_, false) => R101_D8 * R50_D32_JPU / R50_D8,
+            };
+            base.saturating_mul(r.base_channels as u64) / 64
         }
         #[allow(unreachable_patterns)]
-        _ => return BPP_MAX,
+        _ => UNKNOWN_BACKBONE,
     };
-    let jpu = matches!(cfg.neck, Some(NeckConfig::Jpu(_)));
-    let base = match (depth, dilated || jpu) {
-        (d, _) if d <= 34 => BPP_R18,
-        (50, true) => BPP_R50_D8,
-        (50, false) => BPP_R50_D8 / 4,
-        (101, true) => BPP_R101_D8,
-        (101, false) => BPP_R101_D8 / 4,
-        _ => return BPP_MAX,
-    };
-    let head = match &cfg.decode_head {
-        HeadConfig::Da(_) => BPP_DA_EXTRA,
-        _ => 0,
-    };
-    let jpu_extra = if jpu { BPP_JPU_EXTRA } else { 0 };
-    base + head + jpu_extra
+    let maps = match &cfg.decode_head {
+        HeadConfig::Da(_) => 3,
+        _ => 1,
+    } + u64::from(cfg.auxiliary_head.is_some());
+    backbone + CLASS_MAP_BYTES * maps * cfg.num_classes() as u64
 }
 
-const BPP_R18: u64 = 6_000;
-const BPP_R50_D8: u64 = 23_000;
-const BPP_R101_D8: u64 = 36_000;
-const BPP_DA_EXTRA: u64 = 4_000;
-const BPP_JPU_EXTRA: u64 = 4_000;
-const BPP_MAX: u64 = 45_000;
+/// ResNet-18 at width 64 (the demo model, width 16, measures a quarter of it).
+const R18: u64 = 8_000;
+/// ResNet-34: R18 scaled by the blocks at each stride.
+const R34: u64 = 13_000;
+/// ResNet-50 with dilated stages 3 and 4 (output stride 8): 29-30 KiB per pixel at ADE20K's
+/// 150 classes less their class maps.
+const R50_D8: u64 = 26_000;
+/// ResNet-50 at output stride 32 with FastFCN's JPU.
+const R50_D32_JPU: u64 = 18_000;
+/// ResNet-101 at output stride 8.
+const R101_D8: u64 = 40_000;
+/// Per class and class-map output.
+const CLASS_MAP_BYTES: u64 = 40;
+/// Any other backbone: above every measured figure.
+const UNKNOWN_BACKBONE: u64 = 60_000;
 
 /// The estimate of a training run's peak memory (bytes) with `params` parameters (see the
 /// module docs), and the batch size `(h, w)` it assumes.

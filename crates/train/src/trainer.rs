@@ -45,6 +45,16 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the JSONL metrics log.
 pub const LOG_FILE: &str = "metrics.jsonl";
+/// File name of the run's summary.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// Every file a run writes into its output directory.
+pub const RUN_FILES: [&str; 5] = [
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    SUMMARY_FILE,
+];
 
 /// A training run (see the module docs).
 pub struct Trainer {
@@ -75,6 +85,12 @@ impl std::fmt::Debug for Trainer {
             .field("model", &self.model_cfg.name)
             .field("iteration", &self.iteration)
             .finish_non_exhaustive()
+    }
+}
+
+fn progress_note(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
     }
 }
 
@@ -117,6 +133,7 @@ impl Trainer {
     ) -> TrainResult<Self> {
         cfg.validate().map_err(|reason| cfg.error(reason))?;
         let model_cfg = cfg.segmentor_config()?;
+        checkpoint::refuse_overwriting_inputs(&cfg, &RUN_FILES)?;
         if cfg.batch_size < 2 {
             return Err(cfg.error(
                 "`batch_size` must be at least 2: BatchNorm in training needs more than one \
@@ -455,8 +472,8 @@ impl Trainer {
     /// Writes the final weights (`model.safetensors`, mmseg keys) and `config.json`.
     pub fn save_model(&self, dir: &Path) -> TrainResult<PathBuf> {
         let path = dir.join(MODEL_FILE);
-        let w = self.weights()?;
-        segkit_core::checkpoint::save_safetensors(&w, &path)?;
+        let w: Vec<(String, Tensor)> = self.weights()?.into_iter().collect();
+        checkpoint::save(&path, &w, &BTreeMap::new())?;
         let tagged = segkit_models::ModelConfig::from(self.model_cfg.clone());
         let cfg = serde_json::to_string_pretty(&tagged).map_err(|e| TrainError::Io {
             path: dir.join(CONFIG_FILE),
@@ -472,10 +489,13 @@ impl Trainer {
     pub fn train_until(&mut self, until: usize) -> TrainResult<Option<EvalResult>> {
         let total = self.cfg.iterations;
         let until = until.min(total);
-        std::fs::create_dir_all(&self.cfg.output_dir).map_err(|e| TrainError::Io {
-            path: self.cfg.output_dir.clone(),
-            reason: e.to_string(),
-        })?;
+        checkpoint::ensure_dir(&self.cfg.output_dir)?;
+        for p in checkpoint::remove_stale_temps(&self.cfg.output_dir, &RUN_FILES) {
+            progress_note(
+                self.quiet,
+                &format!("removed {} (left by an interrupted run)", p.display()),
+            );
+        }
         let log_path = self.cfg.output_dir.join(LOG_FILE);
         let mut log = MetricsLog::open(
             &log_path,
@@ -567,10 +587,10 @@ impl Trainer {
             model_path,
         };
         let j = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Io {
-            path: self.cfg.output_dir.join("summary.json"),
+            path: self.cfg.output_dir.join(SUMMARY_FILE),
             reason: e.to_string(),
         })?;
-        checkpoint::write_atomic(&self.cfg.output_dir.join("summary.json"), j.as_bytes())?;
+        checkpoint::write_atomic(&self.cfg.output_dir.join(SUMMARY_FILE), j.as_bytes())?;
         Ok(summary)
     }
 }
