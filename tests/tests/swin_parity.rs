@@ -369,7 +369,7 @@ fn bad_configs_and_inputs_are_typed_errors() {
         assert!(
             matches!(
                 e,
-                segkit_backbones::Error::Core(segkit_core::Error::ShapeMismatch { .. })
+                segkit_core::Error::ShapeMismatch { .. }
             ),
             "{e}"
         );

@@ -55,11 +55,11 @@ pub fn colorize<T: Copy + Into<i64>>(labels: &[T], palette: &[[u8; 3]]) -> Vec<u
 /// `alpha` in `[0, 1]`.
 pub fn overlay(image: &[u8], color: &[u8], alpha: f64) -> Result<Vec<u8>> {
     if image.len() != color.len() {
-        return Err(Error::Core(segkit_core::Error::shape(
+        return Err(segkit_core::Error::shape(
             "overlay colour layer vs image",
             &[image.len()],
             &[color.len()],
-        )));
+        ));
     }
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::InvalidArgument(format!(
@@ -83,11 +83,11 @@ pub fn overlay_labels<T: Copy + Into<i64>>(
     alpha: f64,
 ) -> Result<Vec<u8>> {
     if image.len() != labels.len() * 3 {
-        return Err(Error::Core(segkit_core::Error::shape(
+        return Err(segkit_core::Error::shape(
             "RGB image vs class map (x3)",
             &[labels.len() * 3],
             &[image.len()],
-        )));
+        ));
     }
     overlay(image, &colorize(labels, palette), alpha)
 }

@@ -237,7 +237,7 @@ mod tests {
         ];
         assert!(matches!(
             head.forward(&bad, false),
-            Err(Error::Core(segkit_core::Error::ShapeMismatch { .. }))
+            Err(segkit_core::Error::ShapeMismatch { .. })
         ));
         cfg.base.input_transform = Some(InputTransform::MultipleSelect);
         assert!(matches!(

@@ -40,53 +40,12 @@ pub use enc::{EncHead, EncHeadConfig, EncHeadOutput, ENC_HEAD_SE_OUTPUT};
 pub use fcn::{FcnHead, FcnHeadConfig};
 pub use psp::{PspHead, PspHeadConfig};
 
-/// Errors of segkit-heads.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core (shapes, weights, ops).
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// A head configuration that does not describe a valid head for the given input specs.
-    #[error("invalid head config: {0}")]
-    InvalidConfig(String),
-    /// `forward` got a different number of feature maps than the specs the head was built from.
-    #[error("{what}: expected {expected} feature maps (one per input spec), got {got}")]
-    WrongInputCount {
-        /// The head.
-        what: &'static str,
-        /// Number of specs the head was built from.
-        expected: usize,
-        /// Number of tensors passed.
-        got: usize,
-    },
-}
+/// Errors of segkit-heads: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-impl From<Error> for segkit_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(e) => e,
-            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
-            Error::WrongInputCount {
-                what,
-                expected,
-                got,
-            } => segkit_core::Error::shape(
-                format!("{what} inputs (number of feature maps)"),
-                &[expected],
-                &[got],
-            ),
-        }
-    }
-}
-
-/// `Result` with segkit-heads' [`Error`].
+/// `Result` with segkit-heads's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]

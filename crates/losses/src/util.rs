@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// [`segkit_core::Error::ShapeMismatch`] wrapped in this crate's error.
 pub(crate) fn shape_err(what: &str, expected: &[usize], got: &[usize]) -> Error {
-    Error::Core(segkit_core::Error::shape(what, expected, got))
+    segkit_core::Error::shape(what, expected, got)
 }
 
 /// Errors unless `t` is a floating-point tensor.

@@ -406,7 +406,7 @@ mod tests {
         let err = fpn.forward(&xs, false).unwrap_err();
         assert!(matches!(
             err,
-            Error::Core(segkit_core::Error::ShapeMismatch { .. })
+            segkit_core::Error::ShapeMismatch { .. }
         ));
         let core: segkit_core::Error = Neck::forward_t(&fpn, &xs[..1], false).unwrap_err();
         assert!(matches!(core, segkit_core::Error::ShapeMismatch { .. }));

@@ -373,7 +373,7 @@ mod tests {
         ];
         assert!(matches!(
             jpu.forward(&xs, false),
-            Err(Error::Core(segkit_core::Error::ShapeMismatch { .. }))
+            Err(segkit_core::Error::ShapeMismatch { .. })
         ));
         assert!(matches!(
             jpu.forward(&xs[..2], false),

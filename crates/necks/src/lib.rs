@@ -34,53 +34,12 @@ pub use msdeform::{
 use candle_core::Tensor;
 use segkit_core::FeatureSpec;
 
-/// Errors of segkit-necks.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core (shapes, weights, ops).
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// A neck configuration that does not describe a valid network for the given inputs.
-    #[error("invalid neck config: {0}")]
-    InvalidConfig(String),
-    /// `forward` got a different number of feature maps than the specs the neck was built from.
-    #[error("{what}: expected {expected} feature maps (one per input spec), got {got}")]
-    WrongInputCount {
-        /// The neck.
-        what: &'static str,
-        /// Number of specs the neck was built from.
-        expected: usize,
-        /// Number of tensors passed.
-        got: usize,
-    },
-}
+/// Errors of segkit-necks: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-impl From<Error> for segkit_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(e) => e,
-            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
-            Error::WrongInputCount {
-                what,
-                expected,
-                got,
-            } => segkit_core::Error::shape(
-                format!("{what} inputs (number of feature maps)"),
-                &[expected],
-                &[got],
-            ),
-        }
-    }
-}
-
-/// `Result` with segkit-necks' [`Error`].
+/// `Result` with segkit-necks's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Checks that `features` match `specs`: same count, rank 4, the spec's channel count and one

@@ -25,56 +25,10 @@ pub mod postprocess;
 pub mod text_mapper;
 pub mod tokenizer;
 
-/// Errors of segkit-oneformer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core (shapes, weights, ops).
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// A configuration that does not describe a valid network.
-    #[error("invalid OneFormer config: {0}")]
-    InvalidConfig(String),
-    /// The tokenizer could not be built or could not encode a text.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// A channel count the config declares differs from the one an input spec reports.
-    #[error(
-        "transformer decoder: the config's `{field}` is {declared}, but {spec} has {channels} \
-         channels"
-    )]
-    SpecMismatch {
-        /// The config field (`hidden_dim`, `conv_dim`, `mask_dim`).
-        field: &'static str,
-        /// Its value.
-        declared: usize,
-        /// The input spec it was compared with, e.g. "the pixel decoder's mask features
-        /// (stride 4)".
-        spec: String,
-        /// The channels that spec reports.
-        channels: usize,
-    },
-    /// An argument outside its valid range (e.g. an unknown task name).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-}
+/// Errors of segkit-oneformer: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-impl From<Error> for segkit_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(c) => c,
-            Error::InvalidConfig(m) => segkit_core::Error::InvalidConfig(m),
-            e @ Error::SpecMismatch { .. } => segkit_core::Error::InvalidConfig(e.to_string()),
-            other => segkit_core::Error::InvalidArgument(other.to_string()),
-        }
-    }
-}
-
-/// Result alias of segkit-oneformer.
+/// `Result` with segkit-oneformer's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

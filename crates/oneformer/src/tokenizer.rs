@@ -222,10 +222,10 @@ impl TaskTokenizer {
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Self> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| {
-                Error::Core(segkit_core::Error::Io {
+                segkit_core::Error::Io {
                     path: path.to_path_buf(),
                     source,
-                })
+                }
             })
         };
         let vocab_text = read(vocab_json)?;

@@ -64,18 +64,21 @@ use std::path::PathBuf;
 use segkit_models::SegmentorConfig;
 
 /// Errors of training and evaluation.
+///
+/// A model or checkpoint error keeps its chain: a weight missing from `load_from` arrives as
+/// [`TrainError::Segkit`] holding [`segkit_models::Error::Checkpoint`], whose `source()` is the
+/// [`segkit_core::Error::MissingWeight`] ([`segkit_core::error::missing_weight`] finds it).
+/// `From<TrainError> for segkit_models::Error` lets the facade's `Result` take it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
     /// A model error (config, weights, shapes).
     #[error(transparent)]
     Segkit(#[from] segkit_models::Error),
-    /// A dataset error; [`segkit_data::Error::BadFile`] names the file.
+    /// A component error: a dataset ([`segkit_core::Error::BadFile`] names the file), a loss,
+    /// a shape (segkit-data's and segkit-losses' error is segkit-core's).
     #[error(transparent)]
-    Data(#[from] segkit_data::Error),
-    /// A loss error.
-    #[error(transparent)]
-    Loss(#[from] segkit_losses::Error),
+    Core(#[from] segkit_core::Error),
     /// A training config that cannot be read or used.
     #[error("bad training config {}: {reason}", .path.display())]
     Config {
@@ -126,15 +129,33 @@ pub enum TrainError {
     },
 }
 
-impl From<candle_core::Error> for TrainError {
-    fn from(e: candle_core::Error) -> Self {
-        TrainError::Segkit(e.into())
+impl TrainError {
+    /// The segkit-core error this error carries (directly, or inside a model error), if any.
+    pub fn as_core(&self) -> Option<&segkit_core::Error> {
+        match self {
+            TrainError::Segkit(e) => e.as_core(),
+            TrainError::Core(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
-impl From<segkit_core::Error> for TrainError {
-    fn from(e: segkit_core::Error) -> Self {
-        TrainError::Segkit(e.into())
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Core(e.into())
+    }
+}
+
+impl From<TrainError> for segkit_models::Error {
+    /// A model or component error as itself; the trainer's own errors (config, files,
+    /// checkpoints, divergence) as [`segkit_models::Error::Training`], whose `source()` is the
+    /// [`TrainError`].
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Segkit(e) => e,
+            TrainError::Core(e) => segkit_models::Error::Core(e),
+            other => segkit_models::Error::Training(Box::new(other)),
+        }
     }
 }
 

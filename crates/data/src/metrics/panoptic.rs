@@ -187,11 +187,11 @@ impl PanopticQuality {
         pred_segments: &[SegmentInfo],
     ) -> Result<()> {
         if gt_ids.len() != pred_ids.len() {
-            return Err(Error::Core(segkit_core::Error::shape(
+            return Err(segkit_core::Error::shape(
                 "panoptic prediction vs ground truth",
                 &[gt_ids.len()],
                 &[pred_ids.len()],
-            )));
+            ));
         }
         let gt_segms = segment_map(gt_segments, "ground-truth")?;
         let pred_segms = segment_map(pred_segments, "predicted")?;

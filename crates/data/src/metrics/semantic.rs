@@ -183,11 +183,11 @@ impl SegMetric {
         G: Copy + Into<i64>,
     {
         if pred.len() != gt.len() {
-            return Err(Error::Core(segkit_core::Error::shape(
+            return Err(segkit_core::Error::shape(
                 "prediction vs ground truth",
                 &[gt.len()],
                 &[pred.len()],
-            )));
+            ));
         }
         let n = self.num_classes as i64;
         let mut s = AreaStats::zeros(self.num_classes);
@@ -236,11 +236,11 @@ impl SegMetric {
     /// dtypes u8 / u32 / i16 / i32 / i64, on any device).
     pub fn update_tensor(&mut self, pred: &Tensor, gt: &Tensor) -> Result<()> {
         if pred.dims() != gt.dims() {
-            return Err(Error::Core(segkit_core::Error::shape(
+            return Err(segkit_core::Error::shape(
                 "prediction vs ground truth",
                 gt.dims(),
                 pred.dims(),
-            )));
+            ));
         }
         let p = labels_of(pred, "prediction")?;
         let g = labels_of(gt, "ground truth")?;

@@ -387,9 +387,8 @@ impl Encoder {
 
 fn oneformer_err(e: segkit_oneformer::Error) -> Error {
     match e {
-        segkit_oneformer::Error::Core(c) => Error::Core(c),
         segkit_oneformer::Error::InvalidConfig(m) => Error::InvalidConfig(m),
         e @ segkit_oneformer::Error::SpecMismatch { .. } => Error::InvalidConfig(e.to_string()),
-        other => Error::Core(other.into()),
+        other => Error::Core(other),
     }
 }

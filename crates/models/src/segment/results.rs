@@ -63,10 +63,7 @@ pub(super) fn invalid(msg: impl Into<String>) -> Error {
 }
 
 pub(super) fn data_err(e: segkit_data::Error) -> Error {
-    match e {
-        segkit_data::Error::Core(c) => Error::Core(c),
-        other => invalid(other.to_string()),
-    }
+    Error::Core(e)
 }
 
 /// The name of class `id` in `classes`: `"unlabeled"` for [`UNLABELED`], `"class_<id>"`

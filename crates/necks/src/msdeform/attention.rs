@@ -220,16 +220,16 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Core(segkit_core::Error::InvalidArgument(
+        return Err(segkit_core::Error::InvalidArgument(
             "deformable attention CPU kernel on a non-CPU tensor".into(),
-        )));
+        ));
     };
     let data = cpu.as_slice::<f32>()?;
     let start = layout.start_offset();
     let data = data.get(start..start + t.elem_count()).ok_or_else(|| {
-        Error::Core(segkit_core::Error::InvalidArgument(
+        segkit_core::Error::InvalidArgument(
             "deformable attention: tensor storage shorter than its layout".into(),
-        ))
+        )
     })?;
     f(data)
 }

@@ -93,7 +93,7 @@ fn typed_errors() {
         .collect();
     assert!(matches!(
         dec.forward(&xs, false),
-        Err(Error::Core(segkit_core::Error::ShapeMismatch { .. }))
+        Err(segkit_core::Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
         dec.forward(&xs[..3], false),

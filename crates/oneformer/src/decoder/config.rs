@@ -161,6 +161,7 @@ impl TransformerDecoderConfig {
         }
         let mismatch = |field: &'static str, declared: usize, spec: &FeatureSpec, what: &str| {
             Error::SpecMismatch {
+                component: "transformer decoder",
                 field,
                 declared,
                 spec: format!("the pixel decoder's {what} (stride {})", spec.stride),
@@ -252,6 +253,7 @@ mod tests {
             matches!(
                 &e,
                 Error::SpecMismatch {
+                    component: "transformer decoder",
                     field: "mask_dim",
                     declared: 64,
                     channels: 32,
@@ -271,6 +273,7 @@ mod tests {
         assert!(matches!(
             c.input_dims(&specs(32, 32)),
             Err(Error::SpecMismatch {
+                component: "transformer decoder",
                 field: "conv_dim",
                 declared: 16,
                 channels: 32,
@@ -283,6 +286,7 @@ mod tests {
             matches!(
                 e,
                 Error::SpecMismatch {
+                    component: "transformer decoder",
                     field: "hidden_dim",
                     declared: 32,
                     channels: 64,
