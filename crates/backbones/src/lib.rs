@@ -31,32 +31,10 @@ pub use resnet_caffe::{subtract_pixel_means, CaffeResNet, CaffeResNetConfig, PIX
 pub use swin::{HiddenAct, Swin, SwinConfig, SwinKeyStyle, SwinOutput};
 pub use wider_resnet::{WideResNet, WideResNetConfig, WideResNetOutput};
 
-/// Errors of segkit-backbones.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from segkit-core (shapes, weights, ops).
-    #[error(transparent)]
-    Core(#[from] segkit_core::Error),
-    /// A backbone configuration that does not describe a valid network.
-    #[error("invalid backbone config: {0}")]
-    InvalidConfig(String),
-}
+/// Errors of segkit-backbones: segkit-core's [`segkit_core::Error`], the one error type of segkit's
+/// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
+/// whichever component reported it; see [`segkit_core::error`]).
+pub use segkit_core::Error;
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Core(e.into())
-    }
-}
-
-impl From<Error> for segkit_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(e) => e,
-            Error::InvalidConfig(s) => segkit_core::Error::InvalidConfig(s),
-        }
-    }
-}
-
-/// `Result` with segkit-backbones' [`Error`].
+/// `Result` with segkit-backbones's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
