@@ -47,8 +47,8 @@ pub use criterion::{
 };
 pub use cross_entropy::{pssl_class_weight, BinaryCrossEntropyLoss, CrossEntropyLoss};
 pub use gscnn::{
-    edge_attention_target, edge_bce_loss, DualTaskLoss, ImageBasedCrossEntropyLoss,
-    JointEdgeSegLoss, JointEdgeSegLosses, SegLossMode,
+    edge_attention_target, edge_bce_loss, DualTaskGradient, DualTaskLoss,
+    ImageBasedCrossEntropyLoss, JointEdgeSegLoss, JointEdgeSegLosses, SegLossMode,
 };
 pub use lsap::linear_sum_assignment;
 pub use mask::{
