@@ -79,7 +79,7 @@ impl Shortcut {
                 ops::avg_pool2d(&x, 2, 1, 0, true, false)?
             }
         };
-        Ok(self.conv.forward_t(&x, train)?)
+        self.conv.forward_t(&x, train)
     }
 }
 
@@ -98,7 +98,7 @@ impl Block {
             Some(s) => s.forward(x, train)?,
             None => x.clone(),
         };
-        Ok(ops::add_act(&y, &identity, Activation::Relu)?)
+        ops::add_act(&y, &identity, Activation::Relu)
     }
 }
 
@@ -247,7 +247,7 @@ impl ResNet {
                 .norm(norm)
                 .bias(false);
             let (cp, np) = cfg.key_style.block_conv_paths(b.stage, b.index, i);
-            Ok(ConvNormAct::new_with_paths(&c, vb.pp(cp), vb.pp(np))?)
+            ConvNormAct::new_with_paths(&c, vb.pp(cp), vb.pp(np))
         };
         let mut convs = Vec::with_capacity(3);
         if bottleneck {
@@ -319,7 +319,7 @@ impl ResNet {
             segkit_core::Error::shape("ResNet input (N x 3 x H x W)", &[1, 3, 224, 224], x.dims())
         })?;
         if c != 3 || h == 0 || w == 0 {
-            return Err(segkit_core::Error::shape("ResNet input channels", &[3], &[c]).into());
+            return Err(segkit_core::Error::shape("ResNet input channels", &[3], &[c]));
         }
         let t = self.stage_train(0, train);
         let mut y = x.clone();

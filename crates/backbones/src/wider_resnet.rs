@@ -257,7 +257,7 @@ impl Block {
             h = dropout2d(&h, self.dropout, train)?;
             h = c3.forward_t(&h, train)?;
         }
-        Ok(ops::add_act(&h, &shortcut, Activation::None)?)
+        ops::add_act(&h, &shortcut, Activation::None)
     }
 }
 
@@ -336,8 +336,7 @@ impl WideResNet {
                     "WideResNet input (N x 3 x H x W)",
                     &[1, 3, 224, 224],
                     d,
-                )
-                .into())
+                ))
             }
         }
         let mut y = self.mod1.forward_t(x, train)?;

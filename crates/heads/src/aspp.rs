@@ -148,7 +148,7 @@ impl AsppHead {
         for br in &self.branches {
             outs.push(br.forward_t(&x, train)?);
         }
-        Ok(self.bottleneck.forward_t(&Tensor::cat(&outs, 1)?, train)?)
+        self.bottleneck.forward_t(&Tensor::cat(&outs, 1)?, train)
     }
 
     /// Runs the head on one map per input spec and returns the logits.

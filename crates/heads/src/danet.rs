@@ -114,13 +114,13 @@ fn scale(vb: &VarBuilder<'_>) -> Result<Tensor> {
 }
 
 fn conv1x1(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(ops::conv2d(
+    ops::conv2d(
         x,
         w,
         Some(b),
         Conv2dParams::default(),
         Activation::None,
-    )?)
+    )
 }
 
 /// Position attention module (mmseg `PAM`).

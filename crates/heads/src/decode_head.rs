@@ -221,31 +221,27 @@ impl HeadInputs {
                     format!("{} input {i} (N x C x H x W)", self.what),
                     &[1, want, 1, 1],
                     t.dims(),
-                )
-                .into());
+                ));
             };
             if c != want {
                 return Err(segkit_core::Error::shape(
                     format!("{} input {i} channels", self.what),
                     &[want],
                     &[c],
-                )
-                .into());
+                ));
             }
             if h == 0 || w == 0 {
                 return Err(segkit_core::Error::InvalidArgument(format!(
                     "{} input {i} has an empty spatial size {h} x {w}",
                     self.what
-                ))
-                .into());
+                )));
             }
             if *batch.get_or_insert(n) != n {
                 return Err(segkit_core::Error::shape(
                     format!("{} input {i} batch size", self.what),
                     &[batch.unwrap_or(n)],
                     &[n],
-                )
-                .into());
+                ));
             }
             out.push(t.clone());
         }
@@ -346,13 +342,13 @@ impl ClsSeg {
     /// Dropout (training only) then the classifier.
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = dropout2d(x, self.p, train)?;
-        Ok(ops::conv2d(
+        ops::conv2d(
             &x,
             &self.weight,
             Some(&self.bias),
             Conv2dParams::default(),
             Activation::None,
-        )?)
+        )
     }
 }
 

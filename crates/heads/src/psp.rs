@@ -139,9 +139,7 @@ impl PspHead {
             )?);
         }
         self.bottleneck
-            .forward_t(&Tensor::cat(&outs, 1)?, train)
-            .map_err(Error::from)
-    }
+            .forward_t(&Tensor::cat(&outs, 1)?, train)}
 
     /// Runs the head on one map per input spec and returns the logits.
     pub fn forward(&self, features: &[Tensor], train: bool) -> Result<Tensor> {

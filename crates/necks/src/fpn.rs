@@ -336,7 +336,7 @@ impl Neck for Fpn {
     }
 
     fn forward_t(&self, features: &[Tensor], train: bool) -> segkit_core::Result<Vec<Tensor>> {
-        Ok(self.forward(features, train)?)
+        self.forward(features, train)
     }
 }
 

@@ -64,22 +64,19 @@ pub(crate) fn check_features(
                 format!("{what} input {i} (N x C x H x W)"),
                 &[1, s.channels, 1, 1],
                 dims,
-            )
-            .into());
+            ));
         };
         if c != s.channels {
             return Err(segkit_core::Error::shape(
                 format!("{what} input {i} channels"),
                 &[s.channels],
                 &[c],
-            )
-            .into());
+            ));
         }
         if h == 0 || w == 0 {
             return Err(segkit_core::Error::InvalidArgument(format!(
                 "{what} input {i} has an empty spatial size {h} x {w}"
-            ))
-            .into());
+            )));
         }
         match batch {
             None => batch = Some(n),
@@ -88,8 +85,7 @@ pub(crate) fn check_features(
                     format!("{what} input {i} batch size"),
                     &[b],
                     &[n],
-                )
-                .into())
+                ))
             }
             _ => {}
         }

@@ -208,8 +208,7 @@ impl Swin {
                 "Swin input (B x C x H x W, non-empty)",
                 &[c_in],
                 &[c],
-            )
-            .into());
+            ));
         }
         let (mut hs, (mut gh, mut gw)) = self.embeddings.forward(x, train)?;
         let mut maps = Vec::with_capacity(self.outputs.len());

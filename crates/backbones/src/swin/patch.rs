@@ -95,8 +95,7 @@ impl PatchEmbeddings {
                     "Swin patch grid (absolute position embeddings are not interpolated)",
                     &[pos.dim(1)?],
                     &[gh * gw],
-                )
-                .into());
+                ));
             }
             y = y.broadcast_add(pos)?;
         }

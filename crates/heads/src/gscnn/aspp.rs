@@ -47,7 +47,7 @@ impl GscnnAspp {
     ) -> Result<Self> {
         let module = |i: usize, k: usize, vb: VarBuilder<'_>| -> Result<ConvNormAct> {
             let cfg = ConvModuleConfig::new(i, channels, k).norm(Some(norm));
-            Ok(ConvNormAct::new_with_paths(&cfg, vb.pp(0), vb.pp(1))?)
+            ConvNormAct::new_with_paths(&cfg, vb.pp(0), vb.pp(1))
         };
         let f = vb.pp("features");
         let mut features = vec![module(in_channels, 1, f.pp(0))?];
@@ -125,12 +125,12 @@ impl GscnnDecoder {
                 .bias(false)
                 .act(Activation::None);
             let none = vb.pp("none");
-            Ok(ConvNormAct::new_with_paths(&cfg, vb, none)?)
+            ConvNormAct::new_with_paths(&cfg, vb, none)
         };
         let fs = vb.pp("final_seg");
         let c3 = |i: usize, a: usize| -> Result<ConvNormAct> {
             let cfg = ConvModuleConfig::new(i, mid, 3).norm(Some(norm));
-            Ok(ConvNormAct::new_with_paths(&cfg, fs.pp(a), fs.pp(a + 1))?)
+            ConvNormAct::new_with_paths(&cfg, fs.pp(a), fs.pp(a + 1))
         };
         Ok(Self {
             bot_aspp: plain(aspp_channels, bot, 1, vb.pp("bot_aspp"))?,

@@ -80,8 +80,7 @@ impl GatedSpatialConv {
                 "GatedSpatialConv input",
                 &[1, self.channels, h, w],
                 s.dims(),
-            )
-            .into());
+            ));
         }
         let x = Tensor::cat(&[s, r], 1)?;
         let x = self.bn_in.forward_t(&x, train)?;

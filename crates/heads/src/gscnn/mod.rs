@@ -237,8 +237,7 @@ impl GscnnHead {
                     "Gated-SCNN head input",
                     &[1, s.channels, 1, 1],
                     f.dims(),
-                )
-                .into());
+                ));
             }
         }
         let (shape_in, fine, deep) = (&features[0], &features[1], &features[4]);
@@ -253,8 +252,7 @@ impl GscnnHead {
                         "Gated-SCNN Canny map",
                         &[n, 1, size.0, size.1],
                         canny.dims(),
-                    )
-                    .into());
+                    ));
                 }
                 let sides = [&features[2], &features[3], deep];
                 let s = stream.forward_t(shape_in, sides, size, train)?;

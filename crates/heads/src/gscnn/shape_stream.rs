@@ -39,7 +39,7 @@ pub(crate) fn upsample(x: &Tensor, size: (usize, usize), align_corners: bool) ->
     if (h, w) == size {
         return Ok(x.clone());
     }
-    Ok(ops::resize_bilinear(x, size, align_corners)?)
+    ops::resize_bilinear(x, size, align_corners)
 }
 
 /// A torchvision-style `BasicBlock` (`conv1`, `bn1`, `conv2`, `bn2`, identity shortcut).
@@ -64,7 +64,7 @@ impl BasicBlock {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.conv1.forward_t(x, train)?;
         let y = self.conv2.forward_t(&y, train)?;
-        Ok(ops::add_act(&y, x, Activation::Relu)?)
+        ops::add_act(&y, x, Activation::Relu)
     }
 }
 
@@ -74,7 +74,7 @@ fn conv1x1(i: usize, o: usize, bias: bool, vb: VarBuilder<'_>) -> Result<ConvNor
         .bias(bias)
         .act(Activation::None);
     let none = vb.pp("none");
-    Ok(ConvNormAct::new_with_paths(&cfg, vb, none)?)
+    ConvNormAct::new_with_paths(&cfg, vb, none)
 }
 
 /// `[f(0), f(1), f(2)]`, stopping at the first error.

@@ -64,8 +64,7 @@ impl MsDeformAttn {
                 "deformable attention levels",
                 &[l],
                 &[shapes.len()],
-            )
-            .into());
+            ));
         }
         let q = hidden.broadcast_add(pos)?.reshape((n * s, c))?;
         let value = self
@@ -111,24 +110,21 @@ fn check_msda(
             "sampling_locations (N x Q x heads x levels x points x 2)",
             &[b, 1, h, shapes.len(), 1, 2],
             ldims,
-        )
-        .into());
+        ));
     };
     if lb != b || lh != h || l != shapes.len() || two != 2 {
         return Err(segkit_core::Error::shape(
             "sampling_locations (N x Q x heads x levels x points x 2)",
             &[b, q, h, shapes.len(), p, 2],
             ldims,
-        )
-        .into());
+        ));
     }
     if attn.dims() != [b, q, h, l, p] {
         return Err(segkit_core::Error::shape(
             "attention_weights (N x Q x heads x levels x points)",
             &[b, q, h, l, p],
             attn.dims(),
-        )
-        .into());
+        ));
     }
     let total: usize = shapes.iter().map(|&(hh, ww)| hh * ww).sum();
     if total != s || shapes.iter().any(|&(hh, ww)| hh == 0 || ww == 0) {
@@ -136,8 +132,7 @@ fn check_msda(
             "value length (sum of the non-empty level areas)",
             &[total],
             &[s],
-        )
-        .into());
+        ));
     }
     Ok((b, s, h, d, q, l, p))
 }

@@ -127,7 +127,7 @@ impl QueryTransformer {
         for l in &self.layers {
             q = l.forward(&q, memory, pos, query_pos, train)?;
         }
-        Ok(self.norm.forward(&q)?)
+        self.norm.forward(&q)
     }
 }
 

@@ -210,7 +210,7 @@ impl TransformerDecoder {
                 self.cfg.task_seq_len
             )));
         }
-        Ok(self.task_mlp.forward(&task_inputs.to_dtype(DType::F32)?)?)
+        self.task_mlp.forward(&task_inputs.to_dtype(DType::F32)?)
     }
 
     /// The prediction heads (`forward_prediction_heads`): class and mask logits of queries
@@ -263,8 +263,7 @@ impl TransformerDecoder {
                     format!("OneFormer decoder input level {i} (B x conv_dim x h x w)"),
                     &[b, ld, h, w],
                     f.dims(),
-                )
-                .into());
+                ));
             }
             m.memories.push(
                 f.reshape((b, c, h * w))?
@@ -330,8 +329,7 @@ impl TransformerDecoder {
                 "OneFormer mask features (B x mask_dim x H x W)",
                 &[b, self.dims.mask_dim, mh, mw],
                 mask_features.dims(),
-            )
-            .into());
+            ));
         }
         let lv = self.level_memories(multi_scale_features, b, mask_features.device())?;
         let query_embed = self.queries_embedder.embeddings().unsqueeze(0)?; // 1 x N x C
