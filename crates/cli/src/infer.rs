@@ -307,7 +307,23 @@ fn process(
     alpha: f64,
 ) -> Result<(), String> {
     let img = segkit::image::open(input).map_err(|e| e.to_string())?;
-    let out = seg.segment(&img, task).map_err(|e| e.to_string())?;
+    let out = seg.segment(&img, task).map_err(|e| match seg.source() {
+        // A model error names the model's config (a size it sets, say).
+        Some(p) => {
+            let dir = if p.is_dir() {
+                p
+            } else {
+                p.parent().unwrap_or(p)
+            };
+            let cfg = dir.join("config.json");
+            if cfg.is_file() {
+                format!("{e} (model config {})", cfg.display())
+            } else {
+                format!("{e} (model {})", p.display())
+            }
+        }
+        None => e.to_string(),
+    })?;
     let sem = out.semantic();
     let png = |img: &DynamicImage| encode_image(img, ImageFormat::Png).map_err(|e| e.to_string());
     let class_img = sem.class_image().map_err(|e| e.to_string())?;
