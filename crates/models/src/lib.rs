@@ -34,6 +34,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod classifier;
 pub mod datasets;
 pub mod encoder_decoder;
 pub mod gscnn;

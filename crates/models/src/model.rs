@@ -34,6 +34,8 @@ pub enum ModelConfig {
     OneFormer(Box<OneFormerConfig>),
     /// Gated-SCNN ([`crate::Gscnn`]).
     Gscnn(Box<crate::GscnnConfig>),
+    /// An image classifier: backbone + global pooling + fc ([`crate::classifier::Classifier`]).
+    Classifier(Box<crate::classifier::ClassifierConfig>),
 }
 
 impl ModelConfig {
@@ -45,6 +47,7 @@ impl ModelConfig {
             ModelConfig::EncoderDecoder(_) => "EncoderDecoder",
             ModelConfig::OneFormer(_) => "OneFormer",
             ModelConfig::Gscnn(_) => "Gscnn",
+            ModelConfig::Classifier(_) => "Classifier",
         }
     }
 
@@ -54,6 +57,7 @@ impl ModelConfig {
             ModelConfig::EncoderDecoder(c) => Some(&c.name),
             ModelConfig::OneFormer(c) => Some(&c.name),
             ModelConfig::Gscnn(c) => Some(&c.name),
+            ModelConfig::Classifier(c) => Some(&c.name),
             _ => None,
         }
     }
@@ -96,6 +100,7 @@ impl ModelConfig {
             ModelConfig::EncoderDecoder(c) => Box::new(EncoderDecoder::new(c, vb)?),
             ModelConfig::OneFormer(c) => Box::new(OneFormer::new(c, vb)?),
             ModelConfig::Gscnn(c) => Box::new(crate::Gscnn::new(c, vb)?),
+            ModelConfig::Classifier(c) => Box::new(crate::classifier::model(c, vb)?),
         })
     }
 

@@ -126,6 +126,13 @@ pub fn presets() -> Vec<PresetInfo> {
             about: "Gated-SCNN (Cityscapes 19 classes; outputs seg, edge, alpha1..3, acts)".into(),
         });
     }
+    for (name, about) in crate::classifier::CLASSIFIER_PRESETS {
+        v.push(PresetInfo {
+            name: name.to_string(),
+            architecture: "Classifier",
+            about: about.to_string(),
+        });
+    }
     v
 }
 
@@ -147,6 +154,13 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         return Ok(ModelConfig::Gscnn(Box::new(crate::GscnnConfig::preset(
             name,
         )?)));
+    }
+    if crate::classifier::CLASSIFIER_PRESETS
+        .iter()
+        .any(|p| p.0 == name)
+    {
+        let c = crate::classifier::classifier_preset(name)?;
+        return Ok(ModelConfig::Classifier(Box::new(c)));
     }
     Err(Error::UnknownPreset {
         name: name.to_string(),
