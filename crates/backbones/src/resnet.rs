@@ -35,7 +35,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use segkit_core::nn::{ConvModuleConfig, ConvNormAct, Norm};
+use segkit_core::nn::{ConvInit, ConvModuleConfig, ConvNormAct, Norm};
 use segkit_core::ops::{self, Activation};
 use segkit_core::{Backbone, FeatureSpec};
 
@@ -240,6 +240,11 @@ impl ResNet {
         let (_, bottleneck) = cfg.layout()?;
         let norm = bn(cfg.bn_eps);
         let (s, d, planes) = (b.stride, b.dilation, b.planes);
+        // Initialisation (a `VarMap`): Kaiming-normal fan_out convs and norms 1 / 0 in every
+        // layout; mmseg (`zero_init_residual=True`) and timm (`zero_init_last=True`) start
+        // the last norm of each block at 0, torchvision and HF at 1.
+        let last = if bottleneck { 3 } else { 2 };
+        let zero_last = matches!(cfg.key_style, KeyStyle::Mmseg | KeyStyle::Timm);
         let conv = |cin, cout, k, s, dil: usize, i: usize| -> Result<ConvNormAct> {
             let c = ConvModuleConfig::new(cin, cout, k)
                 .stride(s)
@@ -247,7 +252,12 @@ impl ResNet {
                 .norm(norm)
                 .bias(false);
             let (cp, np) = cfg.key_style.block_conv_paths(b.stage, b.index, i);
-            ConvNormAct::new_with_paths(&c, vb.pp(cp), vb.pp(np))
+            let init = if zero_last && i == last {
+                ConvInit::MMCV.zero_norm()
+            } else {
+                ConvInit::MMCV
+            };
+            ConvNormAct::new_with_init(&c, vb.pp(cp), vb.pp(np), init)
         };
         let mut convs = Vec::with_capacity(3);
         if bottleneck {
@@ -319,7 +329,11 @@ impl ResNet {
             segkit_core::Error::shape("ResNet input (N x 3 x H x W)", &[1, 3, 224, 224], x.dims())
         })?;
         if c != 3 || h == 0 || w == 0 {
-            return Err(segkit_core::Error::shape("ResNet input channels", &[3], &[c]));
+            return Err(segkit_core::Error::shape(
+                "ResNet input channels",
+                &[3],
+                &[c],
+            ));
         }
         let t = self.stage_train(0, train);
         let mut y = x.clone();

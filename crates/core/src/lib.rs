@@ -3,7 +3,10 @@
 //! - [`FeatureSpec`] and the [`Backbone`] / [`Neck`] / [`DecodeHead`] traits through which
 //!   components connect without knowing each other's internals (heads return every output by
 //!   name: [`HeadOutput`]);
-//! - [`Error`], the typed error every component crate wraps;
+//! - [`Error`], the one error type of the component crates, and [`error::missing_weight`] to
+//!   find a missing weight from any entry point;
+//! - random initialisation as the reference implementations do it, in [`init`] (every layer
+//!   passes its scheme to the `VarBuilder`, so a `VarMap` starts where PyTorch would);
 //! - shared layers in [`nn`] (mmcv-compatible `ConvModule`, `LayerNorm2d`, `Mlp`);
 //! - tensor ops candle lacks in [`ops`], with PyTorch semantics and fast CPU kernels;
 //! - checkpoint reading in [`checkpoint`] (safetensors, PyTorch `.pth` / `.bin`);
@@ -18,6 +21,7 @@ pub struct ReadmeDoctests;
 
 pub mod checkpoint;
 pub mod error;
+pub mod init;
 pub mod nn;
 pub mod ops;
 pub mod random;

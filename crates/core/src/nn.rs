@@ -62,6 +62,44 @@ impl Norm {
     }
 }
 
+/// How a [`ConvNormAct`]'s parameters start when the `VarBuilder` creates them (see
+/// [`crate::init`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvInit {
+    /// The conv weight's initialisation.
+    pub weight: crate::init::Init,
+    /// The conv bias: zero (mmcv), or PyTorch's default U(+-1/sqrt(fan_in)).
+    pub torch_default_bias: bool,
+    /// The norm's weight starts at 0 instead of 1 (`zero_init_residual`).
+    pub zero_norm: bool,
+}
+
+impl ConvInit {
+    /// mmcv `ConvModule`'s (and torchvision's ResNet convs'): Kaiming normal `fan_out`, bias
+    /// 0, norm weight 1 and bias 0.
+    pub const MMCV: ConvInit = ConvInit {
+        weight: crate::init::KAIMING_FAN_OUT,
+        torch_default_bias: false,
+        zero_norm: false,
+    };
+
+    /// The same with the norm's weight 0: the last norm of a residual block under mmseg's /
+    /// timm's `zero_init_residual`.
+    pub const fn zero_norm(mut self) -> Self {
+        self.zero_norm = true;
+        self
+    }
+
+    /// The bias hint for a conv of fan-in `fan_in`.
+    fn bias(&self, fan_in: usize) -> crate::init::Init {
+        if self.torch_default_bias {
+            crate::init::torch_default_bias(fan_in)
+        } else {
+            crate::init::ZERO
+        }
+    }
+}
+
 /// Configuration of a [`ConvNormAct`] / mmcv `ConvModule`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConvModuleConfig {
@@ -226,25 +264,41 @@ impl ConvNormAct {
         conv_vb: VarBuilder<'_>,
         norm_vb: VarBuilder<'_>,
     ) -> Result<Self> {
+        Self::new_with_init(cfg, conv_vb, norm_vb, ConvInit::MMCV)
+    }
+
+    /// [`ConvNormAct::new_with_paths`] whose parameters, when the `VarBuilder` creates them
+    /// (a `VarMap`), start as `init` says; a checkpoint's `VarBuilder` ignores it.
+    pub fn new_with_init(
+        cfg: &ConvModuleConfig,
+        conv_vb: VarBuilder<'_>,
+        norm_vb: VarBuilder<'_>,
+        init: ConvInit,
+    ) -> Result<Self> {
         cfg.validate()?;
         let k = cfg.kernel_size;
-        let weight = conv_vb.get(
+        let weight = conv_vb.get_with_hints(
             (cfg.out_channels, cfg.in_channels / cfg.groups, k, k),
             "weight",
+            init.weight,
         )?;
         let bias = if cfg.bias {
-            Some(conv_vb.get(cfg.out_channels, "bias")?)
+            let fan_in = cfg.in_channels / cfg.groups * k * k;
+            Some(conv_vb.get_with_hints(cfg.out_channels, "bias", init.bias(fan_in))?)
         } else {
             None
         };
         let c = cfg.out_channels;
+        let nget = |name: &str| {
+            norm_vb.get_with_hints(c, name, crate::init::norm_param(name, init.zero_norm))
+        };
         let norm = match cfg.norm {
             None => None,
             Some(Norm::BatchNorm { eps, momentum }) => {
-                let weight = norm_vb.get(c, "weight")?;
-                let bias = norm_vb.get(c, "bias")?;
-                let mean = norm_vb.get(c, "running_mean")?;
-                let var = norm_vb.get(c, "running_var")?;
+                let weight = nget("weight")?;
+                let bias = nget("bias")?;
+                let mean = nget("running_mean")?;
+                let var = nget("running_var")?;
                 // Training updates the running statistics in place (they share storage with
                 // `mean` / `var`, e.g. a VarMap's variables), as PyTorch:
                 // `r = (1 - momentum) r + momentum s`, with the unbiased batch variance.
@@ -267,8 +321,8 @@ impl ConvNormAct {
                 })
             }
             Some(Norm::GroupNorm { groups, eps }) => {
-                let weight = norm_vb.get(c, "weight")?;
-                let bias = norm_vb.get(c, "bias")?;
+                let weight = nget("weight")?;
+                let bias = nget("bias")?;
                 Some(NormLayer::Group(candle_nn::GroupNorm::new(
                     weight, bias, c, groups, eps,
                 )?))
@@ -415,11 +469,11 @@ pub struct LayerNorm2d {
 }
 
 impl LayerNorm2d {
-    /// Loads `weight` and `bias` of length `channels`.
+    /// Loads `weight` and `bias` of length `channels` (initially 1 and 0).
     pub fn new(channels: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
+            weight: vb.get_with_hints(channels, "weight", crate::init::ONE)?,
+            bias: vb.get_with_hints(channels, "bias", crate::init::ZERO)?,
             eps,
         })
     }
@@ -498,11 +552,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Loads `weight` and `bias` of length `size`.
+    /// Loads `weight` and `bias` of length `size` (initially 1 and 0).
     pub fn new(size: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
+            weight: vb.get_with_hints(size, "weight", crate::init::ONE)?,
+            bias: vb.get_with_hints(size, "bias", crate::init::ZERO)?,
             eps,
         })
     }

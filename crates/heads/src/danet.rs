@@ -46,6 +46,7 @@
 
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
+use segkit_core::init;
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
 use segkit_core::ops::{self, Activation, Conv2dParams};
 use segkit_core::{DecodeHead, FeatureSpec, HeadOutput, HeadOutputSpec, OutputKind};
@@ -114,13 +115,7 @@ fn scale(vb: &VarBuilder<'_>) -> Result<Tensor> {
 }
 
 fn conv1x1(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    ops::conv2d(
-        x,
-        w,
-        Some(b),
-        Conv2dParams::default(),
-        Activation::None,
-    )
+    ops::conv2d(x, w, Some(b), Conv2dParams::default(), Activation::None)
 }
 
 /// Position attention module (mmseg `PAM`).
@@ -135,9 +130,14 @@ impl Pam {
     fn new(channels: usize, pam_channels: usize, vb: VarBuilder<'_>) -> Result<Self> {
         let proj = |name: &str, cout: usize| -> Result<(Tensor, Tensor)> {
             let v = vb.pp(name);
+            // Plain `nn.Conv2d`s in mmseg's `SelfAttentionBlock`: PyTorch's default init.
             Ok((
-                v.get((cout, channels, 1, 1), "weight")?,
-                v.get(cout, "bias")?,
+                v.get_with_hints(
+                    (cout, channels, 1, 1),
+                    "weight",
+                    init::torch_default_weight(),
+                )?,
+                v.get_with_hints(cout, "bias", init::torch_default_bias(channels))?,
             ))
         };
         Ok(Self {
@@ -216,20 +216,24 @@ impl DaHead {
             let c = ConvModuleConfig::new(cin, ch, 3).norm(b.norm).act(b.act);
             ConvNormAct::new(&c, vb.pp(name))
         };
+        // mmseg initialises `conv_seg` N(0, 0.01); the pam / cam classifiers keep PyTorch's
+        // default.
         let cls = |name: &str| ClsSeg::new(ch, b.num_classes, b.dropout_ratio, vb.pp(name));
+        let aux_cls =
+            |name: &str| ClsSeg::new_torch_default(ch, b.num_classes, b.dropout_ratio, vb.pp(name));
         Ok(Self {
             cfg: cfg.clone(),
             inputs: sel,
             pam_in_conv: cm(cin, "pam_in_conv")?,
             pam: Pam::new(ch, cfg.pam_channels, vb.pp("pam"))?,
             pam_out_conv: cm(ch, "pam_out_conv")?,
-            pam_cls: cls("pam_conv_seg")?,
+            pam_cls: aux_cls("pam_conv_seg")?,
             cam_in_conv: cm(cin, "cam_in_conv")?,
             cam: Cam {
                 gamma: scale(&vb.pp("cam").pp("gamma"))?,
             },
             cam_out_conv: cm(ch, "cam_out_conv")?,
-            cam_cls: cls("cam_conv_seg")?,
+            cam_cls: aux_cls("cam_conv_seg")?,
             cls: cls("conv_seg")?,
         })
     }

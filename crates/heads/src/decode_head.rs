@@ -20,6 +20,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
+use segkit_core::init;
 use segkit_core::nn::Norm;
 use segkit_core::ops::{self, Activation, Conv2dParams};
 use segkit_core::FeatureSpec;
@@ -325,17 +326,51 @@ pub(crate) struct ClsSeg {
 }
 
 impl ClsSeg {
-    /// Loads `weight` (`num_classes x channels x 1 x 1`) and `bias` from `vb`.
+    /// Loads `weight` (`num_classes x channels x 1 x 1`) and `bias` from `vb`; created
+    /// (a `VarMap`) as mmseg's `conv_seg`: N(0, 0.01), bias 0.
     pub(crate) fn new(
         channels: usize,
         num_classes: usize,
         dropout: f32,
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
+        Self::with_init(
+            channels,
+            num_classes,
+            dropout,
+            vb,
+            init::normal(0.01),
+            init::ZERO,
+        )
+    }
+
+    /// [`ClsSeg::new`] created with PyTorch's default `nn.Conv2d` initialisation (DANet's
+    /// `pam_conv_seg` / `cam_conv_seg`, which mmseg's `conv_seg` override does not reach).
+    pub(crate) fn new_torch_default(
+        channels: usize,
+        num_classes: usize,
+        dropout: f32,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        let (w, b) = (
+            init::torch_default_weight(),
+            init::torch_default_bias(channels),
+        );
+        Self::with_init(channels, num_classes, dropout, vb, w, b)
+    }
+
+    fn with_init(
+        channels: usize,
+        num_classes: usize,
+        dropout: f32,
+        vb: VarBuilder<'_>,
+        weight: init::Init,
+        bias: init::Init,
+    ) -> Result<Self> {
         Ok(Self {
             p: dropout,
-            weight: vb.get((num_classes, channels, 1, 1), "weight")?,
-            bias: vb.get(num_classes, "bias")?,
+            weight: vb.get_with_hints((num_classes, channels, 1, 1), "weight", weight)?,
+            bias: vb.get_with_hints(num_classes, "bias", bias)?,
         })
     }
 

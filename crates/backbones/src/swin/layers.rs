@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
+use segkit_core::init;
 use segkit_core::ops::{self, Activation};
 
 use super::config::{HiddenAct, SwinConfig, SwinKeyStyle};
@@ -45,9 +46,10 @@ pub(crate) struct Linear {
 impl Linear {
     pub fn new(din: usize, dout: usize, bias: bool, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            weight: vb.get((dout, din), "weight")?,
+            // mmseg's / HF's Swin initialisation: trunc_normal(std 0.02), bias 0.
+            weight: vb.get_with_hints((dout, din), "weight", init::trunc_normal(0.02))?,
             bias: if bias {
-                Some(vb.get(dout, "bias")?)
+                Some(vb.get_with_hints(dout, "bias", init::ZERO)?)
             } else {
                 None
             },
@@ -279,9 +281,10 @@ impl SwinBlock {
     ) -> Result<Self> {
         let w = cfg.window_size;
         let keys = BlockWeights::new(cfg, dim, vb)?;
-        let table = keys.table.get(
+        let table = keys.table.get_with_hints(
             ((2 * w - 1) * (2 * w - 1), heads),
             "relative_position_bias_table",
+            init::trunc_normal(0.02),
         )?;
         // mmseg registers the index as a (persistent) buffer, so its checkpoints hold it. It
         // is a pure function of the window size (mmseg's `double_step_seq` construction gives

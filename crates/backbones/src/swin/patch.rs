@@ -7,6 +7,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use segkit_core::init;
 
 use super::config::{SwinConfig, SwinKeyStyle};
 use super::layers::{dropout, linear, LayerNorm, Linear, TORCH_LN_EPS};
@@ -43,7 +44,7 @@ impl PatchEmbeddings {
         };
         let position = if cfg.use_absolute_embeddings {
             let n = (cfg.image_size[0] / p) * (cfg.image_size[1] / p);
-            Some(pos.get((1, n, c), pos_name)?)
+            Some(pos.get_with_hints((1, n, c), pos_name, init::trunc_normal(0.02))?)
         } else {
             None
         };
@@ -53,8 +54,17 @@ impl PatchEmbeddings {
             None
         };
         Ok(Self {
-            weight: proj.get((c, cfg.num_channels, p, p), "weight")?,
-            bias: proj.get(c, "bias")?,
+            // A plain `nn.Conv2d`: PyTorch's default initialisation.
+            weight: proj.get_with_hints(
+                (c, cfg.num_channels, p, p),
+                "weight",
+                init::torch_default_weight(),
+            )?,
+            bias: proj.get_with_hints(
+                c,
+                "bias",
+                init::torch_default_bias(cfg.num_channels * p * p),
+            )?,
             norm,
             position,
             patch: p,

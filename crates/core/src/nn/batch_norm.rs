@@ -43,10 +43,9 @@ pub struct BatchNormAct {
 impl BatchNormAct {
     /// Loads `weight`, `bias`, `running_mean`, `running_var` (length `channels`) from `vb`.
     pub fn new(channels: usize, eps: f64, act: Activation, vb: VarBuilder<'_>) -> Result<Self> {
-        let weight = vb.get(channels, "weight")?;
-        let bias = vb.get(channels, "bias")?;
-        let mean = vb.get(channels, "running_mean")?;
-        let var = vb.get(channels, "running_var")?;
+        let get = |n: &str| vb.get_with_hints(channels, n, crate::init::norm_param(n, false));
+        let (weight, bias) = (get("weight")?, get("bias")?);
+        let (mean, var) = (get("running_mean")?, get("running_var")?);
         let f64s = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1()?) };
         let (g, b, m, v) = (f64s(&weight)?, f64s(&bias)?, f64s(&mean)?, f64s(&var)?);
         let s: Vec<f64> = g
