@@ -11,7 +11,7 @@ from open_clip's bpe_simple_vocab_16e6, see gen_tokenizer.py).
 Cases (outputs stored with synth.sample_outputs):
 - oneformer/full_swin_tiny_{task}: the oneformer_ade20k_swin_tiny architecture (150 queries,
   150 classes, Swin-T, 6 encoder layers, 10 decoder layers), eval mode, 1x3x97x129, for each
-  task: class / mask logits, contrastive queries, task token, first auxiliary stage.
+  task: class / mask logits, contrastive queries, task token, every auxiliary stage.
 - oneformer/reduced_train: a reduced config (batch 2, 12 queries, 7 classes, width 64, Swin
   embed 16, MLP ratio 2) in training mode with dropout and drop path 0 and the text mapper (width 64, 2
   layers, 4 context embeddings, 8 text entries per image): logits, text queries, and HF's
@@ -152,9 +152,12 @@ def outputs_dict(out, prefix, n=2048):
     d.update(synth.sample_outputs(f"{prefix}masks_queries_logits", out.masks_queries_logits, n=n))
     d.update(synth.sample_outputs(f"{prefix}contrastive_queries", out.transformer_decoder_contrastive_queries, n=n))
     d.update(synth.sample_outputs(f"{prefix}task_token", out.task_token, n=n))
-    aux = out.auxiliary_predictions
-    d.update(synth.sample_outputs(f"{prefix}aux0.class_queries_logits", aux[0]["class_queries_logits"], n=n))
-    d.update(synth.sample_outputs(f"{prefix}aux0.masks_queries_logits", aux[0]["masks_queries_logits"], n=n))
+    # Every auxiliary stage (one per decoder layer but the last), with a lighter summary: the
+    # same prediction head as the final outputs, at every layer.
+    for i, aux in enumerate(out.auxiliary_predictions):
+        for k in ("class_queries_logits", "masks_queries_logits"):
+            d.update(synth.sample_outputs(f"{prefix}aux{i}.{k}", aux[k], n=min(n, 256), blocks=1024))
+    d[f"{prefix}aux.count"] = torch.tensor([len(out.auxiliary_predictions)], dtype=torch.int64)
     return d
 
 

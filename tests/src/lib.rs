@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 
 pub mod sampled;
 
-pub use sampled::{assert_sampled_close, check_sampled};
+pub use sampled::{
+    assert_sampled_close, assert_sampled_close_rtol, check_sampled, check_sampled_rtol,
+};
 
 /// Path of a fixture file, relative to `tests/fixtures/`.
 pub fn fixture_path(rel: &str) -> PathBuf {

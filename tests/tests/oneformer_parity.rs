@@ -3,7 +3,7 @@
 //!
 //! - The full oneformer_ade20k_swin_tiny architecture (Swin-T, 6-layer pixel decoder, 10
 //!   decoder layers, 150 queries / classes) on a 1x3x97x129 input, for each task: class and
-//!   mask logits, contrastive queries, task token, the first auxiliary stage.
+//!   mask logits, contrastive queries, task token, every auxiliary stage.
 //! - A reduced configuration with batch 2 in training mode (dropout and drop path 0) with the
 //!   text mapper: text queries and the query-text contrastive loss.
 //! - Directories written by `save_pretrained` (model.safetensors) and `torch.save`
@@ -28,16 +28,13 @@ fn config(name: &str) -> OneFormerConfig {
 fn check_outputs(out: &OneFormerOutput, f: &Fixture) {
     assert_sampled_close("task_token", &out.task_token, f);
     assert_sampled_close("contrastive_queries", &out.contrastive_queries, f);
-    assert_sampled_close(
-        "aux0.class_queries_logits",
-        &out.auxiliary[0].class_queries_logits,
-        f,
-    );
-    assert_sampled_close(
-        "aux0.masks_queries_logits",
-        &out.auxiliary[0].masks_queries_logits,
-        f,
-    );
+    let count = get(f, "aux.count").to_vec1::<i64>().unwrap()[0] as usize;
+    assert_eq!(out.auxiliary.len(), count, "auxiliary stages");
+    for (i, aux) in out.auxiliary.iter().enumerate() {
+        let name = |k: &str| format!("aux{i}.{k}");
+        assert_sampled_close(&name("class_queries_logits"), &aux.class_queries_logits, f);
+        assert_sampled_close(&name("masks_queries_logits"), &aux.masks_queries_logits, f);
+    }
     assert_sampled_close("class_queries_logits", &out.class_queries_logits, f);
     assert_sampled_close("masks_queries_logits", &out.masks_queries_logits, f);
 }
