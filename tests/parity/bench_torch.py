@@ -69,6 +69,14 @@ def make(case):
         dec = gp.build_decoder(OneFormerConfig(), gp.SWIN_T)
         feats = gp.features("bench", 1, gp.SWIN_T, [(128, 128), (64, 64), (32, 32), (16, 16)])
         return lambda: dec(feats).mask_features
+    if case in ("gscnn_wrn38", "gscnn_r101-d8"):
+        # Gated-SCNN end to end at 1x3x512x1024, the Canny map computed inside as the official
+        # forward does (the reference module of gen_gscnn.py, written from the official code).
+        import gen_gscnn as gg
+
+        m = gg.fill_flat_(gg.Gscnn("wrn38" if case == "gscnn_wrn38" else "resnet101"))
+        x = synth.synthetic_input((1, 3, 512, 1024))
+        return lambda: m(x, gg.canny_as_released(x))["seg"]
     if case == "conv3x3_256":
         x = synth.synthetic_input((1, 256, 128, 128))
         w = torch.from_numpy(synth.synthetic_values("conv.weight", (256, 256, 3, 3))).float()

@@ -15,6 +15,8 @@ const CASES: &[&str] = &[
     "swin_t",
     "pixel_decoder",
     "oneformer_swin_t",
+    "gscnn_wrn38",
+    "gscnn_r101-d8",
     "conv3x3_256",
     "resize_bilinear",
     "grid_sample",

@@ -54,6 +54,14 @@ pub const CASES: &[(&str, &str)] = &[
         "oneformer_swin_t",
         "OneFormer Swin-T (oneformer_ade20k_swin_tiny), task semantic, 1x3x512x512",
     ),
+    (
+        "gscnn_wrn38",
+        "Gated-SCNN WRN38 (gscnn_wrn38_cityscapes) seg logits incl. Canny, 1x3x512x1024",
+    ),
+    (
+        "gscnn_r101-d8",
+        "Gated-SCNN ResNet-101-D8 (gscnn_r101-d8_cityscapes) seg logits incl. Canny, 1x3x512x1024",
+    ),
     ("conv3x3_256", "conv 3x3 256->256, 1x256x128x128"),
     (
         "resize_bilinear",
@@ -117,6 +125,7 @@ fn make(case: &str) -> Result<Job, CliError> {
         "swin_t" => swin_t(&dev),
         "pixel_decoder" => pixel_decoder(&dev),
         "oneformer_swin_t" => oneformer_swin_t(&dev),
+        "gscnn_wrn38" | "gscnn_r101-d8" => gscnn(case, &dev),
         "conv3x3_256" => conv3x3_256(&dev),
         "resize_bilinear" => resize_bilinear(&dev),
         "grid_sample" => grid_sample(&dev),
@@ -158,6 +167,22 @@ fn segmentor(case: &str, dev: &Device) -> Result<Job, CliError> {
         model
             .logits(&x, false)
             .map_err(|e| CliError::Usage(e.to_string()))
+    }))
+}
+
+/// Gated-SCNN end to end (Canny map included, as the official forward computes it) at
+/// 1x3x512x1024: the seg logits.
+fn gscnn(case: &str, dev: &Device) -> Result<Job, CliError> {
+    use segkit::models::gscnn::{Gscnn, GscnnConfig};
+    let cfg = match case {
+        "gscnn_wrn38" => GscnnConfig::wrn38_cityscapes(),
+        _ => GscnnConfig::r101_d8_cityscapes(),
+    };
+    let usage = |e: segkit::models::Error| CliError::Usage(e.to_string());
+    let model = Gscnn::new(&cfg, synthetic_var_builder(DType::F32, dev)).map_err(usage)?;
+    let x = synthetic_input("input", (1, 3, 512, 1024), dev)?;
+    Ok(Box::new(move || {
+        Ok(model.forward_t(&x, None, false).map_err(usage)?.seg)
     }))
 }
 
