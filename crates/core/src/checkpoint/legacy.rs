@@ -25,11 +25,11 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
+use super::has_legacy_magic;
 use super::pickle::{self, Value};
 use super::pth::by_storage;
 use super::torch::{self, TensorRef};
 use super::view::{self, Budget};
-use super::has_legacy_magic;
 use crate::{Error, Result};
 
 /// `torch.serialization.PROTOCOL_VERSION`.
@@ -104,8 +104,8 @@ pub(crate) fn load(path: &Path, key: Option<&str>) -> Result<BTreeMap<String, Te
         })?;
         let at = pos;
         let what = |e: String| bad(path, format!("storage {k} at byte {at}: {e}"));
-        let nbytes = storage_len(&mut reader, numel, dtype, file_len - pos.min(file_len))
-            .map_err(what)?;
+        let nbytes =
+            storage_len(&mut reader, numel, dtype, file_len - pos.min(file_len)).map_err(what)?;
         pos += 8;
         let Some(group) = groups.get(k) else {
             reader.seek_relative(nbytes as i64).map_err(io)?;

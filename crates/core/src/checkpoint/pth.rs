@@ -100,8 +100,8 @@ pub(crate) fn load(path: &Path, key: Option<&str>) -> Result<BTreeMap<String, Te
                 format!("storage {name} declares {} elements", r0.storage_numel),
             )
         })?;
-        let mut bytes = read_entry(&mut zip, &name, Some(expected as u64), &mut unpacked)
-            .map_err(|e| {
+        let mut bytes =
+            read_entry(&mut zip, &name, Some(expected as u64), &mut unpacked).map_err(|e| {
                 bad(
                     path,
                     format!("cannot read storage {name} of tensor `{}`: {e}", group[0].0),

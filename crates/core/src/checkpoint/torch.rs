@@ -68,13 +68,15 @@ pub(super) struct TensorRef {
 
 pub(super) fn is_tensor(v: &Value) -> bool {
     match v {
-        Value::Object(o) => matches!(
-            o.borrow().callable.global(),
-            Some(("torch._utils" | "torch._tensor", n)) if n.starts_with("_rebuild")
-        ) || matches!(
-            o.borrow().callable.global(),
-            Some(("torch.nn.parameter", "Parameter"))
-        ),
+        Value::Object(o) => {
+            matches!(
+                o.borrow().callable.global(),
+                Some(("torch._utils" | "torch._tensor", n)) if n.starts_with("_rebuild")
+            ) || matches!(
+                o.borrow().callable.global(),
+                Some(("torch.nn.parameter", "Parameter"))
+            )
+        }
         _ => false,
     }
 }

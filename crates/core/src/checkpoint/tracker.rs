@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Display;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -145,6 +146,42 @@ impl WeightTracker {
     }
 }
 
+/// Why the integer tensor `t` may not become a `dtype` weight, if it may not.
+///
+/// Integer tensors (`u8`, `u32`, `i16`, `i32`, `i64`, bool masks) asked for as floating-point
+/// weights are converted by value (3 becomes 3.0; never by reinterpreting their bytes) when
+/// every value is an integer that `dtype` holds exactly: magnitude at most 2^53 (f64), 2^24
+/// (f32), 2^11 (f16), 2^8 (bf16), 2^4 (f8e4m3). That admits index buffers and masks (mmseg
+/// Swin's `relative_position_index`); a float tensor whose bytes were stored under an integer
+/// dtype (values such as 1065353216 for 1.0) is refused, naming the key.
+fn integer_as_float(name: &str, t: &Tensor, dtype: DType) -> candle_core::Result<Option<String>> {
+    let exact: f64 = match dtype {
+        DType::F64 => (1u64 << 53) as f64,
+        DType::F32 => (1u64 << 24) as f64,
+        DType::F16 => 2048.0,
+        DType::BF16 => 256.0,
+        _ => 16.0,
+    };
+    if t.elem_count() == 0 {
+        return Ok(None);
+    }
+    let max = t
+        .to_dtype(DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?;
+    Ok((max > exact).then(|| {
+        format!(
+            "tensor `{name}` has the integer dtype {:?} and a value of magnitude {max}, which \
+             {dtype:?} cannot hold exactly: integer tensors become floating-point weights only \
+             when every value is an integer of magnitude <= {exact} (float data stored under \
+             an integer dtype?)",
+            t.dtype()
+        )
+    }))
+}
+
 struct Backend {
     inner: Arc<Inner>,
 }
@@ -169,7 +206,22 @@ impl Backend {
         }
     }
 
-    fn convert(t: &Tensor, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn convert(
+        &self,
+        name: &str,
+        t: &Tensor,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if dtype.is_float() && !t.dtype().is_float() {
+            if let Some(reason) = integer_as_float(name, t, dtype)? {
+                let path = self.inner.sd.source().unwrap_or(Path::new("<state dict>"));
+                return Err(self.fail(Error::BadCheckpoint {
+                    path: path.to_path_buf(),
+                    reason,
+                }));
+            }
+        }
         // Both are no-ops (a shared handle, no copy) when nothing changes. Moving first
         // means a half-precision checkpoint is uploaded at half the size.
         t.to_device(dev)?.to_dtype(dtype)
@@ -189,12 +241,12 @@ impl SimpleBackend for Backend {
         if t.dims() != s.dims() {
             return Err(self.fail(Error::shape(name, s.dims(), t.dims())));
         }
-        Self::convert(t, dtype, dev)
+        self.convert(name, t, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.lookup(name)?;
-        Self::convert(t, dtype, dev)
+        self.convert(name, t, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

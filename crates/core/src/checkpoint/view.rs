@@ -55,7 +55,8 @@ impl Budget {
 /// Elements of a shape, or `None` if the count (zero dimensions counted as one, so that no
 /// stride of the shape overflows either) does not fit in a usize.
 fn checked_numel(size: &[usize]) -> Option<usize> {
-    size.iter().try_fold(1usize, |a, &s| a.checked_mul(s.max(1)))?;
+    size.iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s.max(1)))?;
     Some(size.iter().product())
 }
 
@@ -86,11 +87,7 @@ pub(super) fn materialize(bytes: &[u8], r: &TensorRef, budget: &mut Budget) -> R
         return Err(format!(
             "view (size {:?}, stride {:?}) reads elements {}..={last}, outside its storage's \
              elements {}..{}",
-            r.size,
-            r.stride,
-            r.offset,
-            r.lo,
-            r.hi
+            r.size, r.stride, r.offset, r.lo, r.hi
         ));
     }
     budget.charge(nbytes as u64).map_err(|e| {
@@ -197,10 +194,16 @@ mod tests {
             (view(&[1 << 40], &[0], 0, 4), "bound"),
             // numel * 4 wraps to 0 in 64 bits.
             (view(&[1 << 62], &[0], 0, 4), "overflows the byte count"),
-            (view(&[usize::MAX, 2], &[0, 0], 0, 4), "overflows the element count"),
+            (
+                view(&[usize::MAX, 2], &[0, 0], 0, 4),
+                "overflows the element count",
+            ),
             // A zero dimension next to dimensions whose strides would overflow.
-            (view(&[0, usize::MAX, 3], &[1, 1, 1], 0, 4), "overflows the element count"),
-            (view(&[3], &[usize::MAX / 2], 0, 4), "strides overflow"),
+            (
+                view(&[0, usize::MAX, 3], &[1, 1, 1], 0, 4),
+                "overflows the element count",
+            ),
+            (view(&[4], &[usize::MAX / 2], 0, 4), "strides overflow"),
             (view(&[5], &[1], 0, 4), "outside"),
             (view(&[2], &[1], 3, 4), "outside"),
         ] {

@@ -11,9 +11,9 @@ use super::{assert_matches, expected, fixture, tmp, R};
 #[test]
 fn legacy_files_load_torch_values() -> R {
     for (f, case) in [
-        ("legacy.pth", "tiny"),             // torch.save(sd, _use_new_zipfile_serialization=False)
-        ("legacy_protocol5.pth", "tiny"),   // .. and pickle_protocol=5
-        ("legacy_views.pth", "views"),      // offsets, strides, stride 0, shared storage, dtypes
+        ("legacy.pth", "tiny"), // torch.save(sd, _use_new_zipfile_serialization=False)
+        ("legacy_protocol5.pth", "tiny"), // .. and pickle_protocol=5
+        ("legacy_views.pth", "views"), // offsets, strides, stride 0, shared storage, dtypes
         ("legacy_storage_views.pth", "storage_views"), // view_metadata (storage slices)
         ("legacy_big_endian_machine.pth", "panet_floats"), // 0.4 on a big-endian machine
     ] {
