@@ -243,6 +243,71 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// The estimate stays above every measured peak (`VmHWM`, batch 2, SGD; see
+    /// [`activation_bytes_per_pixel`]) and within 2.5 times it.
+    #[test]
+    fn estimates_cover_the_measured_peaks() {
+        // (preset, parameters, input side, measured peak KiB)
+        let cases = [
+            (
+                "segkit_demo_r18w16_psp_fashion-128x128",
+                814_190,
+                192,
+                184_368,
+            ),
+            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 192, 2_784_460),
+            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 320, 6_575_048),
+            (
+                "pspnet_r50-d8_cityscapes-512x1024",
+                49_034_374,
+                192,
+                2_438_812,
+            ),
+            ("pspnet_r101-d8_ade20k-512x512", 68_179_596, 192, 4_027_988),
+            ("danet_r50-d8_ade20k-512x512", 50_139_706, 192, 3_448_328),
+            (
+                "danet_r50-d8_cityscapes-512x1024",
+                49_904_430,
+                192,
+                2_364_260,
+            ),
+            ("danet_r101-d8_ade20k-512x512", 69_184_058, 192, 4_661_964),
+            (
+                "fastfcn_r50-d32_jpu_psp_ade20k-512x512",
+                68_890_252,
+                192,
+                2_652_156,
+            ),
+            (
+                "fastfcn_r50-d32_jpu_aspp_ade20k-512x512",
+                88_028_812,
+                192,
+                2_880_936,
+            ),
+            (
+                "fastfcn_r50-d32_jpu_enc_ade20k-512x512",
+                55_870_914,
+                192,
+                2_460_320,
+            ),
+        ];
+        let cfg = TrainConfig::from_json(
+            r#"{"model": {"type": "Preset", "name": "x"}, "dataset": {"type": "Custom",
+                "root": "d"}, "optimizer": {"type": "SGD", "lr": 0.01}, "iterations": 1,
+                "batch_size": 2, "output_dir": "o"}"#,
+        )
+        .unwrap();
+        for (preset, params, side, peak_kib) in cases {
+            let model = crate::resolve_preset(preset).unwrap();
+            let est = training_bytes(&cfg, &model, params, (side, side)) as f64;
+            let ratio = est / (peak_kib as f64 * 1024.0);
+            assert!(
+                (1.0..2.5).contains(&ratio),
+                "{preset} at {side}: {ratio:.2}"
+            );
+        }
+    }
+
     #[test]
     fn pipeline_bounds_follow_resize_crop_and_pad() {
         let p = pipeline(
