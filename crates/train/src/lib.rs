@@ -36,12 +36,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod gscnn;
 mod init;
 pub mod losses;
 pub mod memory;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+pub mod pssl;
 pub mod record;
 pub mod trainer;
 
