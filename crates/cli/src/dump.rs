@@ -343,9 +343,9 @@ mod tests {
         let ckpt = dir.join("other.safetensors");
         let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         checkpoint::save_safetensors([("decode_head.conv_seg.bias", &t)], &ckpt).unwrap();
-        let e = run(args(&dir, "pspnet_r50-d8_ade20k-512x512", Some(ckpt)))
-            .unwrap_err()
-            .to_string();
+        let e = run(args(&dir, "pspnet_r50-d8_ade20k-512x512", Some(ckpt))).unwrap_err();
+        // As `main` prints it: with its sources.
+        let e = segkit_core::error::Report(&e).to_string();
         assert!(
             e.contains("pspnet_r50-d8_ade20k-512x512") && e.contains("backbone.stem.0.weight"),
             "{e}"
