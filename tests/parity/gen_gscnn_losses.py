@@ -29,7 +29,9 @@ so its attention target is all 255), Gumbel U = u, each u from tests/parity/synt
 `uniform(key)` (mirrored by segkit_core::testing::uniform, so only labels are stored). Labels:
 a seeded Voronoi map over the 19 Cityscapes classes with 255 void bands. Edge ground truth also
 on the real VOC label maps of tests/fixtures/data (radii 1, 2, 3; 19 and 20 classes), stored
-bit-packed.
+bit-packed. Boundary F-score (`utils/f_boundary.py` with skimage's `binary_dilation` /
+`disk`, `np.bool` read as `bool`) on the VOC prediction / ground-truth pairs of
+tests/fixtures/data, 21 classes, the official thresholds and 9 pixels.
 
 Run by:
     python tests/parity/gen_gscnn_losses.py tests/fixtures
@@ -149,6 +151,52 @@ def dual(logits, gts, u, paper, tau=0.5):
     return 0.5 * a + 0.5 * b
 
 
+# ---------------------------------------------------------------- boundary F (utils/f_boundary.py)
+def seg2bmap(seg):
+    seg = seg.astype(bool)  # np.bool in the original (removed from numpy)
+    e, s, se = np.zeros_like(seg), np.zeros_like(seg), np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]
+    s[:-1, :] = seg[1:, :]
+    se[:-1, :-1] = seg[1:, 1:]
+    b = seg ^ e | seg ^ s | seg ^ se
+    b[-1, :] = seg[-1, :] ^ e[-1, :]
+    b[:, -1] = seg[:, -1] ^ s[:, -1]
+    b[-1, -1] = 0
+    return b
+
+
+def db_eval_boundary(fg, gt, ignore, bound_th):
+    from skimage.morphology import binary_dilation, disk
+
+    bound_pix = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(fg.shape))
+    fg[ignore] = 0
+    gt[ignore] = 0
+    fb, gb = seg2bmap(fg), seg2bmap(gt)
+    fg_dil = binary_dilation(fb, disk(bound_pix))
+    gt_dil = binary_dilation(gb, disk(bound_pix))
+    gt_match, fg_match = gb * fg_dil, fb * gt_dil
+    n_fg, n_gt = np.sum(fb), np.sum(gb)
+    if n_fg == 0 and n_gt > 0:
+        p, r = 1, 0
+    elif n_fg > 0 and n_gt == 0:
+        p, r = 0, 1
+    elif n_fg == 0 and n_gt == 0:
+        p, r = 1, 1
+    else:
+        p, r = np.sum(fg_match) / float(n_fg), np.sum(gt_match) / float(n_gt)
+    return 0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def boundary_f(preds, gts, num_classes, bound_th):
+    fpc, fc = np.zeros(num_classes), np.zeros(num_classes)
+    for c in range(num_classes):
+        for p, g in zip(preds, gts):
+            f = db_eval_boundary((p == c).astype(np.uint8), (g == c).astype(np.uint8), g == 255, bound_th)
+            fpc[c] += f
+            fc[c] += 1
+    return fpc, fc, np.sum(fpc / fc) / num_classes
+
+
 # ---------------------------------------------------------------- inputs
 def labels():
     rng = np.random.default_rng(12)
@@ -231,6 +279,15 @@ def main(root):
         for k, r in ((19, 1), (19, 2), (19, 3), (20, 2)):
             # Bit-packed (np.packbits, most significant bit first) to keep the file small.
             f[f"voc.{name}.k{k}_r{r}"] = torch.from_numpy(np.packbits(edge_gt(voc, k, r)))
+    # Boundary F on the VOC prediction / ground-truth pairs (21 classes, 255 void).
+    load = lambda n: np.array(Image.open(os.path.join(root, "data", f"{n}.png")))  # noqa: E731
+    preds = [load("voc_pred_sem_a"), load("voc_pred_sem_b")]
+    gts = [load("voc_gt_sem_a"), load("voc_gt_sem_b")]
+    for th in (0.0005, 0.001875, 0.00375, 0.005, 9):
+        fpc, fc, mean = boundary_f(preds, gts, 21, th)
+        f[f"boundary.{th}.per_class"] = torch.from_numpy(fpc / fc)
+        f[f"boundary.{th}.mean"] = torch.tensor(mean, dtype=torch.float64)
+        print(f"boundary F (bound_th {th}): {mean:.6f}")
     f = {k: v.contiguous() for k, v in f.items()}
     save_file(f, os.path.join(out_dir, "gscnn_losses.safetensors"))
 

@@ -219,3 +219,45 @@ fn joint_loss_both_modes() {
         );
     }
 }
+
+#[test]
+fn boundary_f_score_matches_f_boundary() {
+    use segkit::data::metrics::{BoundaryFScore, BoundaryTolerance};
+    let f = load_fixture(FIXTURE);
+    let load = |n: &str| image_luma(&segkit_tests::fixture_path(&format!("data/{n}.png")));
+    let pairs = [
+        (load("voc_pred_sem_a"), load("voc_gt_sem_a")),
+        (load("voc_pred_sem_b"), load("voc_gt_sem_b")),
+    ];
+    for (key, tol) in [
+        ("0.0005", BoundaryTolerance::DiagonalFraction(0.0005)),
+        ("0.001875", BoundaryTolerance::DiagonalFraction(0.001875)),
+        ("0.00375", BoundaryTolerance::DiagonalFraction(0.00375)),
+        ("0.005", BoundaryTolerance::DiagonalFraction(0.005)),
+        ("9", BoundaryTolerance::Pixels(9)),
+    ] {
+        let mut m = BoundaryFScore::new(21, 255, tol);
+        for (p, g) in &pairs {
+            m.update(p, g, 375, 500).unwrap();
+        }
+        let r = m.compute();
+        let want = get(&f, &format!("boundary.{key}.per_class"));
+        let want = want.to_vec1::<f64>().unwrap();
+        let mean = get(&f, &format!("boundary.{key}.mean"));
+        let mean = mean.to_scalar::<f64>().unwrap();
+        let d = r
+            .per_class
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        eprintln!(
+            "boundary F (bound_th {key}): {:.6} vs {mean:.6}, per-class max|diff| {d:.1e}",
+            r.mean
+        );
+        assert!(
+            d <= 1e-12 && (r.mean - mean).abs() <= 1e-12,
+            "bound_th {key}"
+        );
+    }
+}

@@ -12,6 +12,8 @@
 //! - `list`: the registry with what is present and verified.
 //! - `make-demo-data`: the demo dataset (Fashion-MNIST canvases) into `target/demo-data`.
 //! - `train-demo`: trains segkit's demo model on this CPU into `crates/segkit/demo/`.
+//! - `gscnn-demo`: Gated-SCNN with / without the shape stream on the demo canvases
+//!   (docs/gscnn_training.md).
 //!
 //! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
@@ -24,6 +26,7 @@ mod demo;
 mod demo_data;
 mod download;
 mod fixtures;
+mod gscnn_demo;
 mod list;
 mod registry;
 
@@ -73,7 +76,7 @@ fn python(install: bool) -> Result<PathBuf, String> {
 const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
                      bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
-                     train-demo [--iterations N]>";
+                     train-demo [--iterations N] | gscnn-demo [--iterations N]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Some("list") => list::run(&args[1..]),
         Some("make-demo-data") => demo::run_make_data(&args[1..]),
         Some("train-demo") => demo::run_train(&args[1..]),
+        Some("gscnn-demo") => gscnn_demo::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match r {
