@@ -49,14 +49,14 @@ pub fn consensus(maps: &[Vec<f32>]) -> Vec<f32> {
 }
 
 /// numpy's `percentile(values, q)` with the default "linear" method, for sorted `sorted`
-/// (`q` in 0..=100): virtual index `n q + (1 - q) - 1` with `q / 100`, numpy's two-sided lerp.
+/// (`q` in 0..=100): virtual index `(n - 1) q` with `q / 100`, numpy's two-sided lerp.
 pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let n = sorted.len();
     if n == 0 {
         return f64::NAN;
     }
     let q = q / 100.0;
-    let virt = n as f64 * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0;
+    let virt = (n - 1) as f64 * q;
     let last = (n - 1) as f64;
     let prev = virt.floor().clamp(0.0, last);
     let next = (prev + 1.0).min(last);
