@@ -88,11 +88,14 @@ fn model() -> EncoderDecoder {
 fn json_config_equals_the_typed_one_and_mmseg_backbone_dict() {
     let cfg = config();
     assert_eq!(cfg.backbone, BackboneConfig::Swin(SwinConfig::mmseg_tiny()));
-    assert_eq!(
-        cfg.decode_head,
-        HeadConfig::Da(DaHeadConfig::danet_r50_d8(NUM_CLASSES))
-    );
+    // The DANet preset on Swin's features, on purpose: the preset was designed for a
+    // ResNet's 2048 channels at stride 8, so the JSON config (no `designed_for`) checks
+    // nothing.
+    let mut da = DaHeadConfig::danet_r50_d8(NUM_CLASSES);
+    da.base.designed_for = None;
+    assert_eq!(cfg.decode_head, HeadConfig::Da(da));
     let mut aux = FcnHeadConfig::fcn_r50_d8(NUM_CLASSES);
+    aux.base.designed_for = None;
     aux.base.channels = 256;
     aux.base.in_index = InIndex::One(2);
     aux.num_convs = 1;
@@ -104,7 +107,13 @@ fn json_config_equals_the_typed_one_and_mmseg_backbone_dict() {
     );
     // The same heads as mmseg's DANet preset (its auxiliary FCN head reads stage 3 too):
     // swapping the preset's backbone composes this model.
-    let danet = SegmentorConfig::preset("danet_r50-d8_cityscapes-512x1024").unwrap();
+    let mut danet = SegmentorConfig::preset("danet_r50-d8_cityscapes-512x1024").unwrap();
+    for h in [Some(&mut danet.decode_head), danet.auxiliary_head.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        h.base_mut().designed_for = None;
+    }
     assert_eq!(
         (&danet.decode_head, &danet.auxiliary_head),
         (&cfg.decode_head, &cfg.auxiliary_head)
@@ -241,13 +250,12 @@ fn composed_in_rust_equals_the_config_model() {
     let vb = synthetic_var_builder(DType::F32, &Device::Cpu);
     let backbone = Swin::new(&SwinConfig::mmseg_tiny(), vb.pp("backbone")).unwrap();
     let specs = backbone.feature_specs();
-    let head = DaHead::new(
-        &DaHeadConfig::danet_r50_d8(NUM_CLASSES),
-        &specs,
-        vb.pp("decode_head"),
-    )
-    .unwrap();
+    // The ResNet presets on Swin's features, on purpose (`designed_for` off).
+    let mut da_cfg = DaHeadConfig::danet_r50_d8(NUM_CLASSES);
+    da_cfg.base.designed_for = None;
+    let head = DaHead::new(&da_cfg, &specs, vb.pp("decode_head")).unwrap();
     let mut aux_cfg = FcnHeadConfig::fcn_r50_d8(NUM_CLASSES);
+    aux_cfg.base.designed_for = None;
     aux_cfg.base.channels = 256;
     aux_cfg.base.in_index = InIndex::One(2);
     aux_cfg.num_convs = 1;

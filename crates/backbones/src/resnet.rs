@@ -375,10 +375,27 @@ impl Backbone for ResNet {
     }
 
     fn feature_names(&self) -> Vec<String> {
-        ["c2", "c3", "c4", "c5"].map(String::from).to_vec()
+        let names = ["c2", "c3", "c4", "c5"];
+        self.cfg
+            .out_indices
+            .iter()
+            .map(|&i| names[i].to_string())
+            .collect()
     }
 
+    /// The outputs of the stages in [`ResNetConfig::out_indices`].
     fn forward_features(&self, x: &Tensor, train: bool) -> segkit_core::Result<Vec<Tensor>> {
-        Ok(self.forward(x, train)?.into_vec())
+        let mut all: Vec<Option<Tensor>> = self
+            .forward(x, train)?
+            .into_vec()
+            .into_iter()
+            .map(Some)
+            .collect();
+        Ok(self
+            .cfg
+            .out_indices
+            .iter()
+            .filter_map(|&i| all[i].take())
+            .collect())
     }
 }

@@ -36,6 +36,13 @@ pub trait Backbone: Send + Sync {
     /// Runs the backbone on an `N x 3 x H x W` batch. `train` selects batch statistics for
     /// BatchNorm and enables dropout / drop-path.
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>>;
+
+    /// The same as [`Backbone::forward_features`] under the name every segkit trait uses for
+    /// its forward pass (`Neck::forward_t`, `DecodeHead::forward_t`): one name to call on
+    /// any part. Implementors implement `forward_features`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.forward_features(x, train)
+    }
 }
 
 /// A component that turns multi-scale features into other multi-scale features (FPN, JPU, ...).

@@ -55,7 +55,8 @@ impl AsppHeadConfig {
     /// dilations (1, 12, 24, 36).
     pub fn deeplabv3_r50_d8(num_classes: usize) -> Self {
         Self {
-            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3)),
+            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3))
+                .designed_for(&[FeatureSpec::new(2048, 8)]),
             dilations: vec![1, 12, 24, 36],
         }
     }
@@ -65,6 +66,8 @@ impl AsppHeadConfig {
     pub fn fastfcn_r50_d32_jpu_aspp(num_classes: usize) -> Self {
         let mut c = Self::deeplabv3_r50_d8(num_classes);
         c.base.in_index = InIndex::One(2);
+        // The JPU's fused map: 4 x 512 channels at stride 8.
+        c.base.designed_for = Some(vec![FeatureSpec::new(2048, 8)]);
         c
     }
 }

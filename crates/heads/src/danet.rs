@@ -77,7 +77,8 @@ impl DaHeadConfig {
     /// `pam_channels = 64`.
     pub fn danet_r50_d8(num_classes: usize) -> Self {
         Self {
-            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3)),
+            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3))
+                .designed_for(&[FeatureSpec::new(2048, 8)]),
             pam_channels: 64,
         }
     }

@@ -96,6 +96,14 @@ pub struct DecodeHeadConfig {
     /// segmentor). Default false; mmseg's `*-769x769` Cityscapes configs use true.
     #[serde(default)]
     pub align_corners: bool,
+    /// What the selected input(s) were designed to be, one spec per selected map: the
+    /// presets set it (`DaHeadConfig::danet_r50_d8`: 2048 channels at stride 8). Building the
+    /// head on features whose channels or stride differ fails with
+    /// [`segkit_core::Error::Miswired`] naming both, instead of running on the wrong map.
+    /// `None` (the default, and what JSON without the field gives) checks nothing: set it to
+    /// `None` to use a preset head on other features on purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub designed_for: Option<Vec<FeatureSpec>>,
 }
 
 impl DecodeHeadConfig {
@@ -111,7 +119,66 @@ impl DecodeHeadConfig {
             norm: default_norm(),
             act: Activation::Relu,
             align_corners: false,
+            designed_for: None,
         }
+    }
+
+    /// The same settings, designed for input(s) `specs` (see
+    /// [`DecodeHeadConfig::designed_for`]).
+    pub fn designed_for(mut self, specs: &[FeatureSpec]) -> Self {
+        self.designed_for = Some(specs.to_vec());
+        self
+    }
+
+    /// Checks the selected inputs against [`DecodeHeadConfig::designed_for`].
+    fn check_designed_for(
+        &self,
+        what: &str,
+        inputs: &[FeatureSpec],
+        indices: &[usize],
+    ) -> Result<()> {
+        let Some(want) = &self.designed_for else {
+            return Ok(());
+        };
+        let got: Vec<FeatureSpec> = indices.iter().map(|&i| inputs[i]).collect();
+        if got == *want {
+            return Ok(());
+        }
+        let show = |v: &[FeatureSpec]| {
+            let s: Vec<String> = v
+                .iter()
+                .map(|s| format!("{} channels at stride {}", s.channels, s.stride))
+                .collect();
+            s.join(", ")
+        };
+        let all: Vec<String> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}: {}@{}", s.channels, s.stride))
+            .collect();
+        let mut problem = format!(
+            "designed for {}, but the selected input(s) {indices:?} have {}",
+            show(want),
+            show(&got)
+        );
+        let channels_differ = got.iter().zip(want).any(|(g, w)| g.channels != w.channels);
+        let strides_differ = got.iter().zip(want).any(|(g, w)| g.stride != w.stride);
+        if channels_differ {
+            problem.push_str(" (channel mismatch)");
+        }
+        if strides_differ {
+            problem.push_str(" (stride mismatch)");
+        }
+        problem.push_str(&format!(
+            "; inputs (channels@stride): [{}]. Pick the right input with `in_index`, give the \
+             head the features it was designed for, or set `designed_for` to None to use it on \
+             these on purpose",
+            all.join(", ")
+        ));
+        Err(Error::Miswired {
+            component: format!("{what} (`in_index` {:?})", self.in_index),
+            problem,
+        })
     }
 
     fn validate(&self, what: &str) -> Result<()> {
@@ -179,6 +246,7 @@ impl HeadInputs {
                 "{what}: input specs need positive channels and strides, got {inputs:?}"
             )));
         }
+        cfg.check_designed_for(what, inputs, &indices)?;
         Ok(Self {
             what,
             all: inputs.to_vec(),

@@ -94,6 +94,11 @@ impl EncHeadConfig {
             base: DecodeHeadConfig {
                 input_transform: Some(InputTransform::MultipleSelect),
                 ..DecodeHeadConfig::mmseg(512, num_classes, InIndex::Many(vec![1, 2, 3]))
+                    .designed_for(&[
+                        FeatureSpec::new(512, 8),
+                        FeatureSpec::new(1024, 8),
+                        FeatureSpec::new(2048, 8),
+                    ])
             },
             num_codes: 32,
             use_se_loss: true,
@@ -106,6 +111,12 @@ impl EncHeadConfig {
     pub fn fastfcn_r50_d32_jpu_enc(num_classes: usize) -> Self {
         let mut c = Self::encnet_r50_d8(num_classes);
         c.base.in_index = InIndex::Many(vec![0, 1, 2]);
+        // C3, C4 passed through by the JPU, and its fused map.
+        c.base.designed_for = Some(vec![
+            FeatureSpec::new(512, 8),
+            FeatureSpec::new(1024, 16),
+            FeatureSpec::new(2048, 8),
+        ]);
         c
     }
 }

@@ -75,7 +75,8 @@ impl FcnHeadConfig {
     /// convs, `concat_input = true`.
     pub fn fcn_r50_d8(num_classes: usize) -> Self {
         Self {
-            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3)),
+            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3))
+                .designed_for(&[FeatureSpec::new(2048, 8)]),
             num_convs: 2,
             kernel_size: 3,
             concat_input: true,
@@ -88,7 +89,8 @@ impl FcnHeadConfig {
     /// Its loss weight in training is 0.4.
     pub fn aux_r50_d8(num_classes: usize) -> Self {
         Self {
-            base: DecodeHeadConfig::mmseg(256, num_classes, InIndex::One(2)),
+            base: DecodeHeadConfig::mmseg(256, num_classes, InIndex::One(2))
+                .designed_for(&[FeatureSpec::new(1024, 8)]),
             num_convs: 1,
             concat_input: false,
             ..Self::fcn_r50_d8(num_classes)
@@ -100,6 +102,8 @@ impl FcnHeadConfig {
     pub fn aux_fastfcn_r50_d32_jpu(num_classes: usize) -> Self {
         let mut c = Self::aux_r50_d8(num_classes);
         c.base.in_index = InIndex::One(1);
+        // The JPU passes C4 through: 1024 channels at stride 16.
+        c.base.designed_for = Some(vec![FeatureSpec::new(1024, 16)]);
         c
     }
 }
@@ -221,6 +225,8 @@ mod tests {
         let vb = VarBuilder::zeros(DType::F32, &dev);
         let specs = [FeatureSpec::new(4, 4), FeatureSpec::new(6, 8)];
         let mut cfg = FcnHeadConfig::fcn_r50_d8(3);
+        // The preset on other features, on purpose.
+        cfg.base.designed_for = None;
         cfg.base.channels = 5;
         cfg.base.in_index = InIndex::Many(vec![0, 1]);
         cfg.base.input_transform = Some(InputTransform::ResizeConcat);

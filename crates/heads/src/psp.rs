@@ -56,7 +56,8 @@ impl PspHeadConfig {
     /// bins (1, 2, 3, 6).
     pub fn pspnet_r50_d8(num_classes: usize) -> Self {
         Self {
-            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3)),
+            base: DecodeHeadConfig::mmseg(512, num_classes, InIndex::One(3))
+                .designed_for(&[FeatureSpec::new(2048, 8)]),
             pool_scales: default_pool_scales(),
         }
     }
@@ -65,6 +66,8 @@ impl PspHeadConfig {
     pub fn fastfcn_r50_d32_jpu_psp(num_classes: usize) -> Self {
         let mut c = Self::pspnet_r50_d8(num_classes);
         c.base.in_index = InIndex::One(2);
+        // The JPU's fused map: 4 x 512 channels at stride 8.
+        c.base.designed_for = Some(vec![FeatureSpec::new(2048, 8)]);
         c
     }
 }
@@ -138,8 +141,8 @@ impl PspHead {
                 self.cfg.base.align_corners,
             )?);
         }
-        self.bottleneck
-            .forward_t(&Tensor::cat(&outs, 1)?, train)}
+        self.bottleneck.forward_t(&Tensor::cat(&outs, 1)?, train)
+    }
 
     /// Runs the head on one map per input spec and returns the logits.
     pub fn forward(&self, features: &[Tensor], train: bool) -> Result<Tensor> {

@@ -409,6 +409,6 @@ mod tests {
             segkit_core::Error::ShapeMismatch { .. }
         ));
         let core: segkit_core::Error = Neck::forward_t(&fpn, &xs[..1], false).unwrap_err();
-        assert!(matches!(core, segkit_core::Error::ShapeMismatch { .. }));
+        assert!(matches!(core, segkit_core::Error::WrongInputCount { .. }));
     }
 }

@@ -99,6 +99,34 @@ pub struct JpuConfig {
     pub norm: Option<Norm>,
     /// Activation of the level convs and of the pointwise convs (mmseg `act_cfg`). Default ReLU.
     pub act: Activation,
+    /// The levels the JPU was designed to fuse (the presets: C3, C4, C5 of a ResNet-50, i.e.
+    /// 512 / 1024 / 2048 channels at strides 8 / 16 / 32), or `None` (the default in JSON):
+    /// fuse `start_level..end_level` whatever they are.
+    ///
+    /// When set and `start_level` / `end_level` are left at their defaults, the JPU takes
+    /// what the specs give it: it fuses the one run of consecutive inputs that matches (so a
+    /// backbone returning C2..C5 works unchanged, C2 passed over). Otherwise — no run
+    /// matches, several do, or the explicit levels do not match — building fails with
+    /// [`segkit_core::Error::Miswired`] naming both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub designed_for: Option<Vec<FeatureSpec>>,
+}
+
+/// C3, C4, C5 of a ResNet-50 at output stride 32: what FastFCN's JPU fuses.
+fn resnet50_c3_c5() -> Vec<FeatureSpec> {
+    vec![
+        FeatureSpec::new(512, 8),
+        FeatureSpec::new(1024, 16),
+        FeatureSpec::new(2048, 32),
+    ]
+}
+
+fn show(specs: &[FeatureSpec]) -> String {
+    let v: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{}@{}", s.channels, s.stride))
+        .collect();
+    format!("[{}] (channels@stride)", v.join(", "))
 }
 
 impl Default for JpuConfig {
@@ -125,6 +153,7 @@ impl JpuConfig {
             passthrough: Passthrough::FromStartLevel,
             norm: Some(Norm::batch_norm()),
             act: Activation::Relu,
+            designed_for: Some(resnet50_c3_c5()),
         }
     }
 
@@ -145,6 +174,65 @@ impl JpuConfig {
     pub fn with_start_level(mut self, start_level: usize) -> Self {
         self.start_level = start_level;
         self
+    }
+
+    /// Sets (or, with `None`, removes) the levels the JPU was designed to fuse (see
+    /// [`JpuConfig::designed_for`]).
+    pub fn with_designed_for(mut self, specs: Option<Vec<FeatureSpec>>) -> Self {
+        self.designed_for = specs;
+        self
+    }
+
+    /// The fused levels `start..end` of `inputs`: picked by [`JpuConfig::designed_for`] when
+    /// the levels are left at their defaults, checked against it otherwise.
+    fn select(&self, inputs: &[FeatureSpec]) -> Result<(usize, usize)> {
+        let Some(want) = &self.designed_for else {
+            return self.levels(inputs.len());
+        };
+        let miswired = |problem: String| Error::Miswired {
+            component: format!(
+                "JPU (start_level {}, end_level {:?})",
+                self.start_level, self.end_level
+            ),
+            problem,
+        };
+        if self.start_level == 0 && self.end_level.is_none() {
+            let runs: Vec<usize> = (0..=inputs.len().saturating_sub(want.len()))
+                .filter(|&s| inputs.len() >= want.len() && inputs[s..s + want.len()] == want[..])
+                .collect();
+            return match runs[..] {
+                [s] => Self {
+                    start_level: s,
+                    end_level: Some(s + want.len()),
+                    ..self.clone()
+                }
+                .levels(inputs.len()),
+                [] => Err(miswired(format!(
+                    "designed to fuse {}, but no consecutive inputs of {} match; give it those \
+                     features, or set `designed_for` to None to fuse the inputs as they are",
+                    show(want),
+                    show(inputs)
+                ))),
+                _ => Err(miswired(format!(
+                    "designed to fuse {}, which several runs of {} match; set start_level / \
+                     end_level",
+                    show(want),
+                    show(inputs)
+                ))),
+            };
+        }
+        let (s, e) = self.levels(inputs.len())?;
+        if inputs[s..e] != want[..] {
+            return Err(miswired(format!(
+                "fuses inputs {s}..{e} = {}, but it was designed to fuse {}; inputs are {} \
+                 (leave start_level / end_level at their defaults to pick the matching \
+                 levels, or set `designed_for` to None)",
+                show(&inputs[s..e]),
+                show(want),
+                show(inputs)
+            )));
+        }
+        Ok((s, e))
     }
 
     /// The fused levels `start..end` for `num_inputs` inputs, validated.
@@ -204,7 +292,7 @@ impl Jpu {
     /// Builds the neck for features with `inputs` specs, loading mmseg's keys from `vb`
     /// (`conv_layers.*`, `dilation_layers.*`).
     pub fn new(cfg: &JpuConfig, inputs: &[FeatureSpec], vb: VarBuilder<'_>) -> Result<Self> {
-        let (start, end) = cfg.levels(inputs.len())?;
+        let (start, end) = cfg.select(inputs)?;
         let mid = cfg.mid_channels;
         let mut conv_layers = Vec::with_capacity(end - start);
         for (i, spec) in inputs[start..end].iter().enumerate() {
@@ -310,6 +398,7 @@ mod tests {
     fn small() -> JpuConfig {
         JpuConfig {
             mid_channels: 4,
+            designed_for: Some(specs()),
             ..JpuConfig::mmseg()
         }
     }
@@ -342,9 +431,11 @@ mod tests {
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
         let mut s = vec![FeatureSpec::new(4, 4)];
         s.extend(specs());
+        // Built on C2..C5, it picks the C3..C5 it was designed for (start level 1).
         let cfg = JpuConfig {
             mid_channels: 4,
-            ..JpuConfig::fastfcn().with_start_level(1)
+            designed_for: Some(specs()),
+            ..JpuConfig::fastfcn()
         };
         let jpu = Jpu::new(&cfg, &s, vb).unwrap();
         let o = jpu.output_specs();
@@ -387,7 +478,8 @@ mod tests {
         let j = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<JpuConfig>(&j).unwrap(), c);
         let d: JpuConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(d, JpuConfig::mmseg());
+        // JSON without `designed_for` checks nothing.
+        assert_eq!(d, JpuConfig::mmseg().with_designed_for(None));
         assert!(serde_json::from_str::<JpuConfig>(r#"{"width": 3}"#).is_err());
     }
 }

@@ -11,6 +11,9 @@
 //! - [`fpn`]: the plain Feature Pyramid Network with torchvision
 //!   (`ops/feature_pyramid_network.py`) or mmdet / mmseg (`necks/fpn.py`) key names, optional
 //!   extra levels.
+//! - [`panet`]: PANet's pyramid as the official code computes it (Detectron's FPN with GN,
+//!   bottom-up path augmentation N2..N5, P6 by max pooling; official key names).
+//! - [`pafpn`]: mmdet's `PAFPN` (a different bottom-up path, mmdet key names).
 //! - [`msdeform`]: the multi-scale deformable-attention pixel decoder of OneFormer / Mask2Former
 //!   (transformers' `OneFormerPixelDecoder` keys), with a CPU kernel for the attention core.
 #![deny(missing_docs)]
@@ -23,9 +26,13 @@ pub struct ReadmeDoctests;
 pub mod fpn;
 pub mod jpu;
 pub mod msdeform;
+pub mod pafpn;
+pub mod panet;
 
 pub use fpn::{ExtraLevels, ExtraSource, Fpn, FpnConfig, FpnKeyStyle};
 pub use jpu::{ConcatOrder, Jpu, JpuConfig, JpuOutput, Passthrough};
+pub use pafpn::{PaFpn, PaFpnConfig};
+pub use panet::{PanetFpn, PanetFpnConfig, PanetFpnOutput};
 pub use msdeform::{
     multi_scale_deformable_attention, MsDeformAttn, MsDeformAttnPixelDecoder,
     MsDeformAttnPixelDecoderConfig, PixelDecoderOutput,

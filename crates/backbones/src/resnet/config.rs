@@ -108,6 +108,16 @@ pub struct ResNetConfig {
     /// planes (times 4 at a bottleneck's output). Default 64, every published ResNet; smaller
     /// values make narrow networks (segkit's demo model uses 16).
     pub base_channels: usize,
+    /// The stages whose outputs the backbone returns, as mmseg's `out_indices`: 0 = C2
+    /// (stride 4) .. 3 = C5. [`ResNetConfig::feature_specs`] and
+    /// `Backbone::forward_features` return these, in this order (strictly increasing).
+    /// Default `[0, 1, 2, 3]` (C2..C5); FastFCN's JPU wants `[1, 2, 3]` (C3..C5).
+    #[serde(default = "all_stages")]
+    pub out_indices: Vec<usize>,
+}
+
+fn all_stages() -> Vec<usize> {
+    vec![0, 1, 2, 3]
 }
 
 impl Default for ResNetConfig {
@@ -133,7 +143,14 @@ impl ResNetConfig {
             norm_eval: false,
             bn_eps: 1e-5,
             base_channels: 64,
+            out_indices: all_stages(),
         }
+    }
+
+    /// Returns the outputs of `stages` only (mmseg's `out_indices`: 0 = C2 .. 3 = C5).
+    pub fn with_out_indices(mut self, stages: &[usize]) -> Self {
+        self.out_indices = stages.to_vec();
+        self
     }
 
     /// transformers' `ResNetBackbone` of `microsoft/resnet-{depth}` (torchvision's network,
@@ -257,8 +274,16 @@ impl ResNetConfig {
         Ok(())
     }
 
-    /// Channels and strides of C2..C5 for this configuration.
+    /// Channels and strides of the returned outputs (C2..C5 selected by
+    /// [`ResNetConfig::out_indices`]).
     pub fn feature_specs(&self) -> Result<Vec<FeatureSpec>> {
+        let all = self.all_feature_specs()?;
+        self.check_out_indices()?;
+        Ok(self.out_indices.iter().map(|&i| all[i]).collect())
+    }
+
+    /// Channels and strides of all four stages' outputs, C2..C5.
+    pub fn all_feature_specs(&self) -> Result<Vec<FeatureSpec>> {
         let (_, bottleneck) = self.layout()?;
         let exp = if bottleneck { 4 } else { 1 };
         let mut stride = 4;
@@ -268,5 +293,16 @@ impl ResNetConfig {
                 FeatureSpec::new(self.base_channels * (1 << i) * exp, stride)
             })
             .collect())
+    }
+
+    fn check_out_indices(&self) -> Result<()> {
+        let o = &self.out_indices;
+        if o.is_empty() || o.iter().any(|&i| i > 3) || o.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidConfig(format!(
+                "ResNet out_indices must be strictly increasing stage indices in 0..=3 \
+                 (0 = C2 .. 3 = C5), got {o:?}"
+            )));
+        }
+        Ok(())
     }
 }
