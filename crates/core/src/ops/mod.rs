@@ -10,6 +10,7 @@ mod pool2d;
 
 pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};
 mod boxes;
+pub mod detection;
 mod grid_sample;
 mod pool;
 mod resize;
