@@ -231,3 +231,47 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// `predict_image` (the official single-scale evaluation on an 8-bit image) returns the argmax
+/// of `seg` and `round(255 * edge)` at the image's size, with the Canny map computed in Rust
+/// from the normalised tensor as released; `forward_named` names every output.
+#[test]
+fn predict_image_and_named_outputs() {
+    use segkit::models::Model;
+    let (h, w) = (37, 53);
+    let px: Vec<u8> = (0..h * w * 3).map(|i| ((i * 37) % 251) as u8).collect();
+    let img = image::RgbImage::from_raw(w as u32, h as u32, px).unwrap();
+    let m = Gscnn::new(&GscnnConfig::wrn38_cityscapes(), vb()).unwrap();
+    let p = m
+        .predict_image(&image::DynamicImage::ImageRgb8(img.clone()))
+        .unwrap();
+    let x = m.image_tensor(&img).unwrap();
+    let named = m.forward_named(&x, None).unwrap();
+    let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["seg", "edge", "alpha1", "alpha2", "alpha3", "acts"]);
+    let seg = &named[0].1;
+    assert_eq!(seg.dims(), &[1, 19, h, w]);
+    let ids: Vec<u32> = seg
+        .argmax(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(p.semantic.class_map, ids);
+    let edge: Vec<f32> = named[1].1.flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<u8> = edge.iter().map(|e| (e * 255.0).round() as u8).collect();
+    assert_eq!(p.edge.unwrap().into_raw(), want);
+    // The Canny map computed from the tensor equals segkit-data's Canny on the cast input.
+    let canny: Vec<f32> = m
+        .canny_map(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let chw: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let cast = segkit::data::edges::released_input(&chw, h, w).unwrap();
+    let want = segkit::data::edges::canny(&cast, h, w, 10.0, 100.0).unwrap();
+    assert_eq!(canny, want.iter().map(|&v| v as f32).collect::<Vec<_>>());
+}

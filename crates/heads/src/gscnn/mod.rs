@@ -32,7 +32,7 @@
 //! let specs = [(64, 1), (128, 2), (256, 4), (512, 8), (4096, 8)].map(|(c, s)| FeatureSpec::new(c, s));
 //! let vb = candle_nn::VarBuilder::zeros(DType::F32, &dev);
 //! let head = GscnnHead::new(&GscnnHeadConfig::official(19), &specs, vb).unwrap();
-//! let (h, w) = (17, 23);
+//! let (h, w) = (17usize, 23usize);
 //! let feats: Vec<Tensor> = specs
 //!     .iter()
 //!     .map(|s| Tensor::zeros((1, s.channels, h.div_ceil(s.stride), w.div_ceil(s.stride)), DType::F32, &dev).unwrap())

@@ -137,13 +137,13 @@ impl ShapeStream {
     ) -> Result<ShapeStreamOutput> {
         let mut cs = shape.clone();
         let mut alphas = Vec::with_capacity(3);
-        for i in 0..3 {
-            let s = self.dsn[i].forward_t(sides[i], train)?;
-            let s = upsample(&s, size, true)?;
-            cs = self.res[i].forward(&cs, train)?;
+        let stages = self.dsn.iter().zip(&self.res).zip(&self.d).zip(&self.gates);
+        for ((((dsn, res), d), gate), side) in stages.zip(sides) {
+            let s = upsample(&dsn.forward_t(side, train)?, size, true)?;
+            cs = res.forward(&cs, train)?;
             cs = upsample(&cs, size, true)?;
-            cs = self.d[i].forward_t(&cs, train)?;
-            let g = self.gates[i].forward_t(&cs, &s, train)?;
+            cs = d.forward_t(&cs, train)?;
+            let g = gate.forward_t(&cs, &s, train)?;
             cs = g.out;
             alphas.push(g.alpha);
         }

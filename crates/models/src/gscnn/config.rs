@@ -148,12 +148,56 @@ impl GscnnConfig {
                 self.name
             )));
         }
-        if self.std.iter().any(|s| !(*s > 0.0)) {
+        if self
+            .std
+            .iter()
+            .any(|s| s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             return Err(Error::InvalidConfig(format!(
                 "{}: std must be positive, got {:?}",
                 self.name, self.std
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelConfig;
+
+    #[test]
+    fn presets_parse_back_and_bad_configs_are_named() {
+        for name in GSCNN_PRESETS {
+            let cfg = ModelConfig::Gscnn(Box::new(GscnnConfig::preset(name).unwrap()));
+            assert_eq!(ModelConfig::from_json(&cfg.to_json_pretty()).unwrap(), cfg);
+        }
+        let json = ModelConfig::Gscnn(Box::new(GscnnConfig::wrn38_cityscapes()))
+            .to_json_pretty()
+            .replace("\"wrn38\"", "\"vgg16\"");
+        let e = ModelConfig::from_json(&json).unwrap_err().to_string();
+        assert!(e.contains("vgg16") && e.contains("resnet101-d8"), "{e}");
+        let e = GscnnConfig::preset("gscnn_r50").unwrap_err().to_string();
+        assert!(e.contains("gscnn_wrn38_cityscapes"), "{e}");
+        let bad = GscnnConfig {
+            std: [0.2, 0.0, 0.2],
+            ..GscnnConfig::wrn38_cityscapes()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("std"));
+    }
+
+    #[test]
+    fn resnet_streams_feed_the_head_by_role() {
+        let specs = GscnnBackbone::ResNet101D8
+            .resnet()
+            .unwrap()
+            .unwrap()
+            .feature_specs()
+            .unwrap();
+        let head = GscnnBackbone::ResNet101D8.head_specs(&specs).unwrap();
+        let cs: Vec<_> = head.iter().map(|s| (s.channels, s.stride)).collect();
+        assert_eq!(cs, [(256, 4), (256, 4), (512, 8), (1024, 8), (2048, 8)]);
+        assert!(GscnnBackbone::Wrn38.head_specs(&specs).is_err());
     }
 }

@@ -30,6 +30,7 @@ mod model_impl;
 
 pub use checkpoint::{load_state_dict, OFFICIAL_KEY_GROUPS};
 pub use config::{CannyInput, GscnnBackbone, GscnnConfig, GSCNN_PRESETS};
+pub use model_impl::GscnnPrediction;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
