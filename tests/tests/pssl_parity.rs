@@ -13,7 +13,9 @@
 use candle_core::{DType, Device, Tensor};
 use segkit::models::classifier::{Classifier, ClassifierConfig};
 use segkit::train::pssl::consensus::{decile_thresholds, deciles};
-use segkit::train::pssl::explain::{reduce_channels, ChannelReduce, NoiseLevel, SmoothGrad};
+use segkit::train::pssl::explain::{
+    reduce_channels, ChannelReduce, Explainer, NoiseLevel, SmoothGrad,
+};
 use segkit::train::pssl::noise::gaussian_noise;
 use segkit::train::TrainResult;
 use segkit_backbones::SwinConfig;
@@ -122,3 +124,35 @@ fn deciles_equal_numpy() {
     }
 }
 
+/// Throughput next to captum's (`python tests/parity/gen_pssl.py --bench`: same model, input,
+/// N = 8, batch 8): run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn smoothgrad_throughput() {
+    let dev = Device::Cpu;
+    let m = Classifier::new(
+        &ClassifierConfig::torchvision_resnet(50, 1000),
+        synthetic_var_builder(DType::F32, &dev),
+    )
+    .unwrap();
+    let sg = SmoothGrad {
+        samples: 8,
+        noise: NoiseLevel::Absolute(0.6),
+        batch: 8,
+    };
+    let x = synthetic_input("pssl_input", (1, 3, 224, 224), &dev).unwrap();
+    let fwd = |t: &Tensor| -> TrainResult<Tensor> { Ok(m.forward_t(t, false)?) };
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        sg.attribute(&fwd, &x, &[3], &["bench".to_string()])
+            .unwrap();
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "segkit SmoothGrad resnet50 224x224 N=8: {:.3} s/explanation, {:.4} explanations/s",
+        times[1],
+        1.0 / times[1]
+    );
+}

@@ -19,6 +19,7 @@ mod infer;
 mod infer_outputs;
 mod outputs;
 mod presets;
+mod pssl;
 mod train;
 
 pub use error::CliError;
@@ -49,6 +50,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights on a dataset: aAcc, mIoU, per-class IoU (printed and written as JSON).
     Eval(train::EvalArgs),
+    /// PSSL pseudo labels from an ensemble of classifiers' explanations.
+    Pssl(pssl::PsslArgs),
 }
 
 /// SIGINT / SIGTERM: wait for a file write in progress to finish (no temporary file is
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),
+        Command::Pssl(a) => pssl::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
