@@ -38,6 +38,9 @@ fn wrong_start_level_is_an_error_and_the_default_picks_the_designed_levels() {
     // takes what the specs give it: C3..C5, the levels it was designed for.
     let specs = r50(32);
     let jpu = Jpu::new(&JpuConfig::mmseg(), &specs, zeros()).unwrap();
+    // Models and configs print (config and specs, not the weights).
+    let dbg = format!("{jpu:?}");
+    assert!(dbg.starts_with("Jpu { config: JpuConfig {") && dbg.contains("output_specs"));
     assert_eq!(
         jpu.output_specs(),
         [(512, 8), (1024, 16), (2048, 8)].map(|(c, s)| FeatureSpec::new(c, s))

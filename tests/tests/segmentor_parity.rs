@@ -208,7 +208,8 @@ fn mmseg_checkpoint_class_map_on_a_photo_matches_inference_model() {
 fn checkpoint_of_another_architecture_is_a_typed_error() {
     let cfg = SegmentorConfig::preset("danet_r50-d8_ade20k-512x512").unwrap();
     let err = EncoderDecoder::from_state_dict(&cfg, mmseg_state_dict(), &Device::Cpu).unwrap_err();
-    let msg = err.to_string();
+    // The error names the model and file; its source (printed after it) the key.
+    let msg = segkit::core::error::Report(&err).to_string();
     eprintln!("{msg}");
     let segkit::Error::Checkpoint { model, source, .. } = &err else {
         panic!("expected a checkpoint error, got {err:?}");

@@ -399,3 +399,13 @@ impl Backbone for ResNet {
             .collect())
     }
 }
+
+/// The configuration and the output specs (the weights are not printed).
+impl std::fmt::Debug for ResNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResNet")
+            .field("config", &self.cfg)
+            .field("feature_specs", &segkit_core::Backbone::feature_specs(self))
+            .finish_non_exhaustive()
+    }
+}

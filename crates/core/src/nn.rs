@@ -17,8 +17,10 @@ use crate::ops::{self, Activation, Conv2dParams};
 use crate::{Error, Result};
 
 mod batch_norm;
+mod conv_init;
 mod mlp;
 pub use batch_norm::BatchNormAct;
+pub use conv_init::ConvInit;
 pub use mlp::{Mlp, MlpKeys};
 
 /// Normalisation after a convolution.
@@ -58,44 +60,6 @@ impl Norm {
         match self {
             Norm::BatchNorm { .. } => "bn",
             Norm::GroupNorm { .. } => "gn",
-        }
-    }
-}
-
-/// How a [`ConvNormAct`]'s parameters start when the `VarBuilder` creates them (see
-/// [`crate::init`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ConvInit {
-    /// The conv weight's initialisation.
-    pub weight: crate::init::Init,
-    /// The conv bias: zero (mmcv), or PyTorch's default U(+-1/sqrt(fan_in)).
-    pub torch_default_bias: bool,
-    /// The norm's weight starts at 0 instead of 1 (`zero_init_residual`).
-    pub zero_norm: bool,
-}
-
-impl ConvInit {
-    /// mmcv `ConvModule`'s (and torchvision's ResNet convs'): Kaiming normal `fan_out`, bias
-    /// 0, norm weight 1 and bias 0.
-    pub const MMCV: ConvInit = ConvInit {
-        weight: crate::init::KAIMING_FAN_OUT,
-        torch_default_bias: false,
-        zero_norm: false,
-    };
-
-    /// The same with the norm's weight 0: the last norm of a residual block under mmseg's /
-    /// timm's `zero_init_residual`.
-    pub const fn zero_norm(mut self) -> Self {
-        self.zero_norm = true;
-        self
-    }
-
-    /// The bias hint for a conv of fan-in `fan_in`.
-    fn bias(&self, fan_in: usize) -> crate::init::Init {
-        if self.torch_default_bias {
-            crate::init::torch_default_bias(fan_in)
-        } else {
-            crate::init::ZERO
         }
     }
 }
@@ -213,6 +177,7 @@ impl ConvModuleConfig {
     }
 }
 
+#[derive(Debug)]
 enum NormLayer {
     Batch {
         bn: candle_nn::BatchNorm,
@@ -239,6 +204,7 @@ enum NormLayer {
 /// let y = m.forward_t(&Tensor::zeros((1, 3, 9, 9), DType::F32, &Device::Cpu).unwrap(), false).unwrap();
 /// assert_eq!(y.dims(), &[1, 8, 5, 5]);
 /// ```
+#[derive(Debug)]
 pub struct ConvNormAct {
     cfg: ConvModuleConfig,
     weight: Tensor,
@@ -424,6 +390,7 @@ impl ConvNormAct {
 /// Depthwise-separable ConvModule as mmcv's `DepthwiseSeparableConvModule`: a depthwise
 /// `k x k` ConvModule (`depthwise_conv.*`) followed by a pointwise 1x1 ConvModule
 /// (`pointwise_conv.*`), each with its own norm and activation.
+#[derive(Debug)]
 pub struct DepthwiseSeparableConvModule {
     depthwise: ConvNormAct,
     pointwise: ConvNormAct,
@@ -462,6 +429,7 @@ impl DepthwiseSeparableConvModule {
 ///
 /// # Shapes
 /// `N x C x H x W` -> same.
+#[derive(Debug)]
 pub struct LayerNorm2d {
     weight: Tensor,
     bias: Tensor,

@@ -178,3 +178,13 @@ impl DecodeHead for AsppHead {
         Ok(HeadOutput::new(self.forward(features, train)?))
     }
 }
+
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for AsppHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsppHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}

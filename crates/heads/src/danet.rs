@@ -289,3 +289,13 @@ impl DecodeHead for DaHead {
         Ok(self.forward(features, train)?.into())
     }
 }
+
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for DaHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}

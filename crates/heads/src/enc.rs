@@ -379,3 +379,13 @@ impl DecodeHead for EncHead {
         Ok(self.forward(features, train)?.into())
     }
 }
+
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for EncHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}

@@ -252,3 +252,13 @@ mod tests {
         ));
     }
 }
+
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for FcnHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcnHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}

@@ -168,3 +168,13 @@ impl DecodeHead for PspHead {
         Ok(HeadOutput::new(self.forward(features, train)?))
     }
 }
+
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for PspHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PspHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}

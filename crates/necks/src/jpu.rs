@@ -141,7 +141,8 @@ impl JpuConfig {
     /// (1, 2, 4, 8), levels concatenated C3, C4, C5, `align_corners = false`, all inputs fused
     /// (build it from the C3, C4, C5 specs; it returns C3, C4 and the fused map, which the
     /// FastFCN heads read with `in_index` 2, the auxiliary head with 1). On a backbone that
-    /// returns C2..C5, `.with_start_level(1)` gives the same three outputs.
+    /// returns C2..C5 it picks C3..C5 itself ([`JpuConfig::designed_for`]) and gives the same
+    /// three outputs.
     pub fn mmseg() -> Self {
         Self {
             mid_channels: 512,
@@ -159,8 +160,8 @@ impl JpuConfig {
 
     /// The official FastFCN JPU (`encoding/nn/customize.py`): levels concatenated C5, C4, C3,
     /// `align_corners = true`. Built from the C3, C4, C5 specs it returns C3, C4 and the fused
-    /// map; for the official call on C2..C5 use `.with_start_level(1)`, which returns C2, C3,
-    /// C4 and the fused map as the original does.
+    /// map; on C2..C5 (the official call) it picks C3..C5 itself and returns C2, C3, C4 and
+    /// the fused map as the original does.
     pub fn fastfcn() -> Self {
         Self {
             align_corners: true,
@@ -481,5 +482,16 @@ mod tests {
         // JSON without `designed_for` checks nothing.
         assert_eq!(d, JpuConfig::mmseg().with_designed_for(None));
         assert!(serde_json::from_str::<JpuConfig>(r#"{"width": 3}"#).is_err());
+    }
+}
+
+/// The configuration, the input and output specs (the weights are not printed).
+impl std::fmt::Debug for Jpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jpu")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .field("output_specs", &segkit_core::Neck::output_specs(self))
+            .finish_non_exhaustive()
     }
 }

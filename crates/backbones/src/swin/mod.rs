@@ -269,3 +269,13 @@ impl Backbone for Swin {
         Ok(self.forward(x, train)?.into_vec())
     }
 }
+
+/// The configuration and the output specs (the weights are not printed).
+impl std::fmt::Debug for Swin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swin")
+            .field("config", &self.cfg)
+            .field("feature_specs", &segkit_core::Backbone::feature_specs(self))
+            .finish_non_exhaustive()
+    }
+}
