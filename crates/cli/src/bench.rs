@@ -212,8 +212,7 @@ fn pixel_decoder(dev: &Device) -> Result<Job, CliError> {
         &cfg,
         &specs,
         synthetic_var_builder(DType::F32, dev),
-    )
-    .map_err(segkit_core::Error::from)?;
+    )?;
     let feats = channels
         .iter()
         .zip([128, 64, 32, 16])
@@ -221,10 +220,7 @@ fn pixel_decoder(dev: &Device) -> Result<Job, CliError> {
         .map(|(i, (&c, s))| synthetic_input(&format!("bench.stage{}", i + 1), (1, c, s, s), dev))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Box::new(move || {
-        Ok(dec
-            .forward(&feats, false)
-            .map_err(segkit_core::Error::from)?
-            .mask_features)
+        Ok(dec.forward(&feats, false)?.mask_features)
     }))
 }
 

@@ -1,6 +1,7 @@
 //! `segkit infer`: segment images with a model and write, for each image `STEM`,
 //! `STEM_classes.png` (class ids), `STEM_color.png` (palette colours), `STEM_overlay.png`
-//! (colours blended over the image) and `STEM.json`: the image and its files, then the
+//! (colours blended over the image), for models with an edge output (Gated-SCNN)
+//! `STEM_edge.png` (the edge map, 0..255), and `STEM.json`: the image and its files, then the
 //! result's own serialisation ([`Segmentation`]'s JSON, documented in
 //! `segkit::segmenter::results`: task, size, per-class areas and fractions, instances or
 //! segments with class, score, area, bbox and COCO RLE mask).
@@ -274,6 +275,9 @@ struct OutputFiles<'a> {
     color: &'a str,
     /// `STEM_overlay.png`.
     overlay: &'a str,
+    /// `STEM_edge.png`: the edge map of models that predict one (Gated-SCNN's `edge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edge: Option<&'a str>,
 }
 
 /// How `STEM_classes.png` stores class ids.
@@ -307,7 +311,17 @@ fn process(
     alpha: f64,
 ) -> Result<(), String> {
     let img = segkit::image::open(input).map_err(|e| e.to_string())?;
-    let out = seg.segment(&img, task).map_err(|e| match seg.source() {
+    // Gated-SCNN: `predict_image` also gives the shape stream's edge map (STEM_edge.png).
+    let gscnn = seg.model().as_any().downcast_ref::<segkit::models::Gscnn>();
+    let mut edge = None;
+    let out = match gscnn.filter(|_| task == Task::Semantic) {
+        Some(g) => g.predict_image(&img).map(|p| {
+            edge = p.edge;
+            Segmentation::Semantic(p.semantic)
+        }),
+        None => seg.segment(&img, task),
+    }
+    .map_err(|e| match seg.source() {
         // A model error names the model's config (a size it sets, say).
         Some(p) => {
             let dir = if p.is_dir() {
@@ -337,6 +351,7 @@ fn process(
         DynamicImage::ImageRgb8(sem.overlay_image(&img, alpha).map_err(|e| e.to_string())?);
     let s = stem(input);
     let names = output_names(&s);
+    let edge_name = format!("{s}_edge.png");
     let json = ImageJson {
         model: seg.name(),
         model_source: seg.source().map(|p| p.display().to_string()),
@@ -345,6 +360,7 @@ fn process(
             classes: &names[0],
             color: &names[1],
             overlay: &names[2],
+            edge: edge.as_ref().map(|_| edge_name.as_str()),
         },
         class_png: ClassPng {
             bits,
@@ -354,12 +370,15 @@ fn process(
     };
     let mut json_text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
     json_text.push('\n');
-    let files = [
+    let mut files = vec![
         (out_dir.join(&names[0]), png(&class_img)?),
         (out_dir.join(&names[1]), png(&color)?),
         (out_dir.join(&names[2]), png(&overlay)?),
         (out_dir.join(&names[3]), json_text.into_bytes()),
     ];
+    if let Some(e) = edge {
+        files.push((out_dir.join(&edge_name), png(&DynamicImage::ImageLuma8(e))?));
+    }
     write_all_or_none(&files)
 }
 
@@ -392,7 +411,7 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
     let device = segkit::segmenter::device(&a.device).map_err(fail)?;
     let (inputs, skipped) = expand_inputs(&a.inputs).map_err(fail)?;
     check_stems(&inputs).map_err(fail)?;
-    check_no_input_overwritten(&inputs, |p| stem(p), &a.out).map_err(fail)?;
+    check_no_input_overwritten(&inputs, stem, &a.out).map_err(fail)?;
     if skipped > 0 && !a.quiet {
         eprintln!(
             "skipping {skipped} file(s) written by an earlier `segkit infer` (STEM_classes.png, \

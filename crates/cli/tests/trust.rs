@@ -389,7 +389,7 @@ fn training_messages_name_the_file_and_the_field() {
 fn start_and_catch_a_write(cfg: &Path, out: &Path) -> std::process::Child {
     let args = ["train", "--config", s(cfg), "--quiet", "--resume"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_segkit"))
-        .args(&args)
+        .args(args)
         .stderr(std::fs::File::create(out.with_file_name("stderr.txt")).unwrap())
         .spawn()
         .unwrap();
@@ -406,6 +406,7 @@ fn start_and_catch_a_write(cfg: &Path, out: &Path) -> std::process::Child {
         std::thread::yield_now();
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("no checkpoint write seen in 120 s");
 }
 

@@ -67,11 +67,9 @@ pub fn pipeline_size_bound(
                 (h, w) = resized(*scale, 1.0, *keep_ratio, mul);
                 field = format!("pipeline[{i}] Resize scale {scale:?}");
             }
-            Transform::RandomCrop { crop_size, .. } => {
-                if crop_size[0] < h || crop_size[1] < w {
-                    (h, w) = (h.min(crop_size[0]), w.min(crop_size[1]));
-                    field = format!("pipeline[{i}] RandomCrop crop_size {crop_size:?}");
-                }
+            Transform::RandomCrop { crop_size, .. } if crop_size[0] < h || crop_size[1] < w => {
+                (h, w) = (h.min(crop_size[0]), w.min(crop_size[1]));
+                field = format!("pipeline[{i}] RandomCrop crop_size {crop_size:?}");
             }
             Transform::Pad {
                 size,
