@@ -82,6 +82,21 @@ pub(crate) fn load(path: &Path) -> Result<BTreeMap<String, Tensor>> {
                 ))
             }
         };
+        // An empty tensor's other dimensions still make strides: they must not overflow.
+        if view
+            .shape()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)))
+            .is_none()
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, whose strides overflow",
+                    view.shape()
+                ),
+            ));
+        }
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
             .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
         out.insert(name.to_string(), t);

@@ -432,6 +432,48 @@ fn decompression_bombs_stay_small() -> R {
 }
 
 #[test]
+fn safetensors_headers_are_checked() {
+    let d = tmp();
+    let file = |header: &str, data: &[u8]| {
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend(header.as_bytes());
+        f.extend(data);
+        f
+    };
+    for (name, header, data, says) in [
+        (
+            "empty_but_huge",
+            r#"{"w":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}"#,
+            &[][..],
+            "strides overflow",
+        ),
+        (
+            "numel_overflow",
+            r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
+            &[0u8; 16][..],
+            "corrupt",
+        ),
+        (
+            "offsets_past_end",
+            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,1099511627776]}}"#,
+            &[0u8; 16][..],
+            "corrupt",
+        ),
+    ] {
+        refused(
+            d.path(),
+            &format!("{name}.safetensors"),
+            &file(header, data),
+            &[says],
+        );
+    }
+    // A header length beyond the file.
+    let mut f = (1u64 << 60).to_le_bytes().to_vec();
+    f.extend(b"{}");
+    refused(d.path(), "length.safetensors", &f, &["truncated"]);
+}
+
+#[test]
 fn integer_tensors_are_not_float_weights() -> R {
     // A safetensors file whose F32 header says I32: the bytes of 1.0 read as 1065353216.
     let d = tmp();
