@@ -25,7 +25,7 @@ const USAGE: &str =
     "usage: cargo xtask gscnn-demo [--iterations N] [--data DIR] [--val N] [--out FILE]";
 
 /// Iterations of each run (batch 8).
-const ITERATIONS: usize = 1000;
+const ITERATIONS: usize = 600;
 
 fn run_config(
     data: &std::path::Path,

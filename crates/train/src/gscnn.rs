@@ -309,6 +309,36 @@ fn evaluate_gscnn(
     Ok((metric.compute(), f, n))
 }
 
+/// The augmented samples of iteration `it` (data order, per-sample augmentation seeds).
+fn load_batch(
+    cfg: &GscnnRunConfig,
+    train: &dyn SegDataset,
+    pipeline: &segkit_data::augment::Pipeline,
+    order: &mut DataOrder,
+    it: usize,
+) -> TrainResult<Vec<segkit_data::augment::Augmented>> {
+    let mut samples = Vec::with_capacity(cfg.batch_size);
+    for b in 0..cfg.batch_size {
+        let s = train.get(order.next_index())?;
+        let counter = (it * cfg.batch_size + b) as u64;
+        let mut rng = segkit_data::augment::Rng::for_sample(cfg.seed, 0, counter);
+        samples.push(pipeline.apply(s, &mut rng)?);
+    }
+    Ok(samples)
+}
+
+/// The mean of each named value over the last `n` records.
+fn tail_means(history: &[BTreeMap<String, f64>], n: usize) -> BTreeMap<String, f64> {
+    let tail = &history[history.len().saturating_sub(n)..];
+    let mut out = BTreeMap::new();
+    for rec in tail {
+        for (k, v) in rec {
+            *out.entry(k.clone()).or_insert(0.0) += v / tail.len() as f64;
+        }
+    }
+    out
+}
+
 /// Trains a [`GscnnNet`] as `cfg` says and evaluates it on the validation split; `progress`
 /// sees each iteration's losses.
 pub fn train_gscnn(
@@ -361,13 +391,7 @@ pub fn train_gscnn(
     let mut history: Vec<BTreeMap<String, f64>> = Vec::new();
     let t0 = Instant::now();
     for it in 0..cfg.iterations {
-        let mut samples = Vec::with_capacity(cfg.batch_size);
-        for b in 0..cfg.batch_size {
-            let s = train.get(order.next_index())?;
-            let counter = (it * cfg.batch_size + b) as u64;
-            let mut rng = segkit_data::augment::Rng::for_sample(cfg.seed, 0, counter);
-            samples.push(pipeline.apply(s, &mut rng)?);
-        }
+        let samples = load_batch(cfg, train.as_ref(), &pipeline, &mut order, it)?;
         let batch = collate(&samples, &pre, None, ignore, &dev)?;
         segkit_core::random::set_thread_state(Some(rng_state));
         let out = net.forward_t(&batch.images, true)?;
@@ -406,13 +430,7 @@ pub fn train_gscnn(
     }
     let train_seconds = t0.elapsed().as_secs_f64();
     let (m, f, val_images) = evaluate_gscnn(&net, val.as_ref(), k, 8, &cfg.boundary_tolerances)?;
-    let tail = &history[history.len().saturating_sub(50)..];
-    let mut final_losses = BTreeMap::new();
-    for rec in tail {
-        for (n, v) in rec {
-            *final_losses.entry(n.clone()).or_insert(0.0) += v / tail.len() as f64;
-        }
-    }
+    let final_losses = tail_means(&history, 50);
     Ok(GscnnRunResult {
         name: cfg.name.clone(),
         parameters,
