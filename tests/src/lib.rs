@@ -12,6 +12,12 @@ use candle_core::{DType, Device, Tensor};
 
 pub mod sampled;
 
+/// The repository README's Rust snippets, compiled as doctests (`no_run`: they read files a
+/// reader supplies). segkit-tests is not published, so it may include a file from outside it.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RootReadmeDoctests;
+
 pub use sampled::{
     assert_sampled_close, assert_sampled_close_rtol, check_sampled, check_sampled_rtol,
 };

@@ -243,17 +243,54 @@ pub fn check_sampled_rtol(
         .get(&format!("{name}.proj"))
         .ok_or_else(|| missing(&format!("{name}.proj")))?;
     let proj_ref = proj_ref.to_vec1::<f32>().map_err(|e| e.to_string())?;
+    let (worst, bad) =
+        check_projections(&x, &proj_ref, seed, eps).map_err(|e| format!("{name}: {e}"))?;
+    if !bad.is_empty() {
+        failed.push(format!(
+            "projection of {} of {} blocks: {}{}",
+            bad.len(),
+            proj_ref.len(),
+            bad[..bad.len().min(3)].join(", "),
+            if bad.len() > 3 { ", ..." } else { "" }
+        ));
+    }
+    let record = format!(
+        "{name}: sampled max|diff| = {dval:.3e} (tol {eps:.3e}); |sum - ref| = {:.3e}, \
+         |abssum - ref| = {:.3e} (tol {tol_sum:.3e}); {} projections, worst |diff|/tol = {worst:.3}",
+        (sum - sum_ref).abs(),
+        (abssum - abssum_ref).abs(),
+        proj_ref.len()
+    );
+    if failed.is_empty() {
+        Ok(record)
+    } else {
+        Err(format!(
+            "{name} differs from the reference: {}",
+            failed.join("; ")
+        ))
+    }
+}
+
+/// Compares the projections of `x` with the stored `proj_ref` (module docs: tolerance
+/// `eps * min(B, 6 sqrt(B))` plus the f32 rounding of the reference); returns the worst
+/// `|diff| / tol` and a description of each failing block.
+fn check_projections(
+    x: &[f32],
+    proj_ref: &[f32],
+    seed: u64,
+    eps: f64,
+) -> Result<(f64, Vec<String>), String> {
     let bounds = block_bounds(x.len(), proj_ref.len());
     if bounds.len() != proj_ref.len() {
         return Err(format!(
-            "{name}: {} projections stored for {} elements",
+            "{} projections stored for {} elements",
             proj_ref.len(),
             x.len()
         ));
     }
-    let proj = projections(&x, seed, proj_ref.len());
+    let proj = projections(x, seed, proj_ref.len());
     let (mut worst, mut bad) = (0f64, Vec::new());
-    for (b, ((p, &r), (lo, hi))) in proj.iter().zip(&proj_ref).zip(&bounds).enumerate() {
+    for (b, ((p, &r), (lo, hi))) in proj.iter().zip(proj_ref).zip(&bounds).enumerate() {
         let len = (hi - lo) as f64;
         let tol = eps * len.min(PROJ_SIGMAS * len.sqrt()) + (r as f64).abs() * 2f64.powi(-24);
         let d = (p - r as f64).abs();
@@ -264,30 +301,7 @@ pub fn check_sampled_rtol(
         }
         worst = worst.max(d / tol);
     }
-    if !bad.is_empty() {
-        failed.push(format!(
-            "projection of {} of {} blocks: {}{}",
-            bad.len(),
-            proj.len(),
-            bad[..bad.len().min(3)].join(", "),
-            if bad.len() > 3 { ", ..." } else { "" }
-        ));
-    }
-    let record = format!(
-        "{name}: sampled max|diff| = {dval:.3e} (tol {eps:.3e}); |sum - ref| = {:.3e}, \
-         |abssum - ref| = {:.3e} (tol {tol_sum:.3e}); {} projections, worst |diff|/tol = {worst:.3}",
-        (sum - sum_ref).abs(),
-        (abssum - abssum_ref).abs(),
-        proj.len()
-    );
-    if failed.is_empty() {
-        Ok(record)
-    } else {
-        Err(format!(
-            "{name} differs from the reference: {}",
-            failed.join("; ")
-        ))
-    }
+    Ok((worst, bad))
 }
 
 /// Panics unless [`check_sampled`] passes; prints the measured errors so test logs record them.

@@ -505,7 +505,10 @@ fn failures_are_one_line_and_write_nothing() {
         assert!(e.contains("not writable"), "{e}");
         assert!(files_in(&ro).is_empty());
     } else {
-        eprintln!("running as root: the read-only directory case is not checked");
+        segkit_core::testing::skip(
+            "`segkit infer --out` into a read-only directory",
+            "running as root, which may write into read-only directories",
+        );
     }
 }
 
@@ -538,60 +541,4 @@ fn a_failure_mid_run_names_the_image_and_leaves_none_of_its_files() {
             "photo_overlay.png"
         ]
     );
-}
-
-/// The README's main command: `segkit infer examples/demo_canvas.png --out DIR` with the
-/// default (committed demo) model. The example comes with ground truth; the image's mIoU over
-/// its ground-truth classes must be at least the demo model's held-out mIoU
-/// (crates/segkit/demo/metrics.json) minus 0.05.
-#[test]
-fn readme_main_command_segments_the_bundled_example() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_segkit"))
-        .current_dir(&root)
-        .args(["infer", "examples/demo_canvas.png", "--out"])
-        .arg(out.path())
-        .output()
-        .expect("run segkit");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in [
-        "demo_canvas_classes.png",
-        "demo_canvas_color.png",
-        "demo_canvas_overlay.png",
-        "demo_canvas.json",
-    ] {
-        assert!(out.path().join(f).is_file(), "{f} missing");
-    }
-    let pred = image::open(out.path().join("demo_canvas_classes.png"))
-        .unwrap()
-        .to_luma8();
-    let gt = image::open(root.join("examples/demo_canvas_gt.png"))
-        .unwrap()
-        .to_luma8();
-    assert_eq!(pred.dimensions(), gt.dimensions());
-    let mut ious = Vec::new();
-    for c in 0..=255u8 {
-        let (mut inter, mut union, mut in_gt) = (0u64, 0u64, false);
-        for (p, g) in pred.pixels().zip(gt.pixels()) {
-            let (a, b) = (p.0[0] == c, g.0[0] == c);
-            in_gt |= b;
-            inter += u64::from(a && b);
-            union += u64::from(a || b);
-        }
-        if in_gt {
-            ious.push(inter as f64 / union as f64);
-        }
-    }
-    let miou = ious.iter().sum::<f64>() / ious.len() as f64;
-    let metrics: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("crates/segkit/demo/metrics.json")).unwrap(),
-    )
-    .unwrap();
-    let held_out = metrics["val"]["mIoU"].as_f64().unwrap();
-    eprintln!(
-        "example mIoU {miou:.4} over {} classes; held-out mIoU {held_out:.4}",
-        ious.len()
-    );
-    assert!(miou >= held_out - 0.05, "{miou} < {held_out} - 0.05");
 }

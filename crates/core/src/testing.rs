@@ -148,6 +148,36 @@ pub fn synthetic_var_builder(dtype: DType, dev: &Device) -> VarBuilder<'static> 
     VarBuilder::from_backend(Box::new(SyntheticBackend), dtype, dev.clone())
 }
 
+/// Reports a test that cannot check what it is for on this machine: prints
+/// `skipped: WHAT (WHY)` and appends the line to the file named by `SEGKIT_SKIP_LOG`, if set
+/// (`.ci/run` lists them at the end; cargo hides a passing test's output). The caller returns
+/// after it.
+pub fn skip(what: &str, why: &str) {
+    let line = format!("skipped: {what} ({why})");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("SEGKIT_SKIP_LOG") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Err(e) = file.and_then(|mut f| writeln!(f, "{line}")) {
+            eprintln!(
+                "cannot append to SEGKIT_SKIP_LOG {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// [`skip`], except under CI (environment variable `CI` set to anything but `""`, `0` or
+/// `false`), where the check must run: it panics with the reason instead.
+pub fn skip_unless_ci(what: &str, why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+    assert!(!ci, "CI must run {what}, but {why}");
+    skip(what, why);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

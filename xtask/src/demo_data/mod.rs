@@ -18,6 +18,8 @@ use segkit::train::{TrainError, TrainResult};
 
 mod canvas;
 mod fashion_mnist;
+#[cfg(test)]
+mod figures;
 mod training;
 
 use canvas::compose_canvas;
@@ -112,10 +114,12 @@ mod tests {
     fn demo_canvases_generated_from_fashion_mnist_equal_the_committed_subset() {
         let src = Path::new(FASHION_MNIST_DIR);
         if !src.join("t10k-images-idx3-ubyte.gz").is_file() {
-            eprintln!(
-                "skipped: Fashion-MNIST is not installed ({}); `{FASHION_MNIST_INSTALL}` \
-                 enables this test",
-                src.display()
+            segkit_core::testing::skip_unless_ci(
+                "demo canvases generated from Fashion-MNIST vs the committed subset",
+                &format!(
+                    "Fashion-MNIST is not installed in {}: {FASHION_MNIST_INSTALL}",
+                    src.display()
+                ),
             );
             return;
         }

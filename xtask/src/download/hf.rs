@@ -519,7 +519,11 @@ mod tests {
             .iter()
             .any(|k| std::env::var_os(k).is_some())
         {
-            eprintln!("skipped: a proxy is configured and ureq would route loopback through it");
+            segkit_core::testing::skip(
+                "the hf-hub download against a loopback hub",
+                "a proxy is configured (HTTP_PROXY / ALL_PROXY) and ureq would route loopback \
+                 through it",
+            );
             return;
         }
         let body: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
