@@ -79,6 +79,10 @@ fn check_size(what: &str, w: u32, h: u32) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes a decoded image may take (a 16k x 16k RGB image is 768 MiB): a header
+/// declaring more is refused before the decoder allocates it (found by segkit-fuzz).
+const MAX_DECODED_BYTES: u64 = 1 << 30;
+
 /// Decodes what `reader` holds, the format from its content, with the EXIF orientation
 /// applied.
 fn decode_from<R: BufRead + Seek>(what: &str, reader: ImageReader<R>) -> Result<DynamicImage> {
@@ -90,6 +94,19 @@ fn decode_from<R: BufRead + Seek>(what: &str, reader: ImageReader<R>) -> Result<
     }
     let cannot = |e: image::ImageError| bad(what, format!("cannot decode: {e}"));
     let mut decoder = reader.into_decoder().map_err(cannot)?;
+    // The decoder allocates what the header declares, unchecked: refuse it first.
+    let (w, h) = decoder.dimensions();
+    if decoder.total_bytes() > MAX_DECODED_BYTES {
+        return Err(bad(
+            what,
+            format!(
+                "the image declares {w} x {h} pixels ({} bytes decoded), more than the {} MiB \
+                 segkit decodes",
+                decoder.total_bytes(),
+                MAX_DECODED_BYTES >> 20
+            ),
+        ));
+    }
     let orientation = decoder.orientation().map_err(cannot)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
     img.apply_orientation(orientation);
