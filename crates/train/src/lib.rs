@@ -33,6 +33,7 @@
 pub struct ReadmeDoctests;
 
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 pub mod eval;
