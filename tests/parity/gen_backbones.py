@@ -63,7 +63,7 @@ def main(out_dir):
     x = synth.synthetic_input(INPUT)
     import torchvision
 
-    for depth in (50, 101):
+    for depth in (50, 101, 152):
         m = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
         synth.fill_(m)
         save(out_dir, f"torchvision_resnet{depth}", run_tv_like(m, x))

@@ -13,7 +13,9 @@ Cases (each fixture stores synth.sample_outputs of every returned map, named lik
   (Swin-T, window 7, stage1..4), input synth.synthetic_input((1, 3, 97, 129)): odd sizes pad in
   the patch embedding, in every block and in patch merging;
 - swin_tiny_oneformer_224: the same at (1, 3, 224, 224);
-- swin_reduced_*: small configs with other windows, batch 2, the stem output, no qkv bias.
+- swin_reduced_*: small configs with other windows, batch 2, the stem output, no qkv bias;
+- swin_small_97x129, swin_base_w12_97x129, swin_large_w12_97x129: full-size Swin-S (window 7),
+  Swin-B and Swin-L (window 12, as in Mask2Former / OneFormer) at 1x3x97x129.
 
 Run by `cargo xtask fixtures`, or: python tests/parity/gen_swin.py tests/fixtures
 Timing (Swin-T 1x3x512x512, 2 threads, median of 5): python tests/parity/gen_swin.py --bench
@@ -72,6 +74,20 @@ REDUCED_W12 = dict(
 )
 
 
+# microsoft/swin-small-patch4-window7-224, swin-base-patch4-window12-384 and
+# swin-large-patch4-window12-384 (the Mask2Former / OneFormer Swin-B and Swin-L): the fields
+# that differ from Swin-T.
+SWIN_SMALL = dict(ONEFORMER_SWIN_TINY, depths=[2, 2, 18, 2], drop_path_rate=0.3)
+SWIN_BASE_W12 = dict(
+    ONEFORMER_SWIN_TINY, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
+    window_size=12, image_size=384,
+)
+SWIN_LARGE_W12 = dict(
+    ONEFORMER_SWIN_TINY, embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
+    window_size=12, image_size=384,
+)
+
+
 def synthetic_backbone(**cfg_kwargs):
     """transformers' SwinBackbone with every checkpoint tensor set to its synthetic value."""
     from transformers import SwinBackbone, SwinConfig
@@ -115,6 +131,10 @@ def main(out_dir):
     run_case(out_dir, "swin_tiny_oneformer_224", ONEFORMER_SWIN_TINY, (1, 3, 224, 224), "input", n=1024)
     run_case(out_dir, "swin_reduced_w4_b2", REDUCED, (2, 3, 75, 53), "input_reduced", n=1024)
     run_case(out_dir, "swin_reduced_w12", REDUCED_W12, (1, 3, 97, 129), "input", n=1024)
+    # Full-size Swin-S / B / L (every layer and key) on the same odd-sized input.
+    run_case(out_dir, "swin_small_97x129", SWIN_SMALL, (1, 3, 97, 129), "input", n=1024)
+    run_case(out_dir, "swin_base_w12_97x129", SWIN_BASE_W12, (1, 3, 97, 129), "input", n=1024)
+    run_case(out_dir, "swin_large_w12_97x129", SWIN_LARGE_W12, (1, 3, 97, 129), "input", n=1024)
 
 
 def bench(size=512, threads=2, repeats=5):

@@ -47,6 +47,11 @@ fn torchvision_resnet101() {
 }
 
 #[test]
+fn torchvision_resnet152() {
+    check("torchvision_resnet152", ResNetConfig::torchvision(152));
+}
+
+#[test]
 fn timm_resnet50d_os8() {
     check("timm_resnet50d_os8", ResNetConfig::timm_d(50, 8).unwrap());
 }

@@ -3,7 +3,8 @@
 //! Full-size Swin-T with the `backbone_config` of shi-labs/oneformer_ade20k_swin_tiny and
 //! synthetic weights (segkit_core::testing) under the checkpoint's key names; inputs 1x3x97x129
 //! (padding in the patch embedding, the windows and patch merging) and 1x3x224x224; two reduced
-//! configurations (window 4 with batch 2, the stem output and no qkv bias; window 12).
+//! configurations (window 4 with batch 2, the stem output and no qkv bias; window 12); full-size
+//! Swin-S, Swin-B and Swin-L (window 12) at 1x3x97x129.
 
 use candle_core::{DType, Device, Tensor};
 use segkit_backbones::{HiddenAct, Swin, SwinConfig};
@@ -92,6 +93,20 @@ fn swin_tiny_oneformer_224() {
         (1, 3, 224, 224),
         false,
     );
+}
+
+/// Full-size Swin-S (window 7), Swin-B and Swin-L (window 12, the Mask2Former / OneFormer
+/// backbones) against transformers' SwinBackbone.
+#[test]
+fn swin_small_base_large_97x129() {
+    for (fixture, cfg) in [
+        ("swin_small_97x129", SwinConfig::small()),
+        ("swin_base_w12_97x129", SwinConfig::base_window12()),
+        ("swin_large_w12_97x129", SwinConfig::large_window12()),
+    ] {
+        eprintln!("{fixture}");
+        check(fixture, &cfg, "input", (1, 3, 97, 129), false);
+    }
 }
 
 #[test]
@@ -366,13 +381,7 @@ fn bad_configs_and_inputs_are_typed_errors() {
     for shape in [vec![1, 4, 32, 32], vec![3, 32, 32], vec![1, 3, 0, 8]] {
         let x = Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap();
         let e = net.forward(&x, false).expect_err("bad input accepted");
-        assert!(
-            matches!(
-                e,
-                segkit_core::Error::ShapeMismatch { .. }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, segkit_core::Error::ShapeMismatch { .. }), "{e}");
     }
 }
 
