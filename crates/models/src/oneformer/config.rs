@@ -95,7 +95,40 @@ impl OneFormerPreprocessConfig {
                 "preprocessor: shortest_edge must be positive and std > 0: {c:?}"
             )));
         }
+        c.check_memory()?;
         Ok(c)
+    }
+
+    /// Refuses edges whose resized image cannot fit: a resized image has at most
+    /// `longest_edge x min(shortest_edge, longest_edge)` pixels, and at least its 8-bit copy
+    /// and the f32 input tensor (15 bytes a pixel) are allocated for it — compared with
+    /// [`crate::encoder_decoder::inference::memory_limit`] before any image is resized.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming `preprocessor_config.json`'s `size` fields,
+    /// the estimate and the limit.
+    pub fn check_memory(&self) -> Result<()> {
+        use crate::encoder_decoder::inference::{fmt_bytes, memory_limit};
+        let Some(limit) = memory_limit()? else {
+            return Ok(());
+        };
+        let long = self.longest_edge as u64;
+        let short = (self.shortest_edge as u64).min(long.max(1));
+        let est = long.max(short).saturating_mul(short).saturating_mul(15);
+        if est > limit.bytes {
+            return Err(Error::InvalidConfig(format!(
+                "preprocessor_config.json: `size` shortest_edge {} / longest_edge {} resizes an \
+                 image to up to {} x {} pixels: an estimated {} (the image and input tensor \
+                 alone) is more than the memory limit {} ({})",
+                self.shortest_edge,
+                self.longest_edge,
+                long.max(short),
+                short,
+                fmt_bytes(est),
+                fmt_bytes(limit.bytes),
+                limit.source
+            )));
+        }
+        Ok(())
     }
 
     /// transformers' `get_size_with_aspect_ratio(image_size, shortest_edge, longest_edge)`:
@@ -450,6 +483,25 @@ impl OneFormerConfig {
 mod tests {
     use super::*;
     use segkit_backbones::KeyStyle;
+
+    #[test]
+    fn absurd_preprocessor_sizes_are_refused() {
+        let v: Value =
+            serde_json::from_str(r#"{"size": {"shortest_edge": 200000, "longest_edge": 400000}}"#)
+                .unwrap();
+        let e = OneFormerPreprocessConfig::from_json(&v)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("preprocessor_config.json")
+                && e.contains("shortest_edge 200000")
+                && e.contains("memory limit"),
+            "{e}"
+        );
+        // A huge shortest edge alone is capped by the default longest edge (2048).
+        let v: Value = serde_json::from_str(r#"{"size": 200000}"#).unwrap();
+        OneFormerPreprocessConfig::from_json(&v).unwrap();
+    }
 
     /// A small HF config.json: ResNet-18 backbone, width 32, three classes.
     const HF: &str = r#"{
