@@ -213,6 +213,16 @@ impl DecodeHead for FcnHead {
     }
 }
 
+/// The configuration and the selected inputs (the weights are not printed).
+impl std::fmt::Debug for FcnHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcnHead")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,15 +260,5 @@ mod tests {
             FcnHead::new(&cfg, &specs, vb),
             Err(Error::InvalidConfig(_))
         ));
-    }
-}
-
-/// The configuration and the selected inputs (the weights are not printed).
-impl std::fmt::Debug for FcnHead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FcnHead")
-            .field("config", &self.cfg)
-            .field("inputs", &self.inputs)
-            .finish_non_exhaustive()
     }
 }

@@ -340,6 +340,17 @@ impl Neck for Fpn {
     }
 }
 
+/// The configuration, the input and output specs (the weights are not printed).
+impl std::fmt::Debug for Fpn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fpn")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .field("output_specs", &segkit_core::Neck::output_specs(self))
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,16 +418,5 @@ mod tests {
         assert!(matches!(err, segkit_core::Error::ShapeMismatch { .. }));
         let core: segkit_core::Error = Neck::forward_t(&fpn, &xs[..1], false).unwrap_err();
         assert!(matches!(core, segkit_core::Error::WrongInputCount { .. }));
-    }
-}
-
-/// The configuration, the input and output specs (the weights are not printed).
-impl std::fmt::Debug for Fpn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fpn")
-            .field("config", &self.cfg)
-            .field("inputs", &self.inputs)
-            .field("output_specs", &segkit_core::Neck::output_specs(self))
-            .finish_non_exhaustive()
     }
 }

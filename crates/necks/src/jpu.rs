@@ -383,6 +383,17 @@ impl Neck for Jpu {
     }
 }
 
+/// The configuration, the input and output specs (the weights are not printed).
+impl std::fmt::Debug for Jpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jpu")
+            .field("config", &self.cfg)
+            .field("inputs", &self.inputs)
+            .field("output_specs", &segkit_core::Neck::output_specs(self))
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,16 +493,5 @@ mod tests {
         // JSON without `designed_for` checks nothing.
         assert_eq!(d, JpuConfig::mmseg().with_designed_for(None));
         assert!(serde_json::from_str::<JpuConfig>(r#"{"width": 3}"#).is_err());
-    }
-}
-
-/// The configuration, the input and output specs (the weights are not printed).
-impl std::fmt::Debug for Jpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jpu")
-            .field("config", &self.cfg)
-            .field("inputs", &self.inputs)
-            .field("output_specs", &segkit_core::Neck::output_specs(self))
-            .finish_non_exhaustive()
     }
 }

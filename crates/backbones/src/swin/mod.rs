@@ -74,6 +74,16 @@ mod fused;
 mod kernel;
 mod layers;
 mod patch;
+/// The configuration and the output specs (the weights are not printed).
+impl std::fmt::Debug for Swin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swin")
+            .field("config", &self.cfg)
+            .field("feature_specs", &segkit_core::Backbone::feature_specs(self))
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests;
 mod window;
@@ -267,15 +277,5 @@ impl Backbone for Swin {
 
     fn forward_features(&self, x: &Tensor, train: bool) -> segkit_core::Result<Vec<Tensor>> {
         Ok(self.forward(x, train)?.into_vec())
-    }
-}
-
-/// The configuration and the output specs (the weights are not printed).
-impl std::fmt::Debug for Swin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Swin")
-            .field("config", &self.cfg)
-            .field("feature_specs", &segkit_core::Backbone::feature_specs(self))
-            .finish_non_exhaustive()
     }
 }
