@@ -220,17 +220,13 @@ impl Trainer {
             var.set(&init_value(name, var.dims(), self.cfg.seed, zero_gamma)?)?;
         }
         if let Some(path) = &self.cfg.load_from {
-            let sd = segkit_core::checkpoint::StateDict::load(path).map_err(|e| {
-                TrainError::Checkpoint {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            // A key that is absent or has another shape is a typed
-            // `segkit_models::Error::Checkpoint` (its source names the key).
+            // A file that cannot be read, a key that is absent or has another shape: a typed
+            // `segkit_models::Error::Checkpoint` naming the model and file (its source names
+            // the key or the file's problem).
             let in_ck = |e: segkit_core::Error| {
                 segkit_models::Error::checkpoint(&self.model_cfg.name, path, e)
             };
+            let sd = segkit_core::checkpoint::StateDict::load(path).map_err(in_ck)?;
             for (name, var) in &self.params {
                 let t = sd.require(name).map_err(in_ck)?;
                 if t.dims() != var.dims() {

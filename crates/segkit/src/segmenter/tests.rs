@@ -143,7 +143,9 @@ fn bad_model_dirs_are_typed() {
     )
     .unwrap();
     let e = Segmenter::load(&dir, &Device::Cpu).unwrap_err();
-    assert!(e.to_string().contains("decode_head.conv_seg.weight"), "{e}");
+    // The error names the model and file; its source, printed after it, the key.
+    let text = segkit_core::error::Report(&e).to_string();
+    assert!(text.contains("decode_head.conv_seg.weight"), "{text}");
     // Paths that do not exist and unknown names.
     let e = Segmenter::load(tmp.path().join("nope"), &Device::Cpu).unwrap_err();
     assert!(matches!(e, Error::BadModel { .. }), "{e}");
