@@ -12,7 +12,8 @@
 //!    expanded; files an earlier run wrote — `STEM_*.png` listed in its `STEM.json` — are
 //!    skipped when a directory or glob finds them), that no two inputs share a stem, that
 //!    no output file is one of the inputs (`infer DIR --out DIR` with the user's own
-//!    `cat_color.png` next to `cat.png` is refused), that the output directory is (or can be
+//!    `cat_color.png` next to `cat.png` is refused) and that no output would replace a file
+//!    an earlier run did not write, that the output directory is (or can be
 //!    created as) a writable directory, the model (loaded once) and that it does the task —
 //!    and a failure there writes nothing (not even the output directory);
 //! 2. then images are processed in order; each image's four files are encoded in memory,
@@ -32,7 +33,9 @@ use segkit::segmenter::results::encode_image;
 use segkit::{Segmentation, Segmenter, Task};
 use serde::Serialize;
 
-use crate::infer_outputs::{check_no_input_overwritten, is_own_output, output_names};
+use crate::infer_outputs::{
+    check_no_foreign_file_replaced, check_no_input_overwritten, is_own_output, output_names,
+};
 use crate::outputs::write_all_or_none;
 use crate::CliError;
 
@@ -412,6 +415,7 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
     let (inputs, skipped) = expand_inputs(&a.inputs).map_err(fail)?;
     check_stems(&inputs).map_err(fail)?;
     check_no_input_overwritten(&inputs, stem, &a.out).map_err(fail)?;
+    check_no_foreign_file_replaced(&inputs, stem, &a.out).map_err(fail)?;
     if skipped > 0 && !a.quiet {
         eprintln!(
             "skipping {skipped} file(s) written by an earlier `segkit infer` (STEM_classes.png, \

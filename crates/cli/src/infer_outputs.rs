@@ -71,6 +71,46 @@ pub fn check_no_input_overwritten(
     Ok(())
 }
 
+/// Whether `json` is a summary an earlier `segkit infer` wrote (`model` and `files` keys).
+fn is_own_summary(json: &Path) -> bool {
+    std::fs::read_to_string(json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("model").is_some() && v.get("files").is_some())
+}
+
+/// Refuses a run that would replace a file in `out` that an earlier `segkit infer` did not
+/// write (the user's own `cat.json` or `cat_color.png` next to the outputs), naming it. An
+/// earlier run's outputs are replaced, as a re-run should.
+pub fn check_no_foreign_file_replaced(
+    inputs: &[PathBuf],
+    stem: impl Fn(&Path) -> String,
+    out: &Path,
+) -> Result<(), String> {
+    for input in inputs {
+        for name in output_names(&stem(input)) {
+            let target = out.join(&name);
+            if !target.is_file() {
+                continue;
+            }
+            let ours = if name.ends_with(".json") {
+                is_own_summary(&target)
+            } else {
+                is_own_output(&target)
+            };
+            if !ours {
+                return Err(format!(
+                    "refusing to run: {} (an output for input {}) exists and was not written \
+                     by segkit infer; move it or choose another --out directory",
+                    target.display(),
+                    input.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +142,13 @@ mod tests {
         let e = check_no_input_overwritten(&inputs, stem, d).unwrap_err();
         assert!(e.contains("cat_color.png") && e.contains("--out"), "{e}");
         check_no_input_overwritten(&inputs, stem, &d.join("out")).unwrap();
+        // The user's own `cat.json` in the output directory is not replaced either.
+        let out = d.join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("cat.json"), b"{\"mine\": 1}").unwrap();
+        let e = check_no_foreign_file_replaced(&inputs[..1], stem, &out).unwrap_err();
+        assert!(e.contains("cat.json") && e.contains("not written"), "{e}");
+        std::fs::write(out.join("cat.json"), br#"{"model": "m", "files": {}}"#).unwrap();
+        check_no_foreign_file_replaced(&inputs[..1], stem, &out).unwrap();
     }
 }

@@ -72,6 +72,27 @@ fn infer_never_overwrites_an_input_nor_segments_its_own_outputs() {
     assert!(err.contains("skipping 6 file(s)"), "{err}");
     assert!(err.contains("segmented 2 image(s)"), "{err}");
     assert_eq!(names(d), first);
+
+    // The user's own file where an output would go, inputs elsewhere: refused, kept.
+    let out = d.join("elsewhere");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("cat_overlay.png"), b"my drawing").unwrap();
+    let e = one_line_error(&segkit(&[
+        "infer",
+        s(&d.join("cat.png")),
+        "--out",
+        s(&out),
+        "-q",
+    ]));
+    assert!(
+        e.contains("cat_overlay.png") && e.contains("not written"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("cat_overlay.png")).unwrap(),
+        b"my drawing"
+    );
+    assert_eq!(names(&out), ["cat_overlay.png"]);
 }
 
 #[test]
@@ -86,14 +107,14 @@ fn infer_rerun_failing_keeps_the_previous_outputs() {
         .map(|n| (n.clone(), std::fs::read(out.join(&n)).unwrap()))
         .collect();
     assert_eq!(before.len(), 4);
-    // The re-run's last file cannot be renamed into place (a directory took its name):
-    // the three files already replaced are put back as they were.
-    std::fs::remove_file(out.join("demo_canvas.json")).unwrap();
-    std::fs::create_dir(out.join("demo_canvas.json")).unwrap();
+    // The re-run's third file cannot be renamed into place (a directory took its name):
+    // the two files already replaced are put back as they were.
+    std::fs::remove_file(out.join("demo_canvas_overlay.png")).unwrap();
+    std::fs::create_dir(out.join("demo_canvas_overlay.png")).unwrap();
     let e = one_line_error(&segkit(&["infer", s(&canvas), "--out", s(&out), "-q"]));
-    assert!(e.contains("demo_canvas.json"), "{e}");
+    assert!(e.contains("demo_canvas_overlay.png"), "{e}");
     for (n, bytes) in &before[..] {
-        if n != "demo_canvas.json" {
+        if n != "demo_canvas_overlay.png" {
             assert_eq!(&std::fs::read(out.join(n)).unwrap(), bytes, "{n} changed");
         }
     }
