@@ -13,6 +13,8 @@
 //! - [`enc`]: EncNet's context encoding head with its SE-loss branch;
 //! - [`gscnn`]: Gated-SCNN's shape stream (gated convolutions), Canny fusion, ASPP with edge
 //!   branch and decoder (official nv-tlabs/GSCNN key names).
+//! - [`rpn`]: Detectron's FPN region proposal network and its test-time proposals (anchors,
+//!   top-k, NMS, collect and distribute to levels), as PANet's official code (`RPN.*` keys).
 //!
 //! All heads implement [`segkit_core::DecodeHead`], which returns every output by name
 //! ([`segkit_core::HeadOutput`]: `logits`, plus DANet's `pam` / `cam` and EncNet's `se`); their
@@ -32,6 +34,7 @@ pub mod enc;
 pub mod fcn;
 pub mod gscnn;
 pub mod psp;
+pub mod rpn;
 
 pub use aspp::{AsppHead, AsppHeadConfig};
 pub use danet::{DaHead, DaHeadConfig, DaHeadOutput, DA_HEAD_EXTRA_OUTPUTS};
@@ -39,6 +42,7 @@ pub use decode_head::{dropout2d, DecodeHeadConfig, InIndex, InputTransform};
 pub use enc::{EncHead, EncHeadConfig, EncHeadOutput, ENC_HEAD_SE_OUTPUT};
 pub use fcn::{FcnHead, FcnHeadConfig};
 pub use psp::{PspHead, PspHeadConfig};
+pub use rpn::{RpnConfig, RpnHead, RpnHeadOutput, RpnProposals};
 
 /// Errors of segkit-heads: segkit-core's [`segkit_core::Error`], the one error type of segkit's
 /// component crates (so a missing weight, a shape or a mis-wiring is matched the same way
