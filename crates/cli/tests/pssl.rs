@@ -101,7 +101,7 @@ fn killed_and_restarted_run_writes_identical_labels() {
     child.wait().unwrap();
     let partial = pngs(&resumed).len();
     assert!(
-        partial >= 3 && partial < IMAGES,
+        (3..IMAGES).contains(&partial),
         "killed after {partial} of {IMAGES} labels"
     );
 

@@ -136,7 +136,7 @@ impl ClassifierConfig {
                 self.name
             )));
         }
-        if self.std.iter().any(|s| !(*s > 0.0)) {
+        if self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return Err(Error::InvalidConfig(format!(
                 "classifier `{}`: every std must be > 0, got {:?}",
                 self.name, self.std
