@@ -31,12 +31,12 @@ pub mod panet;
 
 pub use fpn::{ExtraLevels, ExtraSource, Fpn, FpnConfig, FpnKeyStyle};
 pub use jpu::{ConcatOrder, Jpu, JpuConfig, JpuOutput, Passthrough};
-pub use pafpn::{PaFpn, PaFpnConfig};
-pub use panet::{PanetFpn, PanetFpnConfig, PanetFpnOutput};
 pub use msdeform::{
     multi_scale_deformable_attention, MsDeformAttn, MsDeformAttnPixelDecoder,
     MsDeformAttnPixelDecoderConfig, PixelDecoderOutput,
 };
+pub use pafpn::{PaFpn, PaFpnConfig};
+pub use panet::{PanetFpn, PanetFpnConfig, PanetFpnOutput};
 
 use candle_core::Tensor;
 use segkit_core::FeatureSpec;
