@@ -99,7 +99,7 @@ fn deciles_equal_numpy() {
         let want = get(&f, &format!("{case}.deciles"))
             .to_dtype(DType::U8)
             .unwrap();
-        for b in 0..scores.dim(0).unwrap() {
+        for (b, th_b) in th.iter().enumerate() {
             let s = scores
                 .get(b)
                 .unwrap()
@@ -109,7 +109,7 @@ fn deciles_equal_numpy() {
                 .unwrap();
             assert_eq!(
                 decile_thresholds(&s).to_vec(),
-                th[b],
+                *th_b,
                 "{case} image {b}: thresholds"
             );
             let w = want
