@@ -318,7 +318,10 @@ mod tests {
         #[error("diverged")]
         struct Diverged;
         let e = Error::Training(Box::new(Diverged));
-        assert_eq!(segkit_core::error::Report(&e).to_string(), "training: diverged");
+        assert_eq!(
+            segkit_core::error::Report(&e).to_string(),
+            "training: diverged"
+        );
         let src = std::error::Error::source(&e).unwrap();
         assert!(src.downcast_ref::<Diverged>().is_some());
     }

@@ -221,11 +221,9 @@ impl TaskTokenizer {
     /// is an error rather than silently dropped.
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Self> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| {
-                segkit_core::Error::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
+            std::fs::read_to_string(path).map_err(|source| segkit_core::Error::Io {
+                path: path.to_path_buf(),
+                source,
             })
         };
         let vocab_text = read(vocab_json)?;
