@@ -354,7 +354,7 @@ fn process(
         DynamicImage::ImageRgb8(sem.overlay_image(&img, alpha).map_err(|e| e.to_string())?);
     let s = stem(input);
     let names = output_names(&s);
-    let edge_name = format!("{s}_edge.png");
+    let edge_name = names[4].clone();
     let json = ImageJson {
         model: seg.name(),
         model_source: seg.source().map(|p| p.display().to_string()),

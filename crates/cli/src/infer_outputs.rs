@@ -13,12 +13,18 @@ use crate::outputs::canonical;
 /// adds its kind here, and every check below covers it.
 pub const MAP_KINDS: [&str; 3] = ["classes", "color", "overlay"];
 
-/// The file names written for an input with stem `stem`: each map's PNG, then `STEM.json`.
+/// Maps that only some models write (Gated-SCNN's edge map), as `STEM_{kind}.png`. They are
+/// named after `STEM.json` in [`output_names`] and every check covers them, whatever the model.
+pub const OPTIONAL_MAP_KINDS: [&str; 1] = ["edge"];
+
+/// The file names written for an input with stem `stem`: each map's PNG, then `STEM.json`,
+/// then the optional maps' PNGs.
 pub fn output_names(stem: &str) -> Vec<String> {
     MAP_KINDS
         .iter()
         .map(|k| format!("{stem}_{k}.png"))
         .chain([format!("{stem}.json")])
+        .chain(OPTIONAL_MAP_KINDS.iter().map(|k| format!("{stem}_{k}.png")))
         .collect()
 }
 
