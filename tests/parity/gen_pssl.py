@@ -7,7 +7,10 @@ Cases (tests/fixtures/pssl/):
 - classifier_resnet50d.safetensors: timm resnet50d, same input;
 - classifier_swin_tiny.safetensors: transformers' SwinForImageClassification (swin-tiny
   config, 1000 classes), synthetic weights under segkit's names (`swin.layernorm` takes the
-  synthetic value of `swin.hidden_states_norms.stage4`, the one rename), same input;
+  synthetic value of `swin.hidden_states_norms.stage4`, the one rename), same input. Called
+  as HF does (encoder without `always_partition`: stage 4, 7x7 under a 7x7 window, is not
+  shifted, unlike SwinBackbone); the model is loaded fresh, as transformers' SwinLayer keeps
+  the shift it clamps;
 - smoothgrad_resnet50.safetensors: captum's NoiseTunnel(Saliency(model)).attribute(x,
   nt_type="smoothgrad", nt_samples=3, stdevs=0.6, target=[3, 917]) on the full-size
   synthetic resnet50 at 2x3x224x224. captum draws its noise with torch.normal(0, stdev); the

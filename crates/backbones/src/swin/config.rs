@@ -149,6 +149,17 @@ pub struct SwinConfig {
     /// Whose checkpoint layout the network reads (and the training-time and patch-merging
     /// details that go with it). Default [`SwinKeyStyle::Hf`].
     pub key_style: SwinKeyStyle,
+    /// `true` (the default; HF's `SwinBackbone`, mmseg): every block partitions and shifts
+    /// its windows however small the map. `false` (HF's `SwinModel` /
+    /// `SwinForImageClassification`, the original Swin): a block whose map's shorter side is
+    /// at most `window_size` is not shifted (at 224x224, stage 4's second block); a map
+    /// smaller than the window is then an error, as it is in HF.
+    #[serde(skip_serializing_if = "is_true")]
+    pub always_partition: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for SwinConfig {
@@ -176,6 +187,7 @@ impl Default for SwinConfig {
             qk_scale: None,
             patch_norm: true,
             key_style: SwinKeyStyle::Hf,
+            always_partition: true,
         }
     }
 }

@@ -229,12 +229,22 @@ impl Swin {
         }
         for (i, stage) in self.stages.iter().enumerate().take(last) {
             let window = self.cfg.window_size;
+            // HF `SwinLayer.set_shift_and_window_size` (encoder without `always_partition`).
+            let unshifted = !self.cfg.always_partition && gh.min(gw) <= window;
+            if unshifted && gh.min(gw) < window {
+                return Err(Error::InvalidConfig(format!(
+                    "Swin (always_partition false): stage{} map {gh}x{gw} is smaller than the \
+                     window {window} (HF's SwinModel fails there too); use a larger input",
+                    i + 1
+                )));
+            }
             let (dt, dev) = (hs.dtype(), hs.device().clone());
             let mut geo: [Option<WindowGeometry>; 2] = [None, None];
             for block in &stage.blocks {
-                let slot = usize::from(block.shift > 0);
+                let shift = if unshifted { 0 } else { block.shift };
+                let slot = usize::from(shift > 0);
                 if geo[slot].is_none() {
-                    geo[slot] = Some(WindowGeometry::new(gh, gw, window, block.shift, dt, &dev)?);
+                    geo[slot] = Some(WindowGeometry::new(gh, gw, window, shift, dt, &dev)?);
                 }
                 let g = geo[slot]
                     .as_ref()

@@ -11,7 +11,11 @@
 //! - Swin: Hugging Face `SwinForImageClassification` (`swin.embeddings..`, `swin.encoder..`,
 //!   `swin.layernorm`, `classifier`). The final LayerNorm is read from `swin.layernorm`
 //!   through [`hf_swin_classifier_keys`], the one rename (the backbone calls it
-//!   `hidden_states_norms.stage4`).
+//!   `hidden_states_norms.stage4`). Unlike `SwinBackbone`, `SwinModel` calls its encoder
+//!   without `always_partition`, so a block whose map's shorter side is at most the window
+//!   (at 224x224: stage 4, 7x7, window 7) attends over one unshifted window; the classifier
+//!   sets [`SwinConfig::always_partition`] to `false` accordingly (maps smaller than the
+//!   window are an error, as in transformers).
 //!
 //! # Shapes
 //! - input: `N x 3 x H x W`, normalised with the config's mean / std;
@@ -185,6 +189,9 @@ impl Classifier {
                 let mut s = (**s).clone();
                 let last = format!("stage{}", s.num_stages());
                 s = s.with_out_features([last]);
+                // SwinModel runs its encoder without `always_partition`: blocks on a map no
+                // larger than the window (stage 4 at 224x224) are not shifted.
+                s.always_partition = false;
                 (Box::new(Swin::new(&s, vb.pp("swin"))?), "classifier")
             }
         };
