@@ -253,8 +253,8 @@ pub(crate) struct SwinBlock {
     act: HiddenAct,
     /// mmcv's `FFN` (mmseg): dropout after the activation too, drop path on the MLP branch.
     mmcv_ffn: bool,
-    /// Inference cache: the attention parameters, computed at the first inference call (so
-    /// weights changed afterwards, e.g. by an optimizer, are not seen by inference).
+    /// Inference cache: the attention parameters, computed at the first inference call when
+    /// the weights are plain tensors (never for variables, which an optimizer may change).
     cache: OnceLock<AttentionParams>,
 }
 
@@ -360,6 +360,12 @@ impl SwinBlock {
         } else {
             match self.cache.get() {
                 Some(p) => p,
+                // Variables (a VarMap being trained) may change after this call: computed
+                // afresh each time, as ConvNormAct's folded BatchNorm.
+                None if self.relative_position_bias_table.is_variable() => {
+                    owned = self.attention_params(x.device().is_cpu())?;
+                    &owned
+                }
                 None => {
                     let p = self.attention_params(x.device().is_cpu())?;
                     self.cache.get_or_init(|| p)

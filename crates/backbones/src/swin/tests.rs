@@ -190,3 +190,57 @@ fn qk_scale_and_patch_norm() {
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     super::Swin::new(&small, vb).unwrap();
 }
+
+/// Inference after the variables changed (a model being trained, evaluated in between) sees
+/// the new weights: the attention parameters are not cached for variables.
+#[test]
+fn inference_sees_updated_variables() {
+    let small = SwinConfig {
+        depths: vec![1, 1],
+        num_heads: vec![1, 2],
+        embed_dim: 8,
+        window_size: 2,
+        out_indices: None,
+        ..SwinConfig::mmseg_tiny()
+    };
+    let dev = Device::Cpu;
+    let varmap = candle_nn::VarMap::new();
+    let net = super::Swin::new(
+        &small,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )
+    .unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 9, 7), &dev).unwrap();
+    let before = net.forward(&x, false).unwrap().feature_maps[1].clone();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("relative_position_bias_table") {
+            // Not a constant shift: softmax would not see one.
+            let t = var.as_tensor();
+            var.set(&(t + t.randn_like(0.0, 1.0).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+    let after = net.forward(&x, false).unwrap().feature_maps[1].clone();
+    // A fresh model from the updated variables is what inference must give.
+    let fresh = super::Swin::new(
+        &small,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )
+    .unwrap()
+    .forward(&x, false)
+    .unwrap()
+    .feature_maps[1]
+        .clone();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(diff(&before, &after) > 1e-4, "the update changed nothing");
+    assert_eq!(diff(&after, &fresh), 0.0);
+}
