@@ -290,9 +290,7 @@ fn wrong_inputs_give_typed_errors() {
     x[3] = Tensor::zeros((2048, 3, 4), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
         head.forward(&x, false),
-        Err(
-            segkit_core::Error::ShapeMismatch { .. }
-        )
+        Err(segkit_core::Error::ShapeMismatch { .. })
     ));
     // in_index beyond the specs.
     assert!(matches!(
