@@ -1,9 +1,9 @@
 //! Gated-SCNN training: the four losses of nv-tlabs/GSCNN's `JointEdgeSegLoss` (segmentation,
 //! edge x 20, edge attention, dual task) with the edge ground truth made on the fly from each
 //! batch's label map ([`edge_targets`]: `edge_utils.py`'s one-hot + distance transform,
-//! radius 2), and a compact training loop for a Gated-SCNN built from segkit's parts
-//! ([`GscnnNet`]: a ResNet regular stream and segkit-heads' [`GscnnHead`]) that reuses this
-//! crate's data order, collation, optimizers and schedule.
+//! radius 2), and a compact training loop for segkit-models' [`Gscnn`] (any [`GscnnConfig`]:
+//! the presets, or [`demo_net`]'s small ResNet-18 regular stream) that reuses this crate's
+//! data order, collation, optimizers and schedule.
 //!
 //! [`gscnn_losses`] is the loss step of any Gated-SCNN forward pass (segkit-models' `Gscnn`
 //! returns the same `seg` / `edge` outputs); [`train_gscnn`] is what `cargo xtask gscnn-demo`
@@ -18,13 +18,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use segkit_backbones::{ResNet, ResNetConfig};
-use segkit_core::Backbone;
-use segkit_data::edges::{self, CannyInput, EdgeTargetConfig};
+use segkit_backbones::ResNetConfig;
+use segkit_data::edges::EdgeTargetConfig;
 use segkit_data::metrics::{BoundaryFScore, BoundaryTolerance, SegMetric};
 use segkit_data::SegDataset;
-use segkit_heads::gscnn::{GscnnHead, GscnnHeadConfig, GscnnHeadOutput};
+use segkit_heads::gscnn::GscnnHeadConfig;
 use segkit_losses::JointEdgeSegLoss;
+use segkit_models::gscnn::{Gscnn, GscnnBackbone, GscnnConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DatasetConfig, OptimizerConfig, ScheduleConfig};
@@ -93,89 +93,14 @@ pub fn gscnn_losses(
     Ok(NamedLosses { total, items })
 }
 
-/// A Gated-SCNN assembled from a ResNet regular stream and [`GscnnHead`] (the wiring of
-/// segkit-models' `Gscnn` with a ResNet: layer1 feeds the shape stream and the decoder,
-/// layer2 / layer3 / layer4 the gates, layer4 the ASPP).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GscnnNetConfig {
-    /// The regular stream (dilated to output stride 8).
-    pub regular: ResNetConfig,
-    /// The head (its `shape_stream` switches the shape stream).
-    pub head: GscnnHeadConfig,
-    /// The Canny map's input.
-    pub canny: CannyInput,
-    /// Normalisation mean, 0..255 scale (the collated batch's).
-    pub mean: [f64; 3],
-    /// Normalisation std, 0..255 scale.
-    pub std: [f64; 3],
-}
-
-/// The network of a [`GscnnNetConfig`].
-pub struct GscnnNet {
-    cfg: GscnnNetConfig,
-    backbone: ResNet,
-    head: GscnnHead,
-}
-
-impl GscnnNet {
-    /// Builds the network with its weights under `vb`.
-    pub fn new(cfg: &GscnnNetConfig, vb: VarBuilder<'_>) -> TrainResult<Self> {
-        let backbone = ResNet::new(&cfg.regular, vb.clone())?;
-        let specs = backbone.feature_specs();
-        let sel: Vec<_> = [0, 0, 1, 2, 3].iter().map(|&i| specs[i]).collect();
-        let head = GscnnHead::new(&cfg.head, &sel, vb)?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            backbone,
-            head,
-        })
-    }
-
-    /// The `N x 1 x H x W` Canny map (0 / 255) of the normalised batch `x`.
-    pub fn canny_map(&self, x: &Tensor) -> TrainResult<Tensor> {
-        let (n, _, h, w) = x.dims4()?;
-        let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mean = self.cfg.mean.map(|m| m as f32);
-        let std = self.cfg.std.map(|s| s as f32);
-        let mut out = Vec::with_capacity(n * h * w);
-        for chw in v.chunks(3 * h * w) {
-            let img = match self.cfg.canny {
-                CannyInput::AsReleased => {
-                    // The official tensor is in the 0..1 scale normalised by 0..1 mean / std:
-                    // the same values as the 0..255 normalisation.
-                    edges::released_input(chw, h, w)?
-                }
-                CannyInput::Image8bit => edges::image8bit_input(chw, h, w, mean, std)?,
-            };
-            let e = edges::canny(&img, h, w, 10.0, 100.0)?;
-            out.extend(e.into_iter().map(f32::from));
-        }
-        Ok(Tensor::from_vec(out, (n, 1, h, w), x.device())?)
-    }
-
-    /// The forward pass on a normalised batch (`train`: batch statistics, dropout).
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> TrainResult<GscnnHeadOutput> {
-        let (_, _, h, w) = x.dims4()?;
-        let canny = if self.cfg.head.shape_stream {
-            Some(self.canny_map(x)?)
-        } else {
-            None
-        };
-        let f = self.backbone.forward_features(x, train)?;
-        let sel = [&f[0], &f[0], &f[1], &f[2], &f[3]].map(|t| (*t).clone());
-        Ok(self.head.forward_t(&sel, canny.as_ref(), (h, w), train)?)
-    }
-}
-
 /// A Gated-SCNN training run on a dataset of fixed-size images (see [`train_gscnn`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GscnnRunConfig {
     /// A name for the run (logs).
     pub name: String,
-    /// The network.
-    pub net: GscnnNetConfig,
+    /// The network (a segkit-models Gated-SCNN config; its weights start from the seed).
+    pub net: GscnnConfig,
     /// The losses (their `num_classes` is the model's).
     pub loss: JointEdgeSegLoss,
     /// The edge ground truth.
@@ -272,7 +197,7 @@ fn normalised_batch(
 
 /// Evaluates `net` on `val` (whole images, batches of `bs`): mIoU and boundary F-scores.
 fn evaluate_gscnn(
-    net: &GscnnNet,
+    net: &Gscnn,
     val: &dyn SegDataset,
     k: usize,
     bs: usize,
@@ -291,9 +216,10 @@ fn evaluate_gscnn(
             .map(|j| val.get(j))
             .collect::<Result<Vec<_>, _>>()?;
         i += samples.len();
-        let (x, lab, h, w) = normalised_batch(&samples, net.cfg.mean, net.cfg.std)?;
+        let (mean, std) = scaled_255(net.config());
+        let (x, lab, h, w) = normalised_batch(&samples, mean, std)?;
         let pred: Vec<u32> = net
-            .forward_t(&x, false)?
+            .forward_t(&x, None, false)?
             .seg
             .argmax(1)?
             .flatten_all()?
@@ -339,12 +265,53 @@ fn tail_means(history: &[BTreeMap<String, f64>], n: usize) -> BTreeMap<String, f
     out
 }
 
-/// Trains a [`GscnnNet`] as `cfg` says and evaluates it on the validation split; `progress`
+/// Trains a [`Gscnn`] as `cfg` says and evaluates it on the validation split; `progress`
 /// sees each iteration's losses.
 pub fn train_gscnn(
     cfg: &GscnnRunConfig,
-    mut progress: impl FnMut(usize, &BTreeMap<String, f64>),
+    progress: impl FnMut(usize, &BTreeMap<String, f64>),
 ) -> TrainResult<GscnnRunResult> {
+    Ok(run(cfg, progress)?.0)
+}
+
+/// [`train_gscnn`], then writes the trained model into `dir` as `segkit train` does
+/// (`model.safetensors` in the official key names, `config.json` the tagged
+/// [`segkit_models::ModelConfig`]): `segkit infer --model dir` and
+/// [`segkit_models::ModelConfig::load`] reload it. Returns the result and the weights' path.
+pub fn train_gscnn_into(
+    cfg: &GscnnRunConfig,
+    dir: &std::path::Path,
+    progress: impl FnMut(usize, &BTreeMap<String, f64>),
+) -> TrainResult<(GscnnRunResult, PathBuf)> {
+    let (r, varmap) = run(cfg, progress)?;
+    crate::checkpoint::ensure_dir(dir)?;
+    let path = dir.join(crate::trainer::MODEL_FILE);
+    let mut w: Vec<(String, Tensor)> = Vec::new();
+    for (k, v) in varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Io {
+            path: PathBuf::from("<varmap>"),
+            reason: "poisoned lock".into(),
+        })?
+        .iter()
+    {
+        w.push((k.clone(), crate::eval::detached_copy(v.as_tensor())?));
+    }
+    crate::checkpoint::save(&path, &w, &BTreeMap::new())?;
+    let tagged = segkit_models::ModelConfig::Gscnn(Box::new(cfg.net.clone()));
+    let cfg_path = dir.join(crate::trainer::CONFIG_FILE);
+    crate::checkpoint::write_atomic(
+        &cfg_path,
+        format!("{}\n", tagged.to_json_pretty()).as_bytes(),
+    )?;
+    Ok((r, path))
+}
+
+fn run(
+    cfg: &GscnnRunConfig,
+    mut progress: impl FnMut(usize, &BTreeMap<String, f64>),
+) -> TrainResult<(GscnnRunResult, VarMap)> {
     let bad = |reason: String| TrainError::Config {
         path: PathBuf::from(format!("<Gated-SCNN run `{}`>", cfg.name)),
         reason,
@@ -367,7 +334,7 @@ pub fn train_gscnn(
     }
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let net = GscnnNet::new(&cfg.net, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let net = Gscnn::new(&cfg.net, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     for (name, var) in varmap
         .data()
         .lock()
@@ -379,9 +346,10 @@ pub fn train_gscnn(
     let params = trainable(&varmap)?;
     let parameters = params.values().map(|v| v.elem_count()).sum();
     let pipeline = segkit_data::augment::Pipeline::new(cfg.pipeline.clone())?;
+    let (mean, std) = scaled_255(&cfg.net);
     let pre = segkit_models::DataPreprocessorConfig {
-        mean: cfg.net.mean,
-        std: cfg.net.std,
+        mean,
+        std,
         ..Default::default()
     };
     let mut order = DataOrder::new(cfg.seed, train.len(), 0, 0);
@@ -394,7 +362,7 @@ pub fn train_gscnn(
         let samples = load_batch(cfg, train.as_ref(), &pipeline, &mut order, it)?;
         let batch = collate(&samples, &pre, None, ignore, &dev)?;
         segkit_core::random::set_thread_state(Some(rng_state));
-        let out = net.forward_t(&batch.images, true)?;
+        let out = net.forward_t(&batch.images, None, true)?;
         let u = segkit_core::random::uniform(out.seg.dims(), &dev)?;
         rng_state = segkit_core::random::thread_state().unwrap_or(0);
         segkit_core::random::set_thread_state(None);
@@ -431,7 +399,7 @@ pub fn train_gscnn(
     let train_seconds = t0.elapsed().as_secs_f64();
     let (m, f, val_images) = evaluate_gscnn(&net, val.as_ref(), k, 8, &cfg.boundary_tolerances)?;
     let final_losses = tail_means(&history, 50);
-    Ok(GscnnRunResult {
+    let result = GscnnRunResult {
         name: cfg.name.clone(),
         parameters,
         val_images,
@@ -441,15 +409,17 @@ pub fn train_gscnn(
         boundary_f: cfg.boundary_tolerances.iter().copied().zip(f).collect(),
         final_losses,
         train_seconds,
-    })
+    };
+    Ok((result, varmap))
 }
 
-/// The small Gated-SCNN of the demo comparison for `num_classes` classes: a ResNet-18 regular
-/// stream at base width 16 (deep stem of width 8, mmseg V1c layout) dilated to output stride
-/// 8, the official shape stream (widths 32 / 16 / 8, three gates), ASPP / decoder at width 32
-/// with rates 4 / 8 / 12 (12 / 24 / 36 would see only padding on a 16 x 16 map), the
-/// official Canny input (as released) and ImageNet normalisation.
-pub fn demo_net(num_classes: usize, shape_stream: bool) -> TrainResult<GscnnNetConfig> {
+/// The small Gated-SCNN of the demo comparison for `num_classes` classes, a
+/// [`GscnnConfig`] that saves and reloads like the presets: a ResNet-18 regular stream at
+/// base width 16 (deep stem of width 8, mmseg V1c layout) dilated to output stride 8, the
+/// official shape stream (widths 32 / 16 / 8, three gates), ASPP / decoder at width 32 with
+/// rates 4 / 8 / 12 (12 / 24 / 36 would see only padding on a 16 x 16 map), the official Canny
+/// input (as released) and ImageNet normalisation.
+pub fn demo_net(num_classes: usize, shape_stream: bool) -> TrainResult<GscnnConfig> {
     let regular = ResNetConfig {
         stem: segkit_backbones::Stem::Deep { width: 8 },
         key_style: segkit_backbones::KeyStyle::Mmseg,
@@ -457,21 +427,28 @@ pub fn demo_net(num_classes: usize, shape_stream: bool) -> TrainResult<GscnnNetC
         ..ResNetConfig::mmseg_v1c(18)
     }
     .with_output_stride(8)?;
-    Ok(GscnnNetConfig {
-        regular,
-        head: GscnnHeadConfig {
-            shape_stream,
+    Ok(GscnnConfig {
+        name: "gscnn_demo_r18-w16".into(),
+        backbone: GscnnBackbone::ResNet50D8,
+        num_classes,
+        shape_stream,
+        regular: Some(regular),
+        head_config: Some(GscnnHeadConfig {
             aspp_channels: 32,
             aspp_rates: vec![4, 8, 12],
             bot_aspp_channels: 32,
             bot_fine_channels: 16,
             decoder_channels: 32,
             ..GscnnHeadConfig::official(num_classes)
-        },
-        canny: CannyInput::AsReleased,
-        mean: [123.675, 116.28, 103.53],
-        std: [58.395, 57.12, 57.375],
+        }),
+        meta: segkit_models::DatasetMeta::default(),
+        ..GscnnConfig::wrn38_cityscapes()
     })
+}
+
+/// A Gated-SCNN config's normalisation on the 0..255 scale (the collated batch's).
+fn scaled_255(cfg: &GscnnConfig) -> ([f64; 3], [f64; 3]) {
+    (cfg.mean.map(|m| m * 255.0), cfg.std.map(|s| s * 255.0))
 }
 
 #[cfg(test)]
@@ -533,6 +510,65 @@ mod tests {
         // Image 0 is all road (no channel): no edge. Image 1: the class-2 pixel's disk.
         assert!(v[..36].iter().all(|&x| x == 0.0));
         assert_eq!(v[36..].iter().filter(|&&x| x == 1.0).count(), 13);
+        Ok(())
+    }
+
+    #[test]
+    fn demo_net_saves_and_reloads_as_a_model_config() -> TrainResult<()> {
+        for shape in [true, false] {
+            let cfg = segkit_models::ModelConfig::Gscnn(Box::new(demo_net(4, shape)?));
+            let back = segkit_models::ModelConfig::from_json(&cfg.to_json_pretty())?;
+            assert_eq!(back, cfg);
+            let segkit_models::ModelConfig::Gscnn(g) = back else {
+                panic!("not a Gated-SCNN config");
+            };
+            let varmap = VarMap::new();
+            let net = Gscnn::new(
+                &g,
+                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            )?;
+            let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?;
+            let o = net.forward_t(&x, None, false)?;
+            assert_eq!(o.seg.dims(), &[2, 4, 32, 32]);
+            assert_eq!(
+                o.edge.map(|e| e.dims().to_vec()),
+                shape.then(|| vec![2, 1, 32, 32])
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn trained_model_reloads_and_predicts_class_and_edge_maps() -> TrainResult<()> {
+        let tmp = |e: std::io::Error| TrainError::Io {
+            path: PathBuf::from("<tempdir>"),
+            reason: e.to_string(),
+        };
+        let dir = tempfile::tempdir().map_err(tmp)?;
+        crate::data::write_toy_dataset(dir.path(), &[("train", 4), ("val", 2)], 32, 4, 1)?;
+        let out = dir.path().join("run");
+        let mut losses = Vec::new();
+        let (_, path) = train_gscnn_into(&run_cfg(dir.path(), true), &out, |_, rec| {
+            losses.push(rec.clone());
+        })?;
+        assert_eq!(losses.len(), 2);
+        assert!(losses
+            .iter()
+            .flat_map(|r| r.values())
+            .all(|v| v.is_finite()));
+        let json = std::fs::read_to_string(out.join(crate::trainer::CONFIG_FILE)).map_err(tmp)?;
+        let model_cfg = segkit_models::ModelConfig::from_json(&json)?;
+        let model = model_cfg.load("toy", &path, &Device::Cpu)?;
+        let g = model
+            .as_any()
+            .downcast_ref::<Gscnn>()
+            .expect("config.json names a Gated-SCNN");
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(24, 20, |x, y| {
+            image::Rgb([(x * 10) as u8, (y * 12) as u8, 90])
+        }));
+        let p = g.predict_image(&img)?;
+        assert_eq!(p.edge.map(|e| e.dimensions()), Some((24, 20)));
+        assert_eq!((p.semantic.width, p.semantic.height), (24, 20));
         Ok(())
     }
 

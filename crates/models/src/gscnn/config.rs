@@ -91,6 +91,15 @@ pub struct GscnnConfig {
     /// Class names and palette.
     #[serde(default)]
     pub meta: DatasetMeta,
+    /// A ResNet regular stream in place of the backbone's torchvision config (e.g. a small
+    /// ResNet-18 at a reduced base width, dilated to output stride 8: segkit-train's demo
+    /// network); ResNet backbones only, wired as they are. `None`: the backbone's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regular: Option<ResNetConfig>,
+    /// Head widths and ASPP rates in place of the official ones (its `num_classes` and
+    /// `shape_stream` are the model's). `None`: [`GscnnHeadConfig::official`].
+    #[serde(default, rename = "head", skip_serializing_if = "Option::is_none")]
+    pub head_config: Option<GscnnHeadConfig>,
 }
 
 /// The preset names, in the table's order.
@@ -109,6 +118,8 @@ impl GscnnConfig {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
             meta: DatasetMeta::cityscapes(),
+            regular: None,
+            head_config: None,
         }
     }
 
@@ -135,9 +146,27 @@ impl GscnnConfig {
 
     /// The head's config.
     pub fn head(&self) -> GscnnHeadConfig {
+        let base = match &self.head_config {
+            Some(h) => h.clone(),
+            None => GscnnHeadConfig::official(self.num_classes),
+        };
         GscnnHeadConfig {
+            num_classes: self.num_classes,
             shape_stream: self.shape_stream,
-            ..GscnnHeadConfig::official(self.num_classes)
+            ..base
+        }
+    }
+
+    /// The ResNet config of a ResNet regular stream (`regular`, else the backbone's own;
+    /// `None` for WRN38). Errors: `regular` with the WRN38 backbone.
+    pub fn resnet(&self) -> Result<Option<ResNetConfig>> {
+        match (&self.regular, self.backbone) {
+            (Some(_), GscnnBackbone::Wrn38) => Err(Error::InvalidConfig(format!(
+                "{}: `regular` (a ResNet regular stream) needs a ResNet backbone, not wrn38",
+                self.name
+            ))),
+            (Some(r), _) => Ok(Some(r.clone())),
+            (None, b) => b.resnet(),
         }
     }
 
@@ -185,6 +214,26 @@ mod tests {
             ..GscnnConfig::wrn38_cityscapes()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("std"));
+        let small = ResNetConfig::torchvision(18).with_output_stride(8).unwrap();
+        let wrn_small = GscnnConfig {
+            regular: Some(small.clone()),
+            ..GscnnConfig::wrn38_cityscapes()
+        };
+        let e = wrn_small.resnet().unwrap_err().to_string();
+        assert!(e.contains("regular") && e.contains("wrn38"), "{e}");
+        let r18 = GscnnConfig {
+            backbone: GscnnBackbone::ResNet50D8,
+            regular: Some(small.clone()),
+            head_config: Some(GscnnHeadConfig {
+                aspp_channels: 32,
+                ..GscnnHeadConfig::official(3)
+            }),
+            ..GscnnConfig::wrn38_cityscapes()
+        };
+        assert_eq!(r18.resnet().unwrap(), Some(small));
+        assert_eq!((r18.head().num_classes, r18.head().aspp_channels), (19, 32));
+        let m = ModelConfig::Gscnn(Box::new(r18));
+        assert_eq!(ModelConfig::from_json(&m.to_json_pretty()).unwrap(), m);
     }
 
     #[test]

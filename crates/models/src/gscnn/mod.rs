@@ -88,8 +88,7 @@ impl Gscnn {
     pub fn new(cfg: &GscnnConfig, vb: VarBuilder<'_>) -> Result<Self> {
         cfg.validate()?;
         let device = vb.device().clone();
-        let backbone: Box<dyn Backbone> = match (cfg.backbone.wide_resnet(), cfg.backbone.resnet()?)
-        {
+        let backbone: Box<dyn Backbone> = match (cfg.backbone.wide_resnet(), cfg.resnet()?) {
             (Some(w), _) => Box::new(WideResNet::new(&w, vb.clone())?),
             (None, Some(r)) => Box::new(ResNet::new(&r, vb.clone())?),
             (None, None) => return Err(Error::InvalidConfig("no regular stream".into())),
