@@ -216,8 +216,8 @@ fn evaluate_gscnn(
             .map(|j| val.get(j))
             .collect::<Result<Vec<_>, _>>()?;
         i += samples.len();
-        let (mean, std) = scaled_255(net.config());
-        let (x, lab, h, w) = normalised_batch(&samples, mean, std)?;
+        let pre = preprocessor(net.config());
+        let (x, lab, h, w) = normalised_batch(&samples, pre.mean, pre.std)?;
         let pred: Vec<u32> = net
             .forward_t(&x, None, false)?
             .seg
@@ -346,12 +346,7 @@ fn run(
     let params = trainable(&varmap)?;
     let parameters = params.values().map(|v| v.elem_count()).sum();
     let pipeline = segkit_data::augment::Pipeline::new(cfg.pipeline.clone())?;
-    let (mean, std) = scaled_255(&cfg.net);
-    let pre = segkit_models::DataPreprocessorConfig {
-        mean,
-        std,
-        ..Default::default()
-    };
+    let pre = preprocessor(&cfg.net);
     let mut order = DataOrder::new(cfg.seed, train.len(), 0, 0);
     let mut optimizer = Optimizer::new(&cfg.optimizer);
     let ignore = train.info().ignore_index;
@@ -447,8 +442,12 @@ pub fn demo_net(num_classes: usize, shape_stream: bool) -> TrainResult<GscnnConf
 }
 
 /// A Gated-SCNN config's normalisation on the 0..255 scale (the collated batch's).
-fn scaled_255(cfg: &GscnnConfig) -> ([f64; 3], [f64; 3]) {
-    (cfg.mean.map(|m| m * 255.0), cfg.std.map(|s| s * 255.0))
+fn preprocessor(cfg: &GscnnConfig) -> segkit_models::DataPreprocessorConfig {
+    segkit_models::DataPreprocessorConfig {
+        mean: cfg.mean.map(|m| m * 255.0),
+        std: cfg.std.map(|s| s * 255.0),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
