@@ -239,3 +239,86 @@ fn committed_demo_model_reproduces_its_fixture_miou() {
     assert_eq!(r["aAcc"], want["aAcc"]);
     assert_eq!(r["iou"], want["iou"]);
 }
+
+/// A Gated-SCNN trained two iterations (`segkit_train::gscnn::train_gscnn_into`, all four
+/// losses) into a model directory that `segkit infer` runs: class map and edge map written.
+#[test]
+fn gscnn_trained_model_infers_class_and_edge_maps() {
+    use segkit::train::config::{LrPolicy, OptimizerConfig, ScheduleConfig, TransformConfig};
+    use segkit::train::gscnn::{demo_net, train_gscnn_into, GscnnRunConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_toy_dataset(&data, &[("train", 4), ("val", 2)], 32, 4, 1).unwrap();
+    let k = 4;
+    let cfg = GscnnRunConfig {
+        name: "toy".into(),
+        net: demo_net(k, true).unwrap(),
+        loss: segkit::losses::JointEdgeSegLoss::gscnn(k),
+        edge_target: segkit::data::edges::EdgeTargetConfig::gscnn(k),
+        dataset: segkit::train::DatasetConfig::Custom {
+            root: data.clone(),
+            train_split: "train".into(),
+            val_split: "val".into(),
+            ignore_index: 255,
+        },
+        meta: segkit::models::DatasetMeta {
+            classes: (0..k).map(|i| format!("c{i}")).collect(),
+            palette: vec![[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]],
+        },
+        pipeline: vec![TransformConfig::RandomFlip {
+            prob: 0.5,
+            direction: segkit::data::augment::FlipDirection::Horizontal,
+        }],
+        optimizer: OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        schedule: ScheduleConfig {
+            policy: LrPolicy::Poly {
+                power: 0.9,
+                min_lr: 1e-4,
+            },
+            warmup: None,
+        },
+        iterations: 2,
+        batch_size: 2,
+        seed: 1,
+        val_limit: Some(2),
+        boundary_tolerances: vec![segkit::data::metrics::BoundaryTolerance::Pixels(1)],
+    };
+    let model = tmp.path().join("model");
+    let mut names = Vec::new();
+    train_gscnn_into(&cfg, &model, |_, rec| {
+        assert!(rec.values().all(|v| v.is_finite()), "{rec:?}");
+        names = rec.keys().cloned().collect();
+    })
+    .unwrap();
+    assert_eq!(
+        names,
+        ["att_loss", "dual_loss", "edge_loss", "loss", "seg_loss"]
+    );
+    let out = tmp.path().join("out");
+    let img = data.join("images/val");
+    let first = std::fs::read_dir(&img)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = segkit(&[
+        "infer",
+        "-q",
+        "--model",
+        model.to_str().unwrap(),
+        first.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stem = first.file_stem().unwrap().to_str().unwrap();
+    for suffix in ["_classes.png", "_edge.png", ".json"] {
+        assert!(out.join(format!("{stem}{suffix}")).is_file(), "{suffix}");
+    }
+}
