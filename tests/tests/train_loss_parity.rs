@@ -43,6 +43,8 @@ fn danet() -> SegmentorConfig {
         let b = h.base_mut();
         b.channels = 16;
         b.dropout_ratio = 0.0;
+        // The heads run on the reduced backbone's features on purpose.
+        b.designed_for = None;
     }
     cfg.validate().unwrap();
     cfg
@@ -56,6 +58,7 @@ fn encnet() -> SegmentorConfig {
     enc.base.in_index = InIndex::Many(vec![1, 2, 3]);
     enc.base.channels = 16;
     enc.base.dropout_ratio = 0.0;
+    enc.base.designed_for = None;
     cfg.decode_head = HeadConfig::Enc(enc);
     cfg.validate().unwrap();
     cfg
