@@ -16,7 +16,6 @@ use segkit::data::edges::EdgeTargetConfig;
 use segkit::data::metrics::BoundaryTolerance;
 use segkit::losses::JointEdgeSegLoss;
 use segkit::models::encoder_decoder::demo::{FASHION_CLASSES, FASHION_PALETTE};
-use segkit::train::config::*;
 use segkit::train::gscnn::{demo_net, train_gscnn, GscnnRunConfig, GscnnRunResult};
 
 use crate::demo_data as demo;
@@ -34,6 +33,9 @@ fn run_config(
     val: usize,
 ) -> Result<GscnnRunConfig, String> {
     let k = FASHION_CLASSES.len();
+    // The demo model's recipe (data, flips, AdamW, warm-up + poly, batch 8, seed 0): the
+    // comparison trains under the same budget as the committed demo model.
+    let recipe = demo::demo_train_config(data, std::path::Path::new(""), iterations);
     Ok(GscnnRunConfig {
         name: if shape_stream {
             "gscnn"
@@ -44,40 +46,17 @@ fn run_config(
         net: demo_net(k, shape_stream).map_err(|e| e.to_string())?,
         loss: JointEdgeSegLoss::gscnn(k),
         edge_target: EdgeTargetConfig::gscnn(k),
-        dataset: DatasetConfig::Custom {
-            root: data.to_path_buf(),
-            train_split: "train".into(),
-            val_split: "val".into(),
-            ignore_index: 255,
-        },
+        dataset: recipe.dataset,
         meta: segkit::models::DatasetMeta {
             classes: FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
             palette: FASHION_PALETTE.to_vec(),
         },
-        pipeline: vec![TransformConfig::RandomFlip {
-            prob: 0.5,
-            direction: segkit::data::augment::FlipDirection::Horizontal,
-        }],
-        optimizer: OptimizerConfig::AdamW {
-            lr: 3e-3,
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.01,
-            decay_norm_and_bias: false,
-        },
-        schedule: ScheduleConfig {
-            policy: LrPolicy::Poly {
-                power: 0.9,
-                min_lr: 1e-5,
-            },
-            warmup: Some(WarmupConfig {
-                iters: 100,
-                start_factor: 0.1,
-            }),
-        },
+        pipeline: recipe.pipeline,
+        optimizer: recipe.optimizer,
+        schedule: recipe.schedule,
         iterations,
-        batch_size: 8,
-        seed: 0,
+        batch_size: recipe.batch_size,
+        seed: recipe.seed,
         val_limit: Some(val),
         // At 128 x 128 every official fraction of the diagonal (0.0005 .. 0.005) is 1 px.
         boundary_tolerances: vec![
