@@ -4,7 +4,8 @@
 //!
 //! The samples are held in memory (`N x 3 x H x W` 0-255 pixels + class ids): the ensemble's
 //! images are small (Fashion-MNIST items, 28x28 on textured canvases). Data order is a seeded
-//! permutation per epoch; the initial weights are candle's unseeded default.
+//! permutation per epoch; the initial weights are drawn from the seed as the segmentation trainer
+//! draws them.
 //!
 //! # Shapes
 //! - `images`: `N x 3 x H x W` f32 in 0..=255; `classes`: `N` ids below `num_classes`.
@@ -27,7 +28,7 @@ pub struct ClassifyConfig {
     /// Images per step.
     pub batch_size: usize,
     /// Seed of the data order and of the thread's random source (dropout). The weights'
-    /// initialisation is candle's default, which is not seeded.
+    /// initialisation is drawn from the seed (`segkit_core::init::mmseg_value`).
     pub seed: u64,
 }
 
@@ -88,6 +89,10 @@ pub fn train_classifier(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Seeded initial weights, as the segmentation trainer draws them.
+    for (name, var) in &params {
+        var.set(&crate::init::init_value(name, var.dims(), tc.seed, None)?)?;
+    }
     let mut opt = Optimizer::new(&tc.optimizer);
     let steps_per_epoch = n.div_ceil(tc.batch_size);
     let total = (tc.epochs * steps_per_epoch).max(1);
