@@ -19,14 +19,14 @@ pub struct Canvas {
 /// Intensity above which an item pixel is labelled (of 255).
 pub const LABEL_THRESHOLD: u8 = 48;
 
-fn random_color(rng: &mut SampleRng) -> [f64; 3] {
+pub(crate) fn random_color(rng: &mut SampleRng) -> [f64; 3] {
     [rng.uniform(), rng.uniform(), rng.uniform()].map(|v| 255.0 * v)
 }
 
 /// A procedural background of `size x size`: value noise (a random lattice of 4-31 cells a
 /// side, bilinearly interpolated), a linear gradient, sinusoidal stripes or a checkerboard,
 /// each between two random colours at a random angle / frequency / cell size.
-fn background(size: usize, rng: &mut SampleRng) -> Vec<[f64; 3]> {
+pub(crate) fn background(size: usize, rng: &mut SampleRng) -> Vec<[f64; 3]> {
     let kind = rng.below(4);
     let (c0, c1) = (random_color(rng), random_color(rng));
     let mix = |t: f64| -> [f64; 3] {
@@ -65,7 +65,7 @@ fn background(size: usize, rng: &mut SampleRng) -> Vec<[f64; 3]> {
 }
 
 /// Bilinear resize of a `28 x 28` item to `s x s` (half-pixel centres, edge clamped).
-fn resize_item(item: &[u8], s: usize) -> Vec<f64> {
+pub(crate) fn resize_item(item: &[u8], s: usize) -> Vec<f64> {
     let scale = ITEM as f64 / s as f64;
     let at = |x: isize, y: isize| -> f64 {
         let x = x.clamp(0, ITEM as isize - 1) as usize;

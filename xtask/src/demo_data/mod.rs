@@ -16,7 +16,7 @@ use image::ImageBuffer;
 use rayon::prelude::*;
 use segkit::train::{TrainError, TrainResult};
 
-mod canvas;
+pub(crate) mod canvas;
 mod fashion_mnist;
 #[cfg(test)]
 mod figures;
