@@ -21,11 +21,13 @@
 //! - [`nms`]: greedy NMS with either convention's IoU and comparison;
 //! - [`topk`]: top-k by score (per level, and across levels);
 //! - [`levels`]: the FPN RoI-to-level rule and distribution to levels with a restore order;
+//! - [`multilevel`]: RoIAlign over a pyramid, from every level (PANet) or the assigned one;
 //! - [`paste`]: Detectron's mask pasting (`segm_results`), with OpenCV's `float32` bilinear resize.
 
 pub mod anchors;
 pub mod box_coder;
 pub mod levels;
+pub mod multilevel;
 pub mod nms;
 pub mod paste;
 pub mod topk;
@@ -33,6 +35,7 @@ pub mod topk;
 pub use anchors::{detectron_cell_anchors, grid_anchors, torchvision_cell_anchors};
 pub use box_coder::{bbox_xform_clip, clip_boxes, filter_proposals, BoxTransform};
 pub use levels::{distribute_to_levels, map_rois_to_levels, LevelAssignment, LevelMapper};
+pub use multilevel::{roi_align_all_levels, roi_align_assigned, RoiAlignConfig};
 pub use nms::nms_boxes;
 pub use paste::{paste_mask_detectron, resize_linear_f32};
 pub use topk::{top_k, top_k_across};
