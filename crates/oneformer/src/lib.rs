@@ -12,6 +12,8 @@
 //! - [`attention`]: `torch.nn.MultiheadAttention`, shared by the decoder and the text mapper.
 //! - [`text_mapper`]: the training-time text encoder, context embeddings and projector.
 //! - [`postprocess`]: semantic, instance and panoptic post-processing.
+//! - [`targets`]: training targets (task, class / mask targets, text entries) from panoptic
+//!   ground truth, as `OneFormerProcessor` builds them.
 #![deny(missing_docs)]
 
 /// The README's usage example, compiled and run as a doctest.
@@ -22,6 +24,7 @@ pub struct ReadmeDoctests;
 pub mod attention;
 pub mod decoder;
 pub mod postprocess;
+pub mod targets;
 pub mod text_mapper;
 pub mod tokenizer;
 
