@@ -22,22 +22,35 @@
 //! - [`topk`]: top-k by score (per level, and across levels);
 //! - [`levels`]: the FPN RoI-to-level rule and distribution to levels with a restore order;
 //! - [`multilevel`]: RoIAlign over a pyramid, from every level (PANet) or the assigned one;
-//! - [`paste`]: Detectron's mask pasting (`segm_results`), with OpenCV's `float32` bilinear resize.
+//! - [`paste`]: Detectron's mask pasting (`segm_results`), with OpenCV's `float32` bilinear resize;
+//! - training targets: [`overlaps`] (IoU matrix), [`sampling`] (replayable random draws),
+//!   [`rpn_targets`] (anchor labels and sampling), [`roi_targets`] (RoI sampling and box-head
+//!   targets), [`mask_targets`] (mask-head targets), each as Detectron v1's `roi_data` code.
 
 pub mod anchors;
 pub mod box_coder;
 pub mod levels;
+pub mod mask_targets;
 pub mod multilevel;
 pub mod nms;
+pub mod overlaps;
 pub mod paste;
+pub mod roi_targets;
+pub mod rpn_targets;
+pub mod sampling;
 pub mod topk;
 
 pub use anchors::{detectron_cell_anchors, grid_anchors, torchvision_cell_anchors};
 pub use box_coder::{bbox_xform_clip, clip_boxes, filter_proposals, BoxTransform};
 pub use levels::{distribute_to_levels, map_rois_to_levels, LevelAssignment, LevelMapper};
+pub use mask_targets::{mask_targets, GtMask, MaskTargets, PolygonRasterizer};
 pub use multilevel::{roi_align_all_levels, roi_align_assigned, RoiAlignConfig};
 pub use nms::nms_boxes;
+pub use overlaps::{box_iou, box_overlaps, max_overlaps};
 pub use paste::{paste_mask_detectron, resize_linear_f32};
+pub use roi_targets::{sample_rois, scale_boxes, GtInstances, RoiSamplerConfig, RoiTargets};
+pub use rpn_targets::{rpn_targets, RpnLevelTargets, RpnTargetConfig, RpnTargets};
+pub use sampling::{IndexSampler, RecordedDraw, ReplaySampler, SeededSampler};
 pub use topk::{top_k, top_k_across};
 
 /// A box `[x1, y1, x2, y2]`.
