@@ -20,6 +20,7 @@
 //! | [`matcher`] | transformers `OneFormerHungarianMatcher` |
 //! | [`criterion`] | transformers `OneFormerLoss` (set criterion, auxiliary layers) |
 //! | [`contrastive`] | transformers `OneFormerLoss.loss_contrastive` |
+//! | [`detection`] | Detectron v1 / PANet `smooth_l1_loss`, `fpn_rpn_losses`, `fast_rcnn_losses`, `mask_rcnn_losses` |
 #![deny(missing_docs)]
 
 /// The README's usage example, compiled and run as a doctest.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod contrastive;
 pub mod criterion;
 pub mod cross_entropy;
+pub mod detection;
 pub mod gscnn;
 pub mod lsap;
 pub mod mask;
