@@ -3,6 +3,8 @@
 //! - [`image`]: image decoding to 8-bit RGB and the OpenCV-exact resizes, which training
 //!   (augmentation) and inference (segkit-models' test pipeline) share;
 //! - [`dataset`]: the [`Sample`] type and the [`SegDataset`] trait readers implement;
+//! - [`classification`]: image-classification sets (torchvision `ImageFolder`, MNIST IDX
+//!   files) as [`SegDataset`]s whose label maps hold each image's class;
 //! - [`layouts`]: readers of ADE20K, Cityscapes, PASCAL VOC (+ SBD aug), COCO panoptic /
 //!   instances and mmseg's generic folder layout; [`io`]: the file decoding they share;
 //! - [`augment`]: mmseg's training augmentations on whole samples, under a seed;
@@ -19,6 +21,9 @@
 pub struct ReadmeDoctests;
 
 pub mod augment;
+pub mod classification;
+#[cfg(test)]
+mod classification_tests;
 pub mod dataset;
 pub mod edges;
 pub mod image;
