@@ -15,6 +15,8 @@
 //!   branch and decoder (official nv-tlabs/GSCNN key names).
 //! - [`rpn`]: Detectron's FPN region proposal network and its test-time proposals (anchors,
 //!   top-k, NMS, collect and distribute to levels), as PANet's official code (`RPN.*` keys).
+//! - [`panet`]: PANet's RoI heads (box head with adaptive feature pooling, mask head with
+//!   fully-connected fusion, the official test-time post-processing; `Box_Head.*`, `Mask_Head.*`).
 //!
 //! All heads implement [`segkit_core::DecodeHead`], which returns every output by name
 //! ([`segkit_core::HeadOutput`]: `logits`, plus DANet's `pam` / `cam` and EncNet's `se`); their
@@ -33,6 +35,7 @@ pub mod decode_head;
 pub mod enc;
 pub mod fcn;
 pub mod gscnn;
+pub mod panet;
 pub mod psp;
 pub mod rpn;
 
