@@ -244,7 +244,7 @@ pub fn mask_targets(
     let mut out = Vec::with_capacity(fg.len() * mm);
     for (roi, &b) in fg_rois.iter().zip(&best) {
         if valid.is_empty() {
-            out.extend(std::iter::repeat(-1).take(mm));
+            out.extend(std::iter::repeat_n(-1, mm));
         } else {
             out.extend(crop(&masks[valid[b]], roi, resolution, rasterize)?);
         }
