@@ -12,6 +12,8 @@ use segkit_core::testing::{synthetic_input, synthetic_tensor, synthetic_var_buil
 
 use crate::CliError;
 
+mod train;
+
 /// The cases, with the shapes PyTorch's side uses too.
 pub const CASES: &[(&str, &str)] = &[
     (
@@ -91,6 +93,12 @@ pub struct BenchArgs {
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Input side of the training cases (`train_*`): `--size` x `--size` crops.
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// Batch size of the training cases (at least 2: BatchNorm and PSP's 1x1 pooling).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
 }
 
 /// A `/proc/self/status` field in MB (`VmHWM` = peak RSS, `VmRSS` = current).
@@ -300,12 +308,15 @@ fn roi_align(dev: &Device) -> Result<Job, CliError> {
 /// Runs `segkit bench`.
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.list || a.case.is_none() {
-        for (n, d) in CASES {
-            println!("{n:<16} {d}");
+        for (n, d) in CASES.iter().chain(train::CASES) {
+            println!("{n:<20} {d}");
         }
         return Ok(());
     }
     let case = a.case.unwrap_or_default();
+    if train::CASES.iter().any(|c| c.0 == case) {
+        return train::run(&case, a.size, a.batch, a.runs, a.warmup);
+    }
     let job = make(&case)?;
     reset_peak_rss();
     let rss_before = status_mb("VmRSS:");

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::{self, Activation, Conv2dParams};
@@ -376,8 +376,7 @@ impl ConvNormAct {
             }
             (Some(NormLayer::Batch { bn, .. }), true) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;
-                let y = bn.forward_t(&y, true)?;
-                ops::activate(&y, self.cfg.act)
+                ops::batch_norm_train(&y, bn, self.cfg.act)
             }
             (Some(NormLayer::Group(gn)), _) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;

@@ -22,7 +22,7 @@
 //! assert_eq!(bn.forward_t(&x, false).unwrap().dims(), &[1, 8, 3, 3]);
 //! ```
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -91,7 +91,7 @@ impl BatchNormAct {
             ));
         }
         if train {
-            return ops::activate(&self.bn.forward_t(x, true)?, self.act);
+            return ops::batch_norm_train(x, &self.bn, self.act);
         }
         let fast = !x.track_op()
             && x.device().is_cpu()
@@ -128,6 +128,7 @@ impl BatchNormAct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::ModuleT;
     use candle_nn::VarMap;
 
     #[test]

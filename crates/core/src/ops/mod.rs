@@ -37,3 +37,6 @@ pub use roi_align::{roi_align_cpu, roi_align_fallback};
 mod eltwise;
 
 pub use eltwise::add_act;
+mod batch_norm;
+
+pub use batch_norm::batch_norm_train;

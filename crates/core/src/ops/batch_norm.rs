@@ -1,0 +1,314 @@
+//! BatchNorm with batch statistics (training) and an optional ReLU, as one differentiable op.
+//!
+//! candle-nn's `BatchNorm::forward_train` composes ~8 tensor ops (transpose + contiguous copy,
+//! subtract mean, square, divide by the deviation, scale, shift, transpose back, then the
+//! activation and the next layer's contiguous copy), and autograd keeps every one of their
+//! full-size results alive until the loss is dropped: 6-8 activation-sized tensors per norm.
+//! [`batch_norm_train`] is a single candle `CustomOp3` over `(x, weight, bias)`, so the graph
+//! keeps only its input and its output — what PyTorch's autograd saves for `BatchNorm2d` +
+//! in-place `ReLU`. Its backward pass recomputes `x_hat` from `x` and the saved per-channel
+//! mean and inverse deviation:
+//!
+//! - `g = dy * [y > 0]` (ReLU) or `dy`;
+//! - `d_bias[c] = sum g`, `d_weight[c] = sum g x_hat`;
+//! - `dx = weight invstd (g - d_bias / M - x_hat d_weight / M)`, `M = N H W`.
+//!
+//! The running statistics are updated as PyTorch does (`r = (1 - momentum) r + momentum s`,
+//! the variance unbiased), in place in the layer's running-statistics variables. Sums are
+//! accumulated in f64 per channel in a fixed order, so results do not depend on the thread
+//! count. Other devices, dtypes and activations take candle-nn's composed ops.
+//!
+//! # Shapes
+//! `N x C x ...` (rank >= 2) -> same.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Shape, Tensor, Var};
+use candle_nn::BatchNorm;
+use rayon::prelude::*;
+
+use super::{activate, Activation};
+use crate::{Error, Result};
+
+/// `act(batch_norm(x))` with batch statistics, updating `bn`'s running statistics; see the
+/// module docs. `bn` must have an affine weight and bias.
+pub fn batch_norm_train(x: &Tensor, bn: &BatchNorm, act: Activation) -> Result<Tensor> {
+    let Some((weight, bias)) = bn.weight_and_bias() else {
+        return Err(Error::InvalidArgument(
+            "batch_norm_train: the BatchNorm has no affine weight and bias".into(),
+        ));
+    };
+    let c = bn.running_mean().elem_count();
+    if x.rank() < 2 || x.dim(1)? != c {
+        return Err(Error::shape(
+            "BatchNorm input (N x C x ...)",
+            &[1, c],
+            x.dims(),
+        ));
+    }
+    let fused = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.dtype() == DType::F32
+        && matches!(act, Activation::None | Activation::Relu);
+    let m = x.elem_count() / c.max(1);
+    if !fused || m < 2 {
+        return activate(&bn.forward_t(x, true)?, act);
+    }
+    let shared = Arc::new(Mutex::new(None));
+    let op = BnOp {
+        n: x.dim(0)?,
+        c,
+        plane: m / x.dim(0)?.max(1),
+        eps: bn.eps(),
+        relu: act == Activation::Relu,
+        stats: shared.clone(),
+    };
+    let y = x.contiguous()?.apply_op3_arc(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        Arc::new(Box::new(op)),
+    )?;
+    let stats = shared
+        .lock()
+        .map_err(|_| Error::InvalidArgument("batch_norm_train: poisoned stats".into()))?
+        .clone();
+    if let Some(s) = stats {
+        update_running(bn, &s, m)?;
+    }
+    Ok(y)
+}
+
+/// `r = (1 - momentum) r + momentum s` for the mean and the unbiased variance.
+fn update_running(bn: &BatchNorm, s: &Stats, m: usize) -> Result<()> {
+    let mom = bn.momentum();
+    let unbias = m as f64 / (m as f64 - 1.0);
+    let upd = |r: &Tensor, batch: Vec<f64>| -> Result<()> {
+        let dt = r.dtype();
+        let old: Vec<f64> = r.to_dtype(DType::F64)?.to_vec1()?;
+        let new: Vec<f64> = old
+            .iter()
+            .zip(batch)
+            .map(|(o, b)| (1.0 - mom) * o + mom * b)
+            .collect();
+        let t = Tensor::from_vec(new, r.shape(), r.device())?.to_dtype(dt)?;
+        Var::from_tensor(r)?.set(&t)?;
+        Ok(())
+    };
+    upd(bn.running_mean(), s.mean.clone())?;
+    upd(bn.running_var(), s.var.iter().map(|v| v * unbias).collect())
+}
+
+/// Per-channel batch statistics of one forward pass.
+#[derive(Debug, Clone)]
+struct Stats {
+    mean: Vec<f64>,
+    /// Biased variance.
+    var: Vec<f64>,
+    invstd: Vec<f32>,
+}
+
+struct BnOp {
+    n: usize,
+    c: usize,
+    plane: usize,
+    eps: f64,
+    relu: bool,
+    stats: Arc<Mutex<Option<Stats>>>,
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("segkit batch_norm_train: non-contiguous operand"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_data<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cs) = &*s else {
+        candle_core::bail!("segkit batch_norm_train: CPU tensors only")
+    };
+    f(slice(cs, l)?)
+}
+
+impl BnOp {
+    /// Per channel: the planes `x[n, c]` for every `n`.
+    fn planes<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (plane, stride) = (self.plane, self.c * self.plane);
+        (0..self.n).map(move |n| &x[n * stride + c * plane..n * stride + (c + 1) * plane])
+    }
+
+    fn stats(&self, x: &[f32]) -> Stats {
+        let m = (self.n * self.plane) as f64;
+        let (mean, var): (Vec<f64>, Vec<f64>) = (0..self.c)
+            .into_par_iter()
+            .map(|c| {
+                let s: f64 = self.planes(x, c).map(sum_f64).sum();
+                let mu = s / m;
+                let v: f64 = self.planes(x, c).map(|p| sq_dev_f64(p, mu)).sum();
+                (mu, v / m)
+            })
+            .unzip();
+        let invstd = var
+            .iter()
+            .map(|v| (1.0 / (v + self.eps).sqrt()) as f32)
+            .collect();
+        Stats { mean, var, invstd }
+    }
+}
+
+fn sum_f64(p: &[f32]) -> f64 {
+    // Blocks of f32 partial sums (exact enough, vectorisable), accumulated in f64.
+    p.chunks(64)
+        .map(|b| b.iter().map(|&v| v as f64).sum::<f64>())
+        .sum()
+}
+
+fn sq_dev_f64(p: &[f32], mu: f64) -> f64 {
+    p.chunks(64)
+        .map(|b| {
+            b.iter()
+                .map(|&v| {
+                    let d = v as f64 - mu;
+                    d * d
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+impl CustomOp3 for BnOp {
+    fn name(&self) -> &'static str {
+        "segkit-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let st = self.stats(x);
+        let mut y = super::resize::alloc_output(x.len());
+        let (c, plane, relu) = (self.c, self.plane, self.relu);
+        y.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (yo, xi))| {
+                let ch = i % c;
+                let s = w[ch] * st.invstd[ch];
+                let t = b[ch] - st.mean[ch] as f32 * s;
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    let r = v * s + t;
+                    *o = if relu { r.max(0.0) } else { r };
+                }
+            });
+        *self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))? =
+            Some(st);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let st = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))?
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward".into()))?;
+        let wv: Vec<f32> = w.detach().to_vec1()?;
+        let (c, plane) = (self.c, self.plane);
+        let m = (self.n * plane) as f64;
+        let (dx, dw, db) = with_data(&x.detach(), |xs| {
+            with_data(&dy.detach(), |dys| {
+                with_data(&res.detach(), |ys| {
+                    // Per channel: sum g and sum g x_hat.
+                    let (db, dw): (Vec<f64>, Vec<f64>) = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
+                            let (mut sg, mut sgx) = (0f64, 0f64);
+                            for n in 0..self.n {
+                                let o = (n * c + ch) * plane;
+                                let (xp, gp, yp) =
+                                    (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
+                                let (a, bb) = self.channel_sums(xp, gp, yp, mu, is);
+                                sg += a;
+                                sgx += bb;
+                            }
+                            (sg, sgx)
+                        })
+                        .unzip();
+                    let mut dx = super::resize::alloc_output(xs.len());
+                    dx.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+                        let ch = i % c;
+                        let o = i * plane;
+                        let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
+                        let k = wv[ch] * is;
+                        let (mg, mgx) = ((db[ch] / m) as f32, (dw[ch] / m) as f32);
+                        let (xp, gp, yp) =
+                            (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
+                        for j in 0..plane {
+                            let g = if self.relu && yp[j] <= 0.0 {
+                                0.0
+                            } else {
+                                gp[j]
+                            };
+                            let xh = (xp[j] - mu) * is;
+                            out[j] = k * (g - mg - xh * mgx);
+                        }
+                    });
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        let dev = x.device();
+        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
+        let to = |v: Vec<f64>| -> candle_core::Result<Tensor> {
+            Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), c, dev)
+        };
+        Ok((Some(dx), Some(to(dw)?), Some(to(db)?)))
+    }
+}
+
+impl BnOp {
+    /// `(sum g, sum g x_hat)` over one plane, `g` masked by the ReLU.
+    fn channel_sums(&self, x: &[f32], g: &[f32], y: &[f32], mu: f32, is: f32) -> (f64, f64) {
+        let (mut sg, mut sgx) = (0f64, 0f64);
+        for ((xb, gb), yb) in x.chunks(64).zip(g.chunks(64)).zip(y.chunks(64)) {
+            let (mut a, mut b) = (0f32, 0f32);
+            for ((&xv, &gv), &yv) in xb.iter().zip(gb).zip(yb) {
+                let gv = if self.relu && yv <= 0.0 { 0.0 } else { gv };
+                a += gv;
+                b += gv * (xv - mu) * is;
+            }
+            sg += a as f64;
+            sgx += b as f64;
+        }
+        (sg, sgx)
+    }
+}
+
+#[cfg(test)]
+#[path = "batch_norm_tests.rs"]
+mod tests;

@@ -1,0 +1,87 @@
+use candle_core::{Device, Var};
+
+use super::*;
+
+fn layer(c: usize, dev: &Device) -> Result<(BatchNorm, Vec<Var>)> {
+    let w = Var::from_tensor(&(Tensor::rand(0.5f32, 1.5, c, dev)?))?;
+    let b = Var::from_tensor(&(Tensor::rand(-0.5f32, 0.5, c, dev)?))?;
+    let m = Var::from_tensor(&(Tensor::rand(-0.1f32, 0.1, c, dev)?))?;
+    let v = Var::from_tensor(&(Tensor::rand(0.5f32, 1.5, c, dev)?))?;
+    let bn = BatchNorm::new_with_momentum(
+        c,
+        m.as_tensor().clone(),
+        v.as_tensor().clone(),
+        w.as_tensor().clone(),
+        b.as_tensor().clone(),
+        1e-5,
+        0.1,
+    )?;
+    Ok((bn, vec![w, b, m, v]))
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// Forward, running statistics and all three gradients equal candle-nn's composed BatchNorm
+/// (+ ReLU) on the same input and upstream gradient.
+#[test]
+fn matches_candle_batch_norm_forward_backward_and_running_stats() -> Result<()> {
+    let dev = Device::Cpu;
+    for act in [Activation::None, Activation::Relu] {
+        let (ours, pv) = layer(5, &dev)?;
+        // The reference layer on copies of the same values.
+        let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy()?);
+        let (rw, rb, rm, rv) = (copy(&pv[0])?, copy(&pv[1])?, copy(&pv[2])?, copy(&pv[3])?);
+        let reference = BatchNorm::new_with_momentum(
+            5,
+            rm.as_tensor().clone(),
+            rv.as_tensor().clone(),
+            rw.as_tensor().clone(),
+            rb.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        let x0 = (Tensor::randn(0f32, 2.0, (3, 5, 7, 9), &dev)? + 0.7)?;
+        let up = Tensor::randn(0f32, 1.0, (3, 5, 7, 9), &dev)?;
+        let (x1, x2) = (Var::from_tensor(&x0)?, Var::from_tensor(&x0.copy()?)?);
+        let y1 = batch_norm_train(x1.as_tensor(), &ours, act)?;
+        let y2 = activate(&reference.forward_t(x2.as_tensor(), true)?, act)?;
+        assert!(max_diff(&y1, &y2)? < 1e-5, "{act:?} forward");
+        let g1 = (&y1 * &up)?.sum_all()?.backward()?;
+        let g2 = (&y2 * &up)?.sum_all()?.backward()?;
+        for (a, b, what) in [
+            (x1.as_tensor(), x2.as_tensor(), "dx"),
+            (pv[0].as_tensor(), rw.as_tensor(), "dweight"),
+            (pv[1].as_tensor(), rb.as_tensor(), "dbias"),
+        ] {
+            let (ga, gb) = (g1.get(a).expect(what), g2.get(b).expect(what));
+            let scale = gb
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1.0);
+            let d = max_diff(ga, gb)?;
+            assert!(d < 2e-5 * scale, "{act:?} {what}: {d} (scale {scale})");
+        }
+        assert!(
+            max_diff(pv[2].as_tensor(), rm.as_tensor())? < 1e-6,
+            "running mean"
+        );
+        assert!(
+            max_diff(pv[3].as_tensor(), rv.as_tensor())? < 1e-5,
+            "running var"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn rejects_a_wrong_channel_count() -> Result<()> {
+    let dev = Device::Cpu;
+    let (bn, _) = layer(4, &dev)?;
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+    assert!(batch_norm_train(&x, &bn, Activation::Relu).is_err());
+    Ok(())
+}
