@@ -65,7 +65,12 @@ pub(crate) fn attend(
     if let Some(m) = mask {
         s = s.broadcast_add(m)?;
     }
-    let a = candle_nn::ops::softmax_last_dim(&s)?;
+    // candle's fused softmax records no gradient: training takes the composed one.
+    let a = if s.track_op() {
+        candle_nn::ops::softmax(&s, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&s)?
+    };
     let a = dropout(&a, attn_dropout, train)?;
     let o = a.matmul(&v)?;
     Ok(o.transpose(1, 2)?.reshape((b, lq, c))?)

@@ -105,7 +105,8 @@ pub fn grid_sample(
     align_corners: bool,
 ) -> Result<Tensor> {
     let (n, c, h, w, ho, wo) = check_args(input, grid)?;
-    if !input.device().is_cpu() {
+    // The CPU kernel has no backward pass: tensors that record gradients take the composed ops.
+    if !input.device().is_cpu() || input.track_op() || grid.track_op() {
         return grid_sample_fallback(input, grid, mode, padding, align_corners);
     }
     let grid = grid.to_device(input.device())?;

@@ -133,8 +133,14 @@ impl OneFormer {
             None
         };
         let c = vb.pp("criterion");
+        // HF's criterion owns a learnable `logit_scale` = ln(1 / contrastive_temperature); a
+        // model built for training (e.g. on a VarMap) creates it with that value.
+        let temperature = cfg.loss.contrastive_temperature.filter(|_| cfg.is_training);
         let logit_scale = if c.contains_tensor("logit_scale") {
             Some(c.get((), "logit_scale")?)
+        } else if let Some(t) = temperature {
+            let init = candle_nn::Init::Const((1.0 / t).ln());
+            Some(c.get_with_hints((), "logit_scale", init)?)
         } else {
             None
         };

@@ -79,7 +79,13 @@ impl MsDeformAttn {
             .attention_weights
             .forward(&q)?
             .reshape((n, s, h, l * p))?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?.reshape((n, s, h, l, p))?;
+        // candle's fused softmax records no gradient: training takes the composed one.
+        let attn = if attn.track_op() {
+            candle_nn::ops::softmax(&attn, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&attn)?
+        };
+        let attn = attn.reshape((n, s, h, l, p))?;
         // sampling_locations = reference + offset / (W_l, H_l)
         let norm: Vec<f32> = shapes
             .iter()
@@ -147,8 +153,8 @@ fn check_msda(
 /// `spatial_shapes` order), `sampling_locations`: `N x Q x heads x L x P x 2`,
 /// `attention_weights`: `N x Q x heads x L x P` -> `N x Q x (heads D)`.
 ///
-/// CPU f32 inputs take a rayon kernel; other devices and dtypes use
-/// [`multi_scale_deformable_attention_fallback`].
+/// CPU f32 inputs take a rayon kernel; other devices and dtypes, and inputs that record
+/// gradients (training), use [`multi_scale_deformable_attention_fallback`].
 pub fn multi_scale_deformable_attention(
     value: &Tensor,
     spatial_shapes: &[(usize, usize)],
@@ -163,7 +169,9 @@ pub fn multi_scale_deformable_attention(
     let f32s = value.dtype() == DType::F32
         && sampling_locations.dtype() == DType::F32
         && attention_weights.dtype() == DType::F32;
-    if !(on_cpu && f32s) {
+    // The CPU kernel has no backward pass: tensors that record gradients take the composed ops.
+    let tracked = value.track_op() || sampling_locations.track_op() || attention_weights.track_op();
+    if !(on_cpu && f32s) || tracked {
         return multi_scale_deformable_attention_fallback(
             value,
             spatial_shapes,
