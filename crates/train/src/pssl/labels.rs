@@ -134,8 +134,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> TrainResult<()> {
 }
 
 /// Reads a PaddleSeg PSSL mask (`*.JPEG_eiseg.npz`, array `arr_0`: `H x W`, non-zero =
-/// foreground, dtype bool / u8 / i64 / f32...) as a label of `class`: foreground pixels get
-/// decile 9, the others 0.
+/// foreground, dtype bool / u8 / i64 / f32...) as a label of `class`: pixels equal to 1 (as
+/// PaddleSeg's `pssl_seg == 1`) get decile 9, all others 0.
 pub fn read_paddleseg_mask(path: &Path, class: u32) -> TrainResult<PsslLabel> {
     let f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(path, e))?;
@@ -166,10 +166,13 @@ pub fn read_paddleseg_mask(path: &Path, class: u32) -> TrainResult<PsslLabel> {
     if data.len() < n * width {
         return Err(bad(path, "arr_0 is truncated"));
     }
+    // PaddleSeg's `gt[pssl_seg == 1] = class_id`: exactly 1 is foreground, anything else
+    // (0, and any other value) background.
+    let float = descr.ends_with("f4") || descr.ends_with("f8");
     let deciles = data
         .chunks_exact(width)
         .take(n)
-        .map(|c| if c.iter().any(|b| *b != 0) { 9 } else { 0 })
+        .map(|c| if is_one(c, float) { 9 } else { 0 })
         .collect();
     Ok(PsslLabel {
         width: shape[1],
@@ -177,6 +180,18 @@ pub fn read_paddleseg_mask(path: &Path, class: u32) -> TrainResult<PsslLabel> {
         deciles,
         class,
     })
+}
+
+/// Whether a little-endian element equals 1.
+fn is_one(c: &[u8], float: bool) -> bool {
+    match (float, c.len()) {
+        (true, 4) => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) == 1.0,
+        (true, _) => {
+            c.len() == 8
+                && f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) == 1.0
+        }
+        (false, _) => c[0] == 1 && c[1..].iter().all(|b| *b == 0),
+    }
 }
 
 /// `(shape, descr, data)` of a C-order `.npy` v1-3 file.
