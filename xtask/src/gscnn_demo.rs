@@ -7,7 +7,9 @@
 //! stream on: all four official losses with the edge ground truth made on the fly; off: the
 //! segmentation loss alone), same seed, data order, optimizer and iterations, evaluates both
 //! on the validation canvases and writes the results (JSON) to `--out`
-//! (default `target/gscnn-demo/results.json`), printing a Markdown table.
+//! (default `target/gscnn-demo/results.json`), printing a Markdown table. Both runs go through
+//! segkit-train's `Trainer` (`train_gscnn_into`): each run's checkpoint, metrics log and model
+//! (`segkit infer --model DIR`) are in `gscnn/` and `no_shape_stream/` next to `--out`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +18,7 @@ use segkit::data::edges::EdgeTargetConfig;
 use segkit::data::metrics::BoundaryTolerance;
 use segkit::losses::JointEdgeSegLoss;
 use segkit::models::encoder_decoder::demo::{FASHION_CLASSES, FASHION_PALETTE};
-use segkit::train::gscnn::{demo_net, train_gscnn, GscnnRunConfig, GscnnRunResult};
+use segkit::train::gscnn::{demo_net, train_gscnn_into, GscnnRunConfig, GscnnRunResult};
 
 use crate::demo_data as demo;
 
@@ -125,7 +127,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let cfg = run_config(&data, shape, iterations, val)?;
         let t = Instant::now();
         eprintln!("xtask: training `{}` ({iterations} iterations)", cfg.name);
-        let r = train_gscnn(&cfg, |i, rec| {
+        let run_dir = out
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(&cfg.name);
+        let (r, _) = train_gscnn_into(&cfg, &run_dir, |i, rec| {
             if i % 50 == 0 || i == iterations {
                 let l: Vec<String> = rec.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 eprintln!(

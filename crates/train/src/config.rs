@@ -48,6 +48,10 @@ pub enum ModelSpec {
         /// Path of the file.
         path: PathBuf,
     },
+    /// A Gated-SCNN (a preset or an inline `GscnnConfig`, with its losses, edge ground
+    /// truth and boundary metric; see [`crate::gscnn::GscnnSpec`]). A Gated-SCNN preset name
+    /// or model file in `Preset` / `File` trains with the defaults of this variant.
+    Gscnn(Box<crate::gscnn::GscnnSpec>),
 }
 
 fn default_train_split() -> String {
@@ -496,22 +500,20 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The segmentor config the model spec names; errors name the config file and the
-    /// `model` field (or the model file).
-    pub fn segmentor_config(&self) -> TrainResult<SegmentorConfig> {
+    /// The tagged model config the model spec names (`Preset`, `Config`, `File`; `Gscnn`
+    /// gives its network); errors name the config file and the `model` field (or the model
+    /// file).
+    pub fn model_config(&self) -> TrainResult<segkit_models::ModelConfig> {
+        use segkit_models::ModelConfig;
         match &self.model {
-            ModelSpec::Preset { name } => crate::resolve_preset(name).map_err(|e| {
-                let reason = match e {
-                    TrainError::Config { reason, .. } => reason,
-                    other => other.to_string(),
-                };
-                self.error(format!("`model.name`: {reason}"))
-            }),
+            ModelSpec::Preset { name } => {
+                segkit_models::preset(name).map_err(|e| self.error(format!("`model.name`: {e}")))
+            }
             ModelSpec::Config { config } => {
                 config
                     .validate()
                     .map_err(|e| self.error(format!("`model.config`: {e}")))?;
-                Ok((**config).clone())
+                Ok(ModelConfig::EncoderDecoder(config.clone()))
             }
             ModelSpec::File { path } => {
                 let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config {
@@ -522,16 +524,32 @@ impl TrainConfig {
                     path: path.clone(),
                     reason,
                 };
-                match segkit_models::ModelConfig::from_json(&text) {
-                    Ok(segkit_models::ModelConfig::EncoderDecoder(c)) => {
-                        c.validate().map_err(|e| bad(e.to_string()))?;
-                        Ok(*c)
-                    }
-                    Ok(other) => Err(bad(format!(
-                        "a `{}` model; `segkit train` trains `EncoderDecoder` models",
-                        other.type_name()
-                    ))),
-                    Err(e) => Err(bad(e.to_string())),
+                let m = ModelConfig::from_json(&text).map_err(|e| bad(e.to_string()))?;
+                if let ModelConfig::EncoderDecoder(c) = &m {
+                    c.validate().map_err(|e| bad(e.to_string()))?;
+                }
+                Ok(m)
+            }
+            ModelSpec::Gscnn(spec) => Ok(ModelConfig::Gscnn(Box::new(spec.resolve(self)?.net))),
+        }
+    }
+
+    /// The segmentor config the model spec names; errors name the config file and the
+    /// `model` field (or the model file), and a model of another family.
+    pub fn segmentor_config(&self) -> TrainResult<SegmentorConfig> {
+        match self.model_config()? {
+            segkit_models::ModelConfig::EncoderDecoder(c) => Ok(*c),
+            other => {
+                let what = format!(
+                    "a `{}` model; this needs an `EncoderDecoder` segmentor",
+                    other.type_name()
+                );
+                match &self.model {
+                    ModelSpec::File { path } => Err(TrainError::Config {
+                        path: path.clone(),
+                        reason: what,
+                    }),
+                    _ => Err(self.error(format!("`model`: {what}"))),
                 }
             }
         }
@@ -539,46 +557,4 @@ impl TrainConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_matches_mmseg_poly_and_warmup() {
-        let s = ScheduleConfig::default();
-        assert_eq!(s.lr_at(0.01, 0, 100), 0.01);
-        let want = (0.01 - 1e-4) * (0.5f64).powf(0.9) + 1e-4;
-        assert!((s.lr_at(0.01, 50, 100) - want).abs() < 1e-15);
-        assert!((s.lr_at(0.01, 100, 100) - 1e-4).abs() < 1e-15);
-        let w = ScheduleConfig {
-            policy: LrPolicy::Constant {},
-            warmup: Some(WarmupConfig {
-                iters: 10,
-                start_factor: 0.1,
-            }),
-        };
-        assert!((w.lr_at(1.0, 0, 100) - 0.1).abs() < 1e-15);
-        assert!((w.lr_at(1.0, 5, 100) - 0.55).abs() < 1e-15);
-        assert_eq!(w.lr_at(1.0, 10, 100), 1.0);
-    }
-
-    #[test]
-    fn bad_configs_are_clear() {
-        let base = r#""model": {"type": "Preset", "name": "x"}, "dataset": {"type": "Custom", "root": "d"},
-            "iterations": 10, "batch_size": 2, "output_dir": "o""#;
-        let e = TrainConfig::from_json(&format!(
-            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01, "momentum": 1.5}}}}"#
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("momentum"), "{e}");
-        let e = TrainConfig::from_json(&format!(
-            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01}}, "pipeline": [{{"type": "Blur"}}]}}"#
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("RandomCrop"), "{e}");
-        let e = TrainConfig::from_json(&format!(
-            r#"{{{base}, "optimizer": {{"type": "SGD", "lr": 0.01}}, "iteration": 3}}"#
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("iteration"), "{e}");
-    }
-}
+mod tests;

@@ -23,11 +23,10 @@ use segkit_data::augment::{AugImage, Augmented};
 use segkit_data::layouts::{CustomConfig, CustomDataset};
 pub use segkit_data::{DatasetInfo, Sample, SegDataset};
 
-use crate::config::{DatasetConfig, TrainConfig};
+use crate::config::DatasetConfig;
 use crate::{TrainError, TrainResult};
 use segkit_models::DataPreprocessorConfig;
 use segkit_models::DatasetMeta;
-use segkit_models::SegmentorConfig;
 
 /// Which split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,39 +202,6 @@ pub struct Batch {
     pub images: Tensor,
     /// Class ids `N x H x W` (u32; the ignore index where unlabelled or padded).
     pub labels: Tensor,
-}
-
-/// The training set, the validation set and the ignore index.
-pub(crate) type Datasets = (Box<dyn SegDataset>, Box<dyn SegDataset>, u8);
-
-pub(crate) fn open_datasets(
-    cfg: &TrainConfig,
-    model_cfg: &SegmentorConfig,
-) -> TrainResult<Datasets> {
-    let train = open_dataset(&cfg.dataset, Split::Train, &model_cfg.meta)?;
-    let mut val = open_dataset(&cfg.dataset, Split::Val, &model_cfg.meta)?;
-    if let Some(n) = cfg.val_limit {
-        val = Box::new(Limited::new(val, n));
-    }
-    let k = model_cfg.num_classes();
-    let n = train.info().classes.len();
-    if n != k {
-        return Err(cfg.error(format!(
-            "`dataset`: the dataset has {n} classes but model `{}` predicts {k}",
-            model_cfg.name
-        )));
-    }
-    if train.is_empty() {
-        return Err(cfg.error("`dataset`: the training split has no samples"));
-    }
-    if val.is_empty() {
-        return Err(cfg.error(
-            "`dataset`: the validation split has no samples (the mIoU of no images is \
-             undefined)",
-        ));
-    }
-    let ignore = train.info().ignore_index;
-    Ok((train, val, ignore))
 }
 
 /// Checks that every label is a class or the ignore index, naming the file otherwise.

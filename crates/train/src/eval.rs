@@ -5,6 +5,8 @@
 //! padding, no TTA) consecutive images of one size are predicted as a batch; otherwise each
 //! image goes through [`segkit_models::EncoderDecoder::predict_image`].
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor};
 use segkit_data::metrics::SegMetric;
 use segkit_data::{Sample, SegDataset};
@@ -34,6 +36,10 @@ pub struct EvalResult {
     pub iou: Vec<Option<f64>>,
     /// Per-class accuracy.
     pub acc: Vec<Option<f64>>,
+    /// Further metrics of the model family, by name (Gated-SCNN: the boundary F-score per
+    /// tolerance, `bF_1px`, `bF_0.00375`, ...); empty for a plain segmentor.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 impl EvalResult {
@@ -64,6 +70,9 @@ impl EvalResult {
                 f(self.iou.get(k).copied().flatten()),
                 f(self.acc.get(k).copied().flatten())
             ));
+        }
+        for (k, v) in &self.extra {
+            s.push_str(&format!("{k}  {:6.2}\n", 100.0 * v));
         }
         s
     }
@@ -153,6 +162,7 @@ pub fn evaluate(
         },
         iou: r.iou.iter().copied().map(opt).collect(),
         acc: r.acc.iter().copied().map(opt).collect(),
+        extra: BTreeMap::new(),
     })
 }
 

@@ -46,6 +46,7 @@ pub mod plot;
 pub mod progress;
 pub mod pssl;
 pub mod record;
+pub mod task;
 pub mod trainer;
 
 #[cfg(test)]
@@ -60,6 +61,7 @@ pub use eval::{evaluate, EvalResult};
 pub use losses::{LossPlan, NamedLosses};
 pub use optim::Optimizer;
 pub use record::{IterLosses, TrainSummary};
+pub use task::TrainModel;
 pub use trainer::Trainer;
 
 use std::path::PathBuf;

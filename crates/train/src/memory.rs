@@ -186,13 +186,23 @@ pub fn training_bytes(
     params: u64,
     batch_hw: (usize, usize),
 ) -> u64 {
+    estimate_bytes(cfg, activation_bytes_per_pixel(model), params, batch_hw)
+}
+
+/// [`training_bytes`] with the model's activation figure given (`bytes_per_pixel`).
+pub fn estimate_bytes(
+    cfg: &TrainConfig,
+    bytes_per_pixel: u64,
+    params: u64,
+    batch_hw: (usize, usize),
+) -> u64 {
     let states = match cfg.optimizer {
         OptimizerConfig::Sgd { .. } => 1,
         OptimizerConfig::AdamW { .. } => 2,
     };
     let fixed = params.saturating_mul(4 * (STATE_COPIES + states)) as f64;
     let pixels = (cfg.batch_size as f64) * (batch_hw.0 as f64) * (batch_hw.1 as f64);
-    let act = pixels * activation_bytes_per_pixel(model) as f64;
+    let act = pixels * bytes_per_pixel as f64;
     (SAFETY * (fixed + act)).min(u64::MAX as f64) as u64
 }
 
@@ -205,11 +215,32 @@ pub fn check_training_memory(
     native: (usize, usize),
     path: &Path,
 ) -> TrainResult<()> {
+    check_training_memory_of(
+        cfg,
+        activation_bytes_per_pixel(model),
+        model.data_preprocessor.size,
+        params,
+        native,
+        path,
+    )
+}
+
+/// [`check_training_memory`] for any model: `bytes_per_pixel` its
+/// [`crate::task::TrainModel::activation_bytes_per_pixel`], `pad_size` the size its batches
+/// are padded to (`(h, w)`).
+pub fn check_training_memory_of(
+    cfg: &TrainConfig,
+    bytes_per_pixel: u64,
+    pad_size: Option<[usize; 2]>,
+    params: u64,
+    native: (usize, usize),
+    path: &Path,
+) -> TrainResult<()> {
     let limit = memory_limit()?;
     let (hw, field) = pipeline_size_bound(&cfg.pipeline, native);
     let (mut h, mut w) = hw;
     let mut field = field;
-    if let Some([sh, sw]) = model.data_preprocessor.size {
+    if let Some([sh, sw]) = pad_size {
         if sh > h || sw > w {
             field = format!("the model's data_preprocessor.size {:?}", [sh, sw]);
         }
@@ -218,7 +249,7 @@ pub fn check_training_memory(
     let Some(limit) = limit else {
         return Ok(());
     };
-    let est = training_bytes(cfg, model, params, (h, w));
+    let est = estimate_bytes(cfg, bytes_per_pixel, params, (h, w));
     if est > limit.bytes {
         return Err(TrainError::TooLarge {
             path: path.to_path_buf(),

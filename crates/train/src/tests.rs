@@ -162,7 +162,7 @@ fn loss_falls_on_a_toy_dataset() {
     assert!(dir.path().join("out/model.safetensors").is_file());
     // The written model loads strictly and predicts as the trainer's eval model.
     let m = EncoderDecoder::from_checkpoint(
-        t.model_config(),
+        t.segmentor_config().unwrap(),
         dir.path().join("out/model.safetensors"),
         &Device::Cpu,
     )
@@ -261,7 +261,7 @@ fn network_gradients_match_an_f64_reference() {
     };
     let t = Trainer::new(cfg).unwrap().quiet(true);
     let w = t.weights().unwrap();
-    let model_cfg = t.model_config().clone();
+    let model_cfg = t.segmentor_config().unwrap().clone();
     let dev = Device::Cpu;
     let run = |dt: DType| -> BTreeMap<String, Tensor> {
         let vm = VarMap::new();

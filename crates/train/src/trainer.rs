@@ -1,45 +1,50 @@
-//! The training loop.
+//! The training loop, for any [`TrainModel`] ([`crate::task`]: encoder-decoder segmentors,
+//! Gated-SCNN).
 //!
 //! Each iteration: `accumulate` batches of `batch_size` samples (data order, pipeline,
-//! collation), the segmentor's training forward pass (`forward_t(x, true)`: batch statistics,
-//! running-statistics updates, dropout), every configured loss of every named head output
-//! ([`crate::losses`]: mmseg's `loss_by_feat` of each head — DANet's three cross-entropies,
-//! EncNet's cross-entropy and SE loss, the auxiliary head's cross-entropy weighted 0.4 — or the
-//! model config's own), their total `backward`, gradients summed over the accumulated batches
-//! (each total divided by `accumulate`), then one optimizer step at the scheduled learning
-//! rate. The metrics log records each loss by mmseg's name and the total.
+//! collation with the model's normalisation), the model's training forward pass and named
+//! losses ([`TrainModel::losses`]; a segmentor's: `forward_t(x, true)` and every configured
+//! loss of every named head output, [`crate::losses`] — DANet's three cross-entropies,
+//! EncNet's cross-entropy and SE loss, the auxiliary head's cross-entropy weighted 0.4;
+//! Gated-SCNN's: `seg_loss`, `edge_loss`, `att_loss`, `dual_loss`, [`crate::gscnn`]), their
+//! total `backward`, gradients summed over the accumulated batches (each total divided by
+//! `accumulate`), then one optimizer step at the scheduled learning rate. The metrics log
+//! records each loss by name and the total.
 //!
 //! Everything random is a pure function of the seed and a counter that checkpoints store —
 //! the weight initialisation (per parameter name), the data order (`(epoch, pos)`), the
-//! augmentation (per sample number) and dropout (a per-thread SplitMix64 state) — and the
-//! kernels sum in a fixed order, so a run resumed from a checkpoint continues exactly as the
-//! uninterrupted run would (bit-identical weights and losses).
+//! augmentation (per sample number) and the model's own stream (dropout, Gated-SCNN's Gumbel
+//! noise: a SplitMix64 state) — and the kernels sum in a fixed order, so a run resumed from a
+//! checkpoint continues exactly as the uninterrupted run would (bit-identical weights and
+//! losses).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
 use segkit_data::SegDataset;
 
-use crate::checkpoint::{self, State};
+use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::data::{check_labels, collate, open_datasets, DataOrder};
-use crate::eval::{detached_copy, evaluate, EvalResult};
-use crate::init::init_value;
-use crate::losses::LossPlan;
+use crate::data::{check_labels, collate, open_dataset, DataOrder, Limited, Split};
+use crate::eval::{detached_copy, EvalResult};
 use crate::optim::Optimizer;
-use crate::progress::{MetricsLog, Progress};
-use crate::record::{accumulate, Interval, IterLosses, TrainSummary};
+use crate::record::{accumulate, Interval, IterLosses};
+use crate::task::{build_model, internal, TrainModel};
 use crate::{TrainError, TrainResult};
-use segkit_models::EncoderDecoder;
-use segkit_models::{BackboneConfig, SegmentorConfig};
+use segkit_models::{EncoderDecoder, SegmentorConfig};
+
+mod run;
+mod segmentor;
+mod state;
+
+pub use segmentor::SegmentorTask;
 
 /// File name of the latest checkpoint in the output directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-/// File name of the final weights (model only, mmseg keys).
+/// File name of the final weights (model only, the model's own keys).
 pub const MODEL_FILE: &str = "model.safetensors";
 /// File name of the model config written next to the weights.
 pub const CONFIG_FILE: &str = "config.json";
@@ -59,21 +64,20 @@ pub const RUN_FILES: [&str; 5] = [
 /// A training run (see the module docs).
 pub struct Trainer {
     cfg: TrainConfig,
-    model_cfg: SegmentorConfig,
     device: Device,
     varmap: VarMap,
     params: BTreeMap<String, Var>,
     trainable: BTreeMap<String, Var>,
-    model: EncoderDecoder,
+    model: Box<dyn TrainModel>,
     optimizer: Optimizer,
-    losses: LossPlan,
     train_set: Box<dyn SegDataset>,
     val_set: Box<dyn SegDataset>,
     pipeline: segkit_data::augment::Pipeline,
     order: DataOrder,
     iteration: usize,
     samples_seen: u64,
-    dropout_state: u64,
+    /// The model's random stream (dropout, Gumbel noise), saved in checkpoints.
+    pub(crate) dropout_state: u64,
     interval: Interval,
     history: Vec<IterLosses>,
     quiet: bool,
@@ -82,7 +86,7 @@ pub struct Trainer {
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
-            .field("model", &self.model_cfg.name)
+            .field("model", &self.model.name())
             .field("iteration", &self.iteration)
             .finish_non_exhaustive()
     }
@@ -96,6 +100,36 @@ fn progress_note(quiet: bool, msg: &str) {
 
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// The training set, the validation set (cut to `val_limit`), checked against the model.
+fn open_datasets(
+    cfg: &TrainConfig,
+    model: &dyn TrainModel,
+) -> TrainResult<(Box<dyn SegDataset>, Box<dyn SegDataset>)> {
+    let train = open_dataset(&cfg.dataset, Split::Train, model.meta())?;
+    let mut val = open_dataset(&cfg.dataset, Split::Val, model.meta())?;
+    if let Some(n) = cfg.val_limit {
+        val = Box::new(Limited::new(val, n));
+    }
+    let k = model.num_classes();
+    let n = train.info().classes.len();
+    if n != k {
+        return Err(cfg.error(format!(
+            "`dataset`: the dataset has {n} classes but model `{}` predicts {k}",
+            model.name()
+        )));
+    }
+    if train.is_empty() {
+        return Err(cfg.error("`dataset`: the training split has no samples"));
+    }
+    if val.is_empty() {
+        return Err(cfg.error(
+            "`dataset`: the validation split has no samples (the mIoU of no images is \
+             undefined)",
+        ));
+    }
+    Ok((train, val))
 }
 
 impl Trainer {
@@ -132,40 +166,34 @@ impl Trainer {
         resume: Option<(PathBuf, checkpoint::Checkpoint)>,
     ) -> TrainResult<Self> {
         cfg.validate().map_err(|reason| cfg.error(reason))?;
-        let model_cfg = cfg.segmentor_config()?;
-        checkpoint::refuse_overwriting_inputs(&cfg, &RUN_FILES)?;
-        if cfg.batch_size < 2 {
-            return Err(cfg.error(
-                "`batch_size` must be at least 2: BatchNorm in training needs more than one \
-                 value per channel (PSP's 1x1 pyramid level has one per sample)",
-            ));
-        }
         let device = Device::Cpu;
-        let (train_set, val_set, _) = open_datasets(&cfg, &model_cfg)?;
+        let varmap = VarMap::new();
+        let model = build_model(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+        checkpoint::refuse_overwriting_inputs(&cfg, &RUN_FILES)?;
+        let min = model.min_batch_size();
+        if cfg.batch_size < min {
+            return Err(cfg.error(format!(
+                "`batch_size` must be at least {min}: BatchNorm in training needs more than \
+                 one value per channel (PSP's 1x1 pyramid level has one per sample)"
+            )));
+        }
+        let (train_set, val_set) = open_datasets(&cfg, model.as_ref())?;
         let first = train_set.get(0)?;
         let native = (first.height, first.width);
         drop(first);
-        let losses = LossPlan::new(&model_cfg, cfg.aux_loss_weight)?;
         let pipeline = segkit_data::augment::Pipeline::new(cfg.pipeline.clone())?;
-        let varmap = VarMap::new();
-        let model = EncoderDecoder::new(
-            &model_cfg,
-            VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        )?;
         let params: BTreeMap<String, Var> = varmap
             .data()
             .lock()
-            .map_err(|_| TrainError::Io {
-                path: PathBuf::from("<varmap>"),
-                reason: "poisoned lock".into(),
-            })?
+            .map_err(|_| internal("varmap"))?
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let count: usize = params.values().map(|v| v.elem_count()).sum();
-        crate::memory::check_training_memory(
+        crate::memory::check_training_memory_of(
             &cfg,
-            &model_cfg,
+            model.activation_bytes_per_pixel(),
+            model.preprocessor().size,
             count as u64,
             native,
             &cfg.source_path(),
@@ -178,9 +206,7 @@ impl Trainer {
         let mut t = Self {
             order: DataOrder::new(cfg.seed, train_set.len(), 0, 0),
             optimizer: Optimizer::new(&cfg.optimizer),
-            losses,
             cfg,
-            model_cfg,
             device,
             varmap,
             params,
@@ -208,25 +234,17 @@ impl Trainer {
     }
 
     fn initialise(&mut self) -> TrainResult<()> {
-        // The last BatchNorm of each residual block (`zero_init_residual`); none elsewhere.
-        let zero_gamma = match &self.model_cfg.backbone {
-            BackboneConfig::ResNet(r) => match r.layout() {
-                Ok((_, true)) => Some(".bn3.weight"),
-                _ => Some(".bn2.weight"),
-            },
-            _ => None,
-        };
         for (name, var) in &self.params {
-            var.set(&init_value(name, var.dims(), self.cfg.seed, zero_gamma)?)?;
+            var.set(&self.model.init_value(name, var.dims(), self.cfg.seed)?)?;
         }
         if let Some(path) = &self.cfg.load_from {
             // A file that cannot be read, a key that is absent or has another shape: a typed
             // `segkit_models::Error::Checkpoint` naming the model and file (its source names
             // the key or the file's problem).
             let in_ck = |e: segkit_core::Error| {
-                segkit_models::Error::checkpoint(&self.model_cfg.name, path, e)
+                segkit_models::Error::checkpoint(self.model.name(), path, e)
             };
-            let sd = segkit_core::checkpoint::StateDict::load(path).map_err(in_ck)?;
+            let sd = self.model.load_state_dict(path)?;
             for (name, var) in &self.params {
                 let t = sd.require(name).map_err(in_ck)?;
                 if t.dims() != var.dims() {
@@ -242,68 +260,23 @@ impl Trainer {
         Ok(())
     }
 
-    fn restore(&mut self, path: &Path, ck: checkpoint::Checkpoint) -> TrainResult<()> {
-        let bad = |reason: String| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let saved_model: SegmentorConfig = ck
-            .metadata
-            .get("model_config")
-            .ok_or_else(|| bad("no model_config in the metadata".into()))
-            .and_then(|j| serde_json::from_str(j).map_err(|e| bad(e.to_string())))?;
-        if saved_model != self.model_cfg {
-            return Err(bad(format!(
-                "it was written for model `{}` with another config than `{}`'s",
-                saved_model.name, self.model_cfg.name
-            )));
-        }
-        let state: State = ck
-            .metadata
-            .get("state")
-            .ok_or_else(|| bad("no state in the metadata".into()))
-            .and_then(|j| serde_json::from_str(j).map_err(|e| bad(e.to_string())))?;
-        if state.train_len != self.train_set.len() {
-            return Err(bad(format!(
-                "the training set had {} samples, now {}: the data order cannot continue",
-                state.train_len,
-                self.train_set.len()
-            )));
-        }
-        for (name, var) in &self.params {
-            let t = ck
-                .tensors
-                .get(&format!("model.{name}"))
-                .ok_or_else(|| bad(format!("no tensor `model.{name}`")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(format!("`model.{name}` has shape {:?}", t.dims())));
-            }
-            var.set(t)?;
-        }
-        let optim: BTreeMap<String, Tensor> = ck
-            .tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix("optim.").map(|k| (k.to_string(), t.clone())))
-            .collect();
-        self.optimizer
-            .load_state(&optim, &state.adam_steps)
-            .map_err(bad)?;
-        self.iteration = state.iteration;
-        self.order = DataOrder::new(self.cfg.seed, self.train_set.len(), state.epoch, state.pos);
-        self.samples_seen = state.samples_seen;
-        self.dropout_state = state.dropout_state;
-        self.interval = Interval::from_state(&state.interval, self.losses.names()).map_err(bad)?;
-        Ok(())
-    }
-
     /// The training config.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
 
-    /// The model config.
-    pub fn model_config(&self) -> &SegmentorConfig {
-        &self.model_cfg
+    /// The model being trained.
+    pub fn model(&self) -> &dyn TrainModel {
+        self.model.as_ref()
+    }
+
+    /// The segmentor config, when the model is an encoder-decoder segmentor.
+    pub fn segmentor_config(&self) -> Option<&SegmentorConfig> {
+        self.segmentor().map(SegmentorTask::config)
+    }
+
+    fn segmentor(&self) -> Option<&SegmentorTask> {
+        self.model.as_any().downcast_ref::<SegmentorTask>()
     }
 
     /// Optimizer steps taken.
@@ -316,7 +289,7 @@ impl Trainer {
         &self.history
     }
 
-    /// Every model tensor (parameters and BatchNorm running statistics), by mmseg key.
+    /// Every model tensor (parameters and BatchNorm running statistics), by key.
     pub fn weights(&self) -> TrainResult<BTreeMap<String, Tensor>> {
         self.params
             .iter()
@@ -329,20 +302,26 @@ impl Trainer {
         &self.varmap
     }
 
-    /// An inference copy of the current model (weights copied, nothing tracked).
+    /// An inference copy of the current segmentor (weights copied, nothing tracked); an
+    /// error for a model of another family.
     pub fn eval_model(&self) -> TrainResult<EncoderDecoder> {
+        let cfg = self.segmentor_config().ok_or_else(|| {
+            self.cfg
+                .error(format!("`{}` is not an encoder-decoder", self.model.name()))
+        })?;
         let ts: HashMap<String, Tensor> = self.weights()?.into_iter().collect();
         Ok(EncoderDecoder::new(
-            &self.model_cfg,
+            cfg,
             VarBuilder::from_tensors(ts, DType::F32, &self.device),
         )?)
     }
 
-    /// Evaluates the current weights on the validation split.
+    /// Evaluates the current weights on the validation split (a Gated-SCNN's result
+    /// carries its boundary F-scores in [`EvalResult::extra`]).
     pub fn evaluate(&self) -> TrainResult<EvalResult> {
-        let model = self.eval_model()?;
+        let ts: HashMap<String, Tensor> = self.weights()?.into_iter().collect();
         let bs = self.cfg.eval_batch_size.unwrap_or(self.cfg.batch_size);
-        evaluate(&model, self.val_set.as_ref(), bs, |_, _| {})
+        self.model.evaluate(ts, self.val_set.as_ref(), bs)
     }
 
     fn load_batch(&mut self) -> TrainResult<Vec<segkit_data::augment::Augmented>> {
@@ -351,7 +330,7 @@ impl Trainer {
             .map(|k| (self.order.next_index(), self.samples_seen + k as u64))
             .collect();
         self.samples_seen += bs as u64;
-        let k = self.model_cfg.num_classes();
+        let k = self.model.num_classes();
         let ignore = self.train_set.info().ignore_index;
         let (set, pipeline, seed) = (&self.train_set, &self.pipeline, self.cfg.seed);
         jobs.into_par_iter()
@@ -377,19 +356,9 @@ impl Trainer {
         let mut named = BTreeMap::new();
         for _ in 0..acc {
             let samples = self.load_batch()?;
-            let batch = collate(
-                &samples,
-                &self.model_cfg.data_preprocessor,
-                self.model_cfg.data_preprocessor.size,
-                ignore,
-                &self.device,
-            )?;
-            let prev = segkit_core::random::thread_state();
-            segkit_core::random::set_thread_state(Some(self.dropout_state));
-            let out = self.model.forward_t(&batch.images, true);
-            self.dropout_state = segkit_core::random::thread_state().unwrap_or(0);
-            segkit_core::random::set_thread_state(prev);
-            let losses = self.losses.compute(&out?, &batch.labels, ignore as i64)?;
+            let pre = self.model.preprocessor();
+            let batch = collate(&samples, pre, pre.size, ignore, &self.device)?;
+            let losses = self.model.losses(&batch, ignore, &mut self.dropout_state)?;
             let lv = accumulate(&mut named, &losses)?;
             if !lv.is_finite() {
                 return Err(TrainError::Diverged {
@@ -419,174 +388,9 @@ impl Trainer {
         Ok(rec)
     }
 
-    /// The losses the run trains with (names and configuration).
-    pub fn loss_plan(&self) -> &LossPlan {
-        &self.losses
-    }
-
-    /// Writes the checkpoint (model, optimizer, position, configs) atomically.
-    pub fn save_checkpoint(&self) -> TrainResult<PathBuf> {
-        let (bytes, path) = self.checkpoint_bytes()?;
-        checkpoint::write_atomic(&path, &bytes)?;
-        Ok(path)
-    }
-
-    /// The checkpoint's bytes and its path (tests write them with a failing writer).
-    #[doc(hidden)]
-    pub fn checkpoint_bytes(&self) -> TrainResult<(Vec<u8>, PathBuf)> {
-        let mut tensors: Vec<(String, Tensor)> = self
-            .params
-            .iter()
-            .map(|(k, v)| (format!("model.{k}"), v.as_tensor().detach()))
-            .collect();
-        let (opt, steps) = self.optimizer.state_tensors();
-        tensors.extend(opt.into_iter().map(|(k, t)| (format!("optim.{k}"), t)));
-        let (epoch, pos) = self.order.position();
-        let state = State {
-            iteration: self.iteration,
-            epoch,
-            pos,
-            samples_seen: self.samples_seen,
-            dropout_state: self.dropout_state,
-            adam_steps: steps,
-            interval: self.interval.to_state(),
-            train_len: self.train_set.len(),
-        };
-        let mut meta = BTreeMap::new();
-        meta.insert("format".to_string(), checkpoint::FORMAT.to_string());
-        meta.insert("iteration".to_string(), self.iteration.to_string());
-        meta.insert("state".to_string(), checkpoint::to_json(&state)?);
-        meta.insert("train_config".to_string(), checkpoint::to_json(&self.cfg)?);
-        meta.insert(
-            "model_config".to_string(),
-            checkpoint::to_json(&self.model_cfg)?,
-        );
-        let bytes = checkpoint::to_bytes(&tensors, &meta)?;
-        Ok((bytes, self.cfg.output_dir.join(CHECKPOINT_FILE)))
-    }
-
-    /// Writes the final weights (`model.safetensors`, mmseg keys) and `config.json`.
-    pub fn save_model(&self, dir: &Path) -> TrainResult<PathBuf> {
-        let path = dir.join(MODEL_FILE);
-        let w: Vec<(String, Tensor)> = self.weights()?.into_iter().collect();
-        checkpoint::save(&path, &w, &BTreeMap::new())?;
-        let tagged = segkit_models::ModelConfig::from(self.model_cfg.clone());
-        let cfg = serde_json::to_string_pretty(&tagged).map_err(|e| TrainError::Io {
-            path: dir.join(CONFIG_FILE),
-            reason: e.to_string(),
-        })?;
-        checkpoint::write_atomic(&dir.join(CONFIG_FILE), format!("{cfg}\n").as_bytes())?;
-        Ok(path)
-    }
-
-    /// Trains until `until` iterations are done (at most `iterations`), evaluating,
-    /// checkpointing and logging at the configured intervals. Returns the last evaluation
-    /// (if one ran).
-    pub fn train_until(&mut self, until: usize) -> TrainResult<Option<EvalResult>> {
-        let total = self.cfg.iterations;
-        let until = until.min(total);
-        checkpoint::ensure_dir(&self.cfg.output_dir)?;
-        for p in checkpoint::remove_stale_temps(&self.cfg.output_dir, &RUN_FILES) {
-            progress_note(
-                self.quiet,
-                &format!("removed {} (left by an interrupted run)", p.display()),
-            );
-        }
-        let log_path = self.cfg.output_dir.join(LOG_FILE);
-        let mut log = MetricsLog::open(
-            &log_path,
-            if self.iteration > 0 || self.cfg.output_dir.join(CHECKPOINT_FILE).exists() {
-                Some(self.iteration)
-            } else {
-                None
-            },
-        )?;
-        let progress = Progress::new(self.iteration, total, self.cfg.log_interval, self.quiet);
-        if self.iteration > 0 {
-            progress.message(&format!(
-                "resuming `{}` at iteration {}/{total}",
-                self.model_cfg.name, self.iteration
-            ));
-        }
-        let mut last_eval = None;
-        let started = Instant::now();
-        while self.iteration < until {
-            let t0 = Instant::now();
-            let rec = self.step()?;
-            let it = self.iteration;
-            progress.update(it, rec.loss, rec.lr);
-            let li = self.cfg.log_interval.max(1);
-            if it % li == 0 || it == total {
-                let mut record = serde_json::Map::new();
-                record.insert("type".into(), "train".into());
-                record.insert("iter".into(), it.into());
-                record.insert("lr".into(), rec.lr.into());
-                record.extend(self.interval.means());
-                record.insert("last_loss".into(), rec.loss.into());
-                record.insert("sec_per_iter".into(), t0.elapsed().as_secs_f64().into());
-                record.insert("elapsed".into(), started.elapsed().as_secs_f64().into());
-                log.write(&serde_json::Value::Object(record))?;
-                self.interval = Interval::default();
-            }
-            let eval_now =
-                (self.cfg.eval_interval > 0 && it % self.cfg.eval_interval == 0) || it == total;
-            if eval_now {
-                let r = self.evaluate()?;
-                progress.message(&format!(
-                    "iter {it}: val aAcc {:.2} mIoU {:.2} mAcc {:.2} ({} images)",
-                    100.0 * r.aacc,
-                    100.0 * r.miou,
-                    100.0 * r.macc,
-                    r.num_images
-                ));
-                log.write(&serde_json::json!({
-                    "type": "val",
-                    "iter": it,
-                    "aAcc": r.aacc,
-                    "mIoU": r.miou,
-                    "mAcc": r.macc,
-                }))?;
-                last_eval = Some(r);
-            }
-            let ck_int = if self.cfg.checkpoint_interval > 0 {
-                self.cfg.checkpoint_interval
-            } else {
-                self.cfg.eval_interval
-            };
-            if (ck_int > 0 && it % ck_int == 0) || it == total || it == until {
-                self.save_checkpoint()?;
-            }
-        }
-        Ok(last_eval)
-    }
-
-    /// Trains to the end, then writes the final model and returns the summary.
-    pub fn run(&mut self) -> TrainResult<TrainSummary> {
-        let start_iter = self.iteration;
-        let t0 = Instant::now();
-        let last = self.train_until(self.cfg.iterations)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let eval = match last {
-            Some(e) => e,
-            None => self.evaluate()?,
-        };
-        let model_path = self.save_model(&self.cfg.output_dir.clone())?;
-        let summary = TrainSummary {
-            iterations: self.iteration,
-            final_loss: self.history.last().map_or(f64::NAN, |r| r.loss),
-            iters_per_sec: if secs > 0.0 {
-                (self.iteration - start_iter) as f64 / secs
-            } else {
-                0.0
-            },
-            eval,
-            model_path,
-        };
-        let j = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Io {
-            path: self.cfg.output_dir.join(SUMMARY_FILE),
-            reason: e.to_string(),
-        })?;
-        checkpoint::write_atomic(&self.cfg.output_dir.join(SUMMARY_FILE), j.as_bytes())?;
-        Ok(summary)
+    /// The losses a segmentor trains with (names and configuration); `None` for a model of
+    /// another family (its names: [`TrainModel::loss_names`]).
+    pub fn loss_plan(&self) -> Option<&crate::losses::LossPlan> {
+        self.segmentor().map(SegmentorTask::loss_plan)
     }
 }
