@@ -83,13 +83,8 @@ impl ImageFolderConfig {
         fix(&mut self.root, base);
     }
 
-    /// Opens the training (`val = false`) or validation split.
-    pub fn open(&self, val: bool) -> Result<ClassificationDataset> {
-        let split = if val {
-            &self.val_split
-        } else {
-            &self.train_split
-        };
+    /// Opens split folder `split` (`train_split`, `val_split` or any other).
+    pub fn open(&self, split: &str) -> Result<ClassificationDataset> {
         ClassificationDataset::image_folder(&self.root.join(split))
     }
 }
@@ -100,13 +95,9 @@ impl IdxConfig {
         fix(&mut self.dir, base);
     }
 
-    /// Opens the training (`val = false`) or validation split with the model's `classes`.
-    pub fn open(&self, val: bool, classes: &[String]) -> Result<ClassificationDataset> {
-        let split = if val {
-            &self.val_split
-        } else {
-            &self.train_split
-        };
+    /// Opens the split whose files start with `split` (`train_split`, `val_split` or any
+    /// other) with the model's `classes`.
+    pub fn open(&self, split: &str, classes: &[String]) -> Result<ClassificationDataset> {
         let find = |kind: &str| {
             let raw = self.dir.join(format!("{split}-{kind}-ubyte"));
             let gz = self.dir.join(format!("{split}-{kind}-ubyte.gz"));

@@ -52,7 +52,7 @@ fn image_folder_reads_sorted_classes_and_files() {
         train_split: "train".into(),
         val_split: "val".into(),
     };
-    let ds = cfg.open(false).unwrap();
+    let ds = cfg.open("train").unwrap();
     assert_eq!(ds.info().classes, ["a_boot", "b_shirt"]);
     assert_eq!(ds.info().ignore_index, 255);
     assert_eq!(ds.len(), 3);
@@ -62,7 +62,7 @@ fn image_folder_reads_sorted_classes_and_files() {
     assert!(s.path.ends_with("b_shirt/1.jpg"), "{}", s.path.display());
     assert_eq!((s.width, s.height), (5, 4));
     assert_eq!(s.semantic.unwrap(), vec![1u8; 20]);
-    let e = cfg.open(true).unwrap_err();
+    let e = cfg.open("val").unwrap_err();
     assert!(e.to_string().contains("val"), "{e}");
 }
 
@@ -89,7 +89,7 @@ fn idx_files_plain_and_gzipped() {
     cfg.resolve_paths(dir.path());
     assert_eq!(cfg.dir, dir.path().join("d"));
     cfg.dir = dir.path().into();
-    let ds = cfg.open(false, &names(3)).unwrap();
+    let ds = cfg.open("train", &names(3)).unwrap();
     assert_eq!(ds.len(), 3);
     let s = ds.get(2).unwrap();
     assert_eq!((s.width, s.height), (2, 2));
@@ -97,14 +97,14 @@ fn idx_files_plain_and_gzipped() {
     assert_eq!(s.semantic.unwrap(), vec![1u8; 4]);
     assert!(ds.get(3).is_err());
     cfg.limit = Some(2);
-    assert_eq!(cfg.open(false, &names(3)).unwrap().len(), 2);
+    assert_eq!(cfg.open("train", &names(3)).unwrap().len(), 2);
     // A label the model has no class for, and a missing split.
-    let e = cfg.open(false, &names(2)).unwrap_err();
+    let e = cfg.open("train", &names(2)).unwrap_err();
     assert!(
         e.to_string().contains("train-labels-idx1-ubyte") && e.to_string().contains("label 2"),
         "{e}"
     );
-    let e = cfg.open(true, &names(3)).unwrap_err();
+    let e = cfg.open("t10k", &names(3)).unwrap_err();
     assert!(e.to_string().contains("t10k-images-idx3-ubyte"), "{e}");
 }
 
