@@ -82,6 +82,22 @@ pub fn open_dataset(
                 Box::new(segkit_data::layouts::VocDataset::new(root, &split)?)
             }
         }
+        DatasetConfig::ImageFolder(c) => Box::new(c.open(&pick(&c.train_split, &c.val_split))?),
+        DatasetConfig::Idx(c) => {
+            Box::new(c.open(&pick(&c.train_split, &c.val_split), &meta.classes)?)
+        }
+        DatasetConfig::Pssl(c) => Box::new(crate::pssl::PsslDataset::segkit(
+            c,
+            split != Split::Train,
+            &meta.classes,
+            &meta.palette,
+        )?),
+        DatasetConfig::PaddleSegPssl(c) => Box::new(crate::pssl::PsslDataset::paddleseg(
+            c,
+            split != Split::Train,
+            &meta.classes,
+            &meta.palette,
+        )?),
     })
 }
 
@@ -202,6 +218,9 @@ pub struct Batch {
     pub images: Tensor,
     /// Class ids `N x H x W` (u32; the ignore index where unlabelled or padded).
     pub labels: Tensor,
+    /// Per sample, its instances (panoptic segments) with masks padded to `H x W`; empty
+    /// where the dataset has none (OneFormer's targets are built from them).
+    pub instances: Vec<Vec<segkit_data::InstanceAnnotation>>,
 }
 
 /// Checks that every label is a class or the ignore index, naming the file otherwise.
@@ -270,9 +289,31 @@ pub fn collate(
             }
         }
     }
+    let instances = samples
+        .iter()
+        .map(|s| {
+            let pad = |m: &[bool]| {
+                let mut out = vec![false; hw];
+                for y in 0..s.height {
+                    out[y * w..y * w + s.width].copy_from_slice(&m[y * s.width..(y + 1) * s.width]);
+                }
+                out
+            };
+            s.instances
+                .iter()
+                .flatten()
+                .map(|a| segkit_data::InstanceAnnotation {
+                    class_id: a.class_id,
+                    mask: pad(&a.mask),
+                    iscrowd: a.iscrowd,
+                })
+                .collect()
+        })
+        .collect();
     Ok(Batch {
         images: Tensor::from_vec(img, (n, 3, h, w), device)?,
         labels: Tensor::from_vec(lab, (n, h, w), device)?,
+        instances,
     })
 }
 
