@@ -316,4 +316,26 @@ mod tests {
         assert!((b.to_scalar::<f32>()? - 2f32.ln()).abs() < 1e-6);
         Ok(())
     }
+
+    #[test]
+    fn empty_batches_and_bad_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let s = Tensor::zeros((0, 3), DType::F32, &dev)?;
+        let d = Tensor::zeros((0, 12), DType::F32, &dev)?;
+        let l = fast_rcnn_losses(&s, &d, &[], &d, &d, &d, PANET_BOX_BETA)?;
+        assert_eq!(l.cls.to_scalar::<f32>()?, 0.0);
+        assert_eq!(l.bbox.to_scalar::<f32>()?, 0.0);
+        let m = Tensor::zeros((0, 3, 4, 4), DType::F32, &dev)?;
+        let t = Tensor::zeros((0, 4, 4), DType::F32, &dev)?;
+        assert_eq!(mask_rcnn_loss(&m, &[], &t, 1.0)?.to_scalar::<f32>()?, 0.0);
+        let s = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let d = Tensor::zeros((2, 12), DType::F32, &dev)?;
+        assert!(fast_rcnn_losses(&s, &d, &[0], &d, &d, &d, 1.0).is_err());
+        assert!(fast_rcnn_losses(&s, &d, &[0, 3], &d, &d, &d, 1.0).is_err());
+        let short = Tensor::zeros((2, 8), DType::F32, &dev)?;
+        assert!(fast_rcnn_losses(&s, &d, &[0, 1], &short, &d, &d, 1.0).is_err());
+        assert!(fpn_rpn_losses(&[], 256).is_err());
+        assert!(sampled_sigmoid_bce(&s, &s, 0.0).is_err());
+        Ok(())
+    }
 }

@@ -316,4 +316,50 @@ mod tests {
         assert_eq!(t.masks, [1; 16]);
         assert!(mask_targets(&rois, &gt, &[], 4, BoxConvention::Legacy, &mut never).is_err());
     }
+
+    #[test]
+    fn bad_masks_and_no_foreground() {
+        let gt_boxes = [[0.0, 0.0, 0.0, 0.0]];
+        let gt = GtInstances {
+            boxes: &gt_boxes,
+            classes: &[1],
+            crowd: &[false],
+        };
+        let mut cfg = RoiSamplerConfig::panet(3);
+        cfg.batch_size_per_image = 4;
+        let rois = sample_rois(&[], &gt, &cfg, &mut SeededSampler::new(0)).unwrap();
+        let mut never = |_: &[Vec<f64>], _: usize| -> Result<Vec<u8>> { unreachable!() };
+        let conv = BoxConvention::Legacy;
+        // A 1x1 image's bitmap, a bitmap of the wrong size, an empty polygon list.
+        let one = [1u8];
+        let ok = [GtMask::Bitmap {
+            mask: &one,
+            height: 1,
+            width: 1,
+        }];
+        let t = mask_targets(&rois, &gt, &ok, 28, conv, &mut never).unwrap();
+        assert_eq!(t.masks.len(), 28 * 28);
+        let bad = [GtMask::Bitmap {
+            mask: &one,
+            height: 2,
+            width: 2,
+        }];
+        assert!(mask_targets(&rois, &gt, &bad, 28, conv, &mut never).is_err());
+        let empty: Vec<Vec<f64>> = Vec::new();
+        let bad = [GtMask::Polygons(&empty)];
+        assert!(mask_targets(&rois, &gt, &bad, 28, conv, &mut never).is_err());
+        assert!(mask_targets(&rois, &gt, &ok, 0, conv, &mut never).is_err());
+        // No foreground RoI: one all-ignore mask on the first background RoI.
+        let crowd = GtInstances {
+            boxes: &gt_boxes,
+            classes: &[1],
+            crowd: &[true],
+        };
+        let props = [[4.0, 4.0, 9.0, 9.0]];
+        let rois = sample_rois(&props, &crowd, &cfg, &mut SeededSampler::new(0)).unwrap();
+        let t = mask_targets(&rois, &crowd, &ok, 2, conv, &mut never).unwrap();
+        assert_eq!(t.classes, [0]);
+        assert_eq!(t.masks, [-1; 4]);
+        assert_eq!(t.roi_has_mask, [true]);
+    }
 }

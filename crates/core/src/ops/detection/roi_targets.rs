@@ -140,13 +140,15 @@ pub struct RoiTargets {
 fn check_config(cfg: &RoiSamplerConfig) -> Result<()> {
     if !(cfg.fg_fraction.is_finite() && (0.0..=1.0).contains(&cfg.fg_fraction))
         || cfg.num_classes < 2
+        || cfg.fg_thresh.is_nan()
+        || cfg.fg_thresh <= 0.0
         || [cfg.fg_thresh, cfg.bg_thresh_hi, cfg.bg_thresh_lo]
             .iter()
             .any(|v| v.is_nan())
     {
         return Err(Error::InvalidConfig(format!(
-            "roi sampler: fg_fraction must be in [0, 1], num_classes >= 2 and the thresholds \
-             numbers, got {cfg:?}"
+            "roi sampler: fg_fraction must be in [0, 1], num_classes >= 2, fg_thresh > 0 (a \
+             foreground RoI needs a gt box) and the thresholds numbers, got {cfg:?}"
         )));
     }
     Ok(())
@@ -294,5 +296,44 @@ mod tests {
             scale_boxes(&[[1.0, 2.0, 3.0, 4.0]], 2.0),
             [[2.0, 4.0, 6.0, 8.0]]
         );
+    }
+
+    #[test]
+    fn degenerate_inputs_give_results_or_typed_errors() {
+        let mut s = SeededSampler::new(5);
+        let cfg = RoiSamplerConfig::panet(3);
+        // Degenerate gt and proposal boxes (zero or negative size), no proposals at all.
+        let gt_boxes = [[5.0, 5.0, 5.0, 5.0], [9.0, 9.0, 2.0, 2.0]];
+        let gt = GtInstances {
+            boxes: &gt_boxes,
+            classes: &[1, 2],
+            crowd: &[false, false],
+        };
+        let props = [[5.0, 5.0, 5.0, 5.0], [3.0, 3.0, 1.0, 1.0]];
+        let t = sample_rois(&props, &gt, &cfg, &mut s).unwrap();
+        assert_eq!(t.rois.len(), t.labels.len());
+        let t = sample_rois(&[], &gt, &cfg, &mut s).unwrap();
+        assert_eq!((t.num_fg, t.rois.len()), (2, 2));
+        let none = GtInstances {
+            boxes: &[],
+            classes: &[],
+            crowd: &[],
+        };
+        assert!(sample_rois(&[], &none, &cfg, &mut s)
+            .unwrap()
+            .rois
+            .is_empty());
+        let mut bad = cfg;
+        bad.fg_thresh = 0.0;
+        assert!(sample_rois(&props, &gt, &bad, &mut s).is_err());
+        bad = cfg;
+        bad.fg_fraction = f64::NAN;
+        assert!(sample_rois(&props, &gt, &bad, &mut s).is_err());
+        let short = GtInstances {
+            boxes: &gt_boxes,
+            classes: &[1],
+            crowd: &[false, false],
+        };
+        assert!(sample_rois(&props, &short, &cfg, &mut s).is_err());
     }
 }
