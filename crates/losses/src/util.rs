@@ -114,11 +114,8 @@ pub(crate) fn scalar(v: f64, dtype: DType, dev: &Device) -> Result<Tensor> {
 /// shape `[.., C, ..]` with `C` at `dim`, `idx` one entry per position of the other dims
 /// (row-major), each in `0..C`. Returns the tensor of `logits`' shape without `dim`.
 pub(crate) fn picked_log_probs(logits: &Tensor, dim: usize, idx: Vec<u32>) -> Result<Tensor> {
-    let lp = log_softmax(logits, dim)?;
-    let mut ishape = logits.dims().to_vec();
-    ishape[dim] = 1;
-    let idx = index_tensor(idx, &ishape, logits.device())?;
-    Ok(lp.contiguous()?.gather(&idx, dim)?.squeeze(dim)?)
+    // One op that keeps no class-map-sized intermediate for the backward pass.
+    segkit_core::ops::log_softmax_gather(logits, dim, idx)
 }
 
 #[cfg(test)]
