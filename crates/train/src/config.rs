@@ -52,6 +52,11 @@ pub enum ModelSpec {
     /// truth and boundary metric; see [`crate::gscnn::GscnnSpec`]). A Gated-SCNN preset name
     /// or model file in `Preset` / `File` trains with the defaults of this variant.
     Gscnn(Box<crate::gscnn::GscnnSpec>),
+    /// An image classifier (`segkit_models::classifier::ClassifierConfig` inline, the JSON of
+    /// its `config.json`): trained with the cross-entropy, evaluated by top-1 accuracy
+    /// ([`crate::classify_task`]). A classifier preset name or model file in `Preset` / `File`
+    /// trains the same way.
+    Classifier(Box<segkit_models::classifier::ClassifierConfig>),
 }
 
 fn default_train_split() -> String {
@@ -105,6 +110,17 @@ pub enum DatasetConfig {
         #[serde(default)]
         aug: bool,
     },
+    /// A classification set in torchvision's `ImageFolder` layout
+    /// (`root/{split}/CLASS/**/NAME.png`), for classifiers
+    /// ([`segkit_data::classification`]).
+    ImageFolder(segkit_data::classification::ImageFolderConfig),
+    /// MNIST / Fashion-MNIST IDX files, for classifiers ([`segkit_data::classification`]).
+    Idx(segkit_data::classification::IdxConfig),
+    /// PSSL labels written by `segkit pssl generate`, thresholded at load time, with PSSL's
+    /// weighted cross-entropy ([`crate::pssl::dataset`]).
+    Pssl(crate::pssl::PsslDatasetConfig),
+    /// PaddleSeg's released PSSL masks ([`crate::pssl::dataset`]).
+    PaddleSegPssl(crate::pssl::PaddleSegPsslConfig),
 }
 
 /// One training-pipeline transform (segkit-data's mmseg augmentation; the JSON form is
@@ -411,6 +427,10 @@ impl TrainConfig {
             | DatasetConfig::Ade20k { root }
             | DatasetConfig::Cityscapes { root }
             | DatasetConfig::Voc { root, .. } => fix(root),
+            DatasetConfig::ImageFolder(c) => c.resolve_paths(base),
+            DatasetConfig::Idx(c) => c.resolve_paths(base),
+            DatasetConfig::Pssl(c) => c.resolve_paths(base),
+            DatasetConfig::PaddleSegPssl(c) => c.resolve_paths(base),
         }
         if let ModelSpec::File { path } = &mut self.model {
             fix(path);
@@ -531,6 +551,7 @@ impl TrainConfig {
                 Ok(m)
             }
             ModelSpec::Gscnn(spec) => Ok(ModelConfig::Gscnn(Box::new(spec.resolve(self)?.net))),
+            ModelSpec::Classifier(c) => Ok(ModelConfig::Classifier(c.clone())),
         }
     }
 

@@ -34,6 +34,7 @@ pub struct ReadmeDoctests;
 
 pub mod checkpoint;
 pub mod classify;
+pub mod classify_task;
 pub mod config;
 pub mod data;
 pub mod eval;

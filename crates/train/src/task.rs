@@ -11,6 +11,9 @@
 //! Implementations:
 //! - [`crate::trainer::SegmentorTask`]: mmseg encoder-decoder segmentors
 //!   ([`segkit_models::EncoderDecoder`]; `{"type": "Preset" | "Config" | "File"}`);
+//! - [`crate::classify_task::ClassifierTask`]: image classifiers
+//!   ([`segkit_models::classifier::Classifier`]; `{"type": "Classifier", ...}`, or a
+//!   classifier preset name / model file);
 //! - [`crate::gscnn::GscnnTask`]: Gated-SCNN ([`segkit_models::Gscnn`]; `{"type":
 //!   "Gscnn", ...}`, or a Gated-SCNN preset name / model file).
 //!
@@ -155,9 +158,10 @@ pub fn build_model(cfg: &TrainConfig, vb: VarBuilder<'_>) -> TrainResult<Box<dyn
             let spec = spec.resolve(cfg)?;
             Ok(Box::new(crate::gscnn::GscnnTask::new(spec, vb)?))
         }
-        ModelSpec::Preset { .. } | ModelSpec::Config { .. } | ModelSpec::File { .. } => {
-            build_from_model_config(cfg, cfg.model_config()?, vb)
-        }
+        ModelSpec::Preset { .. }
+        | ModelSpec::Config { .. }
+        | ModelSpec::File { .. }
+        | ModelSpec::Classifier(_) => build_from_model_config(cfg, cfg.model_config()?, vb),
     }
 }
 
@@ -168,17 +172,24 @@ fn build_from_model_config(
     vb: VarBuilder<'_>,
 ) -> TrainResult<Box<dyn TrainModel>> {
     match model {
-        ModelConfig::EncoderDecoder(c) => Ok(Box::new(crate::trainer::SegmentorTask::new(
-            *c,
-            cfg.aux_loss_weight,
-            vb,
-        )?)),
+        ModelConfig::EncoderDecoder(mut c) => {
+            crate::pssl::dataset::apply_pssl_losses(&cfg.dataset, &mut c);
+            Ok(Box::new(crate::trainer::SegmentorTask::new(
+                *c,
+                cfg.aux_loss_weight,
+                vb,
+            )?))
+        }
+        ModelConfig::Classifier(c) => {
+            Ok(Box::new(crate::classify_task::ClassifierTask::new(*c, vb)?))
+        }
         ModelConfig::Gscnn(g) => {
             let spec = crate::gscnn::GscnnSpec::default().resolve_config(*g, cfg)?;
             Ok(Box::new(crate::gscnn::GscnnTask::new(spec, vb)?))
         }
         other => Err(cfg.error(format!(
-            "`model`: a `{}` model; `segkit train` trains `EncoderDecoder` and `Gscnn` models",
+            "`model`: a `{}` model; `segkit train` trains `EncoderDecoder`, `Gscnn` and \
+             `Classifier` models",
             other.type_name()
         ))),
     }

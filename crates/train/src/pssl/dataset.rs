@@ -44,6 +44,9 @@ pub const PSSL_IGNORE: u8 = 255;
 fn default_min_decile() -> u8 {
     9
 }
+fn default_background_weight() -> Option<f32> {
+    Some(0.1)
+}
 
 /// Where background sits among the model's classes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +99,11 @@ pub struct PsslDatasetConfig {
     /// Where background sits among the model's classes. Default `Last`.
     #[serde(default)]
     pub background: Background,
+    /// The segmentor's softmax cross-entropies become PSSL's weighted cross-entropy with this
+    /// background weight (1.0 per class; [`set_pssl_losses`]). Default 0.1; `null` keeps the
+    /// model config's losses.
+    #[serde(default = "default_background_weight")]
+    pub background_weight: Option<f32>,
 }
 
 fn default_paddle_list() -> PathBuf {
@@ -125,6 +133,9 @@ pub struct PaddleSegPsslConfig {
     /// Where background sits among the model's classes. Default `Last` (PaddleSeg's 1000).
     #[serde(default)]
     pub background: Background,
+    /// As [`PsslDatasetConfig::background_weight`]. Default 0.1.
+    #[serde(default = "default_background_weight")]
+    pub background_weight: Option<f32>,
 }
 
 impl PsslDatasetConfig {
@@ -199,8 +210,8 @@ fn pssl_info(classes: &[String], palette: &[[u8; 3]], what: &Path) -> TrainResul
         return Err(bad(
             what,
             format!(
-                "a PSSL model needs 2..=255 classes (the image classes and background; labels \
-                 are 8-bit), the model has {n}"
+                "a PSSL model needs 2..=255 classes named in its `meta.classes` (the image \
+                 classes and background; labels are 8-bit), the model names {n}"
             ),
         )
         .into());
@@ -463,4 +474,18 @@ pub fn set_pssl_losses(cfg: &mut SegmentorConfig, background: Background, backgr
     }
     cfg.losses.decode_head = decode;
     cfg.losses.auxiliary_head = aux;
+}
+
+/// With a PSSL dataset whose `background_weight` is set, makes `cfg`'s cross-entropies PSSL's
+/// weighted cross-entropy ([`set_pssl_losses`]); any other dataset leaves `cfg` as it is. The
+/// trainer calls it on the segmentor it builds, so the saved `config.json` records the loss.
+pub fn apply_pssl_losses(dataset: &crate::DatasetConfig, cfg: &mut SegmentorConfig) {
+    let (background, weight) = match dataset {
+        crate::DatasetConfig::Pssl(c) => (c.background, c.background_weight),
+        crate::DatasetConfig::PaddleSegPssl(c) => (c.background, c.background_weight),
+        _ => return,
+    };
+    if let Some(w) = weight {
+        set_pssl_losses(cfg, background, w);
+    }
 }

@@ -48,6 +48,7 @@ fn segkit_set(dir: &Path) -> PsslDatasetConfig {
         val_list: None,
         min_decile: 9,
         background: Background::Last,
+        background_weight: Some(0.1),
     }
 }
 
@@ -239,6 +240,7 @@ fn paddle_set(dir: &Path) -> PaddleSegPsslConfig {
         val_list: None,
         synsets: "imagenet_lsvrc_2015_synsets.txt".into(),
         background: Background::Last,
+        background_weight: Some(0.1),
     }
 }
 
