@@ -8,7 +8,10 @@
 //!   pixel decoder and the task-conditioned transformer decoder, with Hugging Face config and
 //!   directory loading and the shi-labs presets;
 //! - [`gscnn`]: Gated-SCNN (WideResNet38 or dilated ResNet regular stream, shape stream with
-//!   gated convolutions, Canny fusion, ASPP with edge branch), official checkpoint layout.
+//!   gated convolutions, Canny fusion, ASPP with edge branch), official checkpoint layout;
+//! - [`panet`]: PANet instance segmentation (caffe ResNet, GN FPN with the bottom-up path, RPN,
+//!   RoI heads with adaptive feature pooling and fully-connected mask fusion), Detectron's
+//!   test pipeline, the official legacy checkpoint.
 //!
 //! One [`ModelConfig`] (a closed `#[serde(tag = "type")]` enum) describes every model, and one
 //! preset table ([`presets`], [`preset`]) names every preset of every architecture. segkit's own
@@ -41,6 +44,7 @@ pub mod gscnn;
 pub mod image;
 pub mod model;
 pub mod oneformer;
+pub mod panet;
 mod preset_table;
 pub mod segment;
 
@@ -57,6 +61,7 @@ pub use model::{load_hf_dir, ModelConfig};
 pub use oneformer::{
     OneFormer, OneFormerConfig, OneFormerOutput, OneFormerPrediction, PredictOptions,
 };
+pub use panet::{Panet, PanetConfig, PanetOutput};
 pub use preset_table::{preset, presets, PresetInfo};
 pub use segment::{Model, Segmentation, Task};
 

@@ -36,6 +36,8 @@ pub enum ModelConfig {
     Gscnn(Box<crate::GscnnConfig>),
     /// An image classifier: backbone + global pooling + fc ([`crate::classifier::Classifier`]).
     Classifier(Box<crate::classifier::ClassifierConfig>),
+    /// PANet instance segmentation ([`crate::Panet`]).
+    Panet(Box<crate::PanetConfig>),
 }
 
 impl ModelConfig {
@@ -48,6 +50,7 @@ impl ModelConfig {
             ModelConfig::OneFormer(_) => "OneFormer",
             ModelConfig::Gscnn(_) => "Gscnn",
             ModelConfig::Classifier(_) => "Classifier",
+            ModelConfig::Panet(_) => "Panet",
         }
     }
 
@@ -58,6 +61,7 @@ impl ModelConfig {
             ModelConfig::OneFormer(c) => Some(&c.name),
             ModelConfig::Gscnn(c) => Some(&c.name),
             ModelConfig::Classifier(c) => Some(&c.name),
+            ModelConfig::Panet(c) => Some(&c.name),
             _ => None,
         }
     }
@@ -101,6 +105,7 @@ impl ModelConfig {
             ModelConfig::OneFormer(c) => Box::new(OneFormer::new(c, vb)?),
             ModelConfig::Gscnn(c) => Box::new(crate::Gscnn::new(c, vb)?),
             ModelConfig::Classifier(c) => Box::new(crate::classifier::model(c, vb)?),
+            ModelConfig::Panet(c) => Box::new(crate::Panet::new(c, vb)?),
         })
     }
 

@@ -126,6 +126,15 @@ pub fn presets() -> Vec<PresetInfo> {
             about: "Gated-SCNN (Cityscapes 19 classes; outputs seg, edge, alpha1..3, acts)".into(),
         });
     }
+    for name in crate::panet::PANET_PRESETS {
+        v.push(PresetInfo {
+            name: name.to_string(),
+            architecture: "Panet",
+            about: "PANet instance segmentation (COCO 80 classes; Detectron test pipeline, \
+                    outputs n2..n6, proposals, detections, mask logits)"
+                .into(),
+        });
+    }
     for (name, about) in crate::classifier::CLASSIFIER_PRESETS {
         v.push(PresetInfo {
             name: name.to_string(),
@@ -154,6 +163,10 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         return Ok(ModelConfig::Gscnn(Box::new(crate::GscnnConfig::preset(
             name,
         )?)));
+    }
+    if crate::panet::PANET_PRESETS.contains(&name) {
+        let c = crate::PanetConfig::preset(name)?;
+        return Ok(ModelConfig::Panet(Box::new(c)));
     }
     if crate::classifier::CLASSIFIER_PRESETS
         .iter()
