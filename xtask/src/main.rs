@@ -14,6 +14,8 @@
 //! - `train-demo`: trains segkit's demo model on this CPU into `crates/segkit/demo/`.
 //! - `gscnn-demo`: Gated-SCNN with / without the shape stream on the demo canvases
 //!   (docs/gscnn_training.md).
+//! - `pssl-demo`: PSSL end to end (classifier ensemble, labels, pre-training vs baselines) on
+//!   Fashion-MNIST single-item images and the demo canvases (docs/pssl_demo.md).
 //!
 //! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
@@ -28,6 +30,7 @@ mod download;
 mod fixtures;
 mod gscnn_demo;
 mod list;
+mod pssl_demo;
 mod registry;
 
 fn root() -> PathBuf {
@@ -76,7 +79,8 @@ fn python(install: bool) -> Result<PathBuf, String> {
 const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
                      bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
-                     train-demo [--iterations N] | gscnn-demo [--iterations N]>";
+                     train-demo [--iterations N] | gscnn-demo [--iterations N] | \
+                     pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Some("make-demo-data") => demo::run_make_data(&args[1..]),
         Some("train-demo") => demo::run_train(&args[1..]),
         Some("gscnn-demo") => gscnn_demo::run(&args[1..]),
+        Some("pssl-demo") => pssl_demo::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match r {
