@@ -178,6 +178,58 @@ fn member_vars(m: &TrainedMember) -> TrainResult<HashMap<String, candle_core::Te
         .collect())
 }
 
+/// The three fine-tuning runs on the canvases: from the PSSL pre-training's weights at
+/// `pretrained`, (a) from scratch, (b) from the demo-backbone member's backbone.
+fn finetune_runs(
+    trained: &[TrainedMember],
+    sizes: &Sizes,
+    dirs: &Dirs,
+    pretrained: &Path,
+) -> TrainResult<Vec<SegRun>> {
+    let runs = dirs.work.join("runs");
+    let demo_member = trained
+        .iter()
+        .find(|m| m.record.name == DEMO_BACKBONE_MEMBER)
+        .ok_or_else(|| segkit::core::Error::InvalidConfig("no demo-backbone member".into()))?;
+    let init_b = dirs.work.join("init/backbone_from_classifier.safetensors");
+    segment::backbone_init(
+        &dirs.canvases,
+        &runs.join("init_scratch"),
+        &member_vars(demo_member)?,
+        &init_b,
+    )?;
+    let (it, val, c) = (sizes.finetune_iters, sizes.val, &dirs.canvases);
+    Ok(vec![
+        segment::finetune(
+            "pssl",
+            "PSSL pre-training",
+            c,
+            &runs.join("ft_pssl"),
+            it,
+            val,
+            Some(pretrained.to_path_buf()),
+        )?,
+        segment::finetune(
+            "scratch",
+            "(a) random (seed 0)",
+            c,
+            &runs.join("ft_scratch"),
+            it,
+            val,
+            None,
+        )?,
+        segment::finetune(
+            "classifier_backbone",
+            &format!("(b) backbone of classifier `{DEMO_BACKBONE_MEMBER}`"),
+            c,
+            &runs.join("ft_classifier_backbone"),
+            it,
+            val,
+            Some(init_b),
+        )?,
+    ])
+}
+
 /// The whole pipeline on `items` (Fashion-MNIST's training split or a stand-in).
 pub fn run_pipeline(
     items: &FashionMnist,
@@ -246,47 +298,7 @@ pub fn run_pipeline(
     stage(&mut seconds, "PSSL pre-training", t);
 
     let t = Instant::now();
-    let demo_member = trained
-        .iter()
-        .find(|m| m.record.name == DEMO_BACKBONE_MEMBER)
-        .ok_or_else(|| segkit::core::Error::InvalidConfig("no demo-backbone member".into()))?;
-    let init_b = dirs.work.join("init/backbone_from_classifier.safetensors");
-    segment::backbone_init(
-        &dirs.canvases,
-        &runs.join("init_scratch"),
-        &member_vars(demo_member)?,
-        &init_b,
-    )?;
-    let (it, val, c) = (sizes.finetune_iters, sizes.val, &dirs.canvases);
-    let finetune = vec![
-        segment::finetune(
-            "pssl",
-            "PSSL pre-training",
-            c,
-            &runs.join("ft_pssl"),
-            it,
-            val,
-            Some(pretrain.model_path.clone()),
-        )?,
-        segment::finetune(
-            "scratch",
-            "(a) random (seed 0)",
-            c,
-            &runs.join("ft_scratch"),
-            it,
-            val,
-            None,
-        )?,
-        segment::finetune(
-            "classifier_backbone",
-            &format!("(b) backbone of classifier `{DEMO_BACKBONE_MEMBER}`"),
-            c,
-            &runs.join("ft_classifier_backbone"),
-            it,
-            val,
-            Some(init_b),
-        )?,
-    ];
+    let finetune = finetune_runs(&trained, sizes, dirs, &pretrain.model_path)?;
     stage(&mut seconds, "fine-tuning", t);
     Ok(Results {
         command: command.to_string(),
