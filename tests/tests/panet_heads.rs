@@ -208,12 +208,23 @@ fn panet_roi_heads_match_the_reference() {
     );
     assert!(!d.is_empty() && d.masks.len() == d.len() && d.mask_resolution == 28);
 
-    // Masks of the matched detections: class-channel probabilities and pasted pixels.
+    check_masks(d, &matched, &f, wb.len());
+}
+
+/// Masks of the matched detections: class-channel probabilities and pasted pixels.
+fn check_masks(
+    d: &postprocess::Detections,
+    matched: &[Option<usize>],
+    f: &HashMap<String, Tensor>,
+    n_ref: usize,
+) {
+    let dev = Device::Cpu;
     let (h, w) = ORIG;
-    let want_masks = decode_runs(&ints(&f, "mask_runs"), &ints(&f, "mask_run_counts"), h * w);
-    // A pixel may differ only where segkit's resized probability lies within 1e-5 of the 0.5
-    // threshold (the mask probabilities differ by ~1e-6, OpenCV's resize by an ulp): the band
-    // where pasting at 0.5 - 1e-5 and at 0.5 + 1e-5 disagree.
+    let want_masks = decode_runs(&ints(f, "mask_runs"), &ints(f, "mask_run_counts"), h * w);
+    // A pixel may differ only where segkit's resized probability lies within 5e-5 of the 0.5
+    // threshold: the band where pasting at 0.5 -/+ 5e-5 disagrees. (segkit's mask RoIs come
+    // from its own boxes, within ~1.2e-4 of the reference's, so the class probabilities differ
+    // by up to ~2e-5; segkit's resize differs from OpenCV's by at most an ulp.)
     let (mut flips, mut pixels, mut outside) = (0usize, 0usize, 0usize);
     let mut probs = Vec::new();
     for (i, m) in matched.iter().enumerate() {
@@ -221,7 +232,7 @@ fn panet_roi_heads_match_the_reference() {
         let paste = |t: f32| {
             paste_mask_detectron(&d.mask_probs[i], 28, &d.boxes[i], h, w, t).expect("paste")
         };
-        let (lo, hi) = (paste(0.5 - 1e-5), paste(0.5 + 1e-5));
+        let (lo, hi) = (paste(0.5 - 5e-5), paste(0.5 + 5e-5));
         for (p, (&a, &b)) in d.masks[i].iter().zip(&want_masks[j]).enumerate() {
             if a != b {
                 flips += 1;
@@ -235,7 +246,7 @@ fn panet_roi_heads_match_the_reference() {
     }
     eprintln!(
         "pasted masks: {flips} pixels differ of {pixels} mask pixels ({outside} outside the \
-         1e-5 band around the threshold)"
+         5e-5 band around the threshold)"
     );
     assert!(pixels > 0, "the reference masks are empty");
     assert!(
@@ -243,10 +254,10 @@ fn panet_roi_heads_match_the_reference() {
         "{outside} mask pixels differ away from the threshold"
     );
     assert!(flips <= 10, "{flips} mask pixels differ");
-    if probs.len() == d.len() && d.len() == wb.len() {
+    if probs.len() == d.len() && d.len() == n_ref {
         // Same detections in the same order: the class-channel probabilities as a whole.
         let flat: Vec<f32> = d.mask_probs.iter().flatten().copied().collect();
         let t = Tensor::from_vec(flat, (d.len(), 28, 28), &dev).unwrap();
-        assert_sampled_close("mask_probs", &t, &f);
+        assert_sampled_close("mask_probs", &t, f);
     }
 }
