@@ -42,6 +42,7 @@ pub mod gscnn;
 mod init;
 pub mod losses;
 pub mod memory;
+pub mod oneformer;
 pub mod optim;
 pub mod plot;
 pub mod progress;

@@ -1,0 +1,163 @@
+//! OneFormer's evaluation on the three tasks' post-processed outputs (transformers'
+//! post-processing at each image's own size): mIoU from the semantic task, PQ from the
+//! panoptic task and mask AP from the instance task, with segkit-data's metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use image::{DynamicImage, RgbImage};
+use segkit_data::metrics::coco::{CocoEvaluator, Detection, GroundTruth};
+use segkit_data::metrics::{PanopticCategory, PanopticQuality, SegMetric, SegmentInfo};
+use segkit_data::{Rle, Sample, SegDataset};
+use segkit_models::oneformer::OneFormerPrediction;
+use segkit_models::{OneFormer, PredictOptions};
+use segkit_oneformer::postprocess::SegmentationResult;
+use segkit_oneformer::targets::ClassMetadata;
+use segkit_oneformer::tokenizer::Task;
+
+use crate::eval::EvalResult;
+use crate::TrainResult;
+
+fn bad(s: &Sample, reason: &str) -> crate::TrainError {
+    segkit_data::Error::BadFile {
+        path: s.path.clone(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// The segments of a post-processed result, one per id (fused stuff segments repeat an id).
+fn segments(r: &SegmentationResult) -> Vec<(u32, u32, f64)> {
+    let mut seen = BTreeSet::new();
+    r.segments
+        .iter()
+        .filter(|s| s.id > 0 && seen.insert(s.id))
+        .map(|s| (s.id as u32, s.label_id, s.score))
+        .collect()
+}
+
+fn ids(r: &SegmentationResult) -> Vec<u32> {
+    r.segmentation.iter().map(|&v| v.max(0) as u32).collect()
+}
+
+/// Evaluates `model` on every image of `dataset` (see the module docs).
+pub(super) fn evaluate(
+    model: &OneFormer,
+    classes: &ClassMetadata,
+    dataset: &dyn SegDataset,
+) -> TrainResult<EvalResult> {
+    let k = classes.len();
+    let info = dataset.info();
+    let mut sem = SegMetric::new(k, i64::from(info.ignore_index))?;
+    let cats: Vec<PanopticCategory> = (0..k)
+        .map(|c| PanopticCategory {
+            id: c as u32,
+            isthing: classes.is_thing(c),
+        })
+        .collect();
+    let mut pq = PanopticQuality::new(&cats)?;
+    let things: Vec<u64> = (0..k as u64)
+        .filter(|&c| classes.is_thing(c as usize))
+        .collect();
+    let mut ap = CocoEvaluator::new(&things);
+    let mut opts = PredictOptions::default();
+    opts.panoptic.label_ids_to_fuse = (0..k as u32)
+        .filter(|&c| !classes.is_thing(c as usize))
+        .collect();
+    opts.instance.thing_ids = Some(things.iter().map(|&c| c as u32).collect());
+    let (mut has_pan, n) = (false, dataset.len());
+    for i in 0..n {
+        let s = dataset.get(i)?;
+        let (h, w) = (s.height, s.width);
+        let rgb = RgbImage::from_raw(w as u32, h as u32, s.image.clone())
+            .ok_or_else(|| bad(&s, "image buffer does not match its size"))?;
+        let img = DynamicImage::ImageRgb8(rgb);
+        if let Some(gt) = &s.semantic {
+            if let OneFormerPrediction::Semantic(r) =
+                model.predict_image(&img, Task::Semantic, &opts)?
+            {
+                sem.update(&r.segmentation, gt)?;
+            }
+        }
+        let Some(inst) = &s.instances else { continue };
+        has_pan = true;
+        let mut gt_ids = vec![0u32; h * w];
+        let mut gt_segs = Vec::new();
+        for (j, a) in inst.iter().enumerate() {
+            let id = j as u32 + 1;
+            for (p, &m) in gt_ids.iter_mut().zip(&a.mask) {
+                if m {
+                    *p = id;
+                }
+            }
+            gt_segs.push(SegmentInfo {
+                id,
+                category_id: a.class_id,
+                iscrowd: a.iscrowd,
+            });
+        }
+        if let OneFormerPrediction::Panoptic(r) =
+            model.predict_image(&img, Task::Panoptic, &opts)?
+        {
+            let segs: Vec<SegmentInfo> = segments(&r)
+                .into_iter()
+                .map(|(id, c, _)| SegmentInfo {
+                    id,
+                    category_id: c,
+                    iscrowd: false,
+                })
+                .collect();
+            pq.update(&gt_ids, &gt_segs, &ids(&r), &segs)?;
+        }
+        ap.add_image(i as u64, h, w)?;
+        for a in inst
+            .iter()
+            .filter(|a| classes.is_thing(a.class_id as usize))
+        {
+            ap.add_ground_truth(GroundTruth {
+                image_id: i as u64,
+                category_id: u64::from(a.class_id),
+                mask: Rle::from_mask(&a.mask, h, w)?,
+                iscrowd: a.iscrowd,
+                area: None,
+            })?;
+        }
+        if let OneFormerPrediction::Instance(r) =
+            model.predict_image(&img, Task::Instance, &opts)?
+        {
+            let map = ids(&r);
+            for (id, c, score) in segments(&r) {
+                let mask: Vec<u8> = map.iter().map(|&v| u8::from(v == id)).collect();
+                ap.add_detection(Detection {
+                    image_id: i as u64,
+                    category_id: u64::from(c),
+                    mask: Rle::from_mask(&mask, h, w)?,
+                    score,
+                })?;
+            }
+        }
+    }
+    let r = sem.compute();
+    let opt = |v: f64| (!v.is_nan()).then_some(v);
+    let mut extra = BTreeMap::new();
+    if has_pan {
+        let p = pq.compute();
+        extra.insert("PQ".to_string(), 100.0 * p.all.pq);
+        extra.insert("SQ".to_string(), 100.0 * p.all.sq);
+        extra.insert("RQ".to_string(), 100.0 * p.all.rq);
+        if !things.is_empty() {
+            let a = ap.evaluate()?;
+            extra.insert("AP".to_string(), 100.0 * a.ap());
+            extra.insert("AP50".to_string(), 100.0 * a.ap50());
+        }
+    }
+    Ok(EvalResult {
+        num_images: n,
+        aacc: r.aacc,
+        miou: r.miou,
+        macc: r.macc,
+        classes: classes.names().to_vec(),
+        iou: r.iou.iter().copied().map(opt).collect(),
+        acc: r.acc.iter().copied().map(opt).collect(),
+        extra,
+    })
+}
