@@ -114,6 +114,19 @@ fn status_mb(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// How candle's element-wise pool is sized in this process, as segkit-core left it at load
+/// time (`CANDLE_NUM_THREADS=1 (segkit default)` without any variable set by the user).
+fn candle_pool() -> String {
+    let v = std::env::var(segkit_core::runtime::CANDLE_THREADS_VAR).unwrap_or_default();
+    match segkit_core::runtime::cpu_threads() {
+        Some(segkit_core::runtime::CpuThreads::SegkitDefault) => {
+            format!("CANDLE_NUM_THREADS={v} (segkit default)")
+        }
+        Some(segkit_core::runtime::CpuThreads::UserSet) => format!("CANDLE_NUM_THREADS={v} (user)"),
+        None => format!("CANDLE_NUM_THREADS={v} (not configured)"),
+    }
+}
+
 /// Resets the peak-RSS counter (Linux `clear_refs`), so that the reported peak is the one of
 /// the timed runs, not of model construction. PyTorch's side does the same.
 fn reset_peak_rss() {
@@ -313,9 +326,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
+    // Recorded before anything is built: segkit-core's load-time default, not a layer's call.
+    let pool = candle_pool();
     let case = a.case.unwrap_or_default();
     if train::CASES.iter().any(|c| c.0 == case) {
-        return train::run(&case, a.size, a.batch, a.runs, a.warmup);
+        return train::run(&case, a.size, a.batch, a.runs, a.warmup, &pool);
     }
     let job = make(&case)?;
     reset_peak_rss();
@@ -334,7 +349,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
         ms[0],
         ms.len(),
         status_mb("VmHWM:"),

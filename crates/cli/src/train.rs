@@ -64,12 +64,11 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 /// candle's element-wise CPU ops spin on their own thread pool, which next to segkit's rayon
-/// kernels wastes most of a small machine's time: keep them on the calling thread unless the
-/// user chose otherwise. Called before any tensor op (the pool is created lazily).
+/// kernels wastes a small machine's time: segkit-core keeps them on the calling thread unless
+/// the user set `CANDLE_NUM_THREADS` (`segkit_core::runtime`, applied before `main`; this call
+/// only makes the dependency explicit).
 fn single_threaded_candle_pool() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    segkit_core::runtime::configure_cpu_threads();
 }
 
 fn load_config(path: &PathBuf) -> Result<TrainConfig, CliError> {

@@ -11,6 +11,8 @@
 //! - tensor ops candle lacks in [`ops`], with PyTorch semantics and fast CPU kernels;
 //! - checkpoint reading in [`checkpoint`] (safetensors, PyTorch `.pth` / `.bin`);
 //! - a seedable per-thread random source for training-time randomness in [`random`];
+//! - process-wide CPU settings applied for the library user in [`runtime`] (candle's
+//!   element-wise thread pool, no environment variable needed);
 //! - deterministic synthetic weights for parity tests in `testing` (feature `testing`).
 #![deny(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod init;
 pub mod nn;
 pub mod ops;
 pub mod random;
+pub mod runtime;
 pub mod spec;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -242,6 +242,7 @@ impl ConvNormAct {
         init: ConvInit,
     ) -> Result<Self> {
         cfg.validate()?;
+        crate::runtime::configure_cpu_threads();
         let k = cfg.kernel_size;
         let weight = conv_vb.get_with_hints(
             (cfg.out_channels, cfg.in_channels / cfg.groups, k, k),

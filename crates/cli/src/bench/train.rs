@@ -160,6 +160,7 @@ pub fn run(
     batch: usize,
     runs: usize,
     warmup: usize,
+    pool: &str,
 ) -> Result<(), CliError> {
     let mut s = build(case, size, batch)?;
     let rss_before = status_mb("VmRSS:");
@@ -177,7 +178,7 @@ pub fn run(
         .max(max(|p| p.bwd_mb))
         .max(max(|p| p.opt_mb));
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"size\": {size}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"size\": {size}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
         median(total),
         all.len(),
         med(|p| p.fwd_ms),

@@ -33,6 +33,7 @@ use crate::{Error, Result};
 /// `act(batch_norm(x))` with batch statistics, updating `bn`'s running statistics; see the
 /// module docs. `bn` must have an affine weight and bias.
 pub fn batch_norm_train(x: &Tensor, bn: &BatchNorm, act: Activation) -> Result<Tensor> {
+    crate::runtime::configure_cpu_threads();
     let Some((weight, bias)) = bn.weight_and_bias() else {
         return Err(Error::InvalidArgument(
             "batch_norm_train: the BatchNorm has no affine weight and bias".into(),
