@@ -57,6 +57,11 @@ pub enum ModelSpec {
     /// ([`crate::classify_task`]). A classifier preset name or model file in `Preset` / `File`
     /// trains the same way.
     Classifier(Box<segkit_models::classifier::ClassifierConfig>),
+    /// A OneFormer fine-tuned on panoptic ground truth with task-conditioned joint training
+    /// (`{"type": "OneFormer", "config": {..}, "tasks": [..]}`; see
+    /// [`crate::oneformer::OneFormerSpec`]). A OneFormer model file in `File` trains all
+    /// three tasks.
+    OneFormer(Box<crate::oneformer::OneFormerSpec>),
 }
 
 fn default_train_split() -> String {
@@ -552,6 +557,7 @@ impl TrainConfig {
             }
             ModelSpec::Gscnn(spec) => Ok(ModelConfig::Gscnn(Box::new(spec.resolve(self)?.net))),
             ModelSpec::Classifier(c) => Ok(ModelConfig::Classifier(c.clone())),
+            ModelSpec::OneFormer(s) => Ok(ModelConfig::OneFormer(s.config.clone())),
         }
     }
 

@@ -66,6 +66,17 @@ pub struct OneFormerSpec {
     pub thing_classes: Option<Vec<usize>>,
 }
 
+impl OneFormerSpec {
+    /// All three tasks, the config's thing classes.
+    pub fn new(config: OneFormerConfig) -> Self {
+        Self {
+            config: Box::new(config),
+            tasks: all_tasks(),
+            thing_classes: None,
+        }
+    }
+}
+
 fn all_tasks() -> Vec<String> {
     Task::ALL.iter().map(|t| t.as_str().to_string()).collect()
 }

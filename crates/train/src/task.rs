@@ -158,6 +158,10 @@ pub fn build_model(cfg: &TrainConfig, vb: VarBuilder<'_>) -> TrainResult<Box<dyn
             let spec = spec.resolve(cfg)?;
             Ok(Box::new(crate::gscnn::GscnnTask::new(spec, vb)?))
         }
+        ModelSpec::OneFormer(spec) => Ok(Box::new(crate::oneformer::OneFormerTask::new(
+            (**spec).clone(),
+            vb,
+        )?)),
         ModelSpec::Preset { .. }
         | ModelSpec::Config { .. }
         | ModelSpec::File { .. }
@@ -187,9 +191,13 @@ fn build_from_model_config(
             let spec = crate::gscnn::GscnnSpec::default().resolve_config(*g, cfg)?;
             Ok(Box::new(crate::gscnn::GscnnTask::new(spec, vb)?))
         }
+        ModelConfig::OneFormer(c) => Ok(Box::new(crate::oneformer::OneFormerTask::new(
+            crate::oneformer::OneFormerSpec::new(*c),
+            vb,
+        )?)),
         other => Err(cfg.error(format!(
-            "`model`: a `{}` model; `segkit train` trains `EncoderDecoder`, `Gscnn` and \
-             `Classifier` models",
+            "`model`: a `{}` model; `segkit train` trains `EncoderDecoder`, `Gscnn`, \
+             `Classifier` and `OneFormer` models",
             other.type_name()
         ))),
     }
