@@ -55,7 +55,7 @@ pub fn roi_align_cpu(
 
 /// torchvision's loop order: per RoI, the samples' taps, then every channel plane (channel
 /// blocks in parallel so that few RoIs still use every thread).
-fn roi_align_planar(
+pub(super) fn roi_align_planar(
     src: &[f32],
     (c, h, w): (usize, usize, usize),
     parsed: &[Roi],
@@ -172,7 +172,7 @@ fn to_channels_last(src: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
 
 /// The distinct rows (or columns) that the samples of each bin read on one axis, with their
 /// summed bilinear weights (zero weights dropped); bin `p` owns `taps[offsets[p]..offsets[p+1]]`.
-fn merged_axis(a: &Axis, pooled: usize, size: usize) -> (Vec<usize>, Vec<(usize, f32)>) {
+pub(super) fn merged_axis(a: &Axis, pooled: usize, size: usize) -> (Vec<usize>, Vec<(usize, f32)>) {
     let mut offsets = Vec::with_capacity(pooled + 1);
     let mut taps = Vec::new();
     let mut pairs: Vec<(usize, f32)> = Vec::new();

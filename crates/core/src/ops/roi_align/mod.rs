@@ -13,7 +13,9 @@
 //!
 //! On CPU the kernel precomputes, per RoI, the four taps (flat index and weight) of every valid
 //! sample, then applies them to each channel plane, in parallel over RoIs and channel blocks.
-//! Other devices use the separability of the bilinear weights: per RoI, a `PH x H` row-weight
+//! A CPU input that records gradients ([`Tensor::track_op`]) takes one custom op with
+//! torchvision's backward (gradient to `input` only). Other devices use the separability
+//! of the bilinear weights: per RoI, a `PH x H` row-weight
 //! matrix and a `PW x W` column-weight matrix, applied with two matmuls per image and chunk of
 //! RoIs ([`roi_align_fallback`]).
 //!
@@ -34,6 +36,7 @@
 //! # Ok::<(), segkit_core::Error>(())
 //! ```
 
+mod backward;
 mod cpu;
 mod fallback;
 
@@ -204,6 +207,16 @@ pub fn roi_align(
     aligned: bool,
 ) -> Result<Tensor> {
     check_args(input, rois, output_size)?;
+    if input.device().is_cpu() && input.track_op() {
+        return backward::roi_align_train(
+            input,
+            rois,
+            output_size,
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+        );
+    }
     if !input.device().is_cpu() {
         return roi_align_fallback(
             input,
