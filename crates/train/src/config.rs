@@ -126,6 +126,20 @@ pub enum DatasetConfig {
     Pssl(crate::pssl::PsslDatasetConfig),
     /// PaddleSeg's released PSSL masks ([`crate::pssl::dataset`]).
     PaddleSegPssl(crate::pssl::PaddleSegPsslConfig),
+    /// COCO panoptic layout (segkit-data `CocoPanopticDataset`: `annotations/panoptic_{split}2017.json`,
+    /// `annotations/panoptic_{split}2017/*.png`, `{split}2017/*.jpg`): panoptic segments for
+    /// OneFormer's targets and PQ / AP, the semantic map for mIoU. A user's own panoptic data
+    /// in this layout trains OneFormer (docs/TRAINING.md).
+    CocoPanoptic {
+        /// Dataset root.
+        root: PathBuf,
+        /// Training split (`{split}2017`). Default `train`.
+        #[serde(default = "default_train_split")]
+        train_split: String,
+        /// Validation split. Default `val`.
+        #[serde(default = "default_val_split")]
+        val_split: String,
+    },
 }
 
 /// One training-pipeline transform (segkit-data's mmseg augmentation; the JSON form is
@@ -431,7 +445,8 @@ impl TrainConfig {
             DatasetConfig::Custom { root, .. }
             | DatasetConfig::Ade20k { root }
             | DatasetConfig::Cityscapes { root }
-            | DatasetConfig::Voc { root, .. } => fix(root),
+            | DatasetConfig::Voc { root, .. }
+            | DatasetConfig::CocoPanoptic { root, .. } => fix(root),
             DatasetConfig::ImageFolder(c) => c.resolve_paths(base),
             DatasetConfig::Idx(c) => c.resolve_paths(base),
             DatasetConfig::Pssl(c) => c.resolve_paths(base),

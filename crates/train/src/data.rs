@@ -92,6 +92,14 @@ pub fn open_dataset(
             &meta.classes,
             &meta.palette,
         )?),
+        DatasetConfig::CocoPanoptic {
+            root,
+            train_split,
+            val_split,
+        } => Box::new(segkit_data::layouts::CocoPanopticDataset::new(
+            root,
+            &pick(train_split, val_split),
+        )?),
         DatasetConfig::PaddleSegPssl(c) => Box::new(crate::pssl::PsslDataset::paddleseg(
             c,
             split != Split::Train,
