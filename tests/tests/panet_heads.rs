@@ -151,9 +151,14 @@ fn panet_roi_heads_match_the_reference() {
         .collect();
     let props = boxes(&vals(&f, "proposals"));
 
+    let t0 = std::time::Instant::now();
     let out = heads
         .forward_test(&feats, &props, 0, IM_SCALE, ORIG)
         .expect("forward");
+    eprintln!(
+        "forward_test (1000 proposals, 100 masks): {:.2?}",
+        t0.elapsed()
+    );
     let pooled = heads.box_head().pool(&feats, &out.rois).expect("pool");
     for (l, p) in pooled.iter().enumerate() {
         assert_sampled_close(&format!("box_pooled{}", l + 2), p, &f);

@@ -13,13 +13,14 @@
 //! input pixels -> pooled `K x C x 7 x 7` per level, `cls_score` `K x num_classes` (logits),
 //! `bbox_pred` `K x 4 num_classes` (`K x 8` class-agnostic).
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use segkit_core::nn::ConvNormAct;
 use segkit_core::ops::detection::{roi_align_all_levels, RoiAlignConfig};
+use segkit_core::ops::roi_align;
 use segkit_core::{Error, FeatureSpec, Result};
 
-use super::{empty_rows, gn_conv, level_scales, max_over_levels};
+use super::{empty_rows, fuse_levels, gn_conv, level_scales};
 
 /// Configuration of a [`PanetBoxHead`] (Detectron's `cfg.FAST_RCNN`, `cfg.MODEL`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -155,6 +156,11 @@ impl PanetBoxHead {
 
     /// Adaptive feature pooling: every RoI from every level, `K x C x 7 x 7` per level.
     pub fn pool(&self, features: &[Tensor], rois: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_features(features)?;
+        roi_align_all_levels(features, rois, &self.scales, &self.cfg.pool)
+    }
+
+    fn check_features(&self, features: &[Tensor]) -> Result<()> {
         if features.len() != self.scales.len() {
             return Err(Error::InvalidArgument(format!(
                 "PANet box head: expected {} feature maps (one per RoI level), got {}",
@@ -162,7 +168,7 @@ impl PanetBoxHead {
                 features.len()
             )));
         }
-        roi_align_all_levels(features, rois, &self.scales, &self.cfg.pool)
+        Ok(())
     }
 
     /// Runs the head on pooled features (one `K x C x 7 x 7` tensor per level).
@@ -181,21 +187,24 @@ impl PanetBoxHead {
                 pooled.iter().map(|p| p.dims().to_vec()).collect::<Vec<_>>()
             )));
         }
-        let k = pooled[0].dims()[0];
+        let (k, dt, dev) = (pooled[0].dims()[0], pooled[0].dtype(), pooled[0].device());
         if k == 0 {
-            let (dt, dev) = (pooled[0].dtype(), pooled[0].device());
-            return Ok(PanetBoxHeadOutput {
-                features: empty_rows(self.cfg.fc_dim, dt, dev)?,
-                cls_score: empty_rows(self.cfg.num_classes, dt, dev)?,
-                bbox_pred: empty_rows(self.cfg.bbox_outputs(), dt, dev)?,
-            });
+            return self.empty(dt, dev);
         }
-        let per_level = pooled
-            .iter()
-            .zip(&self.conv1_head)
-            .map(|(p, m)| m.forward_t(p, train))
-            .collect::<Result<Vec<_>>>()?;
-        let mut x = max_over_levels(per_level)?;
+        let x = fuse_levels(&self.conv1_head, |l| Ok(pooled[l].clone()), train)?;
+        self.tail(x, train)
+    }
+
+    fn empty(&self, dt: DType, dev: &Device) -> Result<PanetBoxHeadOutput> {
+        Ok(PanetBoxHeadOutput {
+            features: empty_rows(self.cfg.fc_dim, dt, dev)?,
+            cls_score: empty_rows(self.cfg.num_classes, dt, dev)?,
+            bbox_pred: empty_rows(self.cfg.bbox_outputs(), dt, dev)?,
+        })
+    }
+
+    /// Shared convs, fc and outputs after the fusion.
+    fn tail(&self, mut x: Tensor, train: bool) -> Result<PanetBoxHeadOutput> {
         for c in &self.convs {
             x = c.forward_t(&x, train)?;
         }
@@ -214,7 +223,19 @@ impl PanetBoxHead {
         rois: &Tensor,
         train: bool,
     ) -> Result<PanetBoxHeadOutput> {
-        let pooled = self.pool(features, rois)?;
-        self.forward_pooled(&pooled, train)
+        self.check_features(features)?;
+        let (k, f0) = (rois.dims().first().copied().unwrap_or(0), &features[0]);
+        if k == 0 {
+            return self.empty(f0.dtype(), f0.device());
+        }
+        // One level at a time: pool, conv, fold into the max (the pooled maps of all levels
+        // are never held together).
+        let out = (self.cfg.pool.resolution, self.cfg.pool.resolution);
+        let pool = |l: usize| {
+            let (s, p) = (self.scales[l], &self.cfg.pool);
+            roi_align(&features[l], rois, out, s, p.sampling_ratio, p.aligned)
+        };
+        let x = fuse_levels(&self.conv1_head, pool, train)?;
+        self.tail(x, train)
     }
 }

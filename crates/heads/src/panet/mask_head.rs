@@ -19,14 +19,14 @@
 //! `K x C x 14 x 14` per level, logits `K x num_classes x 28 x 28` (`K x 1 x 28 x 28`
 //! class-agnostic).
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct};
 use segkit_core::ops::detection::{roi_align_all_levels, RoiAlignConfig};
-use segkit_core::ops::Activation;
+use segkit_core::ops::{roi_align, Activation};
 use segkit_core::{Error, FeatureSpec, Result};
 
-use super::{gn_conv, level_scales, max_over_levels};
+use super::{fuse_levels, gn_conv, level_scales};
 
 /// Configuration of a [`PanetMaskHead`] (Detectron's `cfg.MRCNN`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -164,6 +164,11 @@ impl PanetMaskHead {
 
     /// Adaptive feature pooling: every RoI from every level, `K x C x 14 x 14` per level.
     pub fn pool(&self, features: &[Tensor], rois: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_features(features)?;
+        roi_align_all_levels(features, rois, &self.scales, &self.cfg.pool)
+    }
+
+    fn check_features(&self, features: &[Tensor]) -> Result<()> {
         if features.len() != self.scales.len() {
             return Err(Error::InvalidArgument(format!(
                 "PANet mask head: expected {} feature maps (one per RoI level), got {}",
@@ -171,7 +176,7 @@ impl PanetMaskHead {
                 features.len()
             )));
         }
-        roi_align_all_levels(features, rois, &self.scales, &self.cfg.pool)
+        Ok(())
     }
 
     /// Mask logits `K x num_classes x 28 x 28` from pooled features (one `K x C x 14 x 14`
@@ -191,18 +196,39 @@ impl PanetMaskHead {
                 pooled.iter().map(|p| p.dims().to_vec()).collect::<Vec<_>>()
             )));
         }
-        let k = pooled[0].dims()[0];
-        let m = self.cfg.resolution;
+        let (k, dt, dev) = (pooled[0].dims()[0], pooled[0].dtype(), pooled[0].device());
         if k == 0 {
-            let (dt, dev) = (pooled[0].dtype(), pooled[0].device());
-            return Ok(Tensor::zeros((0, self.cfg.mask_channels(), m, m), dt, dev)?);
+            return self.empty(dt, dev);
         }
-        let per_level = pooled
-            .iter()
-            .zip(&self.mask_conv1)
-            .map(|(p, c)| c.forward_t(p, train))
-            .collect::<Result<Vec<_>>>()?;
-        let mut x = max_over_levels(per_level)?;
+        let x = fuse_levels(&self.mask_conv1, |l| Ok(pooled[l].clone()), train)?;
+        self.tail(x, train)
+    }
+
+    /// Pools `rois` from `features` and returns the mask logits (one level at a time: pool,
+    /// conv, fold into the max).
+    pub fn forward_t(&self, features: &[Tensor], rois: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_features(features)?;
+        let (k, f0) = (rois.dims().first().copied().unwrap_or(0), &features[0]);
+        if k == 0 {
+            return self.empty(f0.dtype(), f0.device());
+        }
+        let out = (self.cfg.pool.resolution, self.cfg.pool.resolution);
+        let pool = |l: usize| {
+            let (s, p) = (self.scales[l], &self.cfg.pool);
+            roi_align(&features[l], rois, out, s, p.sampling_ratio, p.aligned)
+        };
+        let x = fuse_levels(&self.mask_conv1, pool, train)?;
+        self.tail(x, train)
+    }
+
+    fn empty(&self, dt: DType, dev: &Device) -> Result<Tensor> {
+        let m = self.cfg.resolution;
+        Ok(Tensor::zeros((0, self.cfg.mask_channels(), m, m), dt, dev)?)
+    }
+
+    /// `conv_fcn`, both branches and their sum, after the fusion.
+    fn tail(&self, mut x: Tensor, train: bool) -> Result<Tensor> {
+        let (k, m) = (x.dims()[0], self.cfg.resolution);
         for c in &self.conv_fcn {
             x = c.forward_t(&x, train)?;
         }
@@ -214,12 +240,6 @@ impl PanetMaskHead {
         let ff = self.mask_fc.forward(&ff.flatten_from(1)?)?.relu()?;
         let ff = ff.reshape((k, 1, m, m))?;
         Ok(logits.broadcast_add(&ff)?)
-    }
-
-    /// Pools `rois` from `features` and returns the mask logits.
-    pub fn forward_t(&self, features: &[Tensor], rois: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.pool(features, rois)?;
-        self.forward_pooled(&pooled, train)
     }
 }
 

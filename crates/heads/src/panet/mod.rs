@@ -101,16 +101,22 @@ fn gn_conv(
     ConvNormAct::new_with_paths(&cfg, conv_vb, norm_vb)
 }
 
-/// Element-wise max over the per-level tensors (PANet's fusion).
-fn max_over_levels(levels: Vec<Tensor>) -> Result<Tensor> {
-    let mut it = levels.into_iter();
-    let Some(mut acc) = it.next() else {
-        return Err(Error::InvalidArgument("max over zero levels".into()));
-    };
-    for t in it {
-        acc = acc.maximum(&t)?;
+/// PANet's fusion: `convs[l]` on level `l`'s pooled features (`pooled(l)`, built on demand),
+/// folded into an element-wise max.
+fn fuse_levels(
+    convs: &[ConvNormAct],
+    mut pooled: impl FnMut(usize) -> Result<Tensor>,
+    train: bool,
+) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (l, c) in convs.iter().enumerate() {
+        let y = c.forward_t(&pooled(l)?, train)?;
+        acc = Some(match acc {
+            None => y,
+            Some(a) => a.maximum(&y)?,
+        });
     }
-    Ok(acc)
+    acc.ok_or_else(|| Error::InvalidArgument("PANet fusion over zero levels".into()))
 }
 
 /// A `0 x n` tensor.
