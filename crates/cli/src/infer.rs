@@ -1,7 +1,8 @@
 //! `segkit infer`: segment images with a model and write, for each image `STEM`,
 //! `STEM_classes.png` (class ids), `STEM_color.png` (palette colours), `STEM_overlay.png`
 //! (colours blended over the image), for models with an edge output (Gated-SCNN)
-//! `STEM_edge.png` (the edge map, 0..255), and `STEM.json`: the image and its files, then the
+//! `STEM_edge.png` (the edge map, 0..255), for instance results `STEM_instances.png` (16-bit
+//! instance ids, 0 where none; the highest-scoring instance where they overlap), and `STEM.json`: the image and its files, then the
 //! result's own serialisation ([`Segmentation`]'s JSON, documented in
 //! `segkit::segmenter::results`: task, size, per-class areas and fractions, instances or
 //! segments with class, score, area, bbox and COCO RLE mask).
@@ -34,7 +35,8 @@ use segkit::{Segmentation, Segmenter, Task};
 use serde::Serialize;
 
 use crate::infer_outputs::{
-    check_no_foreign_file_replaced, check_no_input_overwritten, is_own_output, output_names,
+    check_no_foreign_file_replaced, check_no_input_overwritten, instance_id_png, is_own_output,
+    output_names,
 };
 use crate::outputs::write_all_or_none;
 use crate::CliError;
@@ -44,7 +46,7 @@ use crate::CliError;
 pub enum TaskArg {
     /// A class per pixel.
     Semantic,
-    /// Object instances (OneFormer).
+    /// Object instances (PANet, OneFormer).
     Instance,
     /// Stuff and thing segments (OneFormer).
     Panoptic,
@@ -74,9 +76,10 @@ pub struct InferArgs {
     /// directory (config.json + model.safetensors) or a Hugging Face OneFormer directory.
     #[arg(long, value_name = "NAME|PATH", default_value = segkit::DEFAULT_MODEL)]
     model: String,
-    /// The task; semantic models do `semantic` only, OneFormer all three.
-    #[arg(long, value_enum, default_value_t = TaskArg::Semantic)]
-    task: TaskArg,
+    /// The task; semantic models do `semantic` only, PANet `instance` only, OneFormer all
+    /// three. Default: `semantic` where the model does it, else the model's first task.
+    #[arg(long, value_enum)]
+    task: Option<TaskArg>,
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     device: String,
@@ -281,6 +284,9 @@ struct OutputFiles<'a> {
     /// `STEM_edge.png`: the edge map of models that predict one (Gated-SCNN's `edge`).
     #[serde(skip_serializing_if = "Option::is_none")]
     edge: Option<&'a str>,
+    /// `STEM_instances.png`: the instance-id map of instance results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<&'a str>,
 }
 
 /// How `STEM_classes.png` stores class ids.
@@ -354,7 +360,8 @@ fn process(
         DynamicImage::ImageRgb8(sem.overlay_image(&img, alpha).map_err(|e| e.to_string())?);
     let s = stem(input);
     let names = output_names(&s);
-    let edge_name = names[4].clone();
+    let (edge_name, instances_name) = (names[4].clone(), names[5].clone());
+    let instances_png = instance_id_png(&out).transpose()?;
     let json = ImageJson {
         model: seg.name(),
         model_source: seg.source().map(|p| p.display().to_string()),
@@ -364,6 +371,7 @@ fn process(
             color: &names[1],
             overlay: &names[2],
             edge: edge.as_ref().map(|_| edge_name.as_str()),
+            instances: instances_png.as_ref().map(|_| instances_name.as_str()),
         },
         class_png: ClassPng {
             bits,
@@ -381,6 +389,9 @@ fn process(
     ];
     if let Some(e) = edge {
         files.push((out_dir.join(&edge_name), png(&DynamicImage::ImageLuma8(e))?));
+    }
+    if let Some(b) = instances_png {
+        files.push((out_dir.join(&instances_name), b));
     }
     write_all_or_none(&files)
 }
@@ -410,7 +421,6 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
     if let Some(t) = a.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
         return Err(fail(format!("--threshold {t} is outside [0, 1]")));
     }
-    let task: Task = a.task.into();
     let device = segkit::segmenter::device(&a.device).map_err(fail)?;
     let (inputs, skipped) = expand_inputs(&a.inputs).map_err(fail)?;
     check_stems(&inputs).map_err(fail)?;
@@ -433,6 +443,15 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
         opts.panoptic.threshold = t;
         seg = seg.with_predict_options(opts);
     }
+    let task: Task = match a.task {
+        Some(t) => t.into(),
+        None if seg.supports(Task::Semantic) => Task::Semantic,
+        None => seg
+            .supported_tasks()
+            .first()
+            .copied()
+            .unwrap_or(Task::Semantic),
+    };
     if !seg.supports(task) {
         let supported: Vec<&str> = seg.supported_tasks().iter().map(|t| t.as_str()).collect();
         return Err(fail(format!(

@@ -13,9 +13,33 @@ use crate::outputs::canonical;
 /// adds its kind here, and every check below covers it.
 pub const MAP_KINDS: [&str; 3] = ["classes", "color", "overlay"];
 
-/// Maps that only some models write (Gated-SCNN's edge map), as `STEM_{kind}.png`. They are
-/// named after `STEM.json` in [`output_names`] and every check covers them, whatever the model.
-pub const OPTIONAL_MAP_KINDS: [&str; 1] = ["edge"];
+/// Maps that only some models or tasks write, as `STEM_{kind}.png`: Gated-SCNN's edge map,
+/// and for instance results the instance-id map (16-bit, 0 where no instance is, else the
+/// instance's `id` in `STEM.json`). They are named after `STEM.json` in [`output_names`] and
+/// every check covers them, whatever the model.
+pub const OPTIONAL_MAP_KINDS: [&str; 2] = ["edge", "instances"];
+
+/// The instance-id map of an instance result as a 16-bit grey PNG (see
+/// [`OPTIONAL_MAP_KINDS`]); `None` for other results.
+pub fn instance_id_png(out: &segkit::Segmentation) -> Option<Result<Vec<u8>, String>> {
+    let r = out.as_instance()?;
+    Some((|| {
+        let px: Vec<u16> = r
+            .segment_map
+            .iter()
+            .map(|&id| u16::try_from(id).unwrap_or(u16::MAX))
+            .collect();
+        let (w, h) = (r.width as u32, r.height as u32);
+        let img: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+            image::ImageBuffer::from_raw(w, h, px)
+                .ok_or_else(|| format!("instance map of {w} x {h} has the wrong size"))?;
+        segkit::segmenter::results::encode_image(
+            &image::DynamicImage::ImageLuma16(img),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| e.to_string())
+    })())
+}
 
 /// The file names written for an input with stem `stem`: each map's PNG, then `STEM.json`,
 /// then the optional maps' PNGs.
