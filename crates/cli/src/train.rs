@@ -1,5 +1,7 @@
 //! `segkit train` and `segkit eval`: the training loop and the evaluation of weights on a
-//! dataset, both driven by a training config file (see `docs/TRAINING.md`).
+//! dataset, both driven by a training config file (see `docs/TRAINING.md`). `segkit train`
+//! trains every model family of segkit-train's `Trainer` (encoder-decoder segmentors,
+//! Gated-SCNN: `docs/gscnn_training.md`); `segkit eval` evaluates encoder-decoders.
 
 use std::path::PathBuf;
 
@@ -117,9 +119,16 @@ pub fn run_train(a: TrainArgs) -> Result<(), CliError> {
         }
         _ => {
             let s = trainer.run().map_err(train_err)?;
+            // A Gated-SCNN's boundary F-scores (`bF_...`), after the mIoU.
+            let extra: String = s
+                .eval
+                .extra
+                .iter()
+                .map(|(k, v)| format!(" {k} {:.2}", 100.0 * v))
+                .collect();
             eprintln!(
-                "done: {} iterations, final loss {:.4}, {:.2} it/s; val aAcc {:.2} mIoU {:.2}; \
-                 weights {}",
+                "done: {} iterations, final loss {:.4}, {:.2} it/s; val aAcc {:.2} mIoU \
+                 {:.2}{extra}; weights {}",
                 s.iterations,
                 s.final_loss,
                 s.iters_per_sec,
