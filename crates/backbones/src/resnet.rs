@@ -90,15 +90,20 @@ struct Block {
 
 impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        for c in &self.convs {
-            y = c.forward_t(&y, train)?;
-        }
         let identity = match &self.shortcut {
             Some(s) => s.forward(x, train)?,
             None => x.clone(),
         };
-        ops::add_act(&y, &identity, Activation::Relu)
+        let Some((last, first)) = self.convs.split_last() else {
+            return ops::add_act(x, &identity, Activation::Relu);
+        };
+        let mut y = x.clone();
+        for c in first {
+            y = c.forward_t(&y, train)?;
+        }
+        // The last norm, the shortcut add and the ReLU in one op when training (the graph
+        // keeps neither the normalised map nor the sum).
+        last.forward_add_act(&y, &identity, Activation::Relu, train)
     }
 }
 

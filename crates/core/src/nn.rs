@@ -19,6 +19,7 @@ use crate::{Error, Result};
 mod batch_norm;
 mod conv_init;
 mod mlp;
+mod residual;
 pub use batch_norm::BatchNormAct;
 pub use conv_init::ConvInit;
 pub use mlp::{Mlp, MlpKeys};
@@ -369,19 +370,24 @@ impl ConvNormAct {
 
     /// Runs conv -> norm -> activation. `train` uses batch statistics for BatchNorm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, self.cfg.act)
+    }
+
+    /// [`ConvNormAct::forward_t`] with activation `act` instead of the configured one.
+    fn forward_act(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
         let p = self.cfg.params();
         match (&self.norm, train) {
             (None, _) | (Some(NormLayer::Batch { .. }), false) => {
                 let f = self.folded()?;
-                ops::conv2d(x, &f.0, f.1.as_ref(), p, self.cfg.act)
+                ops::conv2d(x, &f.0, f.1.as_ref(), p, act)
             }
             (Some(NormLayer::Batch { bn, .. }), true) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;
-                ops::batch_norm_train(&y, bn, self.cfg.act)
+                ops::batch_norm_train(&y, bn, act)
             }
             (Some(NormLayer::Group(gn)), _) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;
-                ops::activate(&gn.forward(&y)?, self.cfg.act)
+                ops::activate(&gn.forward(&y)?, act)
             }
         }
     }

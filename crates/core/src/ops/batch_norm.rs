@@ -33,6 +33,35 @@ use crate::{Error, Result};
 /// `act(batch_norm(x))` with batch statistics, updating `bn`'s running statistics; see the
 /// module docs. `bn` must have an affine weight and bias.
 pub fn batch_norm_train(x: &Tensor, bn: &BatchNorm, act: Activation) -> Result<Tensor> {
+    batch_norm_impl(x, bn, None, act)
+}
+
+/// `act(batch_norm(x) + residual)` with batch statistics (a residual block's last norm, its
+/// shortcut add and ReLU) as one op: the graph keeps `x`, `residual` and the output, not the
+/// normalised map nor the sum (PyTorch's in-place `out += identity; relu_(out)` saves the
+/// same). Running statistics as [`batch_norm_train`].
+pub fn batch_norm_add_train(
+    x: &Tensor,
+    bn: &BatchNorm,
+    residual: &Tensor,
+    act: Activation,
+) -> Result<Tensor> {
+    if residual.dims() != x.dims() {
+        return Err(Error::shape(
+            "BatchNorm residual",
+            x.dims(),
+            residual.dims(),
+        ));
+    }
+    batch_norm_impl(x, bn, Some(residual), act)
+}
+
+fn batch_norm_impl(
+    x: &Tensor,
+    bn: &BatchNorm,
+    residual: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
     crate::runtime::configure_cpu_threads();
     let Some((weight, bias)) = bn.weight_and_bias() else {
         return Err(Error::InvalidArgument(
@@ -51,10 +80,15 @@ pub fn batch_norm_train(x: &Tensor, bn: &BatchNorm, act: Activation) -> Result<T
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.dtype() == DType::F32
+        && residual.is_none_or(|r| r.dtype() == DType::F32)
         && matches!(act, Activation::None | Activation::Relu);
     let m = x.elem_count() / c.max(1);
     if !fused || m < 2 {
-        return activate(&bn.forward_t(x, true)?, act);
+        let y = bn.forward_t(x, true)?;
+        return match residual {
+            Some(r) => super::add_act(&y, r, act),
+            None => activate(&y, act),
+        };
     }
     let shared = Arc::new(Mutex::new(None));
     let op = BnOp {
@@ -63,13 +97,16 @@ pub fn batch_norm_train(x: &Tensor, bn: &BatchNorm, act: Activation) -> Result<T
         plane: m / x.dim(0)?.max(1),
         eps: bn.eps(),
         relu: act == Activation::Relu,
+        residual: residual.is_some(),
         stats: shared.clone(),
     };
-    let y = x.contiguous()?.apply_op3_arc(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        Arc::new(Box::new(op)),
-    )?;
+    let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(op));
+    let x = x.contiguous()?;
+    let y = match residual {
+        // (x, [weight; bias], residual): a CustomOp3 has three operands.
+        Some(r) => x.apply_op3_arc(&Tensor::cat(&[weight, bias], 0)?, &r.contiguous()?, op)?,
+        None => x.apply_op3_arc(&weight.contiguous()?, &bias.contiguous()?, op)?,
+    };
     let stats = shared
         .lock()
         .map_err(|_| Error::InvalidArgument("batch_norm_train: poisoned stats".into()))?
@@ -115,6 +152,8 @@ struct BnOp {
     plane: usize,
     eps: f64,
     relu: bool,
+    /// Operands `(x, [weight; bias], residual)` instead of `(x, weight, bias)`.
+    residual: bool,
     stats: Arc<Mutex<Option<Stats>>>,
 }
 
@@ -199,7 +238,13 @@ impl CustomOp3 for BnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let x = slice(s1, l1)?;
+        let (w, b, r) = if self.residual {
+            let wb = slice(s2, l2)?;
+            (&wb[..self.c], &wb[self.c..], Some(slice(s3, l3)?))
+        } else {
+            (slice(s2, l2)?, slice(s3, l3)?, None)
+        };
         let st = self.stats(x);
         let mut y = super::resize::alloc_output(x.len());
         let (c, plane, relu) = (self.c, self.plane, self.relu);
@@ -210,9 +255,20 @@ impl CustomOp3 for BnOp {
                 let ch = i % c;
                 let s = w[ch] * st.invstd[ch];
                 let t = b[ch] - st.mean[ch] as f32 * s;
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    let r = v * s + t;
-                    *o = if relu { r.max(0.0) } else { r };
+                match r {
+                    Some(r) => {
+                        let ri = &r[i * plane..(i + 1) * plane];
+                        for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(ri) {
+                            let z = v * s + t + rv;
+                            *o = if relu { z.max(0.0) } else { z };
+                        }
+                    }
+                    None => {
+                        for (o, &v) in yo.iter_mut().zip(xi) {
+                            let z = v * s + t;
+                            *o = if relu { z.max(0.0) } else { z };
+                        }
+                    }
                 }
             });
         *self
@@ -227,7 +283,7 @@ impl CustomOp3 for BnOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        _b_or_residual: &Tensor,
         res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -237,7 +293,8 @@ impl CustomOp3 for BnOp {
             .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))?
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward".into()))?;
-        let wv: Vec<f32> = w.detach().to_vec1()?;
+        let mut wv: Vec<f32> = w.detach().to_vec1()?;
+        wv.truncate(self.c);
         let (c, plane) = (self.c, self.plane);
         let m = (self.n * plane) as f64;
         let (dx, dw, db) = with_data(&x.detach(), |xs| {
@@ -288,6 +345,17 @@ impl CustomOp3 for BnOp {
         let to = |v: Vec<f64>| -> candle_core::Result<Tensor> {
             Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), c, dev)
         };
+        if self.residual {
+            // d residual = g, the upstream gradient through the activation.
+            let dy = dy.detach();
+            let dr = if self.relu {
+                res.detach().gt(0f32)?.where_cond(&dy, &dy.zeros_like()?)?
+            } else {
+                dy
+            };
+            let dwb = Tensor::cat(&[to(dw)?, to(db)?], 0)?;
+            return Ok((Some(dx), Some(dwb), Some(dr)));
+        }
         Ok((Some(dx), Some(to(dw)?), Some(to(db)?)))
     }
 }

@@ -85,3 +85,64 @@ fn rejects_a_wrong_channel_count() -> Result<()> {
     assert!(batch_norm_train(&x, &bn, Activation::Relu).is_err());
     Ok(())
 }
+
+/// The residual form equals BatchNorm, add and ReLU composed from candle ops: the output, the
+/// gradients of x, weight, bias and the residual, and the running statistics.
+#[test]
+fn residual_form_matches_composed_ops() -> Result<()> {
+    let dev = Device::Cpu;
+    for act in [Activation::None, Activation::Relu] {
+        let (ours, pv) = layer(4, &dev)?;
+        let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy()?);
+        let (rw, rb, rm, rv) = (copy(&pv[0])?, copy(&pv[1])?, copy(&pv[2])?, copy(&pv[3])?);
+        let reference = BatchNorm::new_with_momentum(
+            4,
+            rm.as_tensor().clone(),
+            rv.as_tensor().clone(),
+            rw.as_tensor().clone(),
+            rb.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        let x0 = Tensor::randn(0f32, 2.0, (2, 4, 6, 5), &dev)?;
+        let r0 = Tensor::randn(0f32, 1.0, (2, 4, 6, 5), &dev)?;
+        let up = Tensor::randn(0f32, 1.0, (2, 4, 6, 5), &dev)?;
+        let (x1, x2) = (Var::from_tensor(&x0)?, Var::from_tensor(&x0.copy()?)?);
+        let (r1, r2) = (Var::from_tensor(&r0)?, Var::from_tensor(&r0.copy()?)?);
+        let y1 = batch_norm_add_train(x1.as_tensor(), &ours, r1.as_tensor(), act)?;
+        let bn = reference.forward_t(x2.as_tensor(), true)?;
+        let y2 = activate(&(bn + r2.as_tensor())?, act)?;
+        assert!(max_diff(&y1, &y2)? < 1e-5, "{act:?} forward");
+        let g1 = (&y1 * &up)?.sum_all()?.backward()?;
+        let g2 = (&y2 * &up)?.sum_all()?.backward()?;
+        for (a, b, what) in [
+            (x1.as_tensor(), x2.as_tensor(), "dx"),
+            (r1.as_tensor(), r2.as_tensor(), "dresidual"),
+            (pv[0].as_tensor(), rw.as_tensor(), "dweight"),
+            (pv[1].as_tensor(), rb.as_tensor(), "dbias"),
+        ] {
+            let (ga, gb) = (g1.get(a).expect(what), g2.get(b).expect(what));
+            let scale = gb
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1.0);
+            let d = max_diff(ga, gb)?;
+            assert!(d < 2e-5 * scale, "{act:?} {what}: {d} (scale {scale})");
+        }
+        assert!(
+            max_diff(pv[2].as_tensor(), rm.as_tensor())? < 1e-6,
+            "running mean"
+        );
+        assert!(
+            max_diff(pv[3].as_tensor(), rv.as_tensor())? < 1e-5,
+            "running var"
+        );
+    }
+    let (bn, _) = layer(4, &dev)?;
+    let x = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
+    let short = Tensor::zeros((2, 4, 3, 2), DType::F32, &dev)?;
+    assert!(batch_norm_add_train(&x, &bn, &short, Activation::Relu).is_err());
+    Ok(())
+}

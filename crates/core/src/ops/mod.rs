@@ -39,7 +39,7 @@ mod eltwise;
 pub use eltwise::add_act;
 mod batch_norm;
 
-pub use batch_norm::batch_norm_train;
+pub use batch_norm::{batch_norm_add_train, batch_norm_train};
 mod log_softmax;
 
 pub use log_softmax::log_softmax_gather;
