@@ -266,3 +266,49 @@ fn check_masks(
         assert_sampled_close("mask_probs", &t, f);
     }
 }
+
+/// Degenerate inputs at full size (256 channels, 81 classes, the parity test's weights): zero
+/// proposals, 1x1 feature maps and a 1x1 original image, degenerate and out-of-image boxes, a
+/// non-finite proposal. None panics; every result is valid.
+#[test]
+fn panet_roi_heads_degenerate_inputs() {
+    let dev = Device::Cpu;
+    let specs: Vec<FeatureSpec> = (2..=5).map(|l| FeatureSpec::new(256, 1 << l)).collect();
+    let vb = VarBuilder::from_backend(Box::new(Scaled), DType::F32, dev.clone());
+    let heads =
+        PanetRoiHeads::new(&PanetRoiHeadsConfig::panet_coco(), &specs, vb).expect("build heads");
+    let feats: Vec<Tensor> = (2..=5)
+        .map(|l| synthetic_input(&format!("one.n{l}"), (1, 256, 1, 1), &dev).unwrap())
+        .collect();
+    let none = heads.forward_test(&feats, &[], 0, 1.0, (1, 1)).unwrap();
+    assert!(none.detections.is_empty() && none.detections.masks.is_empty());
+    assert_eq!(none.box_head.cls_score.dims(), [0, 81]);
+    assert_eq!(none.mask_logits.unwrap().dims(), [0, 81, 28, 28]);
+    let props = [
+        [0.0, 0.0, 0.0, 0.0],
+        [20.0, 20.0, 3.0, 3.0],
+        [-100.0, -80.0, -60.0, -50.0],
+        [0.0, 0.0, 1e7, 1e7],
+        [0.5, 0.5, 0.5, 40.0],
+    ];
+    let out = heads.forward_test(&feats, &props, 0, 1.0, (1, 1)).unwrap();
+    let d = &out.detections;
+    eprintln!(
+        "degenerate proposals on a 1x1 image: {} detections",
+        d.len()
+    );
+    assert!(!d.is_empty(), "the scaled weights detect something");
+    assert_eq!(d.masks.len(), d.len());
+    for (b, m) in d.boxes.iter().zip(&d.masks) {
+        assert_eq!(*b, [0.0; 4], "every box clips to the one pixel");
+        assert!(m.len() == 1 && m[0] <= 1);
+    }
+    assert!(d.scores.iter().all(|s| s.is_finite() && *s > 0.05));
+    let mut bad = props.to_vec();
+    bad.push([f32::NAN, 0.0, 1.0, 1.0]);
+    let err = heads
+        .forward_test(&feats, &bad, 0, 1.0, (1, 1))
+        .unwrap_err();
+    assert!(err.to_string().contains("proposal 5"), "{err}");
+    assert!(heads.forward_test(&feats, &props, 1, 1.0, (1, 1)).is_err());
+}

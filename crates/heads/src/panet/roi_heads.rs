@@ -123,7 +123,9 @@ impl PanetRoiHeads {
             .detections)
     }
 
-    /// [`PanetRoiHeads::detect`] with every intermediate.
+    /// [`PanetRoiHeads::detect`] with every intermediate. Errors on a non-finite proposal
+    /// coordinate, an image index outside the batch, a wrong number of feature maps or a
+    /// non-positive scale.
     pub fn forward_test(
         &self,
         features: &[Tensor],
@@ -136,6 +138,15 @@ impl PanetRoiHeads {
             .first()
             .ok_or_else(|| Error::InvalidArgument("PANet RoI heads: no feature maps".into()))?
             .device();
+        if let Some(i) = proposals
+            .iter()
+            .position(|b| b.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "PANet RoI heads: proposal {i} has a non-finite coordinate: {:?}",
+                proposals[i]
+            )));
+        }
         let rois = postprocess::mask_rois(proposals, 1.0, image, dev)?;
         let box_out = self.box_head.forward_t(features, &rois, false)?;
         let c = self.cfg.box_head.num_classes;
