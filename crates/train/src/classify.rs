@@ -2,6 +2,10 @@
 //! AdamW ([`Optimizer`], update for update as PyTorch's) on the cross-entropy of the logits,
 //! and top-1 accuracy as the metric.
 //!
+//! This is the small in-memory loop (epochs over tensors, no checkpoints) that the PSSL demo's
+//! ensemble uses; `segkit train` trains classifiers through the [`crate::Trainer`] instead
+//! ([`crate::classify_task`]: datasets on disk, pipeline, schedule, checkpoints and resume).
+//!
 //! The samples are held in memory (`N x 3 x H x W` 0-255 pixels + class ids): the ensemble's
 //! images are small (Fashion-MNIST items, 28x28 on textured canvases). Data order is a seeded
 //! permutation per epoch; the initial weights are drawn from the seed as the segmentation trainer
@@ -58,8 +62,8 @@ fn cross_entropy(logits: &Tensor, targets: &Tensor) -> TrainResult<Tensor> {
     Ok(picked.mean_all()?.neg()?)
 }
 
-/// Trains a fresh classifier of `cfg` on `images` / `classes` (candle's default
-/// initialisation under the config's key names).
+/// Trains a fresh classifier of `cfg` on `images` / `classes` (initial weights drawn from
+/// `tc.seed`, as the segmentation trainer draws them).
 pub fn train_classifier(
     cfg: &ClassifierConfig,
     tc: &ClassifyConfig,
@@ -166,37 +170,39 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Two classes that differ in brightness: a narrow ResNet-18 learns them.
+    /// Two classes that differ in brightness: a narrow ResNet-18 learns them (100 % for
+    /// each of ten seeds when this test was written; the test runs one).
     #[test]
     fn learns_a_separable_task() {
         let dev = Device::Cpu;
-        let n = 32;
-        let mut px = Vec::with_capacity(n * 3 * 16 * 16);
+        let (n, side) = (32, 32);
+        let mut px = Vec::with_capacity(n * 3 * side * side);
         let mut cls = Vec::with_capacity(n);
         for i in 0..n {
             let c = (i % 2) as u32;
             let base = if c == 0 { 40.0 } else { 210.0 };
-            for j in 0..3 * 16 * 16 {
+            for j in 0..3 * side * side {
                 px.push(base + ((i * 7 + j * 13) % 31) as f32);
             }
             cls.push(c);
         }
-        let images = Tensor::from_vec(px, (n, 3, 16, 16), &dev).unwrap();
+        let images = Tensor::from_vec(px, (n, 3, side, side), &dev).unwrap();
         let cfg = ClassifierConfig::resnet("t", 18, 4, 2);
         let tc = ClassifyConfig {
-            optimizer: OptimizerConfig::Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 0.0,
-                nesterov: false,
+            optimizer: OptimizerConfig::AdamW {
+                lr: 0.002,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: 0.01,
+                decay_norm_and_bias: false,
             },
-            epochs: 4,
+            epochs: 16,
             batch_size: 8,
             seed: 1,
         };
         let t = train_classifier(&cfg, &tc, &images, &cls, &mut |_, _| {}).unwrap();
         assert!(
-            t.epoch_loss.last().unwrap() < &t.epoch_loss[0],
+            t.epoch_loss.last().unwrap() < &(0.5 * t.epoch_loss[0]),
             "{:?}",
             t.epoch_loss
         );
