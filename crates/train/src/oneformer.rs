@@ -220,26 +220,62 @@ impl OneFormerTask {
         batch: &Batch,
         rng: &mut u64,
     ) -> TrainResult<Vec<segkit_oneformer::targets::OneFormerTarget>> {
-        let (_, _, h, w) = batch.images.dims4()?;
+        let (n, _, h, w) = batch.images.dims4()?;
         let num_text = self.cfg.decoder.num_queries - self.cfg.text_mapper.text_encoder_n_ctx;
-        batch
-            .instances
-            .iter()
-            .map(|inst| {
+        let labels: Vec<u32> = batch.labels.flatten_all()?.to_vec1()?;
+        (0..n)
+            .map(|k| {
                 let u = (segkit_core::random::splitmix64(rng) >> 11) as f64 / (1u64 << 53) as f64;
                 let task = self.sampler.pick(u);
-                let segs: Vec<PanopticSegment<'_>> = inst
-                    .iter()
-                    .map(|a| PanopticSegment {
-                        class_id: a.class_id as usize,
-                        mask: &a.mask,
-                        iscrowd: a.iscrowd,
-                    })
-                    .collect();
+                let inst = batch.instances.get(k).map(Vec::as_slice).unwrap_or(&[]);
+                let from_labels;
+                let segs: Vec<PanopticSegment<'_>> = if inst.is_empty() {
+                    // No panoptic segments: the semantic task's targets come from the class
+                    // map (one segment per class present); the others need instances.
+                    from_labels =
+                        class_segments(&labels[k * h * w..(k + 1) * h * w], self.classes.len());
+                    if task != Task::Semantic && !from_labels.is_empty() {
+                        return Err(TrainError::from(segkit_models::Error::InvalidConfig(
+                            format!(
+                            "OneFormer's {task} task needs panoptic ground truth (a dataset with \
+                             instances, e.g. {{\"type\": \"CocoPanoptic\"}}); this dataset has \
+                             class maps only: set \"tasks\": [\"semantic\"]"
+                        ),
+                        )));
+                    }
+                    from_labels
+                        .iter()
+                        .map(|(c, mask)| PanopticSegment {
+                            class_id: *c,
+                            mask,
+                            iscrowd: false,
+                        })
+                        .collect()
+                } else {
+                    inst.iter()
+                        .map(|a| PanopticSegment {
+                            class_id: a.class_id as usize,
+                            mask: &a.mask,
+                            iscrowd: a.iscrowd,
+                        })
+                        .collect()
+                };
                 Ok(build_target(task, &segs, h, w, &self.classes, num_text)?)
             })
             .collect()
     }
+}
+
+/// One segment per class present in a class map (values `>= k`, the ignore index included,
+/// are unlabelled).
+fn class_segments(labels: &[u32], k: usize) -> Vec<(usize, Vec<bool>)> {
+    let mut out: Vec<(usize, Vec<bool>)> = Vec::new();
+    for c in 0..k {
+        if labels.iter().any(|&v| v as usize == c) {
+            out.push((c, labels.iter().map(|&v| v as usize == c).collect()));
+        }
+    }
+    out
 }
 
 impl TrainModel for OneFormerTask {
@@ -389,3 +425,5 @@ impl TrainModel for OneFormerTask {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trainer_tests;

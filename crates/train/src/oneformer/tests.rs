@@ -91,7 +91,7 @@ fn build(tasks: &[&str], seed: u64) -> (OneFormerTask, HashMap<String, Var>) {
 
 /// Image `i` of the toy set: grey background (stuff) with a red square and a blue disc
 /// (things) at positions that depend on `i`.
-fn sample(i: usize) -> Sample {
+pub(crate) fn sample(i: usize) -> Sample {
     let (mut img, mut sem) = (vec![0u8; S * S * 3], vec![0u8; S * S]);
     let (sq, disc) = ((3 + 5 * i) % 14, (17 + 3 * i) % 12 + 8);
     let mut masks = [vec![false; S * S], vec![false; S * S], vec![false; S * S]];
