@@ -114,6 +114,10 @@ fn source(entry: &Entry) -> String {
             format!("hf {repo}@{}", &revision[..revision.len().min(7)])
         }
         Source::Embedded => "embedded".into(),
+        Source::Manual { page, .. } => {
+            let host = page.split("://").nth(1).and_then(|r| r.split('/').next());
+            format!("by hand {}", host.unwrap_or("?"))
+        }
     }
 }
 
@@ -132,6 +136,10 @@ fn hash(entry: &Entry) -> String {
             }
         }
         Source::Embedded => "-".into(),
+        Source::Manual {
+            sha256: Some(_), ..
+        } => "sha256".into(),
+        Source::Manual { .. } => "none".into(),
     }
 }
 

@@ -88,6 +88,59 @@ mod tests {
             .is_file());
     }
 
+    /// The official PANet checkpoint has no pinned file address: `download` says where to
+    /// get it and, once it is placed by hand, hashes it and marks it verified.
+    #[test]
+    fn the_panet_checkpoint_is_placed_by_hand_then_verified() {
+        use crate::download::{fetch_entry, url::agent, verify};
+        let reg = load(&crate::root().join(REGISTRY)).unwrap();
+        let e = get(&reg, "panet_r50_fpn_2x_coco").unwrap();
+        let Source::Manual { page, file, .. } = &e.source else {
+            panic!("{:?}", e.source)
+        };
+        assert!(page.starts_with("https://drive.google.com/"), "{page}");
+        assert_eq!(e.preset.as_deref(), Some("panet_r50_fpn_2x_coco"));
+        let d = tempfile::tempdir().unwrap();
+        let no_hub = || unreachable!("a manual entry asks no hub");
+        let err = fetch_entry(e, d.path(), false, false, &agent(), no_hub).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(page.as_str()) && msg.contains("by hand"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        let dir = d.path().join(&e.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), b"not really a checkpoint").unwrap();
+        let got = fetch_entry(e, d.path(), false, false, &agent(), no_hub).unwrap();
+        assert_eq!((got.len(), got[0].how.as_str()), (1, "placed by hand"));
+        let (sha, _) = verify::sha256_file(&dir.join(file)).unwrap();
+        assert_eq!(got[0].sha256, sha);
+        assert_eq!(verify::read_marker(&dir).get(file.as_str()), Some(&sha));
+        // A recorded hash is enforced.
+        let pinned = parse(
+            &format!(
+                "[[model]]\nname = \"p\"\nmanual_url = \"{page}\"\nfile = \"{file}\"\n\
+                 sha256 = \"{}\"\n",
+                "0".repeat(64)
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let p = get(&pinned, "p").unwrap();
+        std::fs::create_dir_all(d.path().join("p")).unwrap();
+        std::fs::write(d.path().join("p").join(file), b"x").unwrap();
+        let err = fetch_entry(p, d.path(), false, false, &agent(), no_hub).unwrap_err();
+        assert!(err.to_string().contains("not the published file"), "{err}");
+        // `file` without `manual_url`, and `manual_url` without `file`, are refused.
+        for bad in [
+            "[[model]]\nname = \"a\"\nembedded = true\nfile = \"x.pth\"\n",
+            "[[model]]\nname = \"a\"\nmanual_url = \"https://x/\"\n",
+        ] {
+            assert!(parse(bad, Path::new("test.toml")).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn unknown_name_lists_the_valid_ones() {
         let reg = parse(

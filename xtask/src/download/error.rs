@@ -130,6 +130,9 @@ pub enum DownloadError {
     /// An embedded model is missing from the checkout.
     #[error("{0}")]
     Embedded(String),
+    /// A file that is fetched by hand (`manual_url`) is missing or is not the pinned one.
+    #[error("{0}")]
+    Manual(String),
     /// The registry's converter failed or is malformed.
     #[error("convert {name}: {msg}")]
     Convert {

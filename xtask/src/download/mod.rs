@@ -118,6 +118,12 @@ pub fn fetch_entry(
                 })
                 .collect())
         }
+        Source::Manual {
+            page,
+            file,
+            sha256,
+            size,
+        } => manual_file(entry, &dir, page, file, sha256.as_deref(), *size),
         Source::Embedded => {
             if registry::has_entries(&registry::embedded_dir(entry, weights)) {
                 Ok(Vec::new())
@@ -136,6 +142,52 @@ pub fn fetch_entry(
             }
         }
     }
+}
+
+/// A `manual_url` entry: the file must have been placed in `dir` by hand; it is hashed,
+/// checked against the registry's `sha256` / `size` when present, and marked verified.
+fn manual_file(
+    entry: &Entry,
+    dir: &Path,
+    page: &str,
+    file: &str,
+    sha256: Option<&str>,
+    size: Option<u64>,
+) -> Result<Vec<FileReport>, DownloadError> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Err(DownloadError::Manual(format!(
+            "`{}` is published only behind a release page: download {file} from {page} by \
+             hand into {}, then run `cargo xtask download {}` again to verify it",
+            entry.name,
+            dir.display(),
+            entry.name
+        )));
+    }
+    let (got, n) = verify::sha256_file(&path)?;
+    if sha256.is_some_and(|want| want != got) || size.is_some_and(|want| want != n) {
+        return Err(DownloadError::Manual(format!(
+            "{}: SHA-256 {got} ({n} bytes) is not the registry's ({} , {} bytes); it is not \
+             the published file",
+            path.display(),
+            sha256.unwrap_or("-"),
+            size.map_or_else(|| "?".to_string(), |s| s.to_string())
+        )));
+    }
+    let mut m = BTreeMap::new();
+    m.insert(file.to_string(), got.clone());
+    verify::write_marker(dir, &m)?;
+    Ok(vec![FileReport {
+        path,
+        sha256: got,
+        size: n,
+        checked: if sha256.is_some() {
+            Checked::Full
+        } else {
+            Checked::Unpinned
+        },
+        how: "placed by hand".into(),
+    }])
 }
 
 /// The argument list of an entry's `converter` (`cargo xtask convert {file} {out}.safetensors

@@ -10,6 +10,10 @@
 //! - `hf_repo` + `revision` + `files`: files of a Hugging Face model repository at a pinned
 //!   revision; a file's `sha256` is checked for form when present.
 //! - `embedded = true`: committed with the repository; nothing to fetch.
+//! - `manual_url` + `file`: a file its authors publish only behind a release page (the official
+//!   PANet checkpoint on Google Drive, which has no pinned file address or published hash):
+//!   placed in `weights/NAME/FILE` by hand; `cargo xtask download NAME` says where to get it and
+//!   verifies it (a `sha256`, when a maintainer has recorded one, is enforced).
 //!
 //! Parsing checks the file as a whole (known keys only, unique names and aliases, well-formed
 //! hashes, one source per entry, at most one default per preset), so a bad edit fails at once
@@ -62,6 +66,17 @@ pub enum Source {
     },
     /// Committed with the repository (see [`super::bundled_dir`] for segkit's demo model).
     Embedded,
+    /// One file fetched by hand from a release page.
+    Manual {
+        /// The release page (the upstream README's download link).
+        page: String,
+        /// File name expected under `weights/NAME/`.
+        file: String,
+        /// Full SHA-256, enforced when present.
+        sha256: Option<String>,
+        /// Size in bytes, when known.
+        size: Option<u64>,
+    },
 }
 
 /// One `[[model]]` of the registry.
@@ -101,7 +116,7 @@ impl Entry {
     /// Sum of the file sizes when every size is known.
     pub fn size(&self) -> Option<u64> {
         match &self.source {
-            Source::Url { size, .. } => *size,
+            Source::Url { size, .. } | Source::Manual { size, .. } => *size,
             Source::Hf { files, .. } => files.iter().map(|f| f.size).sum(),
             Source::Embedded => None,
         }
@@ -110,7 +125,7 @@ impl Entry {
     /// The file names this entry places under `weights/NAME/`.
     pub fn file_names(&self) -> Vec<&str> {
         match &self.source {
-            Source::Url { file, .. } => vec![file.as_str()],
+            Source::Url { file, .. } | Source::Manual { file, .. } => vec![file.as_str()],
             Source::Hf { files, .. } => files.iter().map(|f| f.name.as_str()).collect(),
             Source::Embedded => Vec::new(),
         }
@@ -126,6 +141,9 @@ impl Entry {
                 .iter()
                 .find(|f| f.name == file)
                 .and_then(|f| f.sha256.as_deref()),
+            Source::Manual {
+                file: f, sha256, ..
+            } if f == file => sha256.as_deref(),
             _ => None,
         }
     }
@@ -253,6 +271,8 @@ struct RawEntry {
     files: Option<Vec<HfFile>>,
     #[serde(default)]
     embedded: bool,
+    manual_url: Option<String>,
+    file: Option<String>,
     format: Option<String>,
     converter: Option<String>,
     miou: Option<f64>,
@@ -367,11 +387,20 @@ impl RawEntry {
             .ok_or_else(|| format!("model #{}: `name` is missing", index + 1))?;
         let ctx = |m: String| format!("model `{name}`: {m}");
         check_name(&name).map_err(ctx)?;
-        let kinds = [self.url.is_some(), self.hf_repo.is_some(), self.embedded];
+        let kinds = [
+            self.url.is_some(),
+            self.hf_repo.is_some(),
+            self.embedded,
+            self.manual_url.is_some(),
+        ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(ctx(
-                "give exactly one source: `url`, `hf_repo` or `embedded = true`".into(),
+                "give exactly one source: `url`, `hf_repo`, `embedded = true` or `manual_url`"
+                    .into(),
             ));
+        }
+        if self.file.is_some() && self.manual_url.is_none() {
+            return Err(ctx("`file` belongs to `manual_url` entries".into()));
         }
         if let Some(m) = self.miou {
             if !(0.0..=100.0).contains(&m) {
@@ -382,6 +411,8 @@ impl RawEntry {
             self.url_source(url)
         } else if let Some(repo) = self.hf_repo.take() {
             self.hf_source(repo)
+        } else if let Some(page) = self.manual_url.take() {
+            self.manual_source(page)
         } else {
             self.embedded_source()
         }
@@ -437,6 +468,30 @@ impl RawEntry {
             repo,
             revision,
             files: hf_files(self.files.take())?,
+        })
+    }
+
+    /// A `manual_url` entry: the release page, the file's name, an optional full hash.
+    fn manual_source(&mut self, page: String) -> Check<Source> {
+        if self.revision.is_some() || self.files.is_some() || self.sha256_prefix.is_some() {
+            return Err(
+                "a `manual_url` entry has a `file` and at most a full `sha256` and a `size`".into(),
+            );
+        }
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| "a `manual_url` entry needs `file`".to_string())?;
+        check_rel(&file)?;
+        let sha256 = self.sha256.take().map(|s| s.to_ascii_lowercase());
+        if let Some(s) = &sha256 {
+            check_sha256(s)?;
+        }
+        Ok(Source::Manual {
+            page,
+            file,
+            sha256,
+            size: self.size,
         })
     }
 

@@ -81,6 +81,13 @@ fn the_committed_registry_is_valid() {
                 assert!(files.iter().any(|f| f.name == "pytorch_model.bin"));
             }
             Source::Embedded => assert_eq!(e.name, DEFAULT_MODEL),
+            Source::Manual { page, file, .. } => {
+                // The official PANet checkpoint, behind its README's Google Drive link.
+                assert!(page.starts_with("https://drive.google.com/"), "{page}");
+                assert_eq!(file, "panet_mask_step179999.pth");
+                assert_eq!(e.preset.as_deref(), Some("panet_r50_fpn_2x_coco"));
+                assert!(e.default && e.converter.is_none());
+            }
         }
     }
     assert_eq!(url, 28);
