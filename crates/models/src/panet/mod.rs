@@ -28,10 +28,12 @@ pub mod checkpoint;
 pub mod config;
 mod model_impl;
 pub mod preprocess;
+pub mod train;
 
 pub use checkpoint::{load_state_dict, official_keys, OFFICIAL_KEY_GROUPS};
 pub use config::{coco_detection_meta, PanetConfig, PanetInput, PANET_PRESETS};
 pub use preprocess::{image_blob, PanetBlob};
+pub use train::{PanetLosses, PanetTrainConfig, PanetTrainImage};
 pub use segkit_heads::panet::{Detections, PanetRoiHeadsOutput};
 
 use candle_core::{Device, Tensor};
