@@ -162,3 +162,39 @@ fn gscnn_without_the_shape_stream_trains_with_the_seg_loss() {
     let json = std::fs::read_to_string(tmp.path().join("run_plain/config.json")).unwrap();
     assert!(json.contains("\"shape_stream\": false"), "{json}");
 }
+
+/// The memory guard knows Gated-SCNN: 1024 x 1024 samples of the demo network (with the
+/// shape stream at full resolution) are refused under a 1 GiB limit before anything of that
+/// size is allocated, naming the config, the batch size and the transform that sets it.
+#[test]
+fn gscnn_too_large_for_the_memory_limit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_dataset(
+        &tmp.path().join("data"),
+        &[("train", 2), ("val", 1)],
+        32,
+        4,
+        1,
+    )
+    .unwrap();
+    let path = write_config(tmp.path(), true);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["pipeline"] = serde_json::json!([
+        {"type": "Resize", "scale": [1024, 1024], "keep_ratio": false}
+    ]);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_segkit"))
+        .args(["train", "--config", path.to_str().unwrap(), "--quiet"])
+        .env("SEGKIT_MEMORY_LIMIT", "1G")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("gscnn.json") && err.contains("batch_size 2 x 1024 x 1024"),
+        "{err}"
+    );
+    assert!(err.contains("Resize"), "{err}");
+    assert!(!tmp.path().join("run/checkpoint.safetensors").exists());
+}

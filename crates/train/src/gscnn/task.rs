@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use segkit_core::checkpoint::StateDict;
 use segkit_data::metrics::{BoundaryFScore, BoundaryTolerance, SegMetric};
 use segkit_data::{Sample, SegDataset};
-use segkit_models::gscnn::{Gscnn, GscnnBackbone};
+use segkit_models::gscnn::Gscnn;
 use segkit_models::{DataPreprocessorConfig, DatasetMeta, ModelConfig};
 
 use super::{gscnn_losses, preprocessor, GscnnTraining};
@@ -156,40 +156,57 @@ impl TrainModel for GscnnTask {
     }
 }
 
-/// Peak bytes of a Gated-SCNN training step per input pixel of one sample.
+/// Peak bytes of a Gated-SCNN training step per input pixel of one sample: the regular
+/// stream's figure (segkit-train's ResNet figures of [`crate::memory`], scaled by width;
+/// WRN38 above every measured one), plus the shape stream's (it runs at full input
+/// resolution: three gated convolutions, the fusion with the Canny map, the edge output and
+/// the edge losses' maps; a ResNet's width does not scale it), plus the class maps' (per
+/// class: logits, softmax and, with the shape stream, the attention and dual-task losses'
+/// maps and the Gumbel softmax).
 ///
-/// Measured (`VmHWM` of two steps, batch 2, AdamW, f32, CPU; the slope between 96 x 96 and
-/// 160 x 160 inputs) on the demo network ([`super::demo_net`], 11 classes): with the shape
-/// stream, see `DEMO_SHAPE`; without, `DEMO_PLAIN`. The shape stream runs at full input
-/// resolution (its three gated convolutions, the fusion with the Canny map, the edge output
-/// and the four losses' maps), which a ResNet's width does not scale: the estimate is the
-/// regular stream's figure (segkit-train's ResNet figures, scaled by width; WRN38 above
-/// every measured one) plus the shape stream's and the class maps' (per class: logits,
-/// softmax, Gumbel softmax, the dual-task loss's maps).
+/// Measured with `gscnn::tests::gscnn_peak_memory_of_training_steps` (`VmHWM` after two
+/// steps, batch 2, AdamW, f32, CPU, square inputs; KiB):
+///
+/// | model (classes, parameters) | 64 | 96 | 128 | 160 | slope per sample pixel |
+/// |---|---|---|---|---|---|
+/// | demo network, shape stream (11, 886,578) | | 177,536 | | 437,240 | 7.9 KiB |
+/// | demo network, no shape stream (11, 852,600) | | 47,792 | | 81,668 | 1.0 KiB |
+/// | `gscnn_r101-d8_cityscapes` (19, 60,739,946) | 1,292,856 | 1,473,172 | 1,737,704 | | 17.6 / 18.5 KiB |
+///
+/// The estimate ([`crate::memory::estimate_bytes`] with this figure) is 1.45 to 2.2 times
+/// these peaks (`gscnn::tests::memory_estimates_cover_the_measured_peaks`). WRN38 was not
+/// measured (its 137 M parameters train in more memory than this machine's helpers share).
 pub fn activation_bytes_per_pixel(cfg: &segkit_models::GscnnConfig) -> u64 {
     let regular = match cfg.resnet() {
         Ok(Some(r)) => {
-            let base = match r.depth {
+            let base: u64 = match r.depth {
                 d if d <= 18 => 8_000,
                 d if d <= 34 => 13_000,
                 d if d <= 50 => 26_000,
                 _ => 40_000,
             };
-            (base as u64).saturating_mul(r.base_channels as u64) / 64
+            base.saturating_mul(r.base_channels as u64) / 64
         }
-        _ if cfg.backbone == GscnnBackbone::Wrn38 => WRN38,
         _ => WRN38,
     };
-    let shape = if cfg.shape_stream { SHAPE_STREAM } else { 0 };
-    regular + shape + CLASS_MAP_BYTES * cfg.num_classes as u64
+    let (shape, per_class) = if cfg.shape_stream {
+        (SHAPE_STREAM, CLASS_MAP_BYTES_SHAPE)
+    } else {
+        (0, CLASS_MAP_BYTES)
+    };
+    regular + shape + per_class * cfg.num_classes as u64
 }
 
 /// WideResNet38 at output stride 8 (not measured: 2.5 times the dilated ResNet-101's).
 const WRN38: u64 = 100_000;
-/// The shape stream at the official widths (32 / 16 / 8) and its edge losses.
-const SHAPE_STREAM: u64 = 6_000;
-/// Per class: logits, softmax and the losses' per-class maps at the input's size.
-const CLASS_MAP_BYTES: u64 = 120;
+/// The shape stream at the official widths (32 / 16 / 8) with its edge output and losses
+/// (the demo network's slope with it less without it: 7.9 - 1.0 KiB).
+const SHAPE_STREAM: u64 = 7_000;
+/// Per class without the shape stream: logits, softmax, the loss's gradient.
+const CLASS_MAP_BYTES: u64 = 40;
+/// Per class with the shape stream: also the attention loss, the Gumbel softmax and the
+/// dual-task loss's maps.
+const CLASS_MAP_BYTES_SHAPE: u64 = 120;
 
 /// mIoU (mmseg `IoUMetric`) and boundary F-scores of `net` on `val`, batches of up to `bs`
 /// consecutive images of one size, whole images.

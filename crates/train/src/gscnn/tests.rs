@@ -310,3 +310,108 @@ fn dual_loss_as_paper_is_selectable() -> TrainResult<()> {
     assert_ne!(duals[0], duals[1]);
     Ok(())
 }
+
+/// The memory estimate stays above every measured peak of
+/// [`activation_bytes_per_pixel`]'s table and within 2.5 times it.
+#[test]
+fn memory_estimates_cover_the_measured_peaks() {
+    let cfg = TrainConfig::from_json(
+        r#"{"model": {"type": "Preset", "name": "x"}, "dataset": {"type": "Custom",
+            "root": "d"}, "optimizer": {"type": "AdamW", "lr": 0.001}, "iterations": 1,
+            "batch_size": 2, "output_dir": "o"}"#,
+    )
+    .unwrap();
+    let demo = |shape| demo_net(11, shape).unwrap();
+    // (network, parameters, input side, measured peak KiB)
+    let cases = [
+        (demo(true), 886_578, 96, 177_536),
+        (demo(true), 886_578, 160, 437_240),
+        (demo(false), 852_600, 96, 47_792),
+        (demo(false), 852_600, 160, 81_668),
+        (GscnnConfig::r101_d8_cityscapes(), 60_739_946, 64, 1_292_856),
+        (GscnnConfig::r101_d8_cityscapes(), 60_739_946, 96, 1_473_172),
+        (
+            GscnnConfig::r101_d8_cityscapes(),
+            60_739_946,
+            128,
+            1_737_704,
+        ),
+    ];
+    for (net, params, side, peak_kib) in cases {
+        let bpp = activation_bytes_per_pixel(&net);
+        let est = crate::memory::estimate_bytes(&cfg, bpp, params, (side, side)) as f64;
+        let ratio = est / (peak_kib as f64 * 1024.0);
+        assert!(
+            (1.0..2.5).contains(&ratio),
+            "{} shape {} at {side}: {ratio:.2}",
+            net.name,
+            net.shape_stream
+        );
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The calibration of [`activation_bytes_per_pixel`]: the peak resident memory (`VmHWM`) of
+/// two training steps of a Gated-SCNN, one JSON line. A measurement, ignored by default; one
+/// case per process (the peak never falls):
+///
+/// ```text
+/// SEGKIT_CAL_MODEL='{"type": "Gscnn", "preset": "gscnn_demo_r18-w16", "num_classes": 11}' \
+///   SEGKIT_CAL_SIZE=96 cargo test --release -p segkit-train --lib gscnn_peak_memory \
+///   -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "a measurement: run one case per process"]
+fn gscnn_peak_memory_of_training_steps() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let model = env(
+        "SEGKIT_CAL_MODEL",
+        r#"{"type": "Gscnn", "preset": "gscnn_demo_r18-w16", "num_classes": 11}"#,
+    );
+    let size: usize = env("SEGKIT_CAL_SIZE", "64").parse().unwrap();
+    let batch: usize = env("SEGKIT_CAL_BATCH", "2").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let mut cfg = TrainConfig::from_json(&format!(
+        r#"{{"model": {model}, "dataset": {{"type": "Custom", "root": "d"}},
+            "optimizer": {{"type": "AdamW", "lr": 0.001}}, "iterations": 100, "batch_size": {batch},
+            "output_dir": "o", "pipeline": []}}"#
+    ))
+    .unwrap();
+    let ModelSpec::Gscnn(spec) = &cfg.model else {
+        panic!("SEGKIT_CAL_MODEL is not a Gscnn")
+    };
+    let k = spec.resolve(&cfg).unwrap().net.num_classes;
+    if let ModelSpec::Gscnn(spec) = &mut cfg.model {
+        spec.meta = Some(segkit_models::DatasetMeta {
+            classes: (0..k).map(|i| format!("c{i}")).collect(),
+            palette: vec![[0, 0, 0]; k],
+        });
+    }
+    crate::data::write_toy_dataset(&root, &[("train", batch), ("val", 1)], size, 4, 3).unwrap();
+    cfg.dataset = DatasetConfig::Custom {
+        root,
+        train_split: "train".into(),
+        val_split: "val".into(),
+        ignore_index: 255,
+    };
+    cfg.output_dir = dir.path().join("out");
+    let mut t = Trainer::new(cfg).unwrap().quiet(true);
+    let built = status_kib("VmHWM:");
+    let params: usize = t.weights().unwrap().values().map(|w| w.elem_count()).sum();
+    for _ in 0..2 {
+        t.step().unwrap();
+    }
+    let peak = status_kib("VmHWM:");
+    println!(
+        "{{\"model\": {model}, \"size\": {size}, \"batch\": {batch}, \"params\": {params}, \
+         \"hwm_built_kib\": {built}, \"hwm_peak_kib\": {peak}}}"
+    );
+}
