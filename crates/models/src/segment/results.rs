@@ -252,11 +252,12 @@ pub struct Instance {
     pub class_id: u32,
     /// Class name.
     pub class_name: String,
-    /// Class probability of the query that produced it.
+    /// Class probability of the query (OneFormer) or of the detection (PANet).
     pub score: f64,
     /// Pixels of the mask.
     pub area: u64,
-    /// Tight box `[x, y, w, h]` (COCO's `bbox`).
+    /// COCO's `bbox` `[x, y, w, h]`: the mask's tight box (OneFormer), or the detector's own
+    /// box (PANet: Detectron's `xyxy_to_xywh`, `w = x2 - x1 + 1`).
     pub bbox: [f64; 4],
     /// The mask, COCO run-length encoded (`Rle::to_compressed` gives the `counts` string;
     /// JSON `segmentation`).
