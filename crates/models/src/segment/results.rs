@@ -265,7 +265,8 @@ pub struct Instance {
     pub mask: Rle,
 }
 
-/// Object instances (non-overlapping: each pixel belongs to at most one).
+/// Object instances. OneFormer's do not overlap; a detector's masks may (PANet), each whole in
+/// its RLE, and [`InstanceResult::segment_map`] then shows the highest-scoring one.
 ///
 /// JSON: as [`SemanticResult`]'s (for [`InstanceResult::to_semantic`]) plus `instances`
 /// ([`Instance`]); the segment map is not serialised.
@@ -275,7 +276,8 @@ pub struct InstanceResult {
     pub height: usize,
     /// Image width.
     pub width: usize,
-    /// Segment id per pixel, row-major; 0 where no instance is.
+    /// Segment id per pixel, row-major; 0 where no instance is (where masks overlap, the
+    /// highest-scoring instance's).
     pub segment_map: Vec<u32>,
     /// The instances, in the order the post-processing lists them.
     pub instances: Vec<Instance>,
