@@ -85,9 +85,13 @@ fn batch_norm_impl(
     let m = x.elem_count() / c.max(1);
     if !fused || m < 2 {
         let y = bn.forward_t(x, true)?;
-        return match residual {
-            Some(r) => super::add_act(&y, r, act),
-            None => activate(&y, act),
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        return match act {
+            Activation::Relu => relu_torch(&y),
+            _ => activate(&y, act),
         };
     }
     let shared = Arc::new(Mutex::new(None));
@@ -115,6 +119,15 @@ fn batch_norm_impl(
         update_running(bn, &s, m)?;
     }
     Ok(y)
+}
+
+/// ReLU whose gradient is PyTorch's (`threshold_backward`: 0 where the output is 0, also at
+/// an input of exactly 0; candle's `relu` passes the gradient there), so that the composed path
+/// and the fused kernel agree where zero-initialised norms (`zero_init_residual`) make exact
+/// zeros common.
+fn relu_torch(x: &Tensor) -> Result<Tensor> {
+    let mask = x.gt(0f64)?.to_dtype(x.dtype())?.detach();
+    Ok(x.mul(&mask)?)
 }
 
 /// `r = (1 - momentum) r + momentum s` for the mean and the unbiased variance.

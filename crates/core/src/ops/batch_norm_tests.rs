@@ -146,3 +146,37 @@ fn residual_form_matches_composed_ops() -> Result<()> {
     assert!(batch_norm_add_train(&x, &bn, &short, Activation::Relu).is_err());
     Ok(())
 }
+
+/// ReLU's gradient is PyTorch's at exact zeros (0, not candle's 1) on both paths: with a
+/// zero-initialised norm (weight 0, bias 0) and a zero residual, every output is exactly 0 and
+/// no gradient reaches the bias, in the fused f32 kernel and in the composed f64 path alike.
+#[test]
+fn relu_gradient_at_exact_zeros_is_pytorchs() -> Result<()> {
+    let dev = Device::Cpu;
+    for dt in [DType::F32, DType::F64] {
+        let z = |n: usize| Var::from_tensor(&Tensor::zeros(n, dt, &dev)?);
+        let (w, b) = (z(3)?, z(3)?);
+        let ones = Tensor::ones(3, dt, &dev)?;
+        let bn = BatchNorm::new_with_momentum(
+            3,
+            z(3)?.as_tensor().clone(),
+            Var::from_tensor(&ones)?.as_tensor().clone(),
+            w.as_tensor().clone(),
+            b.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev)?.to_dtype(dt)?)?;
+        let r = Tensor::zeros((2, 3, 4, 4), dt, &dev)?;
+        let y = batch_norm_add_train(x.as_tensor(), &bn, &r, Activation::Relu)?;
+        let g = y.sum_all()?.backward()?;
+        let db = g.get(b.as_tensor()).expect("bias gradient");
+        let s = db
+            .abs()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        assert_eq!(s, 0.0, "{dt:?}");
+    }
+    Ok(())
+}
