@@ -4,6 +4,9 @@ use std::process::Command;
 
 use crate::{python, root, run_cmd};
 
+mod train;
+use train::TrainArgs;
+
 const CASES: &[&str] = &[
     "resnet50",
     "resnet50_os8",
@@ -21,6 +24,8 @@ const CASES: &[&str] = &[
     "resize_bilinear",
     "grid_sample",
     "roi_align",
+    "train_pspnet_r50-d8",
+    "train_danet_r50-d8",
 ];
 
 fn field(json: &str, key: &str) -> Option<f64> {
@@ -44,12 +49,18 @@ fn last_json(out: &[u8]) -> Option<String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut runs = "9".to_string();
     let mut threads = "2".to_string();
+    let mut train = TrainArgs::default();
     let mut cases: Vec<String> = CASES.iter().map(|s| s.to_string()).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().cloned().ok_or("--runs needs a value")?,
             "--threads" => threads = it.next().cloned().ok_or("--threads needs a value")?,
+            "--size" => train.size = it.next().cloned().ok_or("--size needs a value")?,
+            "--batch" => train.batch = it.next().cloned().ok_or("--batch needs a value")?,
+            "--train-runs" => {
+                train.runs = it.next().cloned().ok_or("--train-runs needs a value")?
+            }
             "--cases" => {
                 cases = it
                     .next()
@@ -77,6 +88,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (train_cases, cases): (Vec<String>, Vec<String>) =
+        cases.into_iter().partition(|c| c.starts_with("train_"));
     for case in &cases {
         let s = Command::new(&segkit)
             .args(["bench", case, "--runs", &runs])
@@ -114,6 +127,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             sm / tm,
             sp / tp
         );
+    }
+    if !train_cases.is_empty() {
+        train::run(&train_cases, &train, &threads, &segkit, &py, &root)?;
     }
     println!("ratios are segkit / PyTorch: below 1.00x means segkit is faster or smaller");
     println!("peak = process peak RSS during the timed runs (weights and runtime included);");

@@ -1,0 +1,99 @@
+//! The training-step cases of `cargo xtask bench` (`train_*`): `segkit bench CASE --size S
+//! --batch B` next to `tests/parity/bench_torch_train.py` (mmseg's model from its own config,
+//! SyncBN -> BN, `model.loss` + backward + SGD), each in a fresh process; time and peak
+//! resident memory per phase.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::{field, last_json};
+
+/// `--size`, `--batch`, `--train-runs` of `cargo xtask bench`.
+pub struct TrainArgs {
+    pub size: String,
+    pub batch: String,
+    pub runs: String,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        Self {
+            size: "512".into(),
+            batch: "2".into(),
+            runs: "3".into(),
+        }
+    }
+}
+
+pub fn run(
+    cases: &[String],
+    a: &TrainArgs,
+    threads: &str,
+    segkit: &Path,
+    py: &Path,
+    root: &Path,
+) -> Result<(), String> {
+    let script = root.join("tests/parity/bench_torch_train.py");
+    println!();
+    println!(
+        "training step (forward + losses, backward, SGD), batch {} x 3 x {} x {}, {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
+        a.batch, a.size, a.size, a.runs
+    );
+    println!(
+        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd / bwd / opt MB | PyTorch fwd / bwd / opt MB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let args = [
+        "--size", &a.size, "--batch", &a.batch, "--runs", &a.runs, "--warmup", "1",
+    ];
+    for case in cases {
+        let s = Command::new(segkit)
+            .args(["bench", case])
+            .args(args)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .map_err(|e| format!("segkit bench {case}: {e}"))?;
+        let t = Command::new(py)
+            .arg(&script)
+            .arg(case)
+            .args(args)
+            .env("SEGKIT_BENCH_THREADS", threads)
+            .env("OMP_NUM_THREADS", threads)
+            .env("MKL_NUM_THREADS", threads)
+            .output()
+            .map_err(|e| format!("torch bench {case}: {e}"))?;
+        let (sj, tj) = match (last_json(&s.stdout), last_json(&t.stdout)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                println!(
+                    "| {case} | failed: {} | {} | | | | | | |",
+                    String::from_utf8_lossy(&s.stderr).trim(),
+                    String::from_utf8_lossy(&t.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+                continue;
+            }
+        };
+        let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
+        let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
+        let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
+        let phases = |j: &str| {
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                g(j, "fwd_peak_mb"),
+                g(j, "bwd_peak_mb"),
+                g(j, "opt_peak_mb")
+            )
+        };
+        println!(
+            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {} | {} |",
+            sm / tm,
+            sp / tp,
+            phases(&sj),
+            phases(&tj)
+        );
+    }
+    Ok(())
+}
