@@ -39,6 +39,83 @@ fn ids(r: &SegmentationResult) -> Vec<u32> {
     r.segmentation.iter().map(|&v| v.max(0) as u32).collect()
 }
 
+/// The panoptic prediction of one image against its segments (ids 1.. in list order).
+fn add_panoptic(
+    model: &OneFormer,
+    img: &DynamicImage,
+    inst: &[segkit_data::InstanceAnnotation],
+    (h, w): (usize, usize),
+    opts: &PredictOptions,
+    pq: &mut PanopticQuality,
+) -> TrainResult<()> {
+    let mut gt_ids = vec![0u32; h * w];
+    let mut gt_segs = Vec::new();
+    for (j, a) in inst.iter().enumerate() {
+        let id = j as u32 + 1;
+        for (p, &m) in gt_ids.iter_mut().zip(&a.mask) {
+            if m {
+                *p = id;
+            }
+        }
+        gt_segs.push(SegmentInfo {
+            id,
+            category_id: a.class_id,
+            iscrowd: a.iscrowd,
+        });
+    }
+    if let OneFormerPrediction::Panoptic(r) = model.predict_image(img, Task::Panoptic, opts)? {
+        let segs: Vec<SegmentInfo> = segments(&r)
+            .into_iter()
+            .map(|(id, c, _)| SegmentInfo {
+                id,
+                category_id: c,
+                iscrowd: false,
+            })
+            .collect();
+        pq.update(&gt_ids, &gt_segs, &ids(&r), &segs)?;
+    }
+    Ok(())
+}
+
+/// The instance prediction of one image (a detection per segment, its class score) and its
+/// thing segments as ground truth.
+fn add_instances(
+    model: &OneFormer,
+    img: &DynamicImage,
+    inst: &[segkit_data::InstanceAnnotation],
+    (image_id, h, w): (u64, usize, usize),
+    opts: &PredictOptions,
+    classes: &ClassMetadata,
+    ap: &mut CocoEvaluator,
+) -> TrainResult<()> {
+    ap.add_image(image_id, h, w)?;
+    for a in inst
+        .iter()
+        .filter(|a| classes.is_thing(a.class_id as usize))
+    {
+        ap.add_ground_truth(GroundTruth {
+            image_id,
+            category_id: u64::from(a.class_id),
+            mask: Rle::from_mask(&a.mask, h, w)?,
+            iscrowd: a.iscrowd,
+            area: None,
+        })?;
+    }
+    if let OneFormerPrediction::Instance(r) = model.predict_image(img, Task::Instance, opts)? {
+        let map = ids(&r);
+        for (id, c, score) in segments(&r) {
+            let mask: Vec<u8> = map.iter().map(|&v| u8::from(v == id)).collect();
+            ap.add_detection(Detection {
+                image_id,
+                category_id: u64::from(c),
+                mask: Rle::from_mask(&mask, h, w)?,
+                score,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Evaluates `model` on every image of `dataset` (see the module docs).
 pub(super) fn evaluate(
     model: &OneFormer,
@@ -80,61 +157,8 @@ pub(super) fn evaluate(
         }
         let Some(inst) = &s.instances else { continue };
         has_pan = true;
-        let mut gt_ids = vec![0u32; h * w];
-        let mut gt_segs = Vec::new();
-        for (j, a) in inst.iter().enumerate() {
-            let id = j as u32 + 1;
-            for (p, &m) in gt_ids.iter_mut().zip(&a.mask) {
-                if m {
-                    *p = id;
-                }
-            }
-            gt_segs.push(SegmentInfo {
-                id,
-                category_id: a.class_id,
-                iscrowd: a.iscrowd,
-            });
-        }
-        if let OneFormerPrediction::Panoptic(r) =
-            model.predict_image(&img, Task::Panoptic, &opts)?
-        {
-            let segs: Vec<SegmentInfo> = segments(&r)
-                .into_iter()
-                .map(|(id, c, _)| SegmentInfo {
-                    id,
-                    category_id: c,
-                    iscrowd: false,
-                })
-                .collect();
-            pq.update(&gt_ids, &gt_segs, &ids(&r), &segs)?;
-        }
-        ap.add_image(i as u64, h, w)?;
-        for a in inst
-            .iter()
-            .filter(|a| classes.is_thing(a.class_id as usize))
-        {
-            ap.add_ground_truth(GroundTruth {
-                image_id: i as u64,
-                category_id: u64::from(a.class_id),
-                mask: Rle::from_mask(&a.mask, h, w)?,
-                iscrowd: a.iscrowd,
-                area: None,
-            })?;
-        }
-        if let OneFormerPrediction::Instance(r) =
-            model.predict_image(&img, Task::Instance, &opts)?
-        {
-            let map = ids(&r);
-            for (id, c, score) in segments(&r) {
-                let mask: Vec<u8> = map.iter().map(|&v| u8::from(v == id)).collect();
-                ap.add_detection(Detection {
-                    image_id: i as u64,
-                    category_id: u64::from(c),
-                    mask: Rle::from_mask(&mask, h, w)?,
-                    score,
-                })?;
-            }
-        }
+        add_panoptic(model, &img, inst, (h, w), &opts, &mut pq)?;
+        add_instances(model, &img, inst, (i as u64, h, w), &opts, classes, &mut ap)?;
     }
     let r = sem.compute();
     let opt = |v: f64| (!v.is_nan()).then_some(v);
