@@ -8,7 +8,7 @@ use crate::Result;
 
 /// Whether `t` can take the fused CPU path.
 pub(crate) fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
 /// Borrows the f32 data of a CPU tensor (made contiguous if it is not).

@@ -68,7 +68,9 @@ impl Linear {
     /// `residual + x W^T + b`, with the epilogue fused on f32 CPU tensors.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(b) if fused::applies(x) => fused::bias_residual(&self.matmul(x)?, b, residual),
+            Some(b) if fused::applies(x) && fused::applies(residual) && !b.track_op() => {
+                fused::bias_residual(&self.matmul(x)?, b, residual)
+            }
             _ => Ok((residual + self.forward(x)?)?),
         }
     }

@@ -244,3 +244,62 @@ fn inference_sees_updated_variables() {
     assert!(diff(&before, &after) > 1e-4, "the update changed nothing");
     assert_eq!(diff(&after, &fresh), 0.0);
 }
+
+/// Inference mode on an input that records gradients (SmoothGrad, `segkit pssl generate` on a
+/// Swin classifier) takes the differentiable path: the fused CPU epilogues record no gradient.
+/// Without dropout or drop path, the input gradient in inference mode equals training mode's.
+#[test]
+fn inference_on_a_tracked_input_is_differentiable() {
+    let small = SwinConfig {
+        depths: vec![1, 1],
+        num_heads: vec![1, 2],
+        embed_dim: 8,
+        window_size: 2,
+        out_indices: None,
+        drop_path_rate: 0.0,
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        ..SwinConfig::mmseg_tiny()
+    };
+    let dev = Device::Cpu;
+    // Plain (non-variable) weights, as a loaded checkpoint: only the input records gradients.
+    let varmap = candle_nn::VarMap::new();
+    super::Swin::new(
+        &small,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )
+    .unwrap();
+    let weights: std::collections::HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let net = super::Swin::new(&small, vb).unwrap();
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 3, 9, 7), &dev).unwrap())
+        .unwrap();
+    let grad = |train: bool| {
+        let out = net.forward(x.as_tensor(), train).unwrap().feature_maps[1].clone();
+        let g = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(x.as_tensor())
+            .expect("no gradient reached the input")
+            .clone()
+    };
+    let (inf, tr) = (grad(false), grad(true));
+    let max = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(max(&inf) > 0.0);
+    let diff = max(&(&inf - &tr).unwrap());
+    assert!(
+        diff <= 1e-5 * max(&tr).max(1.0),
+        "inference vs train gradient differ by {diff}"
+    );
+}
