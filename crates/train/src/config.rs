@@ -62,6 +62,9 @@ pub enum ModelSpec {
     /// [`crate::oneformer::OneFormerSpec`]). A OneFormer model file in `File` trains all
     /// three tasks.
     OneFormer(Box<crate::oneformer::OneFormerSpec>),
+    /// A PANet trained with the official losses on instance ground truth
+    /// (`{"type": "Panet", "preset" | "config", "train"}`; see [`crate::panet::PanetSpec`]).
+    Panet(Box<crate::panet::PanetSpec>),
 }
 
 fn default_train_split() -> String {
@@ -417,6 +420,7 @@ impl TrainConfig {
             ModelSpec::Gscnn(spec) => Ok(ModelConfig::Gscnn(Box::new(spec.resolve(self)?.net))),
             ModelSpec::Classifier(c) => Ok(ModelConfig::Classifier(c.clone())),
             ModelSpec::OneFormer(s) => Ok(ModelConfig::OneFormer(s.config.clone())),
+            ModelSpec::Panet(s) => Ok(ModelConfig::Panet(Box::new(s.model()?))),
         }
     }
 

@@ -44,6 +44,7 @@ pub mod losses;
 pub mod memory;
 pub mod oneformer;
 pub mod optim;
+pub mod panet;
 pub mod plot;
 pub mod progress;
 pub mod pssl;

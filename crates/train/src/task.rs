@@ -162,6 +162,7 @@ pub fn build_model(cfg: &TrainConfig, vb: VarBuilder<'_>) -> TrainResult<Box<dyn
             (**spec).clone(),
             vb,
         )?)),
+        ModelSpec::Panet(spec) => Ok(Box::new(crate::panet::PanetTask::new(spec, vb)?)),
         ModelSpec::Preset { .. }
         | ModelSpec::Config { .. }
         | ModelSpec::File { .. }
@@ -195,9 +196,17 @@ fn build_from_model_config(
             crate::oneformer::OneFormerSpec::new(*c),
             vb,
         )?)),
+        ModelConfig::Panet(c) => Ok(Box::new(crate::panet::PanetTask::new(
+            &crate::panet::PanetSpec {
+                preset: None,
+                config: Some(c),
+                train: None,
+            },
+            vb,
+        )?)),
         other => Err(cfg.error(format!(
             "`model`: a `{}` model; `segkit train` trains `EncoderDecoder`, `Gscnn`, \
-             `Classifier` and `OneFormer` models",
+             `Classifier`, `OneFormer` and `Panet` models",
             other.type_name()
         ))),
     }
