@@ -33,8 +33,8 @@ pub mod train;
 pub use checkpoint::{load_state_dict, official_keys, OFFICIAL_KEY_GROUPS};
 pub use config::{coco_detection_meta, PanetConfig, PanetInput, PANET_PRESETS};
 pub use preprocess::{image_blob, PanetBlob};
-pub use train::{PanetLosses, PanetTrainConfig, PanetTrainImage};
 pub use segkit_heads::panet::{Detections, PanetRoiHeadsOutput};
+pub use train::{PanetLosses, PanetTrainConfig, PanetTrainImage};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
