@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use segkit_core::checkpoint::StateDict;
 use segkit_data::SegDataset;
 use segkit_losses::{
     ContrastiveInputs, MaskTargets, OneFormerLoss, SeededPointSource, SetPrediction,
@@ -321,6 +322,36 @@ impl TrainModel for OneFormerTask {
             return Ok(Tensor::new((1.0 / t).ln() as f32, &Device::Cpu)?);
         }
         crate::init::init_value(name, dims, seed, None)
+    }
+
+    fn load_state_dict(&self, path: &std::path::Path) -> TrainResult<StateDict> {
+        let mut sd = StateDict::load(path)
+            .map_err(|e| segkit_models::Error::checkpoint(self.name(), path, e))?;
+        // Released OneFormer checkpoints (shi-labs, `is_training = false`) hold no text
+        // mapper: it starts from segkit's initialisation (seed 0), as transformers
+        // initialises the weights `from_pretrained` does not find.
+        if !sd.keys().any(|k| k.starts_with("model.text_mapper.")) {
+            let vm = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let _ = segkit_oneformer::text_mapper::TextMapper::new(
+                &self.cfg.text_mapper,
+                vb.pp("model").pp("text_mapper"),
+            )?;
+            let vars = vm
+                .data()
+                .lock()
+                .map_err(|_| crate::task::internal("varmap"))?;
+            for (k, v) in vars.iter() {
+                sd.insert(k.clone(), self.init_value(k, v.dims(), 0)?);
+            }
+        }
+        if !sd.contains("criterion.logit_scale") {
+            sd.insert(
+                "criterion.logit_scale",
+                self.init_value("criterion.logit_scale", &[], 0)?,
+            );
+        }
+        Ok(sd)
     }
 
     fn losses(&self, batch: &Batch, _ignore: u8, rng: &mut u64) -> TrainResult<NamedLosses> {

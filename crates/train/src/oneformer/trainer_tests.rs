@@ -155,6 +155,16 @@ fn joint_training_resumes_exactly_and_evaluates() -> TrainResult<()> {
         assert!(r.extra.contains_key(k), "{k} missing: {:?}", r.extra);
     }
     assert_eq!(r.num_images, 2);
+    // The saved model is the inference model (no text mapper, as the released checkpoints);
+    // fine-tuning from it starts the text mapper from segkit's initialisation.
+    let saved = full
+        .model()
+        .save(&dir.path().join("saved"), &full.weights()?)?;
+    let st = segkit_core::checkpoint::StateDict::load(&saved)?;
+    assert!(!st.keys().any(|k| k.starts_with("model.text_mapper.")));
+    let mut ft = train_config(dir.path(), &dir.path().join("ft"), &all);
+    ft.load_from = Some(saved);
+    Trainer::new(ft)?.quiet(true).train_until(1)?;
     Ok(())
 }
 
