@@ -123,6 +123,9 @@ impl PanetLosses {
     }
 }
 
+/// `(H, W)` of one pyramid level.
+type LevelShape = (usize, usize);
+
 /// Training proposals of the batch: `(image, box, score)` in the network input's pixels.
 pub type BatchProposals = Vec<(usize, Box4, f32)>;
 
@@ -290,7 +293,7 @@ impl Panet {
     fn all_anchors(
         &self,
         rpn: &segkit_heads::RpnHeadOutput,
-    ) -> Result<(Vec<Box4>, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<Box4>, Vec<LevelShape>)> {
         let rc = self.rpn.config();
         let (mut anchors, mut shapes) = (Vec::new(), Vec::new());
         for (li, logits) in rpn.cls_logits.iter().enumerate() {
