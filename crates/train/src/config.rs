@@ -129,8 +129,8 @@ pub enum DatasetConfig {
     Pssl(crate::pssl::PsslDatasetConfig),
     /// PaddleSeg's released PSSL masks ([`crate::pssl::dataset`]).
     PaddleSegPssl(crate::pssl::PaddleSegPsslConfig),
-    /// COCO panoptic layout (segkit-data `CocoPanopticDataset`: `annotations/panoptic_{split}2017.json`,
-    /// `annotations/panoptic_{split}2017/*.png`, `{split}2017/*.jpg`): panoptic segments for
+    /// COCO panoptic layout (segkit-data `CocoPanopticDataset`:
+    /// `annotations/panoptic_{split}2017.json`, `annotations/panoptic_{split}2017/*.png`, `{split}2017/*.jpg`): panoptic segments for
     /// OneFormer's targets and PQ / AP, the semantic map for mIoU. A user's own panoptic data
     /// in this layout trains OneFormer (docs/TRAINING.md).
     CocoPanoptic {

@@ -180,7 +180,8 @@ fn task_draws_follow_the_enabled_tasks() {
 
 #[test]
 fn param_groups_and_clipping() {
-    assert_eq!(param_group("model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query.weight"), (0.1, 1.0));
+    let q = "model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query";
+    assert_eq!(param_group(&format!("{q}.weight")), (0.1, 1.0));
     assert_eq!(
         param_group("model.pixel_level_module.encoder.embeddings.norm.weight"),
         (0.1, 0.0)

@@ -58,8 +58,11 @@ pub(crate) fn write_toy_coco_panoptic(root: &Path, splits: &[(&str, usize)]) -> 
                 .ok_or_else(|| io("toy png size"))?
                 .save(png_dir.join(format!("{name}.png")))
                 .map_err(io)?;
-            images.push(serde_json::json!({"id": idx, "file_name": format!("{name}.png"), "width": w, "height": h}));
-            anns.push(serde_json::json!({"image_id": idx, "file_name": format!("{name}.png"), "segments_info": segs}));
+            let file = format!("{name}.png");
+            images.push(serde_json::json!({"id": idx, "file_name": file, "width": w, "height": h}));
+            anns.push(
+                serde_json::json!({"image_id": idx, "file_name": file, "segments_info": segs}),
+            );
             idx += 1;
         }
         let cats = serde_json::json!([
@@ -169,8 +172,7 @@ fn joint_training_resumes_exactly_and_evaluates() -> TrainResult<()> {
 }
 
 #[test]
-fn semantic_only_trains_on_class_maps_and_other_tasks_need_panoptic_ground_truth() -> TrainResult<()>
-{
+fn semantic_only_trains_on_class_maps_other_tasks_need_panoptic_gt() -> TrainResult<()> {
     let dir = tempfile::tempdir().map_err(io)?;
     crate::data::write_toy_dataset(dir.path(), &[("train", 2), ("val", 1)], 32, 3, 5)?;
     let mut cfg = train_config(dir.path(), &dir.path().join("sem"), &["semantic"]);
