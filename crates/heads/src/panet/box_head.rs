@@ -20,7 +20,7 @@ use segkit_core::ops::detection::{roi_align_all_levels, RoiAlignConfig};
 use segkit_core::ops::roi_align;
 use segkit_core::{Error, FeatureSpec, Result};
 
-use super::{empty_rows, fuse_levels, gn_conv, level_scales};
+use super::{check_levels, check_pooled, empty_rows, fuse_levels, gn_conv, level_scales};
 
 /// Configuration of a [`PanetBoxHead`] (Detectron's `cfg.FAST_RCNN`, `cfg.MODEL`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -161,32 +161,13 @@ impl PanetBoxHead {
     }
 
     fn check_features(&self, features: &[Tensor]) -> Result<()> {
-        if features.len() != self.scales.len() {
-            return Err(Error::InvalidArgument(format!(
-                "PANet box head: expected {} feature maps (one per RoI level), got {}",
-                self.scales.len(),
-                features.len()
-            )));
-        }
-        Ok(())
+        check_levels("box head", self.scales.len(), features)
     }
 
     /// Runs the head on pooled features (one `K x C x 7 x 7` tensor per level).
     pub fn forward_pooled(&self, pooled: &[Tensor], train: bool) -> Result<PanetBoxHeadOutput> {
         let r = self.cfg.pool.resolution;
-        let want = [self.channels, r, r];
-        if pooled.len() != self.conv1_head.len()
-            || pooled
-                .iter()
-                .any(|p| p.rank() != 4 || p.dims()[1..] != want)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "PANet box head: expected {} pooled tensors of K x {} x {r} x {r}, got {:?}",
-                self.conv1_head.len(),
-                self.channels,
-                pooled.iter().map(|p| p.dims().to_vec()).collect::<Vec<_>>()
-            )));
-        }
+        check_pooled("box head", self.conv1_head.len(), self.channels, r, pooled)?;
         let (k, dt, dev) = (pooled[0].dims()[0], pooled[0].dtype(), pooled[0].device());
         if k == 0 {
             return self.empty(dt, dev);

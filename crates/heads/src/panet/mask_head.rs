@@ -26,7 +26,7 @@ use segkit_core::ops::detection::{roi_align_all_levels, RoiAlignConfig};
 use segkit_core::ops::{roi_align, Activation};
 use segkit_core::{Error, FeatureSpec, Result};
 
-use super::{fuse_levels, gn_conv, level_scales};
+use super::{check_levels, check_pooled, fuse_levels, gn_conv, level_scales};
 
 /// Configuration of a [`PanetMaskHead`] (Detectron's `cfg.MRCNN`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -169,33 +169,14 @@ impl PanetMaskHead {
     }
 
     fn check_features(&self, features: &[Tensor]) -> Result<()> {
-        if features.len() != self.scales.len() {
-            return Err(Error::InvalidArgument(format!(
-                "PANet mask head: expected {} feature maps (one per RoI level), got {}",
-                self.scales.len(),
-                features.len()
-            )));
-        }
-        Ok(())
+        check_levels("mask head", self.scales.len(), features)
     }
 
     /// Mask logits `K x num_classes x 28 x 28` from pooled features (one `K x C x 14 x 14`
     /// tensor per level): the FCN branch's logits plus the FC branch's map on every channel.
     pub fn forward_pooled(&self, pooled: &[Tensor], train: bool) -> Result<Tensor> {
         let r = self.cfg.pool.resolution;
-        let want = [self.channels, r, r];
-        if pooled.len() != self.mask_conv1.len()
-            || pooled
-                .iter()
-                .any(|p| p.rank() != 4 || p.dims()[1..] != want)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "PANet mask head: expected {} pooled tensors of K x {} x {r} x {r}, got {:?}",
-                self.mask_conv1.len(),
-                self.channels,
-                pooled.iter().map(|p| p.dims().to_vec()).collect::<Vec<_>>()
-            )));
-        }
+        check_pooled("mask head", self.mask_conv1.len(), self.channels, r, pooled)?;
         let (k, dt, dev) = (pooled[0].dims()[0], pooled[0].dtype(), pooled[0].device());
         if k == 0 {
             return self.empty(dt, dev);

@@ -119,6 +119,39 @@ fn fuse_levels(
     acc.ok_or_else(|| Error::InvalidArgument("PANet fusion over zero levels".into()))
 }
 
+/// `features` must hold one map per RoI level (`levels` of them); `head` names the caller.
+fn check_levels(head: &str, levels: usize, features: &[Tensor]) -> Result<()> {
+    if features.len() != levels {
+        return Err(Error::InvalidArgument(format!(
+            "PANet {head}: expected {levels} feature maps (one per RoI level), got {}",
+            features.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `pooled` must hold one `K x channels x r x r` tensor per level (`levels` of them).
+fn check_pooled(
+    head: &str,
+    levels: usize,
+    channels: usize,
+    r: usize,
+    pooled: &[Tensor],
+) -> Result<()> {
+    let want = [channels, r, r];
+    if pooled.len() != levels
+        || pooled
+            .iter()
+            .any(|p| p.rank() != 4 || p.dims()[1..] != want)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "PANet {head}: expected {levels} pooled tensors of K x {channels} x {r} x {r}, got {:?}",
+            pooled.iter().map(|p| p.dims().to_vec()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
 /// A `0 x n` tensor.
 fn empty_rows(n: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     Ok(Tensor::zeros((0, n), dtype, dev)?)
