@@ -38,6 +38,43 @@ fn field(json: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
+/// Runs one case's segkit side and PyTorch side, each with `threads` threads, and returns the
+/// JSON line each printed last; when either printed none, prints a failure row of a
+/// `columns`-column table (the case, both errors, then blank cells) and returns `None`.
+fn run_sides(
+    case: &str,
+    segkit: &mut Command,
+    torch: &mut Command,
+    threads: &str,
+    columns: usize,
+) -> Result<Option<(String, String)>, String> {
+    let s = segkit
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .map_err(|e| format!("segkit bench {case}: {e}"))?;
+    let t = torch
+        .env("SEGKIT_BENCH_THREADS", threads)
+        .env("OMP_NUM_THREADS", threads)
+        .env("MKL_NUM_THREADS", threads)
+        .output()
+        .map_err(|e| format!("torch bench {case}: {e}"))?;
+    match (last_json(&s.stdout), last_json(&t.stdout)) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        _ => {
+            println!(
+                "| {case} | failed: {} | {} |{}",
+                String::from_utf8_lossy(&s.stderr).trim(),
+                String::from_utf8_lossy(&t.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or(""),
+                " |".repeat(columns.saturating_sub(3))
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn last_json(out: &[u8]) -> Option<String> {
     String::from_utf8_lossy(out)
         .lines()
@@ -91,32 +128,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let (train_cases, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| c.starts_with("train_"));
     for case in &cases {
-        let s = Command::new(&segkit)
-            .args(["bench", case, "--runs", &runs])
-            .env("RAYON_NUM_THREADS", &threads)
-            .output()
-            .map_err(|e| format!("segkit bench {case}: {e}"))?;
-        let t = Command::new(&py)
-            .arg(&script)
-            .args([case.as_str(), "--runs", &runs])
-            .env("SEGKIT_BENCH_THREADS", &threads)
-            .env("OMP_NUM_THREADS", &threads)
-            .env("MKL_NUM_THREADS", &threads)
-            .output()
-            .map_err(|e| format!("torch bench {case}: {e}"))?;
-        let (sj, tj) = match (last_json(&s.stdout), last_json(&t.stdout)) {
-            (Some(a), Some(b)) => (a, b),
-            _ => {
-                println!(
-                    "| {case} | failed: {} | {} | | | | |",
-                    String::from_utf8_lossy(&s.stderr).trim(),
-                    String::from_utf8_lossy(&t.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                );
-                continue;
-            }
+        let Some((sj, tj)) = run_sides(
+            case,
+            Command::new(&segkit).args(["bench", case, "--runs", &runs]),
+            Command::new(&py)
+                .arg(&script)
+                .args([case.as_str(), "--runs", &runs]),
+            &threads,
+            9,
+        )?
+        else {
+            continue;
         };
         let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
         let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{field, last_json};
+use super::{field, run_sides};
 
 /// `--size`, `--batch`, `--train-runs` of `cargo xtask bench`.
 pub struct TrainArgs {
@@ -47,34 +47,15 @@ pub fn run(
         "--size", &a.size, "--batch", &a.batch, "--runs", &a.runs, "--warmup", "1",
     ];
     for case in cases {
-        let s = Command::new(segkit)
-            .args(["bench", case])
-            .args(args)
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .map_err(|e| format!("segkit bench {case}: {e}"))?;
-        let t = Command::new(py)
-            .arg(&script)
-            .arg(case)
-            .args(args)
-            .env("SEGKIT_BENCH_THREADS", threads)
-            .env("OMP_NUM_THREADS", threads)
-            .env("MKL_NUM_THREADS", threads)
-            .output()
-            .map_err(|e| format!("torch bench {case}: {e}"))?;
-        let (sj, tj) = match (last_json(&s.stdout), last_json(&t.stdout)) {
-            (Some(a), Some(b)) => (a, b),
-            _ => {
-                println!(
-                    "| {case} | failed: {} | {} | | | | | | |",
-                    String::from_utf8_lossy(&s.stderr).trim(),
-                    String::from_utf8_lossy(&t.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                );
-                continue;
-            }
+        let Some((sj, tj)) = run_sides(
+            case,
+            Command::new(segkit).args(["bench", case]).args(args),
+            Command::new(py).arg(&script).arg(case).args(args),
+            threads,
+            9,
+        )?
+        else {
+            continue;
         };
         let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
         let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
