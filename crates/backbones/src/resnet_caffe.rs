@@ -24,9 +24,10 @@
 //! `freeze_at` (Detectron's `RESNETS.FREEZE_AT`, 2 = stem and `res2`) pass no gradient.
 //!
 //! # Shapes
-//! Input `N x 3 x H x W`. Outputs C2..C5 (`res2..res5`) with 256 / 512 / 1024 / 2048 channels at
-//! strides 4, 8, 16, 32 (`res5` at 16 when dilated). Odd sizes follow PyTorch's rounding
-//! (`floor((H + 2p - k) / s) + 1` at each strided layer).
+//! Input `N x 3 x H x W`. Outputs C2..C5 (`res2..res5`) with 4, 8, 16, 32 x `base_channels`
+//! channels (256 / 512 / 1024 / 2048 with Detectron's 64) at strides 4, 8, 16, 32 (`res5` at
+//! 16 when dilated). Odd sizes follow PyTorch's rounding (`floor((H + 2p - k) / s) + 1` at
+//! each strided layer).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -75,13 +76,23 @@ pub fn subtract_pixel_means(x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaffeResNetConfig {
-    /// Depth: 50 (blocks 3, 4, 6, 3), 101 (3, 4, 23, 3) or 152 (3, 8, 36, 3).
+    /// Depth: 50 (blocks 3, 4, 6, 3), 101 (3, 4, 23, 3) or 152 (3, 8, 36, 3); 26 (2, 2, 2, 2)
+    /// is a small variant, not in Detectron (segkit's demo model).
     pub depth: usize,
+    /// Channels of the stem (`RESNETS.WIDTH_PER_GROUP`, 64): the stages' bottleneck widths
+    /// are `base_channels << s` and their outputs four times that. Default 64 (Detectron's);
+    /// smaller values give a narrower network (segkit's demo model: 16).
+    #[serde(default = "default_base_channels")]
+    pub base_channels: usize,
     /// Dilation of `res5` (`RESNETS.RES5_DILATION`): 1 (stride 2) or 2 (stride 1). Default 1.
     pub res5_dilation: usize,
     /// Stages whose parameters are frozen in training (`RESNETS.FREEZE_AT`): 0 = none, 2 = the
     /// stem and `res2` (Detectron's default), up to 5.
     pub freeze_at: usize,
+}
+
+fn default_base_channels() -> usize {
+    64
 }
 
 impl CaffeResNetConfig {
@@ -90,24 +101,32 @@ impl CaffeResNetConfig {
     pub fn detectron(depth: usize) -> Self {
         Self {
             depth,
+            base_channels: 64,
             res5_dilation: 1,
             freeze_at: 2,
         }
     }
 
-    fn blocks(&self) -> Result<[usize; 4]> {
+    /// Bottlenecks per stage (`res2..res5`) of the depth.
+    pub fn blocks(&self) -> Result<[usize; 4]> {
         match self.depth {
+            26 => Ok([2, 2, 2, 2]),
             50 => Ok([3, 4, 6, 3]),
             101 => Ok([3, 4, 23, 3]),
             152 => Ok([3, 8, 36, 3]),
             d => Err(Error::InvalidConfig(format!(
-                "caffe ResNet depth must be 50, 101 or 152, got {d}"
+                "caffe ResNet depth must be 26, 50, 101 or 152, got {d}"
             ))),
         }
     }
 
     fn validate(&self) -> Result<()> {
         self.blocks()?;
+        if self.base_channels == 0 {
+            return Err(Error::InvalidConfig(
+                "caffe ResNet base_channels must be positive, got 0".into(),
+            ));
+        }
         if !matches!(self.res5_dilation, 1 | 2) {
             return Err(Error::InvalidConfig(format!(
                 "caffe ResNet res5_dilation must be 1 or 2, got {}",
@@ -126,11 +145,12 @@ impl CaffeResNetConfig {
     /// C2..C5 channels and strides.
     pub fn feature_specs(&self) -> Vec<FeatureSpec> {
         let s5 = if self.res5_dilation == 1 { 32 } else { 16 };
+        let c = 4 * self.base_channels;
         vec![
-            FeatureSpec::new(256, 4),
-            FeatureSpec::new(512, 8),
-            FeatureSpec::new(1024, 16),
-            FeatureSpec::new(2048, s5),
+            FeatureSpec::new(c, 4),
+            FeatureSpec::new(2 * c, 8),
+            FeatureSpec::new(4 * c, 16),
+            FeatureSpec::new(8 * c, s5),
         ]
     }
 }
@@ -278,19 +298,20 @@ impl CaffeResNet {
             dilation: 1,
             groups: 1,
         };
+        let base = cfg.base_channels;
         let stem = ConvAffine::new(
             3,
-            64,
+            base,
             7,
             stem_p,
             Activation::Relu,
             vb.pp("res1.conv1"),
             vb.pp("res1.bn1"),
         )?;
-        let mut cin = 64;
+        let mut cin = base;
         let mut stages = Vec::with_capacity(4);
         for (si, &nb) in blocks.iter().enumerate() {
-            let (cout, inner) = (256 << si, 64 << si);
+            let (cout, inner) = ((4 * base) << si, base << si);
             let (stride, dil) = match si {
                 0 => (1, 1),
                 3 if cfg.res5_dilation == 2 => (1, 2),
@@ -383,6 +404,14 @@ mod tests {
     #[test]
     fn bad_configs_and_inputs_are_typed_errors() {
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let mut small = CaffeResNetConfig::detectron(26);
+        small.base_channels = 8;
+        let net = CaffeResNet::new(&small, vb.clone()).unwrap();
+        let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x, false).unwrap().c5.dims(), &[1, 256, 2, 2]);
+        assert_eq!(net.feature_specs()[0].channels, 32);
+        small.base_channels = 0;
+        assert!(CaffeResNet::new(&small, vb.clone()).is_err());
         let mut cfg = CaffeResNetConfig::detectron(34);
         assert!(matches!(
             CaffeResNet::new(&cfg, vb.clone()),

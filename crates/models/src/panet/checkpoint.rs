@@ -130,19 +130,12 @@ fn fpn_keys(keys: &mut Vec<String>, cfg: &PanetConfig) {
 /// Every key of the official module for `cfg` (four RoI levels, four box-head convs, the
 /// mask head of `mask_rcnn_fcn_head_v1up4convs_gn_adp_ff`), in module order.
 ///
-/// Errors: a backbone depth other than 50, 101 or 152.
+/// Errors: a backbone depth other than 26, 50, 101 or 152.
 pub fn official_keys(cfg: &PanetConfig) -> Result<Vec<String>> {
-    let blocks = match cfg.backbone.depth {
-        50 => [3, 4, 6, 3],
-        101 => [3, 4, 23, 3],
-        152 => [3, 8, 36, 3],
-        d => {
-            return Err(Error::InvalidConfig(format!(
-                "{}: caffe ResNet depth must be 50, 101 or 152, got {d}",
-                cfg.name
-            )))
-        }
-    };
+    let blocks = cfg
+        .backbone
+        .blocks()
+        .map_err(|e| Error::InvalidConfig(format!("{}: {e}", cfg.name)))?;
     let mut keys = Vec::new();
     body_keys(&mut keys, blocks);
     fpn_keys(&mut keys, cfg);
