@@ -1,5 +1,5 @@
 //! pycocotools' `evaluate` step: ground truths and detections grouped per (image, category)
-//! (`_prepare`), their mask IoUs (`computeIoU`) and the greedy matching of `evaluateImg`.
+//! (`_prepare`), their mask or box IoUs (`computeIoU`) and the greedy matching of `evaluateImg`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,30 +17,26 @@ pub(super) struct EvalImg {
     pub(super) gt_ignore: Vec<bool>,
 }
 
-/// Ground truths and detections of the declared categories, grouped by (image id, category
-/// id), each group in insertion order (`_prepare`).
-struct Grouped<'a> {
-    gts: BTreeMap<(u64, u64), Vec<&'a GroundTruth>>,
-    dts: BTreeMap<(u64, u64), Vec<&'a Detection>>,
+/// Indices of the ground truths and detections of the declared categories, grouped by
+/// (image id, category id), each group in insertion order (`_prepare`).
+struct Grouped {
+    gts: BTreeMap<(u64, u64), Vec<usize>>,
+    dts: BTreeMap<(u64, u64), Vec<usize>>,
 }
 
-impl<'a> Grouped<'a> {
-    fn new(ev: &'a CocoEvaluator) -> Self {
-        let mut gts: BTreeMap<(u64, u64), Vec<&GroundTruth>> = BTreeMap::new();
-        for g in ev
-            .gts
-            .iter()
-            .filter(|g| ev.categories.contains(&g.category_id))
-        {
-            gts.entry((g.image_id, g.category_id)).or_default().push(g);
+impl Grouped {
+    fn new(ev: &CocoEvaluator) -> Self {
+        let mut gts: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+        for (i, g) in ev.gts.iter().enumerate() {
+            if ev.categories.contains(&g.category_id) {
+                gts.entry((g.image_id, g.category_id)).or_default().push(i);
+            }
         }
-        let mut dts: BTreeMap<(u64, u64), Vec<&Detection>> = BTreeMap::new();
-        for d in ev
-            .dts
-            .iter()
-            .filter(|d| ev.categories.contains(&d.category_id))
-        {
-            dts.entry((d.image_id, d.category_id)).or_default().push(d);
+        let mut dts: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+        for (i, d) in ev.dts.iter().enumerate() {
+            if ev.categories.contains(&d.category_id) {
+                dts.entry((d.image_id, d.category_id)).or_default().push(i);
+            }
         }
         Grouped { gts, dts }
     }
@@ -52,7 +48,7 @@ impl<'a> Grouped<'a> {
         img: u64,
         cat: Option<u64>,
         categories: &BTreeSet<u64>,
-    ) -> (Vec<&'a GroundTruth>, Vec<&'a Detection>) {
+    ) -> (Vec<usize>, Vec<usize>) {
         let keys: Vec<u64> = match cat {
             Some(c) => vec![c],
             None => categories.iter().copied().collect(),
@@ -87,10 +83,16 @@ impl CocoEvaluator {
             // computeIoU once per image
             let mut per_img = Vec::with_capacity(i_n);
             for &img in &img_ids {
-                let (g, mut d) = grouped.get(img, cat, &self.categories);
-                d.sort_by(|a, b| desc(a.score, b.score)); // stable mergesort of -score
-                d.truncate(max_det);
-                let ious = compute_iou(&g, &d)?;
+                let (gi, mut di) = grouped.get(img, cat, &self.categories);
+                // stable mergesort of -score
+                di.sort_by(|&a, &b| desc(self.dts[a].score, self.dts[b].score));
+                di.truncate(max_det);
+                let ious = self.compute_iou(&gi, &di)?;
+                let g: Vec<&GroundTruth> = gi.iter().map(|&i| &self.gts[i]).collect();
+                let d: Vec<(&Detection, f64)> = di
+                    .iter()
+                    .map(|&i| (&self.dts[i], self.dt_boxes[i].1))
+                    .collect();
                 per_img.push((g, d, ious));
             }
             for rng in &p.area_rng {
@@ -104,22 +106,30 @@ impl CocoEvaluator {
     }
 }
 
-/// `COCOeval.computeIoU`: `ious[d][g]`, empty when either side is.
-fn compute_iou(g: &[&GroundTruth], d: &[&Detection]) -> Result<Vec<Vec<f64>>> {
-    if g.is_empty() || d.is_empty() {
-        return Ok(Vec::new());
+impl CocoEvaluator {
+    /// `COCOeval.computeIoU` of ground truths `g` and detections `d` (indices): `ious[d][g]`,
+    /// empty when either side is; mask or box IoUs by the evaluator's type.
+    fn compute_iou(&self, g: &[usize], d: &[usize]) -> Result<Vec<Vec<f64>>> {
+        if g.is_empty() || d.is_empty() {
+            return Ok(Vec::new());
+        }
+        let crowd: Vec<bool> = g.iter().map(|&i| self.gts[i].iscrowd).collect();
+        if self.boxes {
+            let db: Vec<[f64; 4]> = d.iter().map(|&i| self.dt_boxes[i].0).collect();
+            let gb: Vec<[f64; 4]> = g.iter().map(|&i| self.gt_boxes[i]).collect();
+            return Ok(crate::rle::bbox_iou(&db, &gb, &crowd));
+        }
+        let dm: Vec<&Rle> = d.iter().map(|&i| &self.dts[i].mask).collect();
+        let gm: Vec<&Rle> = g.iter().map(|&i| &self.gts[i].mask).collect();
+        crate::rle::iou_refs(&dm, &gm, &crowd)
     }
-    let dm: Vec<&Rle> = d.iter().map(|x| &x.mask).collect();
-    let gm: Vec<&Rle> = g.iter().map(|x| &x.mask).collect();
-    let crowd: Vec<bool> = g.iter().map(|x| x.iscrowd).collect();
-    crate::rle::iou_refs(&dm, &gm, &crowd)
 }
 
 /// `COCOeval.evaluateImg` for one image, category and area range. `d` is sorted by score
-/// and cut at max_det already; `ious[d][g]` in the original gt order.
+/// and cut at max_det already, each with its area; `ious[d][g]` in the original gt order.
 fn evaluate_img(
     g: &[&GroundTruth],
-    d: &[&Detection],
+    d: &[(&Detection, f64)],
     ious: &[Vec<f64>],
     rng: [f64; 2],
     iou_thrs: &[f64],
@@ -172,7 +182,7 @@ fn evaluate_img(
         }
     }
     for di in 0..dn {
-        if out_of(d[di].mask.area() as f64) {
+        if out_of(d[di].1) {
             for ti in 0..t_n {
                 if !dtm[ti][di] {
                     dt_ig[ti][di] = true;
@@ -181,7 +191,7 @@ fn evaluate_img(
         }
     }
     Some(EvalImg {
-        dt_scores: d.iter().map(|x| x.score).collect(),
+        dt_scores: d.iter().map(|x| x.0.score).collect(),
         dt_matched: dtm,
         dt_ignore: dt_ig,
         gt_ignore: gt_ig,

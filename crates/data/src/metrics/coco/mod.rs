@@ -1,4 +1,5 @@
-//! COCO mask AP / AR: a port of pycocotools' `COCOeval` with `iouType='segm'`.
+//! COCO mask AP / AR: a port of pycocotools' `COCOeval` with `iouType='segm'`; box AP / AR
+//! (`iouType='bbox'`) with [`CocoEvaluator::bbox`].
 //!
 //! Follows pycocotools 2.0.11 `cocoeval.py` step by step:
 //! - `evaluate`: per (image, category), detections sorted by score (stable, so ties keep
@@ -19,6 +20,13 @@
 //! does), a detection on an undeclared image is an error (as `loadRes`'s assertion).
 //! Ground-truth `area` defaults to the mask area (COCO files carry their own, e.g. the
 //! polygon area, which may be passed in).
+//!
+//! Box evaluation ([`CocoEvaluator::bbox`]) is the same algorithm on box IoUs
+//! ([`crate::rle::bbox_iou`], pycocotools' `bbIou`): a ground truth's box is its mask's
+//! `toBbox` (the `bbox` COCO writes for a mask); a detection added with
+//! [`CocoEvaluator::add_box_detection`] has its box and the area `w * h` (as `loadRes` of box
+//! results), one added with [`CocoEvaluator::add_detection`] the `toBbox` and area of its mask
+//! (as `loadRes` of segmentation results).
 
 mod accumulate;
 mod matching;
@@ -220,6 +228,12 @@ pub struct CocoEvaluator {
     images: BTreeMap<u64, (usize, usize)>,
     gts: Vec<GroundTruth>,
     dts: Vec<Detection>,
+    /// Box IoUs (`iouType='bbox'`) instead of mask IoUs.
+    boxes: bool,
+    /// Per ground truth: its box `[x, y, w, h]`.
+    gt_boxes: Vec<[f64; 4]>,
+    /// Per detection: its box and area (the area ranges' `dt['area']`).
+    dt_boxes: Vec<([f64; 4], f64)>,
 }
 
 impl CocoEvaluator {
@@ -231,7 +245,24 @@ impl CocoEvaluator {
             images: BTreeMap::new(),
             gts: Vec::new(),
             dts: Vec::new(),
+            boxes: false,
+            gt_boxes: Vec::new(),
+            dt_boxes: Vec::new(),
         }
+    }
+
+    /// A box evaluator (pycocotools `COCOeval(iouType='bbox')`, whose default parameters are
+    /// [`CocoParams::segm`]'s) over the given category ids: see the module docs.
+    pub fn bbox(category_ids: &[u64]) -> Self {
+        CocoEvaluator {
+            boxes: true,
+            ..Self::new(category_ids)
+        }
+    }
+
+    /// Whether this evaluator compares boxes ([`CocoEvaluator::bbox`]).
+    pub fn is_bbox(&self) -> bool {
+        self.boxes
     }
 
     /// Replaces the parameters (checked by [`Self::evaluate`]).
@@ -280,6 +311,7 @@ impl CocoEvaluator {
         if gt.area.is_some_and(|a| a.is_nan()) {
             return Err(Error::InvalidArgument("ground-truth area is NaN".into()));
         }
+        self.gt_boxes.push(gt.mask.to_bbox());
         self.gts.push(gt);
         Ok(())
     }
@@ -293,7 +325,47 @@ impl CocoEvaluator {
                 dt.score
             )));
         }
+        self.dt_boxes
+            .push((dt.mask.to_bbox(), dt.mask.area() as f64));
         self.dts.push(dt);
+        Ok(())
+    }
+
+    /// Adds a box detection `[x, y, w, h]` (an entry of a COCO `bbox` results file; area
+    /// `w * h`) to a box evaluator ([`CocoEvaluator::bbox`]).
+    ///
+    /// Errors: a mask evaluator, an undeclared image, a non-finite box or score.
+    pub fn add_box_detection(
+        &mut self,
+        image_id: u64,
+        category_id: u64,
+        bbox: [f64; 4],
+        score: f64,
+    ) -> Result<()> {
+        if !self.boxes {
+            return Err(Error::InvalidArgument(
+                "a box detection added to a mask evaluator (use CocoEvaluator::bbox)".into(),
+            ));
+        }
+        if bbox.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "detection box {bbox:?} is not finite"
+            )));
+        }
+        let Some(&(h, w)) = self.images.get(&image_id) else {
+            return Err(Error::InvalidArgument(format!(
+                "detection on image {image_id}, which was not declared"
+            )));
+        };
+        self.add_detection(Detection {
+            image_id,
+            category_id,
+            mask: Rle::zeros(h, w)?,
+            score,
+        })?;
+        if let Some(last) = self.dt_boxes.last_mut() {
+            *last = (bbox, bbox[2] * bbox[3]);
+        }
         Ok(())
     }
 
