@@ -11,6 +11,13 @@ Peak resident memory per phase, as segkit's side: the counter is reset
 optimizer step, and read after each.
 
     python tests/parity/bench_torch_train.py train_pspnet_r50-d8 --size 256 --batch 2 --runs 3
+
+Shapes as segkit's side: the ADE20K cases --batch x 3 x --size x --size;
+train_pspnet_r50-d8_cityscapes (mmseg's pspnet_r50-d8_4xb2-80k_cityscapes-512x1024, 19 classes)
+--batch x 3 x --size x 2--size; train_demo_b8 8 x 3 x 128 x 128 whatever the flags: segkit's demo
+model as an mmseg config (pspnet_r50-d8's with the ResNetV1c at depth 18, base_channels 16,
+stem_channels 16; PSP head on C5 (128 channels in) and FCN auxiliary head on C4 (64 in), both 32
+channels wide, 11 classes; everything else, losses included, as pspnet_r50-d8).
 """
 import argparse
 import json
@@ -27,7 +34,27 @@ import mmseg_stub  # noqa: E402,F401  (stubs mmcv.ops before importing mmseg)
 CASES = {
     "train_pspnet_r50-d8": "pspnet_r50-d8_ade20k-512x512",
     "train_danet_r50-d8": "danet_r50-d8_ade20k-512x512",
+    "train_pspnet_r50-d8_cityscapes": "pspnet_r50-d8_cityscapes-512x1024",
+    "train_demo_b8": "pspnet_r50-d8_ade20k-512x512",
 }
+CLASSES = {"train_pspnet_r50-d8_cityscapes": 19, "train_demo_b8": 11}
+
+
+def shape(case, size, batch):
+    """(batch, height, width) of a case, as segkit's bench::train::case_spec."""
+    if case == "train_demo_b8":
+        return 8, 128, 128
+    if case == "train_pspnet_r50-d8_cityscapes":
+        return batch, size, 2 * size
+    return batch, size, size
+
+
+def demo_(model):
+    """segkit's demo preset (segkit_demo_r18w16_psp_fashion-128x128) from pspnet_r50-d8's
+    model config."""
+    model.backbone.update(depth=18, base_channels=16, stem_channels=16)
+    model.decode_head.update(in_channels=128, channels=32, num_classes=11)
+    model.auxiliary_head.update(in_channels=64, channels=32, num_classes=11)
 
 
 def status_mb(field):
@@ -48,6 +75,8 @@ def mark():
 
 
 def build(case, size, batch):
+    batch, height, width = shape(case, size, batch)
+    k = CLASSES.get(case, 150)
     import gen_segmentors as gs
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
@@ -58,18 +87,21 @@ def build(case, size, batch):
     cfg = gs.load_config(CASES[case])
     cfg.model.pretrained = None
     gs.to_bn(cfg.model)
+    if case == "train_demo_b8":
+        demo_(cfg.model)
     model = MODELS.build(cfg.model)
     synth.fill_(model)
     model.train()
-    x = synth.synthetic_input((batch, 3, size, size))
-    u = synth.synthetic_input((batch, size, size), key="labels")
-    labels = torch.clamp(torch.floor((u + 2.0) * 38.0), 0, 150).long()
-    labels[labels == 150] = 255
+    x = synth.synthetic_input((batch, 3, height, width))
+    u = synth.synthetic_input((batch, height, width), key="labels")
+    labels = torch.clamp(torch.floor((u + 2.0) * ((k + 2) / 4)), 0, k).long()
+    labels[labels == k] = 255
     samples = []
     for i in range(batch):
         s = SegDataSample()
         s.gt_sem_seg = PixelData(data=labels[i : i + 1])
-        s.set_metainfo(dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size)))
+        hw = (height, width)
+        s.set_metainfo(dict(img_shape=hw, pad_shape=hw, ori_shape=hw))
         samples.append(s)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     return model, opt, x, samples
@@ -102,6 +134,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("SEGKIT_BENCH_THREADS", "2")))
+    batch, height, width = shape(a.case, a.size, a.batch)
     model, opt, x, samples = build(a.case, a.size, a.batch)
     rss_before = status_mb("VmRSS:")
     for _ in range(a.warmup):
@@ -116,7 +149,7 @@ def main():
     peaks = {k: max(r[k] for r in runs) for k in ("fwd_mb", "bwd_mb", "opt_mb")}
     peak = max(peaks.values())
     print(json.dumps({
-        "impl": "torch", "case": a.case, "size": a.size, "batch": a.batch,
+        "impl": "torch", "case": a.case, "height": height, "width": width, "batch": batch,
         "median_ms": round(total[len(total) // 2], 3), "runs": len(runs),
         "fwd_ms": round(med("fwd_ms"), 1), "bwd_ms": round(med("bwd_ms"), 1),
         "opt_ms": round(med("opt_ms"), 1), "peak_rss_mb": round(peak, 1),

@@ -312,7 +312,7 @@ struct ImageJson<'a> {
 }
 
 /// Segments one image and writes its four files (all or none).
-fn process(
+pub(crate) fn process(
     seg: &Segmenter,
     task: Task,
     input: &Path,

@@ -1,7 +1,9 @@
 //! The training-step cases of `cargo xtask bench` (`train_*`): `segkit bench CASE --size S
 //! --batch B` next to `tests/parity/bench_torch_train.py` (mmseg's model from its own config,
 //! SyncBN -> BN, `model.loss` + backward + SGD), each in a fresh process; time and peak
-//! resident memory per phase.
+//! resident memory per phase. Shapes: the ADE20K cases `--batch` x 3 x `--size` x `--size`,
+//! `train_pspnet_r50-d8_cityscapes` `--batch` x 3 x `--size` x 2`--size` (the defaults give
+//! 512x1024, batch 2), `train_demo_b8` 8 x 3 x 128 x 128; each row names its shape.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,8 +38,8 @@ pub fn run(
     let script = root.join("tests/parity/bench_torch_train.py");
     println!();
     println!(
-        "training step (forward + losses, backward, SGD), batch {} x 3 x {} x {}, {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
-        a.batch, a.size, a.size, a.runs
+        "training step (forward + losses, backward, SGD), shape per row (--size {}, --batch {}), {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
+        a.size, a.batch, a.runs
     );
     println!(
         "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd / bwd / opt MB | PyTorch fwd / bwd / opt MB |"
@@ -68,8 +70,14 @@ pub fn run(
                 g(j, "opt_peak_mb")
             )
         };
+        let shape = format!(
+            "{}x3x{}x{}",
+            g(&sj, "batch"),
+            g(&sj, "height"),
+            g(&sj, "width")
+        );
         println!(
-            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {} | {} |",
+            "| {case} ({shape}) | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {} | {} |",
             sm / tm,
             sp / tp,
             phases(&sj),

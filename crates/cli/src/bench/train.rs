@@ -1,6 +1,8 @@
 //! Training-step cases of `segkit bench`: one SGD step (forward with batch statistics, every
-//! configured loss, backward, SGD with momentum and weight decay, as mmseg trains) of an ADE20K
-//! preset at `--size` x `--size`, batch `--batch`, on synthetic weights and a synthetic batch.
+//! configured loss, backward, SGD with momentum and weight decay, as mmseg trains) on synthetic
+//! weights and a synthetic batch: of an ADE20K preset at `--size` x `--size`, batch `--batch`;
+//! of the Cityscapes PSPNet preset at `--size` x 2`--size` (the defaults give the paper's
+//! 512x1024, batch 2); of segkit's demo model at its training shape, 8x3x128x128.
 //!
 //! Besides the median step time it reports the peak resident memory of each phase: the
 //! counter is reset (`/proc/self/clear_refs`) before the forward pass (model, input and
@@ -31,7 +33,40 @@ pub const CASES: &[(&str, &str)] = &[
         "train_danet_r50-d8",
         "DANet R50-D8 (ADE20K preset) SGD training step, --batch x 3 x --size x --size",
     ),
+    (
+        "train_pspnet_r50-d8_cityscapes",
+        "PSPNet R50-D8 (Cityscapes preset) SGD training step, --batch x 3 x --size x 2--size",
+    ),
+    (
+        "train_demo_b8",
+        "segkit's demo model (ResNetV1c-18 w16 + PSP) SGD training step, 8x3x128x128 (fixed)",
+    ),
 ];
+
+/// A training case's model config, class count and batch shape `(batch, height, width)` from
+/// `--size` and `--batch`.
+fn case_spec(
+    case: &str,
+    size: usize,
+    batch: usize,
+) -> Result<(segkit::SegmentorConfig, usize, [usize; 3]), CliError> {
+    let (cfg, shape) = match case {
+        "train_demo_b8" => (segkit::encoder_decoder::demo::demo_config(), [8, 128, 128]),
+        "train_pspnet_r50-d8_cityscapes" => (
+            segkit::SegmentorConfig::preset("pspnet_r50-d8_cityscapes-512x1024").map_err(usage)?,
+            [batch, size, 2 * size],
+        ),
+        c => {
+            let preset = format!("{}_ade20k-512x512", c.trim_start_matches("train_"));
+            (
+                segkit::SegmentorConfig::preset(&preset).map_err(usage)?,
+                [batch, size, size],
+            )
+        }
+    };
+    let k = cfg.meta.classes.len();
+    Ok((cfg, k, shape))
+}
 
 fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
@@ -58,14 +93,12 @@ struct Phases {
     opt_ms: f64,
 }
 
-fn build(case: &str, size: usize, batch: usize) -> Result<Step, CliError> {
+fn build(cfg: &segkit::SegmentorConfig, k: usize, shape: [usize; 3]) -> Result<Step, CliError> {
     let dev = Device::Cpu;
-    let model_name = case.trim_start_matches("train_");
-    let preset = format!("{model_name}_ade20k-512x512");
-    let cfg = segkit::SegmentorConfig::preset(&preset).map_err(usage)?;
+    let [batch, h, w] = shape;
     let varmap = VarMap::new();
     let model =
-        segkit::EncoderDecoder::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
+        segkit::EncoderDecoder::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
             .map_err(usage)?;
     let all: BTreeMap<String, Var> = varmap
         .data()
@@ -82,13 +115,14 @@ fn build(case: &str, size: usize, batch: usize) -> Result<Step, CliError> {
         .into_iter()
         .filter(|(k, _)| !(k.ends_with(".running_mean") || k.ends_with(".running_var")))
         .collect();
-    let losses = LossPlan::new(&cfg, None).map_err(usage)?;
-    let x = synthetic_input("input", (batch, 3, size, size), &dev)?;
-    // Labels 0..149 (ADE20K's 150 classes) and ~1/152 ignored (255), drawn from the
-    // U(-2, 2) stream `labels` exactly as mmseg's side draws them.
-    let u = synthetic_input("labels", (batch, size, size), &dev)?;
-    let labels = ((u + 2.0)? * 38.0)?.floor()?.clamp(0.0, 150.0)?;
-    let ignore = labels.eq(150.0)?;
+    let losses = LossPlan::new(cfg, None).map_err(usage)?;
+    let x = synthetic_input("input", (batch, 3, h, w), &dev)?;
+    // Labels 0..k-1 and ~1/(k+2) ignored (255), drawn from the U(-2, 2) stream `labels`
+    // exactly as mmseg's side draws them (k = 150: floor((u + 2) * 38), 150 -> 255).
+    let u = synthetic_input("labels", (batch, h, w), &dev)?;
+    let kf = k as f64;
+    let labels = ((u + 2.0)? * ((kf + 2.0) / 4.0))?.floor()?.clamp(0.0, kf)?;
+    let ignore = labels.eq(kf)?;
     let labels = ignore.where_cond(&labels.ones_like()?.affine(0.0, 255.0)?, &labels)?;
     let labels = labels.to_dtype(DType::U32)?;
     let opt = Optimizer::new(&OptimizerConfig::Sgd {
@@ -162,7 +196,9 @@ pub fn run(
     warmup: usize,
     pool: &str,
 ) -> Result<(), CliError> {
-    let mut s = build(case, size, batch)?;
+    let (cfg, k, shape) = case_spec(case, size, batch)?;
+    let [batch, height, width] = shape;
+    let mut s = build(&cfg, k, shape)?;
     let rss_before = status_mb("VmRSS:");
     for _ in 0..warmup {
         step(&mut s)?;
@@ -178,7 +214,7 @@ pub fn run(
         .max(max(|p| p.bwd_mb))
         .max(max(|p| p.opt_mb));
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"size\": {size}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"height\": {height}, \"width\": {width}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
         median(total),
         all.len(),
         med(|p| p.fwd_ms),
