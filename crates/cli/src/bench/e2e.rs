@@ -179,3 +179,27 @@ pub fn make(case: &str) -> Result<Job, CliError> {
         other => Err(fail(format!("unknown e2e case `{other}`"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::synthetic_photo;
+
+    /// The e2e images equal the Python side's: sum of (index + 1) x byte over the RGB bytes,
+    /// the values printed by `bench_torch_e2e.photo` for the two sizes.
+    #[test]
+    fn synthetic_photo_is_the_python_sides() {
+        for (w, h, want) in [
+            (640, 480, 51_075_745_371_168u64),
+            (2048, 1024, 2_381_658_260_496_640),
+        ] {
+            let img = synthetic_photo(w, h);
+            let sum: u64 = img
+                .as_raw()
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (i as u64 + 1) * b as u64)
+                .sum();
+            assert_eq!(sum, want, "{w}x{h}");
+        }
+    }
+}
