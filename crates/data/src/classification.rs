@@ -12,8 +12,8 @@
 //!   installs them in `/usr/share/datasets/fashion-mnist`): 8-bit grey items, replicated to
 //!   RGB; class names from the model.
 //!
-//! Class ids are 8-bit (the semantic map's type) and 255 is the ignore index, so a dataset
-//! has at most 255 classes. Every malformed file is an [`Error::BadFile`] naming it.
+//! Class ids are 16-bit (the semantic map's type) and 65535 is the ignore index, so a dataset
+//! has at most 65535 classes (ImageNet's 1000 fit). Every malformed file is an [`Error::BadFile`] naming it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use crate::layouts::{list_files, out_of_range, require_dir};
 use crate::{DatasetInfo, Error, Result, Sample, SegDataset};
 
 /// The ignore index of classification datasets (collation padding).
-pub const CLASS_IGNORE: u8 = 255;
+pub const CLASS_IGNORE: u16 = u16::MAX;
 
 /// Image suffixes an image folder reads (lower-case comparison).
 pub const IMAGE_SUFFIXES: [&str; 3] = [".png", ".jpg", ".jpeg"];
@@ -118,7 +118,7 @@ impl IdxConfig {
 
 #[derive(Debug, Clone)]
 enum Items {
-    Files(Vec<(PathBuf, u8)>),
+    Files(Vec<(PathBuf, u16)>),
     Idx {
         path: PathBuf,
         pixels: Vec<u8>,
@@ -141,7 +141,7 @@ fn info(classes: Vec<String>, what: &Path) -> Result<DatasetInfo> {
         return Err(bad_file(
             what,
             format!(
-                "{} classes: a classification dataset has 1..=255 (8-bit class ids)",
+                "{} classes: a classification dataset has 1..=65535 (16-bit class ids)",
                 classes.len()
             ),
         ));
@@ -234,7 +234,7 @@ impl ClassificationDataset {
             for rel in list_files(&cdir, "")? {
                 let lower = rel.to_ascii_lowercase();
                 if IMAGE_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
-                    files.push((cdir.join(rel), c as u8));
+                    files.push((cdir.join(rel), c as u16));
                 }
             }
         }
@@ -299,13 +299,13 @@ impl ClassificationDataset {
     }
 
     /// The class of sample `index`.
-    pub fn class(&self, index: usize) -> Option<u8> {
+    pub fn class(&self, index: usize) -> Option<u16> {
         if index >= self.len {
             return None;
         }
         match &self.items {
             Items::Files(f) => f.get(index).map(|(_, c)| *c),
-            Items::Idx { labels, .. } => labels.get(index).copied(),
+            Items::Idx { labels, .. } => labels.get(index).map(|&c| u16::from(c)),
         }
     }
 }
@@ -340,7 +340,7 @@ impl SegDataset for ClassificationDataset {
                 let grey = &pixels[index * n..(index + 1) * n];
                 let rgb = grey.iter().flat_map(|v| [*v, *v, *v]).collect();
                 let p = PathBuf::from(format!("{}#{index}", path.display()));
-                (p, *cols, *rows, rgb, labels[index])
+                (p, *cols, *rows, rgb, u16::from(labels[index]))
             }
         };
         Ok(Sample {

@@ -54,14 +54,14 @@ fn image_folder_reads_sorted_classes_and_files() {
     };
     let ds = cfg.open("train").unwrap();
     assert_eq!(ds.info().classes, ["a_boot", "b_shirt"]);
-    assert_eq!(ds.info().ignore_index, 255);
+    assert_eq!(ds.info().ignore_index, u16::MAX);
     assert_eq!(ds.len(), 3);
-    let classes: Vec<u8> = (0..3).map(|i| ds.class(i).unwrap()).collect();
+    let classes: Vec<u16> = (0..3).map(|i| ds.class(i).unwrap()).collect();
     assert_eq!(classes, [0, 1, 1]);
     let s = ds.get(1).unwrap();
     assert!(s.path.ends_with("b_shirt/1.jpg"), "{}", s.path.display());
     assert_eq!((s.width, s.height), (5, 4));
-    assert_eq!(s.semantic.unwrap(), vec![1u8; 20]);
+    assert_eq!(s.semantic.unwrap(), vec![1u16; 20]);
     let e = cfg.open("val").unwrap_err();
     assert!(e.to_string().contains("val"), "{e}");
 }
@@ -94,7 +94,7 @@ fn idx_files_plain_and_gzipped() {
     let s = ds.get(2).unwrap();
     assert_eq!((s.width, s.height), (2, 2));
     assert_eq!(&s.image[..6], &[80, 80, 80, 90, 90, 90]);
-    assert_eq!(s.semantic.unwrap(), vec![1u8; 4]);
+    assert_eq!(s.semantic.unwrap(), vec![1u16; 4]);
     assert!(ds.get(3).is_err());
     cfg.limit = Some(2);
     assert_eq!(cfg.open("train", &names(3)).unwrap().len(), 2);
@@ -132,8 +132,8 @@ fn malformed_idx_files_are_named() {
             "{want}: {s}"
         );
     }
-    let e = ClassificationDataset::idx(&ip, &lp, &names(256)).unwrap_err();
-    assert!(e.to_string().contains("1..=255"), "{e}");
+    let e = ClassificationDataset::idx(&ip, &lp, &names(65536)).unwrap_err();
+    assert!(e.to_string().contains("1..=65535"), "{e}");
 }
 
 #[test]

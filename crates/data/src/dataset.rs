@@ -32,7 +32,7 @@ pub struct Sample {
     /// Row-major `height x width` class indices (train ids); `ignore_index` (255 unless the
     /// dataset says otherwise) marks pixels without a label. `None` when the dataset has no
     /// semantic ground truth.
-    pub semantic: Option<Vec<u8>>,
+    pub semantic: Option<Vec<u16>>,
     /// Instances (things and, for panoptic data, stuff segments), when the dataset has them.
     pub instances: Option<Vec<InstanceAnnotation>>,
 }
@@ -45,7 +45,7 @@ pub struct DatasetInfo {
     /// RGB colour per class.
     pub palette: Vec<[u8; 3]>,
     /// Label value that marks unlabelled pixels in [`Sample::semantic`].
-    pub ignore_index: u8,
+    pub ignore_index: u16,
     /// Which classes are things (have instances); empty for purely semantic data.
     pub thing_classes: Vec<u32>,
 }

@@ -139,22 +139,21 @@ fn describe(color: png::ColorType, depth: png::BitDepth) -> String {
     format!("{color:?} {}-bit", depth as u8)
 }
 
-/// Reads a label map as mmseg's `LoadAnnotations` does (pillow, `unchanged`): the samples of
-/// a grayscale PNG of at most 8 bits, or the palette indices of a palette PNG.
+/// Reads a label map as mmseg's `LoadAnnotations` does (`unchanged`): the samples of a
+/// grayscale PNG of up to 16 bits (16-bit maps hold more than 255 classes), or the palette
+/// indices of a palette PNG.
 ///
 /// Errors: [`Error::BadFile`] naming the file for a missing, corrupt or non-PNG file, and for
-/// any other colour type or a 16-bit image.
-pub fn read_label_map(path: &Path) -> Result<Map<u8>> {
+/// any other colour type.
+pub fn read_label_map(path: &Path) -> Result<Map<u16>> {
     let raw = read_raw_png(path)?;
-    let ok = matches!(
-        raw.color,
-        png::ColorType::Grayscale | png::ColorType::Indexed
-    ) && (raw.depth as u8) <= 8;
+    let ok = raw.color == png::ColorType::Grayscale
+        || (raw.color == png::ColorType::Indexed && (raw.depth as u8) <= 8);
     if !ok {
         return Err(bad_file(
             path,
             format!(
-                "a label map must be an 8-bit grayscale or palette PNG, got {}",
+                "a label map must be an 8- or 16-bit grayscale or a palette PNG, got {}",
                 describe(raw.color, raw.depth)
             ),
         ));
@@ -162,7 +161,7 @@ pub fn read_label_map(path: &Path) -> Result<Map<u8>> {
     Ok(Map {
         width: raw.width,
         height: raw.height,
-        data: raw.samples.into_iter().map(|v| v as u8).collect(),
+        data: raw.samples,
     })
 }
 

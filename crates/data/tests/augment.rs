@@ -34,12 +34,14 @@ fn rgb(name: &str) -> Result<(usize, usize, Vec<u8>), Box<dyn std::error::Error>
     Ok((img.width() as usize, img.height() as usize, img.into_raw()))
 }
 
-fn grey(name: &str) -> Result<(usize, usize, Vec<u8>), Box<dyn std::error::Error>> {
+/// An 8-bit grey fixture as a label map (16-bit values).
+fn grey(name: &str) -> Result<(usize, usize, Vec<u16>), Box<dyn std::error::Error>> {
     let img = image::open(fixture(name))?;
     let image::DynamicImage::ImageLuma8(g) = img else {
         return Err(format!("{name}: not 8-bit grey").into());
     };
-    Ok((g.width() as usize, g.height() as usize, g.into_raw()))
+    let (w, h) = (g.width() as usize, g.height() as usize);
+    Ok((w, h, g.into_raw().into_iter().map(u16::from).collect()))
 }
 
 /// splitmix64's finaliser of `i + golden` (as gen_augment.py's `mix`).
@@ -50,9 +52,11 @@ fn mix(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn checksum(bytes: &[u8]) -> String {
-    let s = bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| {
-        acc.wrapping_add((b as u64).wrapping_mul(mix(i as u64) | 1))
+/// gen_augment.py's checksum of a byte (or label) sequence: the same number for a label map
+/// held as u8 or u16.
+fn checksum<T: Copy + Into<u64>>(values: &[T]) -> String {
+    let s = values.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_add(b.into().wrapping_mul(mix(i as u64) | 1))
     });
     format!("{s:016x}")
 }
@@ -337,7 +341,7 @@ fn hsv_conversions_match_opencv_exhaustively() -> TestResult {
 /// classes 1 and 2 (so masks must stay equal to `semantic == k` through geometry).
 fn blocks() -> Sample {
     let (w, h) = (40, 30);
-    let semantic: Vec<u8> = (0..w * h)
+    let semantic: Vec<u16> = (0..w * h)
         .map(|i| {
             let (x, y) = (i % w, i / w);
             match (x / 10, y / 10) {
@@ -351,7 +355,7 @@ fn blocks() -> Sample {
     let image = (0..w * h)
         .flat_map(|i| [(i % w * 6) as u8, (i / w * 8) as u8, 77])
         .collect();
-    let instances = [1u8, 2]
+    let instances = [1u16, 2]
         .iter()
         .map(|&k| InstanceAnnotation {
             class_id: k as u32,
@@ -401,14 +405,14 @@ fn same_seed_same_output_and_masks_follow_labels() -> TestResult {
         assert_eq!((a.width, a.height), (24, 24));
         let sem = a.semantic.as_ref().ok_or("semantic")?;
         for inst in a.instances.as_ref().ok_or("instances")? {
-            let want: Vec<bool> = sem.iter().map(|&v| v == inst.class_id as u8).collect();
+            let want: Vec<bool> = sem.iter().map(|&v| v == inst.class_id as u16).collect();
             assert_eq!(
                 inst.mask, want,
                 "seed {seed}: mask of class {}",
                 inst.class_id
             );
         }
-        for k in [1u8, 2] {
+        for k in [1u16, 2] {
             let present = sem.contains(&k);
             let listed = a
                 .instances
@@ -507,7 +511,7 @@ fn pipeline_json_presets_and_validation() -> TestResult {
         width: 600,
         height: 400,
         image: vec![128; 600 * 400 * 3],
-        semantic: Some((0..600 * 400).map(|i| (i % 7) as u8).collect()),
+        semantic: Some((0..600 * 400).map(|i| (i % 7) as u16).collect()),
         instances: None,
     };
     let out = p.apply(sample, &mut Rng::new(3))?;

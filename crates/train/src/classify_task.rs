@@ -120,7 +120,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> TrainResult<Tensor> {
 }
 
 /// The image classes of a collated batch (`N x H x W` label maps).
-fn batch_classes(labels: &Tensor, ignore: u8) -> TrainResult<Vec<u32>> {
+fn batch_classes(labels: &Tensor, ignore: u16) -> TrainResult<Vec<u32>> {
     let n = labels.dim(0)?;
     let maps = labels.flatten_all()?.to_vec1::<u32>()?;
     Ok(classes_of_label_maps(&maps, n, u32::from(ignore))?)
@@ -162,7 +162,7 @@ impl TrainModel for ClassifierTask {
         }
     }
 
-    fn losses(&self, batch: &Batch, ignore_index: u8, rng: &mut u64) -> TrainResult<NamedLosses> {
+    fn losses(&self, batch: &Batch, ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let targets = batch_classes(&batch.labels, ignore_index)?;
         let targets = Tensor::new(targets.as_slice(), batch.images.device())?;
         let prev = segkit_core::random::thread_state();

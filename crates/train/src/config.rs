@@ -73,7 +73,7 @@ fn default_train_split() -> String {
 fn default_val_split() -> String {
     "val".into()
 }
-fn default_ignore() -> u8 {
+fn default_ignore() -> u16 {
     255
 }
 
@@ -82,7 +82,7 @@ fn default_ignore() -> u8 {
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum DatasetConfig {
     /// segkit's custom layout (segkit-data `CustomDataset`): `images/{split}/NAME.png` with
-    /// the class map `annotations/{split}/NAME.png` (8-bit class ids, `ignore_index`
+    /// the class map `annotations/{split}/NAME.png` (8- or 16-bit class ids, `ignore_index`
     /// unlabelled); class names and palette come from the model config.
     Custom {
         /// Dataset root.
@@ -95,7 +95,7 @@ pub enum DatasetConfig {
         val_split: String,
         /// Label value of unlabelled pixels. Default 255.
         #[serde(default = "default_ignore")]
-        ignore_index: u8,
+        ignore_index: u16,
     },
     /// ADE20K (`ADEChallengeData2016`: `training` / `validation`, `reduce_zero_label`).
     #[serde(rename = "ADE20K")]

@@ -232,7 +232,7 @@ pub struct Batch {
 }
 
 /// Checks that every label is a class or the ignore index, naming the file otherwise.
-pub(crate) fn check_labels(s: &Sample, k: usize, ignore: u8) -> TrainResult<()> {
+pub(crate) fn check_labels(s: &Sample, k: usize, ignore: u16) -> TrainResult<()> {
     if let Some(sem) = &s.semantic {
         if let Some(&v) = sem.iter().find(|&&v| v != ignore && v as usize >= k) {
             return Err(segkit_data::Error::BadFile {
@@ -253,7 +253,7 @@ pub fn collate(
     samples: &[Augmented],
     pre: &DataPreprocessorConfig,
     size: Option<[usize; 2]>,
-    ignore: u8,
+    ignore: u16,
     device: &Device,
 ) -> TrainResult<Batch> {
     let n = samples.len();
@@ -411,7 +411,7 @@ mod tests {
             width: w,
             height: h,
             image: (0..w * h * 3).map(|v| v as u8).collect(),
-            semantic: Some((0..w * h).map(|v| (v % 7) as u8).collect()),
+            semantic: Some((0..w * h).map(|v| (v % 7) as u16).collect()),
             instances: None,
         })
         .unwrap()

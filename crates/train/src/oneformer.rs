@@ -354,7 +354,7 @@ impl TrainModel for OneFormerTask {
         Ok(sd)
     }
 
-    fn losses(&self, batch: &Batch, _ignore: u8, rng: &mut u64) -> TrainResult<NamedLosses> {
+    fn losses(&self, batch: &Batch, _ignore: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let targets = self.targets(batch, rng)?;
         let dev = batch.images.device();
         let tok = self.model.tokenizer();

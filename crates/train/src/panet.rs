@@ -187,7 +187,7 @@ impl TrainModel for PanetTask {
         1
     }
 
-    fn losses(&self, batch: &Batch, _ignore_index: u8, rng: &mut u64) -> TrainResult<NamedLosses> {
+    fn losses(&self, batch: &Batch, _ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let (n, _, h, w) = batch.images.dims4()?;
         let images: Vec<PanetTrainImage> = (0..n)
             .map(|i| train_image(batch.instances.get(i).map_or(&[][..], |v| v), h, w))

@@ -106,7 +106,7 @@ pub trait TrainModel {
     /// implementation installs it as the thread's [`segkit_core::random`] state for what it
     /// draws and stores the advanced state back. The trainer saves it in checkpoints, so a
     /// resumed run draws what the uninterrupted run would have drawn.
-    fn losses(&self, batch: &Batch, ignore_index: u8, rng: &mut u64) -> TrainResult<NamedLosses>;
+    fn losses(&self, batch: &Batch, ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses>;
 
     /// Evaluates a model with `weights` (detached copies of the variables, by name) on
     /// `dataset`, `batch_size` images at a time.

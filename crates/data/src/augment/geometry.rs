@@ -24,11 +24,11 @@ pub fn resize_target(size: (usize, usize), scale: [usize; 2], keep_ratio: bool) 
 /// and the largest covering less than `cat_max_ratio` of the non-ignored pixels (`false` for a
 /// window outside the map).
 pub fn crop_passes(
-    semantic: &[u8],
+    semantic: &[u16],
     width: usize,
     b: &CropBox,
     cat_max_ratio: f64,
-    ignore_index: u8,
+    ignore_index: u16,
 ) -> bool {
     let inside = b.x1 < b.x2
         && b.y1 < b.y2
@@ -37,13 +37,15 @@ pub fn crop_passes(
     if !inside {
         return false;
     }
-    let mut counts = [0u64; 256];
-    for y in b.y1..b.y2 {
-        for &v in &semantic[y * width + b.x1..y * width + b.x2] {
-            counts[v as usize] += 1;
-        }
+    let rows = || (b.y1..b.y2).map(|y| &semantic[y * width + b.x1..y * width + b.x2]);
+    let top = rows().flatten().copied().max().unwrap_or(0);
+    let mut counts = vec![0u64; top as usize + 1];
+    for &v in rows().flatten() {
+        counts[v as usize] += 1;
     }
-    counts[ignore_index as usize] = 0;
+    if let Some(c) = counts.get_mut(ignore_index as usize) {
+        *c = 0;
+    }
     let classes = counts.iter().filter(|&&c| c > 0).count();
     let total: u64 = counts.iter().sum();
     let max = counts.iter().copied().max().unwrap_or(0);
@@ -57,10 +59,10 @@ pub fn crop_passes(
 pub fn select_crop(
     width: usize,
     height: usize,
-    semantic: Option<&[u8]>,
+    semantic: Option<&[u16]>,
     crop_size: [usize; 2],
     cat_max_ratio: f64,
-    ignore_index: u8,
+    ignore_index: u16,
     draw: &mut dyn FnMut(usize, usize) -> (usize, usize),
 ) -> CropBox {
     let margin_h = height.saturating_sub(crop_size[0]);

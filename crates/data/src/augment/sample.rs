@@ -59,10 +59,10 @@ pub struct PadVal {
     pub img: f64,
     /// Semantic-map padding value (mmseg: 255, ignored by the loss).
     #[serde(default = "default_seg_pad")]
-    pub seg: u8,
+    pub seg: u16,
 }
 
-fn default_seg_pad() -> u8 {
+fn default_seg_pad() -> u16 {
     255
 }
 
@@ -122,7 +122,7 @@ pub struct Augmented {
     /// Current image.
     pub image: AugImage,
     /// Row-major `height x width` class indices, padding = the pad's `seg` value.
-    pub semantic: Option<Vec<u8>>,
+    pub semantic: Option<Vec<u16>>,
     /// Instances with `height x width` masks.
     pub instances: Option<Vec<InstanceAnnotation>>,
     /// The transforms applied so far, with their draws.

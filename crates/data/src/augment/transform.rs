@@ -14,7 +14,7 @@ fn default_true() -> bool {
 fn default_one() -> f64 {
     1.0
 }
-fn default_ignore() -> u8 {
+fn default_ignore() -> u16 {
     255
 }
 fn default_brightness() -> i32 {
@@ -61,7 +61,7 @@ pub enum Transform {
         cat_max_ratio: f64,
         /// Label not counted by the check.
         #[serde(default = "default_ignore")]
-        ignore_index: u8,
+        ignore_index: u16,
     },
     /// Flip with probability `prob` (mmseg `RandomFlip`).
     RandomFlip {

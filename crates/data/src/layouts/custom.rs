@@ -70,7 +70,7 @@ pub struct CustomConfig {
     pub reduce_zero_label: bool,
     /// The label of unlabelled pixels (mmseg `ignore_index`).
     #[serde(default = "default_ignore")]
-    pub ignore_index: u8,
+    pub ignore_index: u16,
     /// Class names, by class index (mmseg `METAINFO['classes']`).
     pub classes: Vec<String>,
     /// RGB colour per class; empty: the VOC palette ([`crate::palette::voc_palette`]).
@@ -85,7 +85,7 @@ fn default_png() -> String {
     ".png".into()
 }
 
-fn default_ignore() -> u8 {
+fn default_ignore() -> u16 {
     255
 }
 
@@ -177,7 +177,7 @@ impl CustomDataset {
 
     /// Writes `sample` into the demo layout under `root` as `NAME.png` (`name` may contain
     /// `/`): `images/{split}/NAME.png` (RGB), `annotations/{split}/NAME.png` (the semantic
-    /// map; required) and, when the sample has instances, `instances/{split}/NAME.png`
+    /// map, required: an 8-bit grayscale PNG when every label is below 256, else 16-bit) and, when the sample has instances, `instances/{split}/NAME.png`
     /// (16-bit ids: instance `k` gets id `k + 1`, a later mask over an earlier one). Reading
     /// it back gives the same sample when each instance's pixels carry its class in the
     /// semantic map and masks do not overlap (instances then come sorted by id, i.e. in
@@ -238,12 +238,16 @@ impl CustomDataset {
         )?;
         let ann_path = file("annotations");
         mkdir(&ann_path)?;
-        let grey = image::GrayImage::from_raw(w32, h32, semantic.clone())
-            .ok_or_else(|| Error::InvalidArgument("semantic buffer size".into()))?;
-        save(
-            &ann_path,
-            grey.save_with_format(&ann_path, image::ImageFormat::Png),
-        )?;
+        let res = if semantic.iter().all(|&v| v <= 255) {
+            let bytes = semantic.iter().map(|&v| v as u8).collect();
+            image::GrayImage::from_raw(w32, h32, bytes)
+                .map(|g| g.save_with_format(&ann_path, image::ImageFormat::Png))
+        } else {
+            image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(w32, h32, semantic.clone())
+                .map(|g| g.save_with_format(&ann_path, image::ImageFormat::Png))
+        };
+        let res = res.ok_or_else(|| Error::InvalidArgument("semantic buffer size".into()))?;
+        save(&ann_path, res)?;
         if let Some(instances) = &sample.instances {
             let mut ids = vec![0u16; n];
             for (k, a) in instances.iter().enumerate() {
@@ -272,9 +276,9 @@ impl CustomConfig {
     /// when it is empty.
     fn checked_palette(&self) -> Result<Vec<[u8; 3]>> {
         let n = self.classes.len();
-        if n == 0 || n > 255 {
+        if n == 0 || n > usize::from(u16::MAX) {
             return Err(Error::InvalidArgument(format!(
-                "a dataset needs 1..=255 classes, got {n}"
+                "a dataset needs 1..=65535 classes (16-bit labels), got {n}"
             )));
         }
         if (self.ignore_index as usize) < n {
@@ -400,7 +404,7 @@ fn read_list(path: &Path) -> Result<Vec<String>> {
 }
 
 /// mmseg's `reduce_zero_label`: 0 -> 255, v -> v - 1, and 255 stays 255.
-pub(crate) fn reduce_zero_label(labels: &mut [u8]) {
+pub(crate) fn reduce_zero_label(labels: &mut [u16]) {
     for v in labels {
         *v = match *v {
             0 | 255 => 255,
@@ -413,10 +417,10 @@ pub(crate) fn reduce_zero_label(labels: &mut [u8]) {
 /// labelled `ignore` excluded, sorted by (id, class).
 pub(crate) fn instances_from_ids(
     ids: &[u16],
-    semantic: &[u8],
-    ignore: u8,
+    semantic: &[u16],
+    ignore: u16,
 ) -> Vec<InstanceAnnotation> {
-    let mut keys: Vec<(u16, u8)> = ids
+    let mut keys: Vec<(u16, u16)> = ids
         .iter()
         .zip(semantic)
         .filter(|&(&id, &c)| id != 0 && c != ignore)

@@ -156,7 +156,7 @@ pub(crate) fn check_same_size(
 /// Fails unless every label is a class index or the ignore index.
 pub(crate) fn check_labels(
     path: &Path,
-    labels: &[u8],
+    labels: &[u16],
     width: usize,
     info: &DatasetInfo,
 ) -> Result<()> {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use segkit_data::{CityscapesDataset, SegDataset};
 
-use crate::{assert_bad_file, labels, tmp, write_grey, write_rgb, TestResult, H, W};
+use crate::{assert_bad_file, labels, tmp, wide, write_grey, write_rgb, TestResult, H, W};
 
 #[test]
 fn cityscapes_reads_train_ids_in_path_order() -> TestResult {
@@ -46,7 +46,7 @@ fn cityscapes_reads_train_ids_in_path_order() -> TestResult {
         let s = ds.get(i)?;
         assert!(s.path.to_string_lossy().contains(frame));
         assert_eq!(&s.image, img, "PNG pixels are exact");
-        assert_eq!(s.semantic.as_ref(), Some(l));
+        assert_eq!(s.semantic, Some(wide(l)));
     }
     let paths: Vec<PathBuf> = ds.image_paths().map(Path::to_path_buf).collect();
     assert_eq!(paths.len(), 2);

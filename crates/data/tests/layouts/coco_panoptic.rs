@@ -72,7 +72,7 @@ fn coco_panoptic_semantic_and_segments() -> TestResult {
     assert_eq!(ds.image_id(0), Some(1));
     let s = ds.get(0)?;
     let sem = s.semantic.ok_or("semantic")?;
-    let want: Vec<u8> = ids
+    let want: Vec<u16> = ids
         .iter()
         .map(|&id| match id {
             5 | 70000 => 0,

@@ -3,7 +3,9 @@
 
 use segkit_data::{CustomConfig, CustomDataset, Error, SegDataset};
 
-use crate::{assert_bad_file, labels, tmp, write_grey, write_rgb, write_u16, TestResult, H, W};
+use crate::{
+    assert_bad_file, labels, tmp, wide, write_grey, write_rgb, write_u16, TestResult, H, W,
+};
 
 #[test]
 fn custom_demo_layout_with_instances() -> TestResult {
@@ -43,7 +45,7 @@ fn custom_demo_layout_with_instances() -> TestResult {
     assert_eq!(ia[0].class_id, 0);
     let x = ds.get(1)?;
     assert_eq!(x.image, img);
-    assert_eq!(x.semantic.as_ref(), Some(&sem));
+    assert_eq!(x.semantic, Some(wide(&sem)));
     let inst = x.instances.ok_or("instances")?;
     // Sorted by (id, class): (1, cell), (1, nucleus), (300, cell).
     let got: Vec<u32> = inst.iter().map(|a| a.class_id).collect();
@@ -168,5 +170,56 @@ fn custom_config_list_suffixes_and_errors() -> TestResult {
     // A file that is not an image at all.
     std::fs::write(inst_root.join("images/val/q.png"), b"not a png")?;
     assert_bad_file(ds.get(0), "images/val/q.png");
+    Ok(())
+}
+
+#[test]
+fn sixteen_bit_class_maps_round_trip() -> TestResult {
+    // ImageNet-sized labels (PaddleSeg's PSSL: classes 0..=999, background 1000, ignore 1001).
+    let dir = tmp()?;
+    let classes: Vec<String> = (0..1001).map(|i| format!("c{i}")).collect();
+    let n = (W * H) as usize;
+    let semantic: Vec<u16> = (0..n)
+        .map(|i| match i % 5 {
+            0 => 1001,
+            1 => 1000,
+            k => (i * 37 % 1000) as u16 + k as u16,
+        })
+        .collect();
+    let sample = segkit_data::Sample {
+        path: "wide.png".into(),
+        width: W as usize,
+        height: H as usize,
+        image: (0..n * 3).map(|v| (v % 251) as u8).collect(),
+        semantic: Some(semantic.clone()),
+        instances: None,
+    };
+    CustomDataset::write_sample(dir.path(), "train", "wide", &sample)?;
+    let ann = dir.path().join("annotations/train/wide.png");
+    assert!(matches!(
+        image::open(&ann)?,
+        image::DynamicImage::ImageLuma16(_)
+    ));
+    assert_eq!(segkit_data::io::read_label_map(&ann)?.data, semantic);
+    let mut cfg = CustomConfig::demo("train", classes, vec![[0, 0, 0]; 1001], false);
+    cfg.ignore_index = 1001;
+    let ds = CustomDataset::with_config(dir.path(), &cfg)?;
+    assert_eq!(ds.get(0)?.semantic, Some(semantic));
+
+    // A label map whose values fit in a byte is still written as an 8-bit PNG.
+    let mut narrow = sample.clone();
+    narrow.semantic = Some(vec![3; n]);
+    CustomDataset::write_sample(dir.path(), "train", "narrow", &narrow)?;
+    let ann = dir.path().join("annotations/train/narrow.png");
+    assert!(matches!(
+        image::open(&ann)?,
+        image::DynamicImage::ImageLuma8(_)
+    ));
+
+    // A label past the classes is still an error naming the file.
+    let mut bad = sample;
+    bad.semantic = Some(vec![1002; n]);
+    CustomDataset::write_sample(dir.path(), "train", "wide", &bad)?;
+    assert_bad_file(ds.get(0), "wide.png");
     Ok(())
 }

@@ -81,6 +81,11 @@ fn write_palette(p: &Path, idx: &[u8], four_bit: bool) -> TestResult {
     Ok(())
 }
 
+/// An 8-bit label map as the 16-bit values a sample holds.
+fn wide(labels: &[u8]) -> Vec<u16> {
+    labels.iter().map(|&v| u16::from(v)).collect()
+}
+
 fn labels(f: impl Fn(usize, usize) -> u8) -> Vec<u8> {
     (0..(W * H) as usize)
         .map(|i| f(i % W as usize, i / W as usize))

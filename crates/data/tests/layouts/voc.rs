@@ -2,7 +2,9 @@
 
 use segkit_data::{SegDataset, VocDataset};
 
-use crate::{assert_bad_file, labels, tmp, write_grey, write_palette, write_rgb, TestResult, H, W};
+use crate::{
+    assert_bad_file, labels, tmp, wide, write_grey, write_palette, write_rgb, TestResult, H, W,
+};
 
 #[test]
 fn voc_reads_palette_indices_and_the_aug_set() -> TestResult {
@@ -36,17 +38,17 @@ fn voc_reads_palette_indices_and_the_aug_set() -> TestResult {
     assert_eq!(train.info().palette[15], [192, 128, 128]);
     let s = train.get(0)?;
     assert!(s.path.ends_with("2007_000039.jpg"), "list order");
-    assert_eq!(s.semantic, Some(l2), "4-bit palette indices");
+    assert_eq!(s.semantic, Some(wide(&l2)), "4-bit palette indices");
     assert_eq!(
         train.get(1)?.semantic,
-        Some(l1.clone()),
+        Some(wide(&l1)),
         "palette indices, not colours"
     );
 
     let all = VocDataset::train_aug(&root)?;
     assert_eq!(all.len(), 3);
-    assert_eq!(all.get(2)?.semantic, Some(l3));
-    assert_eq!(all.get(1)?.semantic, Some(l1));
+    assert_eq!(all.get(2)?.semantic, Some(wide(&l3)));
+    assert_eq!(all.get(1)?.semantic, Some(wide(&l1)));
     assert!(all.get(3).is_err());
 
     // Errors: a listed image missing, a missing list, a missing mask.

@@ -109,7 +109,7 @@ impl TrainModel for GscnnTask {
         )?)
     }
 
-    fn losses(&self, batch: &Batch, _ignore: u8, rng: &mut u64) -> TrainResult<NamedLosses> {
+    fn losses(&self, batch: &Batch, _ignore: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         // One stream for dropout and the dual-task loss's Gumbel `U`, in that order.
         let prev = segkit_core::random::thread_state();
         segkit_core::random::set_thread_state(Some(*rng));

@@ -92,7 +92,7 @@ fn build(tasks: &[&str], seed: u64) -> (OneFormerTask, HashMap<String, Var>) {
 /// Image `i` of the toy set: grey background (stuff) with a red square and a blue disc
 /// (things) at positions that depend on `i`.
 pub(crate) fn sample(i: usize) -> Sample {
-    let (mut img, mut sem) = (vec![0u8; S * S * 3], vec![0u8; S * S]);
+    let (mut img, mut sem) = (vec![0u8; S * S * 3], vec![0u16; S * S]);
     let (sq, disc) = ((3 + 5 * i) % 14, (17 + 3 * i) % 12 + 8);
     let mut masks = [vec![false; S * S], vec![false; S * S], vec![false; S * S]];
     for y in 0..S {
@@ -106,7 +106,7 @@ pub(crate) fn sample(i: usize) -> Sample {
                 0
             };
             masks[c][p] = true;
-            sem[p] = c as u8;
+            sem[p] = c as u16;
             let rgb = [[120, 120, 120], [220, 30, 30], [30, 40, 220]][c];
             img[p * 3..p * 3 + 3].copy_from_slice(&rgb);
         }

@@ -18,12 +18,14 @@
 //! Labels: the model's classes are the image classes and **background**, by default its last
 //! class (PaddleSeg: 1000 ImageNet classes + background 1000 = 1001 classes; [`Background`]),
 //! or its first (image class `c` is then model class `c + 1`, as in segkit's demo); crop
-//! padding takes the dataset's ignore index 255. Train with the weighted cross-entropy (1.0 per class,
-//! 0.1 background: [`set_pssl_losses`], `segkit_losses::pssl_class_weight`).
+//! padding and decile 255 take the dataset's ignore index ([`pssl_ignore_index`]: 255 for a
+//! model of at most 255 classes, else the class count, PaddleSeg's 1001). Train with the
+//! weighted cross-entropy (1.0 per class, 0.1 background: [`set_pssl_losses`],
+//! `segkit_losses::pssl_class_weight`).
 //!
-//! Labels are 8-bit ([`segkit_data::Sample::semantic`]), so at most 254 image classes + the
-//! background fit; PaddleSeg's full 1001-class ImageNet set is refused with a typed error
-//! until samples carry wider labels.
+//! Training labels are 16-bit ([`segkit_data::Sample::semantic`]): up to 65535 classes, so
+//! PaddleSeg's 1001-class ImageNet set (and any ImageNet-scale ensemble's labels) fits. The
+//! label files stay 8-bit deciles with the class in a text chunk, whatever the class count.
 
 use std::path::{Path, PathBuf};
 
@@ -38,8 +40,16 @@ use super::generate::{label_path, read_jobs};
 use super::labels::{read_paddleseg_mask, PsslLabel};
 use crate::{TrainError, TrainResult};
 
-/// The ignore index of PSSL datasets (crop padding, and decile 255).
-pub const PSSL_IGNORE: u8 = 255;
+/// The ignore index of a PSSL dataset for a model of `num_classes` classes (crop padding,
+/// and decile 255): mmseg's 255 while that is not a class, else the class count (PaddleSeg's
+/// `ignore_index = 1001` for its 1000 ImageNet classes + background).
+pub fn pssl_ignore_index(num_classes: usize) -> u16 {
+    if num_classes <= 255 {
+        255
+    } else {
+        u16::try_from(num_classes).unwrap_or(u16::MAX)
+    }
+}
 
 fn default_min_decile() -> u8 {
     9
@@ -199,19 +209,20 @@ pub struct PsslDataset {
     entries: Vec<Entry>,
     format: Format,
     position: Background,
-    background: u8,
+    background: u16,
     info: DatasetInfo,
 }
 
-/// `classes` (image classes then background) as the dataset's info, checked to fit 8 bits.
+/// `classes` (image classes and background) as the dataset's info, checked to fit 16-bit
+/// labels with a free ignore index.
 fn pssl_info(classes: &[String], palette: &[[u8; 3]], what: &Path) -> TrainResult<DatasetInfo> {
     let n = classes.len();
-    if n < 2 || n > PSSL_IGNORE as usize {
+    if n < 2 || n >= usize::from(u16::MAX) {
         return Err(bad(
             what,
             format!(
-                "a PSSL model needs 2..=255 classes named in its `meta.classes` (the image \
-                 classes and background; labels are 8-bit), the model names {n}"
+                "a PSSL model needs 2..=65534 classes named in its `meta.classes` (the image \
+                 classes and background; labels are 16-bit), the model names {n}"
             ),
         )
         .into());
@@ -219,7 +230,7 @@ fn pssl_info(classes: &[String], palette: &[[u8; 3]], what: &Path) -> TrainResul
     Ok(DatasetInfo {
         classes: classes.to_vec(),
         palette: palette.to_vec(),
-        ignore_index: PSSL_IGNORE,
+        ignore_index: pssl_ignore_index(n),
         thing_classes: Vec::new(),
     })
 }
@@ -284,7 +295,7 @@ impl PsslDataset {
                 min_decile: cfg.min_decile,
             },
             position: cfg.background,
-            background: cfg.background.index(classes.len()) as u8,
+            background: cfg.background.index(classes.len()) as u16,
             info,
         })
     }
@@ -352,13 +363,13 @@ impl PsslDataset {
             entries,
             format: Format::PaddleSeg,
             position: cfg.background,
-            background: cfg.background.index(classes.len()) as u8,
+            background: cfg.background.index(classes.len()) as u16,
             info,
         })
     }
 
     /// The background's class id in the model.
-    pub fn background(&self) -> u8 {
+    pub fn background(&self) -> u16 {
         self.background
     }
 
@@ -432,10 +443,11 @@ impl SegDataset for PsslDataset {
         };
         let mut label = label;
         label.class = self.position.model_class(e.class);
+        let ignore = u32::from(self.info.ignore_index);
         let semantic = label
-            .targets(min, self.background as u32, PSSL_IGNORE as u32)
+            .targets(min, u32::from(self.background), ignore)
             .into_iter()
-            .map(|v| v as u8)
+            .map(|v| v as u16)
             .collect();
         Ok(Sample {
             path: e.image.clone(),

@@ -67,8 +67,8 @@ fn segkit_labels_threshold_at_load_time() {
         let s = ds.get(i).unwrap();
         assert_eq!((s.width, s.height), (4, 3));
         assert_eq!(&s.image[..3], &[0, 0, i as u8]);
-        let class = [0u8, 2, 1][i];
-        let want: Vec<u8> = (0..12)
+        let class = [0u16, 2, 1][i];
+        let want: Vec<u16> = (0..12)
             .map(|p| match p {
                 5 => 255,
                 _ if (p % 4 + p / 4 + i) % 10 >= min as usize => class,
@@ -91,7 +91,7 @@ fn background_first_shifts_the_classes() {
     assert_eq!(ds.background(), 0);
     let s = ds.get(1).unwrap().semantic.unwrap();
     // Image 1 is class 2 -> model class 3; deciles (x + y + 1) % 10 >= 9 at p = 8 and 11.
-    let want: Vec<u8> = (0..12)
+    let want: Vec<u16> = (0..12)
         .map(|p| match p {
             5 => 255,
             _ if (p % 4 + p / 4 + 1) % 10 >= 9 => 3,
@@ -165,10 +165,10 @@ fn segkit_labels_errors_name_the_file() {
         e.to_string().contains("im1.png") && e.to_string().contains("pssl generate"),
         "{e}"
     );
-    // Too many classes for 8-bit labels.
-    let (c, p) = classes(255);
+    // Too many classes for 16-bit labels with a free ignore index.
+    let (c, p) = classes(65534);
     let e = PsslDataset::segkit(&cfg, false, &c, &p).unwrap_err();
-    assert!(e.to_string().contains("8-bit"), "{e}");
+    assert!(e.to_string().contains("16-bit"), "{e}");
 }
 
 #[test]
@@ -186,7 +186,13 @@ fn val_list_selects_the_validation_images() {
 
 /// An `.npz` holding `arr_0` (`descr`, 2 x 3, the given element bytes).
 fn write_npz(path: &Path, descr: &str, data: &[u8]) {
-    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2, 3), }}");
+    write_npz_shaped(path, descr, (2, 3), data);
+}
+
+/// An `.npz` holding `arr_0` (`descr`, `shape` = (rows, columns), the given element bytes).
+pub(super) fn write_npz_shaped(path: &Path, descr: &str, shape: (usize, usize), data: &[u8]) {
+    let (r, c) = shape;
+    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({r}, {c}), }}");
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     let pad = 64 - (10 + header.len() + 1) % 64;
     let h = format!("{header}{}\n", " ".repeat(pad % 64));
@@ -253,7 +259,7 @@ fn paddleseg_masks_label_exactly_one_as_the_class() {
     assert_eq!(ds.len(), 3);
     assert_eq!(ds.background(), 3);
     // PaddleSeg: gt = 1000 (background) + class where the mask == 1.
-    let want: [Vec<u8>; 3] = [
+    let want: [Vec<u16>; 3] = [
         vec![3, 2, 3, 2, 2, 3],
         vec![1, 3, 3, 3, 3, 1],
         vec![3, 2, 3, 2, 3, 3],
@@ -328,4 +334,69 @@ fn pssl_losses_weight_background_and_average_non_ignored() {
         }
     }
     assert!(seen >= 1);
+}
+
+#[test]
+fn imagenet_sized_sets_take_class_ids_past_255() {
+    // PaddleSeg's release: 1000 synsets + background 1000, ignore 1001.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = paddle_set(dir.path());
+    let synsets: Vec<String> = (0..1000).map(|i| format!("n{i:03}")).collect();
+    std::fs::write(cfg.pssl_root.join(&cfg.synsets), synsets.join("\n")).unwrap();
+    let (c, p) = classes(1000);
+    let ds = PsslDataset::paddleseg(&cfg, false, &c, &p).unwrap();
+    assert_eq!(ds.background(), 1000);
+    assert_eq!(ds.info().ignore_index, 1001);
+    assert_eq!(pssl_ignore_index(255), 255);
+    assert_eq!(pssl_ignore_index(256), 256);
+    assert_eq!(
+        ds.get(1).unwrap().semantic.unwrap(),
+        [1, 1000, 1000, 1000, 1000, 1]
+    );
+    // Background first: image class 999 is model class 1000.
+    std::fs::write(
+        cfg.pssl_root.join("train.txt"),
+        "train/n999/n999_0.JPEG_eiseg.npz\n",
+    )
+    .unwrap();
+    for d in [
+        cfg.imagenet_root.join("train/n999"),
+        cfg.pssl_root.join("train/n999"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(
+        cfg.imagenet_root.join("train/n002/n002_0.JPEG"),
+        cfg.imagenet_root.join("train/n999/n999_0.JPEG"),
+    )
+    .unwrap();
+    std::fs::copy(
+        cfg.pssl_root.join("train/n002/n002_0.JPEG_eiseg.npz"),
+        cfg.pssl_root.join("train/n999/n999_0.JPEG_eiseg.npz"),
+    )
+    .unwrap();
+    cfg.background = Background::First;
+    let ds = PsslDataset::paddleseg(&cfg, false, &c, &p).unwrap();
+    assert_eq!(
+        ds.get(0).unwrap().semantic.unwrap(),
+        [0, 1000, 0, 1000, 1000, 0]
+    );
+
+    // segkit's decile labels: the class travels in the text chunk, whatever its width.
+    let seg = segkit_set(dir.path());
+    std::fs::write(&seg.list, "sub/im0.jpg 900\n").unwrap();
+    let l0 = seg.labels.join("sub/im0.png");
+    let mut label = PsslLabel::read(&l0).unwrap();
+    label.class = 900;
+    label.write(&l0).unwrap();
+    let ds = PsslDataset::segkit(&seg, false, &c, &p).unwrap();
+    let s = ds.get(0).unwrap().semantic.unwrap();
+    let want: Vec<u16> = (0..12)
+        .map(|p| match p {
+            5 => 1001,
+            _ if (p % 4 + p / 4) % 10 >= 9 => 900,
+            _ => 1000,
+        })
+        .collect();
+    assert_eq!(s, want);
 }

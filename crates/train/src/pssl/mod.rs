@@ -22,9 +22,12 @@ pub mod explain;
 pub mod generate;
 pub mod labels;
 pub mod noise;
+#[cfg(test)]
+mod train_tests;
 
 pub use dataset::{
-    set_pssl_losses, Background, PaddleSegPsslConfig, PsslDataset, PsslDatasetConfig,
+    pssl_ignore_index, set_pssl_losses, Background, PaddleSegPsslConfig, PsslDataset,
+    PsslDatasetConfig,
 };
 pub use explain::{ChannelReduce, Explainer, IntegratedGradients, NoiseLevel, SmoothGrad};
 pub use labels::PsslLabel;

@@ -105,7 +105,7 @@ impl TrainModel for SegmentorTask {
         crate::init::init_value(name, dims, seed, zero_gamma)
     }
 
-    fn losses(&self, batch: &Batch, ignore_index: u8, rng: &mut u64) -> TrainResult<NamedLosses> {
+    fn losses(&self, batch: &Batch, ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let prev = segkit_core::random::thread_state();
         segkit_core::random::set_thread_state(Some(*rng));
         let out = self.model.forward_t(&batch.images, true);

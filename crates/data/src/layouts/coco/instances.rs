@@ -232,7 +232,7 @@ impl SegDataset for CocoInstanceDataset {
             if !a.iscrowd {
                 for (s, &m) in semantic.iter_mut().zip(&mask) {
                     if m {
-                        *s = a.class as u8;
+                        *s = a.class as u16;
                     }
                 }
             }

@@ -72,6 +72,16 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| bad_file(path, format!("bad JSON: {e}")))
 }
 
+/// The ignore index of a COCO-style set with `classes` categories: mmdet's 255 while that
+/// is not a class (COCO's 133), else `u16::MAX` (LVIS-sized sets, 16-bit labels).
+fn coco_ignore(classes: usize) -> u16 {
+    if classes <= 255 {
+        255
+    } else {
+        u16::MAX
+    }
+}
+
 /// Contiguous classes from the JSON categories: (id -> class index, info pieces).
 struct Categories {
     index: HashMap<u64, u32>,
@@ -82,10 +92,13 @@ struct Categories {
 }
 
 fn categories(json: &Path, cats: &[CategoryJson], all_things: bool) -> Result<Categories> {
-    if cats.is_empty() || cats.len() > 255 {
+    if cats.is_empty() || cats.len() > usize::from(u16::MAX) {
         return Err(bad_file(
             json,
-            format!("needs 1..=255 categories, has {}", cats.len()),
+            format!(
+                "needs 1..=65535 categories (16-bit labels), has {}",
+                cats.len()
+            ),
         ));
     }
     let mut index = HashMap::new();
@@ -122,7 +135,7 @@ impl Categories {
         DatasetInfo {
             classes: self.names.clone(),
             palette: self.palette.clone(),
-            ignore_index: 255,
+            ignore_index: coco_ignore(self.names.len()),
             thing_classes: self.things.clone(),
         }
     }

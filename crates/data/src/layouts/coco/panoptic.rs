@@ -217,7 +217,7 @@ impl SegDataset for CocoPanopticDataset {
         let mut masks = vec![Vec::new(); e.segments.len()];
         for (p, id) in ids.iter().enumerate() {
             if let Some(&k) = slot.get(id) {
-                semantic[p] = e.segments[k].class as u8;
+                semantic[p] = e.segments[k].class as u16;
                 if masks[k].is_empty() {
                     masks[k] = vec![false; n];
                 }
