@@ -143,6 +143,10 @@ pub enum DatasetConfig {
         #[serde(default = "default_val_split")]
         val_split: String,
     },
+    /// COCO instance layout (segkit-data `CocoInstanceDataset`:
+    /// `annotations/instances_{split}2017.json` with polygon / RLE masks and crowd flags,
+    /// `{split}2017/`): instances for PANet ([`crate::coco_instances`]).
+    CocoInstances(crate::coco_instances::CocoInstancesConfig),
 }
 
 /// One training-pipeline transform (segkit-data's mmseg augmentation; the JSON form is
@@ -311,6 +315,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.iterations == 0 {
             return Err("`iterations` must be positive".into());
+            DatasetConfig::CocoInstances(c) => c.resolve_paths(base),
         }
         if self.batch_size == 0 || self.accumulate == 0 {
             return Err("`batch_size` and `accumulate` must be positive".into());

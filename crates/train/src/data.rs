@@ -100,6 +100,7 @@ pub fn open_dataset(
             root,
             &pick(train_split, val_split),
         )?),
+        DatasetConfig::CocoInstances(c) => Box::new(c.open(&pick(&c.train_split, &c.val_split))?),
         DatasetConfig::PaddleSegPssl(c) => Box::new(crate::pssl::PsslDataset::paddleseg(
             c,
             split != Split::Train,

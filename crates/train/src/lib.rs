@@ -35,6 +35,7 @@ pub struct ReadmeDoctests;
 pub mod checkpoint;
 pub mod classify;
 pub mod classify_task;
+pub mod coco_instances;
 pub mod config;
 pub mod data;
 pub mod eval;

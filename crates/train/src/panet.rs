@@ -6,21 +6,23 @@
 //! `{"type": "Panet", "config": {..}}`, optionally with `"train": {..}`
 //! ([`PanetTrainConfig`], the official `TRAIN.*` values by default).
 //!
-//! Ground truth comes from the batch's instances ([`Batch::instances`], e.g. COCO instance
-//! data through segkit-data's reader): each non-empty mask gives a box (its pixel extent,
-//! Detectron's inclusive `x2`, `y2`), the class `class_id + 1` (0 is PANet's background) and
-//! `iscrowd`. The trainer's pipeline has already resized and padded the images, so each image
-//! is its own "original" (scale 1) and `im_info` is the batch's padded size; the blob is
-//! zero-padded further to multiples of 32. Images are fed as Detectron's blob: BGR minus the
-//! pixel means, no std.
+//! Ground truth comes from the batch's instances ([`Batch::instances`], e.g. COCO instance data
+//! through the `CocoInstances` dataset, [`crate::coco_instances`]): each non-empty mask gives a
+//! box (its pixel extent, Detectron's inclusive `x2`, `y2`), the class `class_id + 1` (0 is
+//! PANet's background) and `iscrowd`. The trainer's pipeline has already resized and padded the
+//! images, so each image is its own "original" (scale 1) and `im_info` is the batch's padded
+//! size; the blob is zero-padded further to multiples of 32. Images are fed as Detectron's
+//! blob: BGR minus the pixel means, no std.
 //!
 //! Random draws (RPN anchors, RoIs) come from a [`SeededSampler`] on the run's model-side
 //! stream, stored back after each step, so a resumed run draws what the uninterrupted run
 //! would have.
 //!
-//! Evaluation: mask AP of the detections (segkit-data's pycocotools-equal
-//! [`CocoEvaluator`], categories = the dataset's class ids) in [`EvalResult::extra`] as `AP`,
-//! `AP50`, `AP75`; the semantic fields (aAcc, mIoU, mAcc) are NaN (undefined for PANet).
+//! Evaluation: mask AP and box AP of the detections (segkit-data's pycocotools-equal
+//! [`CocoEvaluator`] with `iouType` `segm` and `bbox`, categories = the dataset's class ids;
+//! ground-truth boxes are their masks' `toBbox`) in [`EvalResult::extra`] as `AP`, `AP50`,
+//! `AP75` (masks) and `bbox_AP`, `bbox_AP50`, `bbox_AP75`; the semantic fields (aAcc, mIoU,
+//! mAcc) are NaN (undefined for PANet).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -128,6 +130,34 @@ impl PanetTask {
     }
 }
 
+/// The initial value of PANet's variable `name` in a run from scratch: Detectron's
+/// initialisation of the outputs — RPN conv / objectness / box deltas N(0, 0.01), box-head
+/// class scores N(0, 0.01) and box deltas N(0, 0.001), zero biases (the official
+/// `rpn_heads.py`, `fast_rcnn_heads.py`) — and, since the caffe body has no normalisation to
+/// train (its affines are frozen at 1 / 0), Fixup's rule for it (Zhang et al., ICLR 2019): the
+/// last convolution of every bottleneck (`conv3`) starts at zero, so every block starts as its
+/// shortcut. Everything else as segkit's default ([`crate::init`]: Kaiming-normal
+/// convolutions, N(0, 0.01) fully-connected weights, norms 1 / 0).
+pub fn init_value(name: &str, dims: &[usize], seed: u64) -> TrainResult<Tensor> {
+    let matrix = name.ends_with(".weight") && dims.len() > 1;
+    let normal = |std: f64| -> TrainResult<Tensor> {
+        // The default scheme draws N(0, 0.01) for a matrix: drawn as one, then scaled.
+        let n = dims.iter().product::<usize>();
+        let t = crate::init::init_value(name, &[n, 1], seed, None)?;
+        Ok((t * (std / 0.01))?.reshape(dims)?)
+    };
+    if matrix && (name.starts_with("RPN.") || name.starts_with("Box_Outs.cls_score.")) {
+        return normal(0.01);
+    }
+    if matrix && name.starts_with("Box_Outs.bbox_pred.") {
+        return normal(0.001);
+    }
+    if matrix && name.starts_with("Conv_Body.conv_body.") && name.ends_with(".conv3.weight") {
+        return Ok(Tensor::zeros(dims, DType::F32, &Device::Cpu)?);
+    }
+    crate::init::init_value(name, dims, seed, None)
+}
+
 /// One image's gt from its instances (masks `h x w`): see the module docs.
 pub fn train_image(instances: &[InstanceAnnotation], h: usize, w: usize) -> PanetTrainImage {
     let mut img = PanetTrainImage {
@@ -187,6 +217,10 @@ impl TrainModel for PanetTask {
         1
     }
 
+    fn init_value(&self, name: &str, dims: &[usize], seed: u64) -> TrainResult<Tensor> {
+        init_value(name, dims, seed)
+    }
+
     fn losses(&self, batch: &Batch, _ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let (n, _, h, w) = batch.images.dims4()?;
         let images: Vec<PanetTrainImage> = (0..n)
@@ -236,27 +270,32 @@ impl TrainModel for PanetTask {
     }
 }
 
-/// Mask AP of `model`'s detections on every image of `dataset` (see the module docs).
-fn evaluate_panet(
+/// Mask and box AP of `model`'s detections on every image of `dataset` (see the module docs;
+/// `k` classes, the dataset's class ids).
+pub fn evaluate_panet(
     model: &Panet,
     k: usize,
     meta: &DatasetMeta,
     dataset: &dyn SegDataset,
 ) -> TrainResult<EvalResult> {
-    let mut ap = CocoEvaluator::new(&(0..k as u64).collect::<Vec<_>>());
+    let cats: Vec<u64> = (0..k as u64).collect();
+    let (mut ap, mut box_ap) = (CocoEvaluator::new(&cats), CocoEvaluator::bbox(&cats));
     let n = dataset.len();
     for i in 0..n {
         let s = dataset.get(i)?;
         let (h, w, id) = (s.height, s.width, i as u64);
         ap.add_image(id, h, w)?;
+        box_ap.add_image(id, h, w)?;
         for a in s.instances.iter().flatten() {
-            ap.add_ground_truth(GroundTruth {
+            let gt = GroundTruth {
                 image_id: id,
                 category_id: u64::from(a.class_id),
                 mask: Rle::from_mask(&a.mask, h, w)?,
                 iscrowd: a.iscrowd,
                 area: None,
-            })?;
+            };
+            box_ap.add_ground_truth(gt.clone())?;
+            ap.add_ground_truth(gt)?;
         }
         let rgb =
             image::RgbImage::from_raw(w as u32, h as u32, s.image.clone()).ok_or_else(|| {
@@ -267,19 +306,32 @@ fn evaluate_panet(
             })?;
         let dets = model.detect(&rgb)?;
         for j in 0..dets.scores.len() {
+            let category_id = dets.classes[j].saturating_sub(1) as u64;
+            let score = f64::from(dets.scores[j]);
             ap.add_detection(Detection {
                 image_id: id,
-                category_id: dets.classes[j].saturating_sub(1) as u64,
+                category_id,
                 mask: Rle::from_mask(&dets.masks[j], h, w)?,
-                score: f64::from(dets.scores[j]),
+                score,
             })?;
+            // Detectron's json: [x1, y1, x2 - x1 + 1, y2 - y1 + 1].
+            let [x1, y1, x2, y2] = dets.boxes[j].map(f64::from);
+            box_ap.add_box_detection(
+                id,
+                category_id,
+                [x1, y1, x2 - x1 + 1.0, y2 - y1 + 1.0],
+                score,
+            )?;
         }
     }
-    let r = ap.evaluate()?;
+    let (r, b) = (ap.evaluate()?, box_ap.evaluate()?);
     let mut extra = std::collections::BTreeMap::new();
     extra.insert("AP".to_string(), 100.0 * r.ap());
     extra.insert("AP50".to_string(), 100.0 * r.ap50());
     extra.insert("AP75".to_string(), 100.0 * r.ap75());
+    extra.insert("bbox_AP".to_string(), 100.0 * b.ap());
+    extra.insert("bbox_AP50".to_string(), 100.0 * b.ap50());
+    extra.insert("bbox_AP75".to_string(), 100.0 * b.ap75());
     Ok(EvalResult {
         num_images: n,
         aacc: f64::NAN,
