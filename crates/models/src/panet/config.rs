@@ -77,6 +77,10 @@ pub struct PanetConfig {
 /// The preset names, in the table's order.
 pub const PANET_PRESETS: [&str; 2] = ["panet_r50_fpn_2x_coco", "panet_r101_fpn_2x_coco"];
 
+/// segkit's demo instance model (`segkit_demo_panet`, not in [`PANET_PRESETS`]: no official
+/// weights; trained by `cargo xtask panet-demo`, committed as `segkit-demo-panet`).
+pub const PANET_DEMO_PRESET: &str = "segkit_demo_panet";
+
 /// COCO's 80 object classes behind Detectron's background class 0 (the contiguous order of
 /// `datasets/dataset_catalog.py` / the COCO json's categories sorted by id).
 pub fn coco_detection_meta() -> DatasetMeta {
@@ -113,14 +117,64 @@ impl PanetConfig {
         }
     }
 
-    /// The preset `name` ([`PANET_PRESETS`]).
+    /// segkit's demo instance model ([`PANET_DEMO_PRESET`]): PANet's architecture made small
+    /// for 128 x 128 canvases of 20..64 px Fashion-MNIST items (background + 10 classes), to
+    /// train from scratch on a CPU: a caffe ResNet-26 a quarter as wide (`base_channels` 16:
+    /// C2..C5 of 64 / 128 / 256 / 512 channels, nothing frozen), the GN pyramid with the
+    /// bottom-up path at 64 channels (GN 16 groups), RPN anchors 16 / 32 / 64 / 128 / 256 on
+    /// N2..N6 (ratios 0.5, 1, 2; test: 1000 per level before NMS, 300 after, 300 collected),
+    /// the box head with adaptive pooling at 32 channels (per-level conv + one shared conv,
+    /// GN 8 groups, fc 128), the mask head with fully-connected fusion at 32 channels (GN 8
+    /// groups) on 7 x 7 pooled RoIs giving 14 x 14 masks; test input scale 128 (shorter side),
+    /// at most 128.
+    pub fn segkit_demo() -> Self {
+        let k = crate::encoder_decoder::demo::FASHION_CLASSES.len();
+        let mut backbone = CaffeResNetConfig::detectron(26);
+        backbone.base_channels = 16;
+        backbone.freeze_at = 0;
+        let mut fpn = PanetFpnConfig::panet();
+        fpn.out_channels = 64;
+        fpn.gn_groups = 16;
+        let mut rpn = RpnConfig::detectron_test();
+        rpn.anchor_start_size = 16.0;
+        rpn.post_nms_top_n = 300;
+        rpn.collect_top_n = 300;
+        let mut roi_heads = PanetRoiHeadsConfig::panet(k);
+        let b = &mut roi_heads.box_head;
+        (b.num_stacked_convs, b.conv_dim, b.fc_dim, b.gn_groups) = (2, 32, 128, 8);
+        if let Some(m) = roi_heads.mask_head.as_mut() {
+            (m.dim, m.gn_groups, m.resolution) = (32, 8, 14);
+            m.pool.resolution = 7;
+        }
+        let meta = crate::encoder_decoder::demo::demo_config().meta;
+        Self {
+            name: PANET_DEMO_PRESET.into(),
+            backbone,
+            fpn,
+            rpn,
+            roi_heads,
+            input: PanetInput {
+                scale: 128,
+                max_size: 128,
+                ..PanetInput::official()
+            },
+            meta,
+        }
+    }
+
+    /// The preset `name` ([`PANET_PRESETS`], or [`PANET_DEMO_PRESET`]).
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "panet_r50_fpn_2x_coco" => Ok(Self::r50_fpn_2x_coco()),
             "panet_r101_fpn_2x_coco" => Ok(Self::r101_fpn_2x_coco()),
+            PANET_DEMO_PRESET => Ok(Self::segkit_demo()),
             _ => Err(Error::UnknownPreset {
                 name: name.into(),
-                valid: PANET_PRESETS.iter().map(|s| s.to_string()).collect(),
+                valid: PANET_PRESETS
+                    .iter()
+                    .chain([&PANET_DEMO_PRESET])
+                    .map(|s| s.to_string())
+                    .collect(),
             }),
         }
     }
@@ -192,7 +246,7 @@ mod tests {
 
     #[test]
     fn presets_round_trip_and_bad_configs_are_named() {
-        for name in PANET_PRESETS {
+        for name in PANET_PRESETS.iter().chain([&PANET_DEMO_PRESET]) {
             let cfg = ModelConfig::Panet(Box::new(PanetConfig::preset(name).unwrap()));
             assert_eq!(ModelConfig::from_json(&cfg.to_json_pretty()).unwrap(), cfg);
         }

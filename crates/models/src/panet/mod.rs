@@ -31,7 +31,7 @@ pub mod preprocess;
 pub mod train;
 
 pub use checkpoint::{load_state_dict, official_keys, OFFICIAL_KEY_GROUPS};
-pub use config::{coco_detection_meta, PanetConfig, PanetInput, PANET_PRESETS};
+pub use config::{coco_detection_meta, PanetConfig, PanetInput, PANET_DEMO_PRESET, PANET_PRESETS};
 pub use preprocess::{image_blob, PanetBlob};
 pub use segkit_heads::panet::{Detections, PanetRoiHeadsOutput};
 pub use train::{PanetLosses, PanetTrainConfig, PanetTrainImage};
