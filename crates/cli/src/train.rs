@@ -1,14 +1,15 @@
 //! `segkit train` and `segkit eval`: the training loop and the evaluation of weights on a
 //! dataset, both driven by a training config file (see `docs/TRAINING.md`). `segkit train`
 //! trains every model family of segkit-train's `Trainer` (encoder-decoder segmentors,
-//! Gated-SCNN: `docs/gscnn_training.md`); `segkit eval` evaluates encoder-decoders.
+//! Gated-SCNN: `docs/gscnn_training.md`, classifiers, OneFormer, PANet); `segkit eval`
+//! evaluates trained weights of each of them on the config's dataset.
 
 use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Args;
 use segkit::train::data::Limited;
-use segkit::train::{evaluate, open_dataset, Split, TrainConfig, Trainer};
+use segkit::train::{evaluate, evaluate_weights, open_dataset, Split, TrainConfig, Trainer};
 use segkit::EncoderDecoder;
 
 use crate::CliError;
@@ -154,18 +155,27 @@ pub fn run_eval(a: EvalArgs) -> Result<(), CliError> {
         ("--weights", a.weights.as_path()),
     ];
     crate::outputs::refuse_overwriting_inputs(&out, &inputs)?;
-    let model_cfg = cfg.segmentor_config().map_err(train_err)?;
-    let model = EncoderDecoder::from_checkpoint(&model_cfg, &a.weights, &Device::Cpu)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
     let split = match &a.split {
         Some(s) => Split::Named(s),
         None => Split::Val,
     };
-    let mut dataset = open_dataset(&cfg.dataset, split, &model_cfg.meta).map_err(train_err)?;
-    if let Some(n) = a.limit {
-        dataset = Box::new(Limited::new(dataset, n));
-    }
-    let r = evaluate(&model, dataset.as_ref(), a.batch_size, |_, _| {}).map_err(train_err)?;
+    let r = match cfg.segmentor_config() {
+        // Encoder-decoders: `EncoderDecoder::from_checkpoint` also reads mmseg checkpoints.
+        Ok(model_cfg) => {
+            let model = EncoderDecoder::from_checkpoint(&model_cfg, &a.weights, &Device::Cpu)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut dataset =
+                open_dataset(&cfg.dataset, split, &model_cfg.meta).map_err(train_err)?;
+            if let Some(n) = a.limit {
+                dataset = Box::new(Limited::new(dataset, n));
+            }
+            evaluate(&model, dataset.as_ref(), a.batch_size, |_, _| {}).map_err(train_err)?
+        }
+        // Every other family the trainer trains: built and evaluated as in training.
+        Err(_) => {
+            evaluate_weights(&cfg, &a.weights, split, a.limit, a.batch_size).map_err(train_err)?
+        }
+    };
     print!("{}", r.table());
     use std::io::Write;
     let _ = std::io::stdout().flush();

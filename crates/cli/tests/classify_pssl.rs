@@ -89,6 +89,24 @@ fn classifier_trains_resumes_and_labels_pssl_for_a_segmentor() {
     assert_eq!(s["eval"]["num_images"], 12, "{s}");
     assert_eq!(s["eval"]["aAcc"], 1.0, "{s}");
     assert_eq!(s["eval"]["extra"]["top1"], 1.0, "{s}");
+    // `segkit eval` on the saved weights gives the trainer's final evaluation.
+    let eval_json = dir.join("eval_cls.json");
+    let weights = out.join("model.safetensors");
+    ok(
+        segkit(&[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            eval_json.to_str().unwrap(),
+        ]),
+        "segkit eval (classifier)",
+    );
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
+    assert_eq!(e, s["eval"], "segkit eval vs the trainer's evaluation");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(saved["type"], "Classifier");

@@ -39,6 +39,7 @@ pub mod coco_instances;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod eval_weights;
 pub mod gscnn;
 mod init;
 pub mod losses;
@@ -62,6 +63,7 @@ pub use config::{
 };
 pub use data::{open_dataset, Split};
 pub use eval::{evaluate, EvalResult};
+pub use eval_weights::evaluate_weights;
 pub use losses::{LossPlan, NamedLosses};
 pub use optim::Optimizer;
 pub use record::{IterLosses, TrainSummary};
