@@ -14,6 +14,8 @@
 //! - `train-demo`: trains segkit's demo model on this CPU into `crates/segkit/demo/`.
 //! - `gscnn-demo`: Gated-SCNN with / without the shape stream on the demo canvases
 //!   (docs/gscnn_training.md).
+//! - `panet-demo`: PANet's demo instance model (`segkit-demo-panet`) trained, evaluated (box
+//!   and mask AP) and written to `crates/segkit/demo/panet/` (docs/panet.md).
 //! - `pssl-demo`: PSSL end to end (classifier ensemble, labels, pre-training vs baselines) on
 //!   Fashion-MNIST single-item images and the demo canvases (docs/pssl_demo.md).
 //!
@@ -30,6 +32,7 @@ mod download;
 mod fixtures;
 mod gscnn_demo;
 mod list;
+mod panet_demo;
 mod pssl_demo;
 mod registry;
 
@@ -81,6 +84,7 @@ const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--con
                      bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
                      train-demo [--iterations N] | gscnn-demo [--iterations N] | \
                      pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
+                     panet-demo [--iterations N] .. | \
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Some("gscnn-demo") => gscnn_demo::run(&args[1..]),
         Some("pssl-demo") => pssl_demo::run(&args[1..]),
         _ => Err(USAGE.to_string()),
+        Some("panet-demo") => panet_demo::run(&args[1..]),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
