@@ -4,6 +4,7 @@ use std::process::Command;
 
 use crate::{python, root, run_cmd};
 
+mod groups;
 mod train;
 use train::TrainArgs;
 
@@ -24,8 +25,14 @@ const CASES: &[&str] = &[
     "resize_bilinear",
     "grid_sample",
     "roi_align",
+    "e2e_pspnet_cityscapes",
+    "e2e_oneformer_panoptic",
+    "resnet50_b8",
+    "pspnet_r50-d8_b8",
     "train_pspnet_r50-d8",
     "train_danet_r50-d8",
+    "train_demo_b8",
+    "train_pspnet_r50-d8_cityscapes",
 ];
 
 fn field(json: &str, key: &str) -> Option<f64> {
@@ -86,6 +93,7 @@ fn last_json(out: &[u8]) -> Option<String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut runs = "9".to_string();
     let mut threads = "2".to_string();
+    let mut heavy_runs = "3".to_string();
     let mut train = TrainArgs::default();
     let mut cases: Vec<String> = CASES.iter().map(|s| s.to_string()).collect();
     let mut it = args.iter();
@@ -93,6 +101,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--runs" => runs = it.next().cloned().ok_or("--runs needs a value")?,
             "--threads" => threads = it.next().cloned().ok_or("--threads needs a value")?,
+            "--heavy-runs" => {
+                heavy_runs = it.next().cloned().ok_or("--heavy-runs needs a value")?
+            }
             "--size" => train.size = it.next().cloned().ok_or("--size needs a value")?,
             "--batch" => train.batch = it.next().cloned().ok_or("--batch needs a value")?,
             "--train-runs" => {
@@ -127,6 +138,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (train_cases, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| c.starts_with("train_"));
+    let (heavy, cases): (Vec<String>, Vec<String>) =
+        cases.into_iter().partition(|c| groups::is_heavy(c));
     for case in &cases {
         let Some((sj, tj)) = run_sides(
             case,
@@ -149,6 +162,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             sm / tm,
             sp / tp
         );
+    }
+    if !heavy.is_empty() {
+        groups::run(&heavy, &heavy_runs, &threads, &segkit, &py, &root)?;
     }
     if !train_cases.is_empty() {
         train::run(&train_cases, &train, &threads, &segkit, &py, &root)?;

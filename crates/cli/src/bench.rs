@@ -12,6 +12,8 @@ use segkit_core::testing::{synthetic_input, synthetic_tensor, synthetic_var_buil
 
 use crate::CliError;
 
+mod e2e;
+mod throughput;
 mod train;
 
 /// The cases, with the shapes PyTorch's side uses too.
@@ -151,9 +153,17 @@ fn make(case: &str) -> Result<Job, CliError> {
         "resize_bilinear" => resize_bilinear(&dev),
         "grid_sample" => grid_sample(&dev),
         "roi_align" => roi_align(&dev),
+        "resnet50_b8" | "pspnet_r50-d8_b8" => throughput::make(case),
+        "e2e_pspnet_cityscapes" | "e2e_oneformer_panoptic" => e2e::make(case),
         other => Err(CliError::Usage(format!(
             "unknown bench case `{other}`; cases: {}",
-            CASES.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            CASES
+                .iter()
+                .chain(e2e::CASES)
+                .chain(throughput::CASES)
+                .map(|c| c.0)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -321,7 +331,12 @@ fn roi_align(dev: &Device) -> Result<Job, CliError> {
 /// Runs `segkit bench`.
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.list || a.case.is_none() {
-        for (n, d) in CASES.iter().chain(train::CASES) {
+        for (n, d) in CASES
+            .iter()
+            .chain(e2e::CASES)
+            .chain(throughput::CASES)
+            .chain(train::CASES)
+        {
             println!("{n:<20} {d}");
         }
         return Ok(());
@@ -349,11 +364,13 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\", \"candle_workers\": {}}}",
         ms[0],
         ms.len(),
         status_mb("VmHWM:"),
-        status_mb("VmHWM:") - rss_before
+        status_mb("VmHWM:") - rss_before,
+        // The worker threads of candle's element-wise pool (0: its ops run on the caller).
+        candle_core::utils::barrier_pool().n_workers()
     );
     Ok(())
 }
