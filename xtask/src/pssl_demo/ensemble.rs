@@ -13,7 +13,8 @@ use segkit::models::{BackboneConfig, SegmentorConfig};
 use segkit::train::classify::{accuracy, train_classifier, ClassifyConfig, Trained};
 use segkit::train::{OptimizerConfig, TrainResult};
 
-/// Name of the member whose backbone is the demo segmentation model's (baseline (b)).
+/// Name of the member whose backbone is the R18 demo preset's (dilated ResNetV1c-18 at
+/// width 16; the first recorded run's baseline (b), now one member among 15).
 pub const DEMO_BACKBONE_MEMBER: &str = "demo_r18v1c_w16_d8";
 
 /// One ensemble member before training.
@@ -29,8 +30,7 @@ pub struct Member {
 
 /// A trained member and its record.
 pub struct TrainedMember {
-    /// The model, its variables and its loss curve (the backbone variables of
-    /// [`DEMO_BACKBONE_MEMBER`] initialise baseline (b)).
+    /// The model, its variables and its loss curve.
     pub trained: Trained,
     /// The record.
     pub record: MemberRecord,

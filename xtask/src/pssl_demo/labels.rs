@@ -235,3 +235,33 @@ pub fn reference_rows(set: &ItemSet, range: std::ops::Range<usize>, seed: u64) -
     })
     .collect()
 }
+
+/// The ensemble-size table as Markdown.
+pub fn iou_table(rows: &[IouRow]) -> String {
+    let mut s = String::from("\n| label | consensus size | subsets | IoU per subset | mean IoU | D9 on the item |\n|---|---|---|---|---|---|\n");
+    for row in rows {
+        let per: Vec<String> = row
+            .subset_iou
+            .iter()
+            .map(|v| format!("{:.1}", 100.0 * v))
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | **{:.2}** | {:.2} |\n",
+            row.method,
+            if row.ensemble_size == 0 {
+                "-".to_string()
+            } else {
+                row.ensemble_size.to_string()
+            },
+            row.subsets.len(),
+            if per.is_empty() {
+                "-".into()
+            } else {
+                per.join(", ")
+            },
+            100.0 * row.mean_iou,
+            100.0 * row.precision
+        ));
+    }
+    s
+}

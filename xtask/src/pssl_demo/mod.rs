@@ -12,15 +12,20 @@
 //!    3, 5, 15 (disjoint subsets of a seeded permutation of the members, averaged), next to
 //!    chance, a centre prior and the bound of a mask of D9's size; D9 labels of the first
 //!    `--pssl-train` training images with all 15 members.
-//! 4. The demo PSPNet ([`segment`]) pre-trained on those labels (weighted CE, 0.1
-//!    background), then fine-tuned on the demo canvases, against (a) from scratch and (b)
-//!    the backbone of the ensemble member with the demo model's backbone; same fine-tuning
-//!    budget; held-out mIoU of each.
+//!    The stage writes the PSSL dataset and its record `WORK/pssl-data/labels.json`.
+//! 4. The demo PSPNet-R50 ([`segment::r50_config`]: dilated ResNetV1c-50 at a quarter width)
+//!    pre-trained on those labels (weighted CE, 0.1 background), then fine-tuned on the demo
+//!    canvases, against (a) from scratch and (b) the backbone of a ResNetV1c-50 classifier
+//!    with the same body trained apart from the ensemble ([`arms`]); same fine-tuning
+//!    budget, `--seeds` seeds per arm; held-out mIoU of each, mean and spread per arm.
 //!
 //! `pssl-demo [--size N] [--train N] [--pssl-train N] [--heldout N] [--epochs N] [--samples N]
-//! [--pretrain-iters N] [--finetune-iters N] [--val N] [--data DIR] [--work DIR]`; results in
-//! `WORK/results.json` (default `target/pssl-demo`), tables printed as Markdown.
+//! [--pretrain-iters N] [--finetune-iters N] [--val N] [--seeds N] [--from-labels DIR]
+//! [--data DIR] [--work DIR]`; results in `WORK/results.json` (default `target/pssl-demo`),
+//! tables printed as Markdown. `--from-labels DIR` reuses the label stage recorded in
+//! `DIR/labels.json` (its sizes must match) and runs only step 4.
 
+pub mod arms;
 pub mod ensemble;
 pub mod images;
 pub mod labels;
@@ -28,7 +33,6 @@ pub mod segment;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,10 +41,10 @@ use segkit::train::pssl::{NoiseLevel, SmoothGrad};
 use segkit::train::TrainResult;
 
 use crate::demo_data::{self as demo, FashionMnist};
-use ensemble::{MemberRecord, TrainedMember, DEMO_BACKBONE_MEMBER};
+use arms::Comparison;
+use ensemble::{MemberRecord, TrainedMember};
 use images::ItemSet;
 use labels::IouRow;
-use segment::SegRun;
 
 /// Seed of the single-item images.
 pub const ITEM_SEED: u64 = 20_261_205;
@@ -49,7 +53,7 @@ pub const SUBSET_SEED: u64 = 13;
 
 const USAGE: &str = "usage: cargo xtask pssl-demo [--size N] [--train N] [--pssl-train N] \
                      [--heldout N] [--epochs N] [--samples N] [--pretrain-iters N] [--finetune-iters N] \
-                     [--val N] [--data DIR] [--work DIR]";
+                     [--val N] [--seeds N] [--from-labels DIR] [--data DIR] [--work DIR]";
 
 /// The sizes of a run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -79,6 +83,13 @@ pub struct Sizes {
     pub finetune_iters: usize,
     /// Validation canvases of the fine-tuning evaluation.
     pub val: usize,
+    /// Seeds per arm (pre-training, fine-tuning: initialisation, data order, flips).
+    #[serde(default = "one")]
+    pub seeds: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for Sizes {
@@ -93,10 +104,59 @@ impl Default for Sizes {
             samples: 8,
             noise: 0.15,
             chunk: 16,
-            pretrain_iters: 1200,
-            finetune_iters: 800,
+            pretrain_iters: 600,
+            finetune_iters: 300,
             val: 300,
+            seeds: 3,
         }
+    }
+}
+
+/// What the label stage records (`PSSL_DATA/labels.json`, the stamp that lets
+/// `--from-labels` reuse the stage).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LabelStage {
+    /// The sizes the stage ran with (those that shape the labels must match on reuse).
+    pub sizes: Sizes,
+    /// Seed of the images.
+    pub item_seed: u64,
+    /// Seed of the subsets and chance maps.
+    pub subset_seed: u64,
+    /// The ensemble.
+    pub members: Vec<MemberRecord>,
+    /// D9-vs-foreground IoU on the held-out images by consensus size, then the references.
+    pub label_iou: Vec<IouRow>,
+    /// D9-vs-foreground IoU of the training images' labels (all members).
+    pub train_label_iou: f64,
+    /// Seconds per stage (images, classifiers, held-out labels, training labels).
+    pub seconds: Vec<(String, f64)>,
+}
+
+impl LabelStage {
+    /// Why the stage recorded here cannot stand in for one run with `sizes`, if it cannot.
+    pub fn mismatch(&self, sizes: &Sizes) -> Option<String> {
+        let (a, b) = (&self.sizes, sizes);
+        let pairs = [
+            ("size", a.size, b.size),
+            ("train", a.train, b.train),
+            ("pssl_train", a.pssl_train, b.pssl_train),
+            ("heldout", a.heldout, b.heldout),
+            ("epochs", a.epochs, b.epochs),
+            ("batch", a.batch, b.batch),
+            ("samples", a.samples, b.samples),
+        ];
+        let mut bad: Vec<String> = pairs
+            .iter()
+            .filter(|(_, x, y)| x != y)
+            .map(|(n, x, y)| format!("{n} {x} (asked {y})"))
+            .collect();
+        if a.noise != b.noise {
+            bad.push(format!("noise {} (asked {})", a.noise, b.noise));
+        }
+        if self.item_seed != ITEM_SEED || self.subset_seed != SUBSET_SEED {
+            bad.push("image / subset seeds".into());
+        }
+        (!bad.is_empty()).then(|| bad.join(", "))
     }
 }
 
@@ -107,21 +167,13 @@ pub struct Results {
     pub command: String,
     /// Sizes.
     pub sizes: Sizes,
-    /// Seeds: images, subsets (members have their own, see `members`).
-    pub item_seed: u64,
-    /// Seed of the subsets and chance maps.
-    pub subset_seed: u64,
-    /// The ensemble.
-    pub members: Vec<MemberRecord>,
-    /// D9-vs-foreground IoU on the held-out images by consensus size, then the references.
-    pub label_iou: Vec<IouRow>,
-    /// D9-vs-foreground IoU of the training images' labels (all members).
-    pub train_label_iou: f64,
-    /// PSSL pre-training (evaluated on the held-out single-item images' true labels).
-    pub pretrain: SegRun,
-    /// The fine-tuning runs: PSSL, (a) scratch, (b) backbone-only classification.
-    pub finetune: Vec<SegRun>,
-    /// Seconds per stage.
+    /// The label stage (ensemble, label IoU), computed or reused.
+    pub labels: LabelStage,
+    /// The directory whose labels were reused (`--from-labels`), if any.
+    pub labels_from: Option<PathBuf>,
+    /// The segmentation comparison over seeds.
+    pub comparison: Comparison,
+    /// Seconds per stage of this run.
     pub seconds: Vec<(String, f64)>,
 }
 
@@ -167,85 +219,27 @@ fn training_labels(
     Ok((out, sum / set.len().max(1) as f64))
 }
 
-/// The variables of a trained member by name.
-fn member_vars(m: &TrainedMember) -> TrainResult<HashMap<String, candle_core::Tensor>> {
-    let vars = m.trained.varmap.data().lock().map_err(|_| {
-        segkit::core::Error::InvalidConfig("classifier variables: poisoned lock".into())
-    })?;
-    Ok(vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect())
+fn io(path: &Path, e: impl std::fmt::Display) -> segkit::train::TrainError {
+    segkit::train::TrainError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
-/// The three fine-tuning runs on the canvases: from the PSSL pre-training's weights at
-/// `pretrained`, (a) from scratch, (b) from the demo-backbone member's backbone.
-fn finetune_runs(
-    trained: &[TrainedMember],
-    sizes: &Sizes,
-    dirs: &Dirs,
-    pretrained: &Path,
-) -> TrainResult<Vec<SegRun>> {
-    let runs = dirs.work.join("runs");
-    let demo_member = trained
-        .iter()
-        .find(|m| m.record.name == DEMO_BACKBONE_MEMBER)
-        .ok_or_else(|| segkit::core::Error::InvalidConfig("no demo-backbone member".into()))?;
-    let init_b = dirs.work.join("init/backbone_from_classifier.safetensors");
-    segment::backbone_init(
-        &dirs.canvases,
-        &runs.join("init_scratch"),
-        &member_vars(demo_member)?,
-        &init_b,
-    )?;
-    let (it, val, c) = (sizes.finetune_iters, sizes.val, &dirs.canvases);
-    Ok(vec![
-        segment::finetune(
-            "pssl",
-            "PSSL pre-training",
-            c,
-            &runs.join("ft_pssl"),
-            it,
-            val,
-            Some(pretrained.to_path_buf()),
-        )?,
-        segment::finetune(
-            "scratch",
-            "(a) random (seed 0)",
-            c,
-            &runs.join("ft_scratch"),
-            it,
-            val,
-            None,
-        )?,
-        segment::finetune(
-            "classifier_backbone",
-            &format!("(b) backbone of classifier `{DEMO_BACKBONE_MEMBER}`"),
-            c,
-            &runs.join("ft_classifier_backbone"),
-            it,
-            val,
-            Some(init_b),
-        )?,
-    ])
-}
-
-/// The whole pipeline on `items` (Fashion-MNIST's training split or a stand-in).
-pub fn run_pipeline(
+/// The label stage: the ensemble, the held-out IoU table, the training images' labels
+/// written with the held-out images' true labels as the PSSL dataset `pssl_data` (an earlier
+/// one there is replaced), and its record `pssl_data/labels.json`.
+fn label_stage(
+    train: &ItemSet,
+    held: &ItemSet,
     items: &FashionMnist,
     sizes: &Sizes,
-    dirs: &Dirs,
-    command: &str,
-) -> TrainResult<Results> {
+    pssl_data: &Path,
+) -> TrainResult<LabelStage> {
     let dev = Device::Cpu;
     let mut seconds = Vec::new();
     let t = Instant::now();
     let (n, h) = (sizes.train, sizes.heldout);
-    let train = ItemSet::make(items, ITEM_SEED, 0..n, sizes.size)?;
-    let held = ItemSet::make(items, ITEM_SEED, n..n + h, sizes.size)?;
-    stage(&mut seconds, "images", t);
-
-    let t = Instant::now();
     let members = ensemble::members(sizes.size);
     let (tx, hx) = (train.tensor(0..n, &dev)?, held.tensor(0..h, &dev)?);
     let trained = ensemble::train_members(
@@ -266,60 +260,125 @@ pub fn run_pipeline(
         batch: 64,
     };
     let models: Vec<_> = trained.iter().map(|m| &m.trained.model).collect();
-    let maps = labels::member_maps(&models, &sg, &held, 0..h, sizes.chunk)?;
-    let mut label_iou = labels::ensemble_rows(&held, 0, &maps, &[1, 3, 5, 15], SUBSET_SEED);
-    label_iou.extend(labels::reference_rows(&held, 0..h, SUBSET_SEED));
+    let maps = labels::member_maps(&models, &sg, held, 0..h, sizes.chunk)?;
+    let mut label_iou = labels::ensemble_rows(held, 0, &maps, &[1, 3, 5, 15], SUBSET_SEED);
+    label_iou.extend(labels::reference_rows(held, 0..h, SUBSET_SEED));
     drop(maps);
     stage(&mut seconds, "held-out labels", t);
 
     let t = Instant::now();
     let pssl_set = ItemSet::make(items, ITEM_SEED, 0..sizes.pssl_train.min(n), sizes.size)?;
     let (train_labels, train_label_iou) = training_labels(&trained, &sg, &pssl_set, sizes.chunk)?;
-    let pssl_data = dirs.work.join("pssl-data");
     if pssl_data.exists() {
-        std::fs::remove_dir_all(&pssl_data).map_err(|e| segkit::train::TrainError::Io {
-            path: pssl_data.clone(),
-            reason: e.to_string(),
-        })?;
+        std::fs::remove_dir_all(pssl_data).map_err(|e| io(pssl_data, e))?;
     }
-    images::write_split(&pssl_data, "train", &pssl_set, &train_labels)?;
-    let truth: Vec<Vec<u8>> = (0..h).map(|i| images::true_label(&held, i)).collect();
-    images::write_split(&pssl_data, "val", &held, &truth)?;
+    images::write_split(pssl_data, "train", &pssl_set, &train_labels)?;
+    let truth: Vec<Vec<u8>> = (0..h).map(|i| images::true_label(held, i)).collect();
+    images::write_split(pssl_data, "val", held, &truth)?;
     stage(&mut seconds, "training labels", t);
-
-    let t = Instant::now();
-    let runs = dirs.work.join("runs");
-    let pretrain = segment::pretrain(
-        &pssl_data,
-        &runs.join("pssl_pretrain"),
-        sizes.pretrain_iters,
-        h,
-    )?;
-    stage(&mut seconds, "PSSL pre-training", t);
-
-    let t = Instant::now();
-    let finetune = finetune_runs(&trained, sizes, dirs, &pretrain.model_path)?;
-    stage(&mut seconds, "fine-tuning", t);
-    Ok(Results {
-        command: command.to_string(),
+    let record = LabelStage {
         sizes: sizes.clone(),
         item_seed: ITEM_SEED,
         subset_seed: SUBSET_SEED,
         members: trained.into_iter().map(|m| m.record).collect(),
         label_iou,
         train_label_iou,
-        pretrain,
-        finetune,
+        seconds,
+    };
+    demo::write_json(&pssl_data.join("labels.json"), &record)?;
+    Ok(record)
+}
+
+/// Reads the label stage recorded in `dir/labels.json`, checked against `sizes`.
+pub fn reuse_labels(dir: &Path, sizes: &Sizes) -> TrainResult<LabelStage> {
+    let path = dir.join("labels.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        io(
+            &path,
+            format!("{e} (the label stage's record; run without --from-labels to make it)"),
+        )
+    })?;
+    let record: LabelStage = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+    if let Some(m) = record.mismatch(sizes) {
+        return Err(io(&path, format!("labels made with other sizes: {m}")));
+    }
+    for split in ["train", "val"] {
+        let d = dir.join("images").join(split);
+        if !d.is_dir() {
+            return Err(io(&d, "missing: not a PSSL dataset of the demo"));
+        }
+    }
+    Ok(record)
+}
+
+/// The whole pipeline on `items` (Fashion-MNIST's training split or a stand-in); with
+/// `from_labels`, the label stage (ensemble, labels) recorded there is reused instead.
+pub fn run_pipeline(
+    items: &FashionMnist,
+    sizes: &Sizes,
+    dirs: &Dirs,
+    command: &str,
+    from_labels: Option<&Path>,
+) -> TrainResult<Results> {
+    let dev = Device::Cpu;
+    let mut seconds = Vec::new();
+    let t = Instant::now();
+    let (n, h) = (sizes.train, sizes.heldout);
+    let train = ItemSet::make(items, ITEM_SEED, 0..n, sizes.size)?;
+    let held = ItemSet::make(items, ITEM_SEED, n..n + h, sizes.size)?;
+    stage(&mut seconds, "images", t);
+
+    let (labels, pssl_data) = match from_labels {
+        Some(dir) => (reuse_labels(dir, sizes)?, dir.to_path_buf()),
+        None => {
+            let d = dirs.work.join("pssl-data");
+            let l = label_stage(&train, &held, items, sizes, &d)?;
+            seconds.extend(l.seconds.iter().cloned());
+            (l, d)
+        }
+    };
+
+    let t = Instant::now();
+    let (tx, hx) = (train.tensor(0..n, &dev)?, held.tensor(0..h, &dev)?);
+    let setup = arms::Setup {
+        train: (&tx, &train.classes),
+        heldout: (&hx, &held.classes),
+        pssl_data: &pssl_data,
+        canvases: &dirs.canvases,
+        work: &dirs.work,
+    };
+    let budget = arms::Budget {
+        epochs: sizes.epochs,
+        batch: sizes.batch,
+        pretrain_iters: sizes.pretrain_iters,
+        finetune_iters: sizes.finetune_iters,
+        heldout: h,
+        val: sizes.val,
+        seeds: sizes.seeds,
+    };
+    let comparison = arms::compare(&setup, &budget)?;
+    stage(
+        &mut seconds,
+        "R50: classifier, pre-training, fine-tuning",
+        t,
+    );
+    Ok(Results {
+        command: command.to_string(),
+        sizes: sizes.clone(),
+        labels,
+        labels_from: from_labels.map(Path::to_path_buf),
+        comparison,
         seconds,
     })
 }
 
 /// The results as Markdown tables.
 pub fn tables(r: &Results) -> String {
+    let l = &r.labels;
     let mut s = String::from(
         "| classifier | parameters | seed | held-out accuracy | s |\n|---|---|---|---|---|\n",
     );
-    for m in &r.members {
+    for m in l.members.iter().chain([&r.comparison.classifier]) {
         s.push_str(&format!(
             "| {} | {} | {} | {:.1}% | {:.0} |\n",
             m.name,
@@ -329,40 +388,17 @@ pub fn tables(r: &Results) -> String {
             m.train_seconds
         ));
     }
-    s.push_str("\n| label | consensus size | subsets | IoU per subset | mean IoU | D9 on the item |\n|---|---|---|---|---|---|\n");
-    for row in &r.label_iou {
-        let per: Vec<String> = row
-            .subset_iou
-            .iter()
-            .map(|v| format!("{:.1}", 100.0 * v))
-            .collect();
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | **{:.2}** | {:.2} |\n",
-            row.method,
-            if row.ensemble_size == 0 {
-                "-".to_string()
-            } else {
-                row.ensemble_size.to_string()
-            },
-            row.subsets.len(),
-            if per.is_empty() {
-                "-".into()
-            } else {
-                per.join(", ")
-            },
-            100.0 * row.mean_iou,
-            100.0 * row.precision
-        ));
-    }
+    s.push_str(&labels::iou_table(&l.label_iou));
     s.push_str(&format!(
         "\nTraining images' labels (15 members): mean D9-vs-foreground IoU {:.2}.\n",
-        100.0 * r.train_label_iou
+        100.0 * l.train_label_iou
     ));
-    s.push_str("\n| run | initial weights | iterations | final loss | mIoU | aAcc | mAcc | s |\n|---|---|---|---|---|---|---|---|\n");
-    for x in std::iter::once(&r.pretrain).chain(&r.finetune) {
+    s.push_str("\n| run | seed | initial weights | iterations | final loss | mIoU | aAcc | mAcc | s |\n|---|---|---|---|---|---|---|---|---|\n");
+    for x in r.comparison.pretrain.iter().chain(&r.comparison.finetune) {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
             x.name,
+            x.seed,
             x.init,
             x.iterations,
             x.final_loss,
@@ -372,16 +408,30 @@ pub fn tables(r: &Results) -> String {
             x.seconds
         ));
     }
+    s.push_str("\n| arm | mIoU per seed | mean | std | min..max |\n|---|---|---|---|---|\n");
+    for a in &r.comparison.summary {
+        let per: Vec<String> = a.miou.iter().map(|v| format!("{:.2}", 100.0 * v)).collect();
+        s.push_str(&format!(
+            "| {} | {} | **{:.2}** | {:.2} | {:.2}..{:.2} |\n",
+            a.name,
+            per.join(", "),
+            100.0 * a.mean,
+            100.0 * a.std,
+            100.0 * a.min,
+            100.0 * a.max
+        ));
+    }
     s
 }
 
-fn parse(args: &[String]) -> Result<(Sizes, Dirs), String> {
+fn parse(args: &[String]) -> Result<(Sizes, Dirs, Option<PathBuf>), String> {
     let root = crate::root();
     let mut sizes = Sizes::default();
     let mut dirs = Dirs {
         canvases: root.join("target/demo-data"),
         work: root.join("target/pssl-demo"),
     };
+    let mut from_labels = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it
@@ -401,17 +451,19 @@ fn parse(args: &[String]) -> Result<(Sizes, Dirs), String> {
             "--pretrain-iters" => sizes.pretrain_iters = num()?,
             "--finetune-iters" => sizes.finetune_iters = num()?,
             "--val" => sizes.val = num()?,
+            "--seeds" => sizes.seeds = num()?,
+            "--from-labels" => from_labels = Some(PathBuf::from(v)),
             "--data" => dirs.canvases = PathBuf::from(v),
             "--work" => dirs.work = PathBuf::from(v),
             s => return Err(format!("unknown argument `{s}`; {USAGE}")),
         }
     }
-    if sizes.train == 0 || sizes.heldout == 0 || sizes.size < 16 {
+    if sizes.train == 0 || sizes.heldout == 0 || sizes.seeds == 0 || sizes.size < 16 {
         return Err(format!(
-            "--train and --heldout must be > 0, --size >= 16; {USAGE}"
+            "--train, --heldout and --seeds must be > 0, --size >= 16; {USAGE}"
         ));
     }
-    Ok((sizes, dirs))
+    Ok((sizes, dirs, from_labels))
 }
 
 /// Runs `cargo xtask pssl-demo`.
@@ -419,7 +471,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let (sizes, dirs) = parse(args)?;
+    let (sizes, dirs, from_labels) = parse(args)?;
     let t = Instant::now();
     let src = Path::new(demo::FASHION_MNIST_DIR);
     if !dirs.canvases.join("images/val").is_dir() || !dirs.canvases.join("images/train").is_dir() {
@@ -433,7 +485,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let items = FashionMnist::load(src, "train")
         .map_err(|e| format!("{e} (Fashion-MNIST: {})", demo::FASHION_MNIST_INSTALL))?;
     let command = format!("cargo xtask pssl-demo {}", args.join(" "));
-    let mut r = run_pipeline(&items, &sizes, &dirs, command.trim()).map_err(|e| e.to_string())?;
+    let mut r = run_pipeline(
+        &items,
+        &sizes,
+        &dirs,
+        command.trim(),
+        from_labels.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     r.seconds.push(("total".into(), t.elapsed().as_secs_f64()));
     let out = dirs.work.join("results.json");
     demo::write_json(&out, &r).map_err(|e| e.to_string())?;

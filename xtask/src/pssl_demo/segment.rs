@@ -1,17 +1,19 @@
-//! The segmentation side: the demo PSPNet (`segkit_demo_r18w16_psp_fashion-128x128`:
-//! dilated ResNetV1c-18 at a quarter width, PSP head, FCN auxiliary head, 11 classes)
+//! The segmentation side: the demo PSPNet-R50 ([`r50_config`]: the demo preset's PSP head
+//! and FCN auxiliary head, 11 classes, on a dilated ResNetV1c-50 at a quarter width)
 //! pre-trained on PSSL labels with the weighted cross-entropy (1.0 per class, 0.1
 //! background), then fine-tuned on the demo canvases, against (a) from scratch and (b) the
-//! backbone of a classifier of the same architecture, under the same fine-tuning budget.
+//! backbone of a classifier with the same body, under the same fine-tuning budget; every
+//! run seeded (initialisation, data order, flips).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Tensor;
+use segkit::backbones::{ResNetConfig, Stem};
 use segkit::losses::{pssl_class_weight, CrossEntropyLossConfig, LossConfig, OutputLosses};
 use segkit::models::encoder_decoder::demo::demo_config;
-use segkit::models::SegmentorConfig;
+use segkit::models::{BackboneConfig, SegmentorConfig};
 use segkit::train::config::{ModelSpec, ScheduleConfig, WarmupConfig};
 use segkit::train::{EvalResult, TrainConfig, TrainError, TrainResult, Trainer};
 
@@ -29,12 +31,36 @@ fn pssl_ce(loss_weight: f64) -> LossConfig {
     })
 }
 
-/// The demo model for PSSL pre-training: the demo config without the fixed 128 x 128 input
-/// (the single-item images are smaller; every weight has the same shape), with the PSSL
-/// loss on the decode head (1.0) and the auxiliary head (0.4).
-pub fn pssl_model_config() -> SegmentorConfig {
+/// Name of the demo PSPNet-R50.
+pub const R50_NAME: &str = "segkit_demo_r50v1c_w16_psp_fashion-128x128";
+
+/// The body of the demo PSPNet-R50: mmseg's ResNetV1c-50 (deep stem, dilations 1 / 1 / 2 /
+/// 4, output stride 8) at a quarter width: `stem_channels` 16 (deep-stem convs of 8, 8, 16)
+/// and `base_channels` 16, so the four stages output 64 / 128 / 256 / 512 channels
+/// (bottleneck widths 16 / 32 / 64 / 128, expansion 4).
+pub fn r50_body() -> ResNetConfig {
+    ResNetConfig {
+        stem: Stem::Deep { width: 8 },
+        base_channels: 16,
+        ..ResNetConfig::mmseg_v1c(50)
+    }
+}
+
+/// The demo PSPNet-R50: the demo preset (PSP head of 32 channels on C5, FCN auxiliary head
+/// of 32 on C4, 11 classes, 128 x 128 input) with [`r50_body`] as its backbone.
+pub fn r50_config() -> SegmentorConfig {
     let mut c = demo_config();
-    c.name = "segkit_demo_r18w16_psp_pssl-pretrain".into();
+    c.name = R50_NAME.into();
+    c.backbone = BackboneConfig::ResNet(r50_body());
+    c
+}
+
+/// The demo PSPNet-R50 for PSSL pre-training: [`r50_config`] without the fixed 128 x 128
+/// input (the single-item images are smaller; every weight has the same shape), with the
+/// PSSL loss on the decode head (1.0) and the auxiliary head (0.4).
+pub fn pssl_model_config() -> SegmentorConfig {
+    let mut c = r50_config();
+    c.name = "segkit_demo_r50v1c_w16_psp_pssl-pretrain".into();
     c.data_preprocessor.size = None;
     c.losses.decode_head = Some(vec![OutputLosses::new("logits", vec![pssl_ce(1.0)])]);
     c.losses.auxiliary_head = Some(vec![OutputLosses::new("logits", vec![pssl_ce(0.4)])]);
@@ -44,8 +70,11 @@ pub fn pssl_model_config() -> SegmentorConfig {
 /// What one segmentation run records.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SegRun {
-    /// Run name.
+    /// Run name (the arm: `pssl_pretrain`, `pssl`, `scratch`, `classifier_backbone`).
     pub name: String,
+    /// Seed of the run (initialisation, data order, flips).
+    #[serde(default)]
+    pub seed: u64,
     /// Initial weights.
     pub init: String,
     /// Iterations (batch 8).
@@ -69,19 +98,21 @@ fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
 
 /// Runs `cfg` in a fresh output directory (an earlier run's files there are removed).
 fn run(name: &str, init: &str, cfg: TrainConfig) -> TrainResult<SegRun> {
+    let seed = cfg.seed;
     let out = cfg.output_dir.clone();
     if out.exists() {
         std::fs::remove_dir_all(&out).map_err(|e| io(&out, e))?;
     }
     let t = Instant::now();
     eprintln!(
-        "xtask: segmentation run `{name}` ({} iterations, from {init})",
+        "xtask: segmentation run `{name}` seed {seed} ({} iterations, from {init})",
         cfg.iterations
     );
     let mut trainer = Trainer::new(cfg)?.quiet(true);
     let s = trainer.run()?;
     let r = SegRun {
         name: name.into(),
+        seed,
         init: init.into(),
         iterations: s.iterations,
         final_loss: s.final_loss,
@@ -90,7 +121,7 @@ fn run(name: &str, init: &str, cfg: TrainConfig) -> TrainResult<SegRun> {
         model_path: s.model_path,
     };
     eprintln!(
-        "xtask: `{name}`: mIoU {:.2}, aAcc {:.2} on {} images ({:.0} s)",
+        "xtask: `{name}` seed {seed}: mIoU {:.2}, aAcc {:.2} on {} images ({:.0} s)",
         100.0 * r.eval.miou,
         100.0 * r.eval.aacc,
         r.eval.num_images,
@@ -111,9 +142,16 @@ fn schedule(iterations: usize) -> ScheduleConfig {
 
 /// PSSL pre-training on the `custom` dataset at `data` (training split: PSSL labels; val
 /// split: the held-out images' true labels), `iterations` of batch 8 with the demo recipe's
-/// optimizer and flips.
-pub fn pretrain(data: &Path, out: &Path, iterations: usize, val: usize) -> TrainResult<SegRun> {
+/// optimizer and flips, seeded by `seed`.
+pub fn pretrain(
+    data: &Path,
+    out: &Path,
+    iterations: usize,
+    val: usize,
+    seed: u64,
+) -> TrainResult<SegRun> {
     let mut cfg = demo::demo_train_config(data, out, iterations);
+    cfg.seed = seed;
     cfg.model = ModelSpec::Config {
         config: Box::new(pssl_model_config()),
     };
@@ -121,19 +159,25 @@ pub fn pretrain(data: &Path, out: &Path, iterations: usize, val: usize) -> Train
     cfg.aux_loss_weight = None;
     cfg.eval_interval = 0;
     cfg.val_limit = Some(val);
-    run("pssl_pretrain", "random (seed 0)", cfg)
+    run("pssl_pretrain", &format!("random (seed {seed})"), cfg)
 }
 
-/// The fine-tuning config: the demo recipe on the canvases at `data`, `iterations`, the
-/// first `val` validation canvases, initial weights from `load_from`.
-fn finetune_config(
+/// The fine-tuning config: the demo recipe on the canvases at `data` with the demo
+/// PSPNet-R50, `iterations`, the first `val` validation canvases, initial weights from
+/// `load_from`, seed `seed`.
+pub fn finetune_config(
     data: &Path,
     out: &Path,
     iterations: usize,
     val: usize,
     load_from: Option<PathBuf>,
+    seed: u64,
 ) -> TrainConfig {
     let mut cfg = demo::demo_train_config(data, out, iterations);
+    cfg.model = ModelSpec::Config {
+        config: Box::new(r50_config()),
+    };
+    cfg.seed = seed;
     cfg.schedule = schedule(iterations);
     cfg.eval_interval = 0;
     cfg.val_limit = Some(val);
@@ -141,7 +185,8 @@ fn finetune_config(
     cfg
 }
 
-/// Fine-tunes from `load_from` (`None`: from scratch).
+/// Fine-tunes with seed `seed` from `load_from` (`None`: from scratch).
+#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     name: &str,
     init: &str,
@@ -150,15 +195,17 @@ pub fn finetune(
     iterations: usize,
     val: usize,
     load_from: Option<PathBuf>,
+    seed: u64,
 ) -> TrainResult<SegRun> {
     run(
         name,
         init,
-        finetune_config(data, out, iterations, val, load_from),
+        finetune_config(data, out, iterations, val, load_from, seed),
     )
 }
 
-/// Writes to `path` the demo model's initial weights (the from-scratch run's, seed 0) with
+/// Writes to `path` the demo PSPNet-R50's initial weights (the from-scratch run's of seed
+/// `seed`) with
 /// every `backbone.*` tensor replaced by the classifier variable of the same name without
 /// the prefix (`fc.*` is not used); fails naming a backbone key the classifier lacks or
 /// whose shape differs.
@@ -167,8 +214,9 @@ pub fn backbone_init(
     scratch: &Path,
     classifier: &HashMap<String, Tensor>,
     path: &Path,
+    seed: u64,
 ) -> TrainResult<usize> {
-    let cfg = finetune_config(data, scratch, 1, 1, None);
+    let cfg = finetune_config(data, scratch, 1, 1, None, seed);
     let weights = Trainer::new(cfg)?.quiet(true).weights()?;
     let mut out = HashMap::new();
     let mut replaced = 0;

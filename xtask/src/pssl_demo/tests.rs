@@ -138,16 +138,8 @@ fn labels_do_not_depend_on_chunking() {
     assert!(refs[2].mean_iou >= refs[0].mean_iou && refs[2].mean_iou >= refs[1].mean_iou);
 }
 
-/// The whole pipeline at toy size: 15 classifiers, the IoU table, labels, PSSL pre-training
-/// and the three fine-tuning runs; (b)'s initial backbone is the classifier's.
-#[test]
-fn pipeline_runs_end_to_end_at_toy_size() {
-    let items = toy_items(40);
-    let work = tempfile::tempdir().unwrap();
-    let canvases = work.path().join("canvases");
-    crate::demo_data::write_split(&items, &canvases, "train", 1, 0, 4).unwrap();
-    crate::demo_data::write_split(&items, &canvases, "val", 2, 0, 2).unwrap();
-    let sizes = Sizes {
+fn toy_sizes() -> Sizes {
+    Sizes {
         size: 32,
         train: 24,
         pssl_train: 16,
@@ -160,41 +152,123 @@ fn pipeline_runs_end_to_end_at_toy_size() {
         pretrain_iters: 2,
         finetune_iters: 2,
         val: 2,
-    };
+        seeds: 2,
+    }
+}
+
+/// The whole pipeline at toy size: 15 classifiers, the IoU table, labels, then the R50
+/// classifier, two seeds of PSSL pre-training and of the three fine-tuning arms; then the
+/// same from the recorded labels (`--from-labels`), which reuses them untouched, and a
+/// refusal of labels made with other sizes.
+#[test]
+fn pipeline_runs_end_to_end_at_toy_size() {
+    let items = toy_items(40);
+    let work = tempfile::tempdir().unwrap();
+    let canvases = work.path().join("canvases");
+    crate::demo_data::write_split(&items, &canvases, "train", 1, 0, 4).unwrap();
+    crate::demo_data::write_split(&items, &canvases, "val", 2, 0, 2).unwrap();
+    let sizes = toy_sizes();
     let dirs = Dirs {
         canvases,
         work: work.path().join("work"),
     };
-    let r = run_pipeline(&items, &sizes, &dirs, "toy").unwrap();
-    assert_eq!(r.members.len(), 15);
-    let sizes_seen: Vec<usize> = r.label_iou.iter().map(|x| x.ensemble_size).collect();
+    let r = run_pipeline(&items, &sizes, &dirs, "toy", None).unwrap();
+    assert_eq!(r.labels.members.len(), 15);
+    assert!(r.labels_from.is_none());
+    let sizes_seen: Vec<usize> = r.labels.label_iou.iter().map(|x| x.ensemble_size).collect();
     assert_eq!(sizes_seen, vec![1, 3, 5, 15, 0, 0, 0]);
     assert!(r
+        .labels
         .label_iou
         .iter()
         .all(|x| (0.0..=1.0).contains(&x.mean_iou)));
-    assert!((0.0..=1.0).contains(&r.train_label_iou));
-    assert_eq!(r.pretrain.eval.num_images, 8);
-    let names: Vec<&str> = r.finetune.iter().map(|x| x.name.as_str()).collect();
-    assert_eq!(names, ["pssl", "scratch", "classifier_backbone"]);
-    for x in std::iter::once(&r.pretrain).chain(&r.finetune) {
+    assert!((0.0..=1.0).contains(&r.labels.train_label_iou));
+    let c = &r.comparison;
+    assert_eq!(c.classifier.name, arms::R50_CLASSIFIER);
+    assert_eq!(
+        c.pretrain.iter().map(|x| x.seed).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert!(c.pretrain.iter().all(|x| x.eval.num_images == 8));
+    let runs: Vec<(&str, u64)> = c
+        .finetune
+        .iter()
+        .map(|x| (x.name.as_str(), x.seed))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("pssl", 0),
+            ("scratch", 0),
+            ("classifier_backbone", 0),
+            ("pssl", 1),
+            ("scratch", 1),
+            ("classifier_backbone", 1)
+        ]
+    );
+    for x in c.pretrain.iter().chain(&c.finetune) {
         assert_eq!(x.iterations, 2);
         assert!(x.final_loss.is_finite(), "{}", x.name);
-        assert_eq!(
-            x.eval.num_images,
-            if x.name == "pssl_pretrain" { 8 } else { 2 }
-        );
+        if x.name != "pssl_pretrain" {
+            assert_eq!(x.eval.num_images, 2);
+        }
+    }
+    assert_eq!(c.summary.len(), 3);
+    for (a, (name, _)) in c.summary.iter().zip(arms::ARMS) {
+        assert_eq!(a.name, name);
+        let v: Vec<f64> = c
+            .finetune
+            .iter()
+            .filter(|x| x.name == name)
+            .map(|x| x.eval.miou)
+            .collect();
+        assert_eq!(a.miou, v);
+        assert!((a.mean - (v[0] + v[1]) / 2.0).abs() < 1e-12);
     }
     // The PSSL labels written for pre-training are the items' images and D9 labels.
-    let ann = image::open(dirs.work.join("pssl-data/annotations/train/00000.png"))
-        .unwrap()
-        .to_luma8();
-    let c = 1 + items.labels[0];
-    assert!(ann.pixels().all(|p| p.0[0] == 0 || p.0[0] == c));
+    let pssl = dirs.work.join("pssl-data");
+    let ann_path = pssl.join("annotations/train/00000.png");
+    let ann = image::open(&ann_path).unwrap().to_luma8();
+    let class = 1 + items.labels[0];
+    assert!(ann.pixels().all(|p| p.0[0] == 0 || p.0[0] == class));
+
+    // Reuse: the label stage is read back, not recomputed; the dataset is left as it was.
+    let before = std::fs::read(&ann_path).unwrap();
+    let one = Sizes {
+        seeds: 1,
+        ..toy_sizes()
+    };
+    let again = run_pipeline(&items, &one, &dirs, "toy reuse", Some(&pssl)).unwrap();
+    assert_eq!(again.labels_from.as_deref(), Some(pssl.as_path()));
+    // (compared after one JSON round trip: the record's floats are read back from text)
+    let text = |l: &LabelStage| serde_json::to_string(l).unwrap();
+    let read: LabelStage = serde_json::from_str(&text(&r.labels)).unwrap();
+    assert_eq!(text(&again.labels), text(&read));
+    assert_eq!(std::fs::read(&ann_path).unwrap(), before);
+    assert_eq!(again.comparison.finetune.len(), 3);
+    assert!(!again.seconds.iter().any(|(s, _)| s == "classifiers"));
+    let other = Sizes {
+        samples: 3,
+        ..toy_sizes()
+    };
+    let e = run_pipeline(&items, &other, &dirs, "toy", Some(&pssl)).unwrap_err();
+    assert!(e.to_string().contains("samples 2 (asked 3)"), "{e}");
+    let e = reuse_labels(&dirs.work, &sizes).unwrap_err();
+    assert!(e.to_string().contains("labels.json"), "{e}");
 }
 
-/// (b)'s initial weights: every `backbone.*` tensor is the demo-backbone classifier's
-/// variable, bit for bit; every other tensor is the from-scratch run's initial value.
+#[test]
+fn arm_summary_is_mean_and_sample_spread() {
+    let a = arms::summarise("x", &[0.2, 0.4, 0.3]);
+    assert!((a.mean - 0.3).abs() < 1e-12);
+    assert!((a.std - 0.1).abs() < 1e-12);
+    assert_eq!((a.min, a.max), (0.2, 0.4));
+    assert_eq!(arms::summarise("y", &[0.5]).std, 0.0);
+}
+
+/// (b)'s initial weights: every `backbone.*` tensor is the R50 classifier's variable (its
+/// body at output stride 32 has the dilated body's tensors), bit for bit; every other
+/// tensor is the from-scratch run's initial value of the same seed.
 #[test]
 fn backbone_init_takes_the_classifiers_backbone() {
     use segkit::core::checkpoint::StateDict;
@@ -204,8 +278,7 @@ fn backbone_init_takes_the_classifiers_backbone() {
     let canvases = work.path().join("canvases");
     crate::demo_data::write_split(&items, &canvases, "train", 1, 0, 2).unwrap();
     crate::demo_data::write_split(&items, &canvases, "val", 2, 0, 2).unwrap();
-    let demo = ensemble::members(32).remove(0);
-    assert_eq!(demo.cfg.name, ensemble::DEMO_BACKBONE_MEMBER);
+    let demo = arms::r50_classifier().unwrap();
     let x = ItemSet::make(&items, 1, 0..2, 32).unwrap();
     let tc = ClassifyConfig {
         optimizer: segkit::train::OptimizerConfig::Sgd {
@@ -235,20 +308,25 @@ fn backbone_init_takes_the_classifiers_backbone() {
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
     let path = work.path().join("init.safetensors");
-    let n = segment::backbone_init(&canvases, &work.path().join("scratch"), &vars, &path).unwrap();
-    let init = StateDict::load(&path).unwrap();
-    let scratch = segkit::train::Trainer::new(segkit::train::TrainConfig {
-        val_limit: Some(1),
-        ..crate::demo_data::demo_train_config(&canvases, &work.path().join("s2"), 1)
-    })
-    .unwrap()
-    .weights()
-    .unwrap();
-    assert_eq!(init.len(), scratch.len());
     let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
+    let n =
+        segment::backbone_init(&canvases, &work.path().join("scratch"), &vars, &path, 1).unwrap();
+    let init = StateDict::load(&path).unwrap();
+    let scratch_of = |seed| {
+        let out = work.path().join(format!("s{seed}"));
+        let cfg = segment::finetune_config(&canvases, &out, 1, 1, None, seed);
+        segkit::train::Trainer::new(cfg).unwrap().weights().unwrap()
+    };
+    let (scratch, seed0) = (scratch_of(1), scratch_of(0));
+    let head = "decode_head.conv_seg.weight";
+    assert!(
+        !same(&scratch[head], &seed0[head]),
+        "seeds initialise apart"
+    );
+    assert_eq!(init.len(), scratch.len());
     let mut backbone = 0;
     for (k, v) in init.iter() {
         match k.strip_prefix("backbone.") {
