@@ -54,12 +54,21 @@ pub fn weights_roots() -> Vec<PathBuf> {
     roots
 }
 
-/// Where segkit's sources keep an embedded model that this crate compiles in: `demo/` of
-/// the `segkit` package (`crates/segkit/demo/` in the workspace) for [`DEFAULT_MODEL`], `None`
-/// for any other name. The directory is there in a checkout and in the packaged crate; an
-/// installed binary does not need it ([`crate::Segmenter::load_embedded_default`]).
+/// The demo instance model (PANet), shipped in the `segkit` package beside the default.
+pub const DEMO_PANET_MODEL: &str = "segkit-demo-panet";
+
+/// Where segkit's sources keep an embedded model: `demo/` of the `segkit` package
+/// (`crates/segkit/demo/` in the workspace) for [`DEFAULT_MODEL`], `demo/panet/` for
+/// [`DEMO_PANET_MODEL`], `None` for any other name. The directory is there in a checkout and
+/// in the packaged crate; an installed binary does not need it for the default
+/// ([`crate::Segmenter::load_embedded_default`]).
 pub fn bundled_dir(name: &str) -> Option<PathBuf> {
-    (name == DEFAULT_MODEL).then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("demo"))
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    match name {
+        DEFAULT_MODEL => Some(demo),
+        DEMO_PANET_MODEL => Some(demo.join("panet")),
+        _ => None,
+    }
 }
 
 /// A model name [`crate::Segmenter::load`] knows.
@@ -140,8 +149,14 @@ pub fn list_models() -> Result<Vec<ModelEntry>> {
             if out.iter().any(|o| o.name == e.name) {
                 continue;
             }
+            // An embedded model other than the default (which is compiled in) is read from
+            // its bundled directory when no weights root holds it.
+            let bundled = (e.is_embedded() && e.name != DEFAULT_MODEL)
+                .then(|| bundled_dir(&e.name))
+                .flatten()
+                .filter(|d| d.join("config.json").is_file());
             out.push(ModelEntry {
-                dir: present(&roots, &e.name),
+                dir: present(&roots, &e.name).or(bundled),
                 embedded: e.is_embedded(),
                 name: e.name,
                 preset: e.preset,
