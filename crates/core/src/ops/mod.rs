@@ -5,6 +5,7 @@
 
 mod conv;
 
+pub(crate) use conv::conv2d_affine_cpu;
 pub use conv::{activate, conv2d, Activation, Conv2dParams};
 mod pool2d;
 

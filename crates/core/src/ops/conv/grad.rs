@@ -52,7 +52,15 @@ impl CustomOp2 for Conv2dOp {
         let x = contiguous_slice(s1, l1)?;
         let w = contiguous_slice(s2, l2)?;
         let g = &self.g;
-        let out = super::run_kernel(x, w, None, g, Activation::None, super::act::Simd::detect());
+        let out = super::run_kernel(
+            x,
+            w,
+            None,
+            None,
+            g,
+            Activation::None,
+            super::act::Simd::detect(),
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 

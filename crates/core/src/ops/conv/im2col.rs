@@ -398,10 +398,13 @@ fn pack_b(
     pack_b_impl::<false>(xg, g, spans, k0, kc, np, buf, ps)
 }
 
-/// Convolution of contiguous NCHW `x` with contiguous `O x C/groups x kh x kw` `w`.
+/// Convolution of contiguous NCHW `x` with contiguous `O x C/groups x kh x kw` `w`, the
+/// weights of output channel `o` multiplied by `scale[o]` as they are packed when given.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_im2col(
     x: &[f32],
     w: &[f32],
+    scale: Option<&[f64]>,
     bias: Option<&[f32]>,
     g: &Geometry,
     act: Activation,
@@ -412,7 +415,7 @@ pub(super) fn conv_im2col(
     let (hw, p_out) = (g.h * g.w, g.ho * g.wo);
     let threads = rayon::current_num_threads().max(1);
     let packed: Vec<PackedA> = (0..g.groups)
-        .map(|gi| PackedA::new(&w[gi * og * k..], og, k, k, 1))
+        .map(|gi| PackedA::new_scaled(&w[gi * og * k..], og, k, scale.map(|s| &s[gi * og..])))
         .collect();
 
     // Enough tasks to balance the threads (a busy machine delays some), each as large as

@@ -92,10 +92,14 @@ impl Drop for PackedA {
 }
 
 impl PackedA {
-    /// Packs `m` rows of `k` elements, row `r` starting at `a[r * lda]` (element `kk` at
-    /// `a[r * lda + kk * ka]`).
-    pub(super) fn new(a: &[f32], m: usize, k: usize, lda: usize, ka: usize) -> Self {
-        let [packed] = Self::new_multi::<1>(m, k, |r, kk| [a[r * lda + kk * ka]]);
+    /// Packs `m` contiguous rows of `k` elements, row `r` multiplied by `scale[r]` when given
+    /// (a BatchNorm folded into the weights as they are packed, with no folded copy; each
+    /// product rounded once from f64, as a folded copy would hold it).
+    pub(super) fn new_scaled(a: &[f32], m: usize, k: usize, scale: Option<&[f64]>) -> Self {
+        let [packed] = match scale {
+            Some(s) => Self::new_multi::<1>(m, k, |r, kk| [(a[r * k + kk] as f64 * s[r]) as f32]),
+            None => Self::new_multi::<1>(m, k, |r, kk| [a[r * k + kk]]),
+        };
         packed
     }
 

@@ -253,23 +253,41 @@ pub fn conv2d(
 }
 
 /// Picks the kernel for `g`: depthwise, Winograd, or im2col + GEMM (with the `gemm` crate on
-/// CPUs without AVX2 + FMA, whose GEMM has tuned kernels for them).
+/// CPUs without AVX2 + FMA, whose GEMM has tuned kernels for them). With `scale`, the weights
+/// of output channel `o` are multiplied by `scale[o]` (an inference BatchNorm; each product
+/// rounded once from f64, as a folded copy would hold it): the packed
+/// kernels do it while packing; the depthwise and `gemm` paths use a scaled copy of `w`.
 fn run_kernel(
     x: &[f32],
     w: &[f32],
+    scale: Option<&[f64]>,
     bias: Option<&[f32]>,
     g: &Geometry,
     act: Activation,
     simd: Simd,
 ) -> Vec<f32> {
+    let packed = simd.avx2() && !(g.groups == g.c && g.groups > 1);
+    let scaled: Option<Vec<f32>> = match scale {
+        Some(s) if !packed => {
+            let per_out = w.len() / g.o.max(1);
+            Some(
+                w.chunks(per_out.max(1))
+                    .zip(s)
+                    .flat_map(|(row, &f)| row.iter().map(move |&v| (v as f64 * f) as f32))
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    let w = scaled.as_deref().unwrap_or(w);
     if g.groups == g.c && g.groups > 1 {
         depthwise::depthwise(x, w, bias, g, act, simd)
     } else if !simd.avx2() {
         gemm_conv::conv_gemm(x, w, bias, g, act)
     } else if winograd::applies(g) {
-        winograd::conv_winograd(x, w, bias, g, act, simd)
+        winograd::conv_winograd(x, w, scale, bias, g, act, simd)
     } else {
-        im2col::conv_im2col(x, w, bias, g, act, simd)
+        im2col::conv_im2col(x, w, scale, bias, g, act, simd)
     }
 }
 
@@ -286,7 +304,7 @@ fn conv2d_cpu_f32(
     let bias = bias.map(Tensor::contiguous).transpose()?;
     let out = with_cpu_f32(&x, |xs| {
         with_cpu_f32(&weight, |ws| {
-            let run = |bs: Option<&[f32]>| run_kernel(xs, ws, bs, g, act, Simd::detect());
+            let run = |bs: Option<&[f32]>| run_kernel(xs, ws, None, bs, g, act, Simd::detect());
             match &bias {
                 Some(b) => with_cpu_f32(b, |bs| run(Some(bs))),
                 None => Ok(run(None)),
@@ -294,4 +312,46 @@ fn conv2d_cpu_f32(
         })
     })???;
     Ok(Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)?)
+}
+
+/// `act(conv2d(x, weight) * scale + shift)` per output channel (an inference BatchNorm after
+/// a bias-free conv) on segkit's CPU kernels, which multiply the weights by `scale` as they
+/// pack them: no folded copy of the weights is made or kept. `None` when that path does not
+/// apply (another device or dtype, a tensor that records gradients, an empty output): the
+/// caller then folds the norm into the weights and calls [`conv2d`].
+pub(crate) fn conv2d_affine_cpu(
+    x: &Tensor,
+    weight: &Tensor,
+    scale: &[f64],
+    shift: &[f32],
+    p: Conv2dParams,
+    act: Activation,
+) -> Result<Option<Tensor>> {
+    let g = Geometry::new(x, weight, None, p)?;
+    let fast = !x.track_op()
+        && !weight.track_op()
+        && x.device().is_cpu()
+        && weight.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && g.n * g.o * g.ho * g.wo > 0
+        && g.c > 0;
+    if !fast {
+        return Ok(None);
+    }
+    if scale.len() != g.o || shift.len() != g.o {
+        return Err(Error::shape("conv2d scale / shift", &[g.o], &[scale.len()]));
+    }
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    let out = with_cpu_f32(&x, |xs| {
+        with_cpu_f32(&weight, |ws| {
+            run_kernel(xs, ws, Some(scale), Some(shift), &g, act, Simd::detect())
+        })
+    })??;
+    Ok(Some(Tensor::from_vec(
+        out,
+        (g.n, g.o, g.ho, g.wo),
+        &Device::Cpu,
+    )?))
 }

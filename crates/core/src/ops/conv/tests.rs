@@ -1,7 +1,7 @@
 //! Every kernel, on its AVX2 and its portable path, against a naive f64 convolution.
 
 use super::act::Simd;
-use super::{depthwise, gemm_conv, im2col, winograd, Activation, Geometry};
+use super::{depthwise, gemm_conv, im2col, run_kernel, winograd, Activation, Geometry};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -111,7 +111,9 @@ fn im2col_matches_naive() {
             geometry(1, 300, 6, 7, 9, 1, 1, 0, 1, 1),
             geometry(1, 40, 17, 5, 20, 3, 1, 1, 1, 1),
         ] {
-            check(&g, |x, w, b, g, a| im2col::conv_im2col(x, w, b, g, a, simd));
+            check(&g, |x, w, b, g, a| {
+                im2col::conv_im2col(x, w, None, b, g, a, simd)
+            });
         }
     }
 }
@@ -126,7 +128,7 @@ fn winograd_matches_naive() {
         ] {
             assert!(winograd::applies(&g), "{g:?}");
             check(&g, |x, w, b, g, a| {
-                winograd::conv_winograd(x, w, b, g, a, simd)
+                winograd::conv_winograd(x, w, None, b, g, a, simd)
             });
         }
     }
@@ -156,5 +158,47 @@ fn gemm_crate_path_matches_naive() {
         geometry(1, 32, 40, 40, 16, 1, 2, 0, 1, 1),
     ] {
         check(&g, gemm_conv::conv_gemm);
+    }
+}
+
+/// Every kernel with a per-output-channel weight scale (an inference BatchNorm applied while
+/// packing, or on a scaled copy) against the naive convolution of the scaled weights.
+#[test]
+fn scaled_weights_match_naive_of_scaled_copy() {
+    for simd in simds() {
+        for g in [
+            geometry(2, 5, 9, 11, 7, 3, 1, 1, 1, 1),
+            geometry(1, 6, 13, 10, 8, 3, 2, 2, 2, 2),
+            geometry(1, 300, 6, 7, 9, 1, 1, 0, 1, 1),
+            geometry(1, 16, 35, 37, 16, 3, 1, 1, 1, 1),
+            geometry(1, 300, 24, 40, 17, 3, 1, 0, 3, 1),
+            geometry(2, 6, 9, 40, 6, 3, 1, 4, 4, 6),
+            geometry(1, 4, 11, 13, 8, 3, 2, 1, 1, 4),
+        ] {
+            let x = values(g.n * g.c * g.h * g.w, 1);
+            let w = values(g.o * (g.c / g.groups) * g.kh * g.kw, 2);
+            let b = values(g.o, 3);
+            let scale: Vec<f64> = values(g.o, 4)
+                .iter()
+                .map(|&v| 0.25 + 2.0 * v.abs() as f64)
+                .collect();
+            let per_out = w.len() / g.o;
+            let ws: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v as f64 * scale[i / per_out]) as f32)
+                .collect();
+            let want = naive(&x, &ws, &b, &g);
+            let got = run_kernel(&x, &w, Some(&scale), Some(&b), &g, Activation::Relu, simd);
+            let top = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                err <= 1e-5 * top,
+                "{g:?} {simd:?}: max err {err} (scale {top})"
+            );
+        }
     }
 }

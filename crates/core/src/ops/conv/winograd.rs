@@ -318,10 +318,13 @@ unsafe fn output_transform_avx2(
     unsafe { output_transform_impl(mbuf, mlen, ldm, maps, o0, o1, bias, act, out, plane) }
 }
 
-/// Winograd convolution of contiguous NCHW `x` with contiguous `O x C x 3 x 3` `w`.
+/// Winograd convolution of contiguous NCHW `x` with contiguous `O x C x 3 x 3` `w`, the
+/// weights of output channel `o` multiplied by `scale[o]` when given (in the transform).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_winograd(
     x: &[f32],
     w: &[f32],
+    scale: Option<&[f64]>,
     bias: Option<&[f32]>,
     g: &Geometry,
     act: Activation,
@@ -333,7 +336,15 @@ pub(super) fn conv_winograd(
     let bw = bases(g.wo, g.dilation);
     let tiles = bh.len() * bw.len();
     let u = PackedA::new_multi::<16>(o, c, |oi, ci| {
-        weight_transform(&w[(oi * c + ci) * 9..][..9])
+        let taps = &w[(oi * c + ci) * 9..][..9];
+        match scale {
+            // The taps as a folded copy would hold them, then the transform.
+            Some(s) => {
+                let t: [f32; 9] = std::array::from_fn(|i| (taps[i] as f64 * s[oi]) as f32);
+                weight_transform(&t)
+            }
+            None => weight_transform(taps),
+        }
     });
 
     let threads = rayon::current_num_threads().max(1);
