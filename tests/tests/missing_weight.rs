@@ -148,6 +148,8 @@ fn model_config_segmenter_and_training() {
             weight_decay: 0.0,
             nesterov: false,
         },
+        paramwise_cfg: None,
+        clip_grad: None,
         schedule: ScheduleConfig {
             policy: LrPolicy::Poly {
                 power: 0.9,

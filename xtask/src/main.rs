@@ -33,6 +33,7 @@ mod fixtures;
 mod gscnn_demo;
 mod list;
 mod panet_demo;
+mod oneformer_demo;
 mod pssl_demo;
 mod registry;
 
@@ -83,8 +84,8 @@ const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--con
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
                      bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
                      train-demo [--iterations N] | gscnn-demo [--iterations N] | \
-                     pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
                      panet-demo [--iterations N] .. | \
+                     pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -98,8 +99,9 @@ fn main() -> ExitCode {
         Some("train-demo") => demo::run_train(&args[1..]),
         Some("gscnn-demo") => gscnn_demo::run(&args[1..]),
         Some("pssl-demo") => pssl_demo::run(&args[1..]),
-        _ => Err(USAGE.to_string()),
         Some("panet-demo") => panet_demo::run(&args[1..]),
+        Some("oneformer-demo") => oneformer_demo::run(&args[1..]),
+        _ => Err(USAGE.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

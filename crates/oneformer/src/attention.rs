@@ -25,10 +25,17 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::{Error, Result};
 
-/// Inverted dropout with probability `p` when `train`; identity otherwise.
+/// Inverted dropout with probability `p` when `train` (`torch.nn.functional.dropout`: an
+/// element is zeroed when its uniform draw is below `p`, the rest scaled by `1 / (1 - p)`);
+/// identity otherwise. The draws come from [`segkit_core::random::uniform`]: the thread's
+/// seeded stream when a trainer installed one (reproducible, exact resume), else candle's
+/// generator.
 pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
-        Ok(candle_nn::ops::dropout(x, p as f32)?)
+        let keep = segkit_core::random::uniform(x.dims(), x.device())?
+            .ge(p)?
+            .to_dtype(x.dtype())?;
+        Ok(((x * keep)? * (1.0 / (1.0 - p)))?)
     } else {
         Ok(x.clone())
     }
@@ -128,5 +135,32 @@ impl MultiheadAttention {
         let v = self.wv.forward(value)?;
         let o = attend(&q, &k, &v, self.heads, mask, self.dropout, train)?;
         Ok(self.out.forward(&o)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropout;
+    use candle_core::{Device, Tensor};
+
+    /// Seeded dropout: the same stream state gives the same mask, about `p` of the values
+    /// are zeroed, the rest scaled by `1 / (1 - p)`; evaluation is the identity.
+    #[test]
+    fn dropout_draws_from_the_seeded_stream() {
+        let x = Tensor::ones((64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let run = |state| {
+            segkit_core::random::set_thread_state(Some(state));
+            let y = dropout(&x, 0.25, true).unwrap();
+            segkit_core::random::set_thread_state(None);
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (a, b, c) = (run(5), run(5), run(6));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let zeros = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.03, "{zeros}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let e = dropout(&x, 0.25, false).unwrap();
+        assert_eq!(e.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4096.0);
     }
 }

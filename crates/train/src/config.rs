@@ -156,7 +156,10 @@ pub enum DatasetConfig {
 pub type TransformConfig = segkit_data::augment::Transform;
 
 mod optimizer;
-pub use optimizer::{LrPolicy, OptimizerConfig, ScheduleConfig, WarmupConfig};
+pub use optimizer::{
+    ClipGradConfig, LrPolicy, OptimizerConfig, ParamGroup, ParamwiseConfig, ScheduleConfig,
+    WarmupConfig,
+};
 
 fn default_pipeline() -> Vec<TransformConfig> {
     vec![TransformConfig::RandomFlip {
@@ -188,6 +191,16 @@ pub struct TrainConfig {
     pub pipeline: Vec<TransformConfig>,
     /// The optimizer.
     pub optimizer: OptimizerConfig,
+    /// Per-parameter learning-rate and weight-decay multipliers (mmengine's `paramwise_cfg`,
+    /// `{"custom_keys": {"backbone": {"lr_mult": 0.1}}}`). Default `None`: the model's own
+    /// rules (OneFormer: its `build_optimizer` groups; other models: none).
+    #[serde(default)]
+    pub paramwise_cfg: Option<ParamwiseConfig>,
+    /// Gradient clipping by the global norm (mmengine's `clip_grad`, `{"max_norm": 0.01,
+    /// "norm_type": 2}`; `{"max_norm": null}`: none). Default `None`: the model's own
+    /// (OneFormer: 0.01, L2, over the full model; other models: none).
+    #[serde(default)]
+    pub clip_grad: Option<ClipGradConfig>,
     /// The learning-rate schedule. Default Poly(0.9, min 1e-4), no warm-up.
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -302,6 +315,7 @@ impl TrainConfig {
             DatasetConfig::Idx(c) => c.resolve_paths(base),
             DatasetConfig::Pssl(c) => c.resolve_paths(base),
             DatasetConfig::PaddleSegPssl(c) => c.resolve_paths(base),
+            DatasetConfig::CocoInstances(c) => c.resolve_paths(base),
         }
         if let ModelSpec::File { path } = &mut self.model {
             fix(path);
@@ -315,7 +329,6 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.iterations == 0 {
             return Err("`iterations` must be positive".into());
-            DatasetConfig::CocoInstances(c) => c.resolve_paths(base),
         }
         if self.batch_size == 0 || self.accumulate == 0 {
             return Err("`batch_size` and `accumulate` must be positive".into());
@@ -370,6 +383,12 @@ impl TrainConfig {
                     ));
                 }
             }
+        }
+        if let Some(p) = &self.paramwise_cfg {
+            p.validate()?;
+        }
+        if let Some(c) = &self.clip_grad {
+            c.validate()?;
         }
         if let LrPolicy::Poly { power, min_lr } = self.schedule.policy {
             if power < 0.0 || min_lr < 0.0 || min_lr > lr {

@@ -180,6 +180,8 @@ impl GscnnRunConfig {
             dataset: self.dataset.clone(),
             pipeline: self.pipeline.clone(),
             optimizer: self.optimizer.clone(),
+            paramwise_cfg: None,
+            clip_grad: None,
             schedule: self.schedule.clone(),
             iterations: self.iterations,
             batch_size: self.batch_size,

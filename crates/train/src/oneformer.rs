@@ -21,11 +21,19 @@
 //! predictions mask AP (`CocoEvaluator`), reported in [`EvalResult::extra`] as `PQ`, `SQ`,
 //! `RQ`, `AP`, `AP50`.
 //!
-//! What OneFormer's official recipe has that segkit's trainer does not apply yet: the
-//! parameter groups of `build_optimizer` (backbone learning rate x 0.1, no weight decay on
-//! norms and embeddings; [`param_group`] names them) and full-model gradient clipping at
-//! norm 0.01 ([`clip_grad_norm`] implements it) — the trainer's optimizer treats all
-//! variables alike.
+//! The optimizer follows OneFormer's `build_optimizer` (SHI-Labs/OneFormer `train_net.py`):
+//! [`param_group`] gives the backbone 0.1x the learning rate and no weight decay to norms,
+//! embeddings and Swin's position tables, and the trainer clips the gradients of the whole
+//! model together at L2 norm 0.01 (`SOLVER.CLIP_GRADIENTS`: `full_model`, 0.01, 2.0), unless
+//! the training config's `paramwise_cfg` / `clip_grad` say otherwise. Note: the released
+//! `train_net.py` walks the gradients once for `torch.nan_to_num` with the same
+//! `itertools.chain` it then hands to `clip_grad_norm_`, which therefore receives an exhausted
+//! iterator and clips nothing; segkit applies the configured clipping, and `"clip_grad":
+//! {"max_norm": null}` trains as the released code does.
+//!
+//! Dropout (the decoder's, 0.1 in the released configs) draws its masks from the run's
+//! model-side random stream ([`segkit_core::random`], installed for the forward pass), so a
+//! resumed run is exact with dropout on.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +50,7 @@ use segkit_oneformer::targets::{build_target, ClassMetadata, PanopticSegment, Ta
 use segkit_oneformer::tokenizer::Task;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ClipGradConfig, ParamGroup};
 use crate::data::Batch;
 use crate::eval::EvalResult;
 use crate::losses::NamedLosses;
@@ -65,6 +74,15 @@ pub struct OneFormerSpec {
     /// (`OneFormerConfig::thing_classes`, known for the ADE20K / COCO / Cityscapes labels).
     #[serde(default)]
     pub thing_classes: Option<Vec<usize>>,
+    /// Learning-rate multiplier of the backbone (`SOLVER.BACKBONE_MULTIPLIER`). Default 0.1,
+    /// the released configs' value (for a pretrained backbone); a backbone trained from
+    /// scratch may take 1.
+    #[serde(default = "default_backbone_multiplier")]
+    pub backbone_multiplier: f64,
+}
+
+fn default_backbone_multiplier() -> f64 {
+    0.1
 }
 
 impl OneFormerSpec {
@@ -74,6 +92,7 @@ impl OneFormerSpec {
             config: Box::new(config),
             tasks: all_tasks(),
             thing_classes: None,
+            backbone_multiplier: default_backbone_multiplier(),
         }
     }
 }
@@ -82,45 +101,53 @@ fn all_tasks() -> Vec<String> {
     Task::ALL.iter().map(|t| t.as_str().to_string()).collect()
 }
 
-/// OneFormer's parameter group of a variable (detectron2 `build_optimizer` in
-/// SHI-Labs/OneFormer `train_net.py`): `(lr multiplier, weight-decay multiplier)` —
-/// backbone variables learn at 0.1x (`BACKBONE_MULTIPLIER`), norms and embeddings take no
-/// weight decay (`WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0`).
-pub fn param_group(name: &str) -> (f64, f64) {
-    let lr = if name.contains(".pixel_level_module.encoder.") {
-        0.1
+/// OneFormer's parameter group of a variable (`build_optimizer` in SHI-Labs/OneFormer
+/// `train_net.py`, on segkit's HF-named variables):
+/// - learning rate x `backbone_multiplier` (`SOLVER.BACKBONE_MULTIPLIER`, 0.1) for the backbone
+///   (`model.pixel_level_module.encoder.*`, the official `backbone.*`);
+/// - no weight decay for the parameters of normalisation modules (`WEIGHT_DECAY_NORM = 0`:
+///   LayerNorm, GroupNorm, BatchNorm), of `nn.Embedding` modules (`WEIGHT_DECAY_EMBED = 0`:
+///   `queries_embedder`, the decoder's `level_embed`, the text encoder's `token_embedding`,
+///   `prompt_ctx`), and Swin's `relative_position_bias_table` / absolute position
+///   embedding;
+/// - full decay for everything else, biases of linear and convolution layers included, and
+///   plain `nn.Parameter`s (the pixel decoder's `level_embed`, the text encoder's
+///   `positional_embedding`, `logit_scale`), as detectron2's defaults.
+///
+/// With AdamW, set `decay_norm_and_bias: true` to decay the biases as OneFormer does
+/// (segkit's AdamW leaves 1-D parameters undecayed by default).
+pub fn param_group(name: &str, backbone_multiplier: f64) -> ParamGroup {
+    let lr_mult = if name.starts_with("model.pixel_level_module.encoder.") {
+        backbone_multiplier
     } else {
         1.0
     };
-    let norm = name.contains("norm")
-        || name.contains("layernorm")
-        || name.ends_with("relative_position_bias_table");
-    let embed =
-        name.contains("embed") || name.contains("level_embed") || name.contains("prompt_ctx");
-    let wd = if norm || embed { 0.0 } else { 1.0 };
-    (lr, wd)
-}
-
-/// Full-model gradient clipping (detectron2 `CLIP_TYPE: full_model`, OneFormer's
-/// `CLIP_VALUE 0.01`): scales every gradient by `max_norm / total_norm` when the global L2
-/// norm exceeds `max_norm` (`torch.nn.utils.clip_grad_norm_`, eps 1e-6). Returns the norm.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> TrainResult<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter() {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+    let (module, param) = name.rsplit_once('.').unwrap_or(("", name));
+    let last = module.rsplit('.').next().unwrap_or("");
+    let parent = module.rsplit_once('.').map_or("", |(p, _)| p);
+    let parent_last = parent.rsplit('.').next().unwrap_or("");
+    // The pixel decoder's conv + GroupNorm pairs are `Sequential`s: `input_projections.{i}.1`,
+    // `adapter_{k}.1`, `layer_{k}.1`.
+    let group_norm = last == "1"
+        && (parent_last.starts_with("adapter_")
+            || parent_last.starts_with("layer_")
+            || parent.rsplit('.').nth(1) == Some("input_projections"));
+    let norm = last.contains("norm")
+        || last == "ln_final"
+        || module.contains(".hidden_states_norms.")
+        || group_norm;
+    let embedding = matches!(
+        last,
+        "queries_embedder" | "level_embed" | "token_embedding" | "prompt_ctx"
+    );
+    let swin = param == "relative_position_bias_table"
+        || name.contains("absolute_pos_embed")
+        || name.contains(".embeddings.position_embeddings");
+    let decay_mult = if norm || embedding || swin { 0.0 } else { 1.0 };
+    ParamGroup {
+        lr_mult,
+        decay_mult,
     }
-    let norm = sq.sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for g in grads.iter_mut() {
-            *g = (&*g * coef)?;
-        }
-    }
-    Ok(norm)
 }
 
 /// A OneFormer being fine-tuned (see the module docs).
@@ -316,6 +343,16 @@ impl TrainModel for OneFormerTask {
         1
     }
 
+    fn param_group(&self, name: &str) -> ParamGroup {
+        param_group(name, self.spec.backbone_multiplier)
+    }
+
+    fn clip_grad(&self) -> Option<ClipGradConfig> {
+        // `SOLVER.CLIP_GRADIENTS`: full_model, CLIP_VALUE 0.01, NORM_TYPE 2 (see the module
+        // docs for what the released `train_net.py` actually does).
+        Some(ClipGradConfig::l2(0.01))
+    }
+
     fn init_value(&self, name: &str, dims: &[usize], seed: u64) -> TrainResult<Tensor> {
         if name == "criterion.logit_scale" {
             let t = self.cfg.loss.contrastive_temperature.unwrap_or(0.07);
@@ -366,9 +403,15 @@ impl TrainModel for OneFormerTask {
             .map(|t| t.text_inputs(tok, self.cfg.text_mapper.text_encoder_context_length, dev))
             .collect::<segkit_core::Result<Vec<_>>>()?;
         let text = Tensor::stack(&text, 0)?;
+        // Dropout draws from the run's model-side stream (exact resume).
+        let prev = segkit_core::random::thread_state();
+        segkit_core::random::set_thread_state(Some(*rng));
         let out = self
             .model
-            .forward(&batch.images, &task_inputs, Some(&text), true)?;
+            .forward(&batch.images, &task_inputs, Some(&text), true);
+        *rng = segkit_core::random::thread_state().unwrap_or(0);
+        segkit_core::random::set_thread_state(prev);
+        let out = out?;
         let mask_targets = targets
             .iter()
             .map(|t| {

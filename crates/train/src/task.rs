@@ -43,7 +43,7 @@ use segkit_core::checkpoint::StateDict;
 use segkit_data::SegDataset;
 use segkit_models::{DataPreprocessorConfig, DatasetMeta, ModelConfig};
 
-use crate::config::{ModelSpec, TrainConfig};
+use crate::config::{ClipGradConfig, ModelSpec, ParamGroup, TrainConfig};
 use crate::data::Batch;
 use crate::eval::EvalResult;
 use crate::losses::NamedLosses;
@@ -85,6 +85,20 @@ pub trait TrainModel {
     /// statistics).
     fn min_batch_size(&self) -> usize {
         2
+    }
+
+    /// The optimizer's learning-rate and weight-decay multipliers of the variable `name`,
+    /// used when the training config has no `paramwise_cfg` (default `(1, 1)`: every
+    /// variable alike; OneFormer: its `build_optimizer` groups).
+    fn param_group(&self, name: &str) -> ParamGroup {
+        let _ = name;
+        ParamGroup::default()
+    }
+
+    /// Gradient clipping by the global norm, used when the training config has no
+    /// `clip_grad` (default none; OneFormer: 0.01, L2, over the full model).
+    fn clip_grad(&self) -> Option<ClipGradConfig> {
+        None
     }
 
     /// Initial value of the variable `name` for the run's `seed` (default: segkit-core's

@@ -67,6 +67,8 @@ fn tiny_config(root: &Path, out: &Path, optimizer: OptimizerConfig) -> TrainConf
         )
         .unwrap(),
         optimizer,
+        paramwise_cfg: None,
+        clip_grad: None,
         schedule: ScheduleConfig {
             policy: LrPolicy::Poly {
                 power: 0.9,

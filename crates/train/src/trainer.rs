@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use segkit_data::SegDataset;
 
 use crate::checkpoint;
-use crate::config::TrainConfig;
+use crate::config::{ClipGradConfig, TrainConfig};
 use crate::data::{check_labels, collate, open_dataset, DataOrder, Limited, Split};
 use crate::eval::{detached_copy, EvalResult};
 use crate::optim::Optimizer;
@@ -70,6 +70,7 @@ pub struct Trainer {
     trainable: BTreeMap<String, Var>,
     model: Box<dyn TrainModel>,
     optimizer: Optimizer,
+    clip: Option<ClipGradConfig>,
     train_set: Box<dyn SegDataset>,
     val_set: Box<dyn SegDataset>,
     pipeline: segkit_data::augment::Pipeline,
@@ -198,14 +199,27 @@ impl Trainer {
             native,
             &cfg.source_path(),
         )?;
-        let trainable = params
+        let trainable: BTreeMap<String, Var> = params
             .iter()
             .filter(|(k, _)| !is_buffer(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // The config's `paramwise_cfg` / `clip_grad` where given, else the model's rules.
+        let groups = trainable
+            .keys()
+            .map(|k| {
+                let g = match &cfg.paramwise_cfg {
+                    Some(p) => p.group(k),
+                    None => model.param_group(k),
+                };
+                (k.clone(), g)
+            })
+            .collect();
+        let clip = cfg.clip_grad.or_else(|| model.clip_grad());
         let mut t = Self {
             order: DataOrder::new(cfg.seed, train_set.len(), 0, 0),
-            optimizer: Optimizer::new(&cfg.optimizer),
+            optimizer: Optimizer::new(&cfg.optimizer).with_groups(groups),
+            clip,
             cfg,
             device,
             varmap,
@@ -277,6 +291,17 @@ impl Trainer {
 
     fn segmentor(&self) -> Option<&SegmentorTask> {
         self.model.as_any().downcast_ref::<SegmentorTask>()
+    }
+
+    /// The optimizer (its state and per-variable groups).
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The gradient clipping applied before each step (the config's `clip_grad`, else the
+    /// model's).
+    pub fn clip_grad(&self) -> Option<&ClipGradConfig> {
+        self.clip.as_ref()
     }
 
     /// Optimizer steps taken.
@@ -379,6 +404,9 @@ impl Trainer {
                     grads.insert(name.clone(), t);
                 }
             }
+        }
+        if let Some(c) = &self.clip {
+            crate::optim::clip_grad_norm(&mut grads, c)?;
         }
         self.optimizer.step(&self.trainable, &grads, lr)?;
         self.iteration += 1;

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use segkit::train::{TrainError, TrainResult};
 
 pub(crate) mod canvas;
+pub mod coco_panoptic;
 pub mod coco_instances;
 mod fashion_mnist;
 #[cfg(test)]

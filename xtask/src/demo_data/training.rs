@@ -36,6 +36,8 @@ pub fn demo_train_config(
             weight_decay: 0.01,
             decay_norm_and_bias: false,
         },
+        paramwise_cfg: None,
+        clip_grad: None,
         schedule: ScheduleConfig {
             policy: LrPolicy::Poly {
                 power: 0.9,

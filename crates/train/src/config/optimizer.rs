@@ -161,3 +161,115 @@ impl ScheduleConfig {
         }
     }
 }
+
+fn one() -> f64 {
+    1.0
+}
+fn two() -> f64 {
+    2.0
+}
+
+/// Learning-rate and weight-decay multipliers of a group of parameters (mmengine's
+/// `custom_keys` values; detectron2's per-parameter `lr` / `weight_decay` overrides).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// Multiplier of the scheduled learning rate. Default 1.
+    #[serde(default = "one")]
+    pub lr_mult: f64,
+    /// Multiplier of the optimizer's weight decay. Default 1.
+    #[serde(default = "one")]
+    pub decay_mult: f64,
+}
+
+impl Default for ParamGroup {
+    fn default() -> Self {
+        Self {
+            lr_mult: 1.0,
+            decay_mult: 1.0,
+        }
+    }
+}
+
+/// Per-parameter optimizer rules, mmengine's `paramwise_cfg` (`custom_keys` only): a
+/// variable whose name contains a key takes that key's multipliers; where several keys
+/// match, the longest wins (mmengine sorts the keys by length, longest first). Variables no
+/// key matches keep `(1, 1)`. The optimizer's own decay rule still applies on top (AdamW's
+/// 1-D parameters get no decay unless `decay_norm_and_bias`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamwiseConfig {
+    /// Name substring -> multipliers.
+    #[serde(default)]
+    pub custom_keys: std::collections::BTreeMap<String, ParamGroup>,
+}
+
+impl ParamwiseConfig {
+    /// The multipliers of the variable `name`.
+    pub fn group(&self, name: &str) -> ParamGroup {
+        // Longest key first; among keys of one length, the alphabetically first (mmengine's
+        // `sorted(sorted(keys), key=len, reverse=True)`).
+        let mut best: Option<(&String, &ParamGroup)> = None;
+        for (k, g) in &self.custom_keys {
+            if name.contains(k.as_str()) && best.is_none_or(|(b, _)| k.len() > b.len()) {
+                best = Some((k, g));
+            }
+        }
+        best.map(|(_, g)| *g).unwrap_or_default()
+    }
+
+    /// Checks the multipliers (finite, >= 0).
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, g) in &self.custom_keys {
+            let ok = |v: f64| v.is_finite() && v >= 0.0;
+            if !(ok(g.lr_mult) && ok(g.decay_mult)) {
+                return Err(format!(
+                    "`paramwise_cfg.custom_keys.{k}`: lr_mult and decay_mult must be finite and \
+                     >= 0, got {} and {}",
+                    g.lr_mult, g.decay_mult
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gradient clipping by the global norm of all gradients together (mmengine's `clip_grad`,
+/// `torch.nn.utils.clip_grad_norm_`; detectron2's `CLIP_TYPE: full_model`): when the
+/// `norm_type`-norm of every gradient concatenated exceeds `max_norm`, all are scaled by
+/// `max_norm / (norm + 1e-6)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipGradConfig {
+    /// The largest norm; `null` turns clipping off (a model's default clipping included).
+    pub max_norm: Option<f64>,
+    /// The norm's order `p` (`(sum |g|^p)^(1/p)`). Default 2.
+    #[serde(default = "two")]
+    pub norm_type: f64,
+}
+
+impl ClipGradConfig {
+    /// Clipping at `max_norm` in the L2 norm.
+    pub fn l2(max_norm: f64) -> Self {
+        Self {
+            max_norm: Some(max_norm),
+            norm_type: 2.0,
+        }
+    }
+
+    /// Checks `max_norm > 0` and a finite `norm_type >= 1`.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = self.max_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(format!("`clip_grad.max_norm` must be positive, got {m}"));
+            }
+        }
+        if !(self.norm_type.is_finite() && self.norm_type >= 1.0) {
+            return Err(format!(
+                "`clip_grad.norm_type` must be finite and >= 1, got {}",
+                self.norm_type
+            ));
+        }
+        Ok(())
+    }
+}

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use segkit_data::{DatasetInfo, InstanceAnnotation, Sample, SegDataset};
 use segkit_models::OneFormerConfig;
 use segkit_oneformer::tokenizer::Task;
 
-use super::{clip_grad_norm, param_group, OneFormerSpec, OneFormerTask};
+use super::{param_group, OneFormerSpec, OneFormerTask};
 use crate::data::Batch;
 use crate::task::TrainModel;
 
@@ -71,6 +71,7 @@ fn spec(tasks: &[&str]) -> OneFormerSpec {
         config: Box::new(tiny_config()),
         tasks: tasks.iter().map(|t| t.to_string()).collect(),
         thing_classes: Some(vec![1, 2]),
+        backbone_multiplier: 0.1,
     }
 }
 
@@ -178,30 +179,88 @@ fn task_draws_follow_the_enabled_tasks() {
     .is_err());
 }
 
+/// OneFormer's `build_optimizer` groups on segkit's variable names: every variable of the
+/// tiny model is classified, and the classes are the official ones.
 #[test]
-fn param_groups_and_clipping() {
-    let q = "model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query";
-    assert_eq!(param_group(&format!("{q}.weight")), (0.1, 1.0));
+fn param_groups_follow_build_optimizer() {
+    let vm = VarMap::new();
+    let task = OneFormerTask::new(
+        spec(&["panoptic"]),
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    let (mut backbone, mut no_decay) = (0, Vec::new());
+    for n in &names {
+        let g = task.param_group(n);
+        assert_eq!(g, param_group(n, 0.1));
+        if g.lr_mult == 0.1 {
+            backbone += 1;
+            assert!(n.starts_with("model.pixel_level_module.encoder."), "{n}");
+        } else {
+            assert_eq!(g.lr_mult, 1.0, "{n}");
+        }
+        if g.decay_mult == 0.0 {
+            no_decay.push(n.as_str());
+        }
+    }
+    assert!(backbone > 0);
+    let g = |n: &str| {
+        assert!(names.iter().any(|k| k == n), "no variable {n}");
+        let g = param_group(n, 0.1);
+        (g.lr_mult, g.decay_mult)
+    };
+    let enc = "model.pixel_level_module.encoder";
+    let blk = format!("{enc}.encoder.layers.0.blocks.0");
+    assert_eq!(g(&format!("{blk}.attention.self.query.weight")), (0.1, 1.0));
+    assert_eq!(g(&format!("{blk}.attention.self.query.bias")), (0.1, 1.0));
     assert_eq!(
-        param_group("model.pixel_level_module.encoder.embeddings.norm.weight"),
+        g(&format!(
+            "{blk}.attention.self.relative_position_bias_table"
+        )),
         (0.1, 0.0)
     );
+    assert_eq!(g(&format!("{blk}.layernorm_before.weight")), (0.1, 0.0));
+    assert_eq!(g(&format!("{enc}.embeddings.norm.weight")), (0.1, 0.0));
     assert_eq!(
-        param_group("model.transformer_module.queries_embedder.weight"),
+        g(&format!(
+            "{enc}.embeddings.patch_embeddings.projection.weight"
+        )),
+        (0.1, 1.0)
+    );
+    assert_eq!(
+        g(&format!("{enc}.hidden_states_norms.stage1.weight")),
+        (0.1, 0.0)
+    );
+    let dec = "model.pixel_level_module.decoder";
+    assert_eq!(
+        g(&format!("{dec}.input_projections.0.1.weight")),
         (1.0, 0.0)
     );
     assert_eq!(
-        param_group("model.transformer_module.decoder.layers.0.ffn.linear1.weight"),
+        g(&format!("{dec}.input_projections.0.0.weight")),
         (1.0, 1.0)
     );
-    let mut g = vec![
-        Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap(),
-        Tensor::new(&[4f32], &Device::Cpu).unwrap(),
-    ];
-    let n = clip_grad_norm(&mut g, 0.01).unwrap();
-    assert!((n - 5.0).abs() < 1e-9);
-    let v = g[1].to_vec1::<f32>().unwrap()[0];
-    assert!((v - 0.008).abs() < 1e-6, "{v}");
+    assert_eq!(g(&format!("{dec}.adapter_1.1.bias")), (1.0, 0.0));
+    assert_eq!(g(&format!("{dec}.layer_1.1.weight")), (1.0, 0.0));
+    // A plain nn.Parameter in the official pixel decoder: decayed.
+    assert_eq!(g(&format!("{dec}.level_embed")), (1.0, 1.0));
+    let tm = "model.transformer_module";
+    assert_eq!(g(&format!("{tm}.queries_embedder.weight")), (1.0, 0.0));
+    assert_eq!(g(&format!("{tm}.level_embed.weight")), (1.0, 0.0));
+    // `class_embed` is a Linear: decayed, its bias too.
+    assert_eq!(g(&format!("{tm}.decoder.class_embed.bias")), (1.0, 1.0));
+    assert_eq!(g(&format!("{tm}.decoder.decoder_norm.weight")), (1.0, 0.0));
+    let te = "model.text_mapper.text_encoder";
+    assert_eq!(g(&format!("{te}.token_embedding.weight")), (1.0, 0.0));
+    assert_eq!(g(&format!("{te}.positional_embedding")), (1.0, 1.0));
+    assert_eq!(g(&format!("{te}.ln_final.weight")), (1.0, 0.0));
+    assert_eq!(g("model.text_mapper.prompt_ctx.weight"), (1.0, 0.0));
+    assert_eq!(g("criterion.logit_scale"), (1.0, 1.0));
+    assert_eq!(
+        task.clip_grad(),
+        Some(crate::config::ClipGradConfig::l2(0.01))
+    );
 }
 
 #[test]

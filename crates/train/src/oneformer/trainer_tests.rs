@@ -9,7 +9,8 @@ use candle_core::Tensor;
 use super::tests::{sample, tiny_config};
 use super::OneFormerSpec;
 use crate::config::{
-    DatasetConfig, LrPolicy, ModelSpec, OptimizerConfig, ScheduleConfig, TrainConfig,
+    ClipGradConfig, DatasetConfig, LrPolicy, ModelSpec, OptimizerConfig, ScheduleConfig,
+    TrainConfig,
 };
 use crate::{TrainError, TrainResult, Trainer};
 
@@ -80,12 +81,20 @@ pub(crate) fn write_toy_coco_panoptic(root: &Path, splits: &[(&str, usize)]) -> 
     Ok(())
 }
 
+/// The tiny model with the released configs' decoder dropout (0.1): resume must stay exact.
+fn tiny_config_with_dropout() -> segkit_models::OneFormerConfig {
+    let mut c = tiny_config();
+    c.decoder.dropout = 0.1;
+    c
+}
+
 pub(crate) fn train_config(root: &Path, out: &Path, tasks: &[&str]) -> TrainConfig {
     TrainConfig {
         model: ModelSpec::OneFormer(Box::new(OneFormerSpec {
-            config: Box::new(tiny_config()),
+            config: Box::new(tiny_config_with_dropout()),
             tasks: tasks.iter().map(|t| t.to_string()).collect(),
             thing_classes: Some(vec![1, 2]),
+            backbone_multiplier: 0.1,
         })),
         dataset: DatasetConfig::CocoPanoptic {
             root: root.to_path_buf(),
@@ -100,6 +109,8 @@ pub(crate) fn train_config(root: &Path, out: &Path, tasks: &[&str]) -> TrainConf
             weight_decay: 0.05,
             decay_norm_and_bias: false,
         },
+        paramwise_cfg: None,
+        clip_grad: None,
         schedule: ScheduleConfig {
             policy: LrPolicy::Poly {
                 power: 0.9,
@@ -196,5 +207,37 @@ fn semantic_only_trains_on_class_maps_other_tasks_need_panoptic_gt() -> TrainRes
     cfg.output_dir = dir.path().join("pan");
     let e = Trainer::new(cfg)?.quiet(true).train_until(1).unwrap_err();
     assert!(e.to_string().contains("tasks"), "{e}");
+    Ok(())
+}
+
+/// The trainer takes OneFormer's optimizer rules from the model unless the config's
+/// `paramwise_cfg` / `clip_grad` replace them.
+#[test]
+fn optimizer_rules_come_from_the_model_or_the_config() -> TrainResult<()> {
+    let dir = tempfile::tempdir().map_err(io)?;
+    write_toy_coco_panoptic(dir.path(), &[("train", 2), ("val", 1)])?;
+    let cfg = train_config(dir.path(), &dir.path().join("a"), &["semantic"]);
+    let t = Trainer::new(cfg.clone())?.quiet(true);
+    let q = "model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query";
+    let g = t.optimizer().group(&format!("{q}.weight"));
+    assert_eq!((g.lr_mult, g.decay_mult), (0.1, 1.0));
+    let g = t
+        .optimizer()
+        .group("model.transformer_module.queries_embedder.weight");
+    assert_eq!((g.lr_mult, g.decay_mult), (1.0, 0.0));
+    assert_eq!(t.clip_grad(), Some(&ClipGradConfig::l2(0.01)));
+    let mut own = cfg.clone();
+    own.paramwise_cfg = Some(
+        serde_json::from_str(r#"{"custom_keys": {"encoder": {"lr_mult": 0.5}}}"#).map_err(io)?,
+    );
+    own.clip_grad = Some(serde_json::from_str(r#"{"max_norm": null}"#).map_err(io)?);
+    let t = Trainer::new(own)?.quiet(true);
+    let g = t.optimizer().group(&format!("{q}.weight"));
+    assert_eq!((g.lr_mult, g.decay_mult), (0.5, 1.0));
+    let g = t
+        .optimizer()
+        .group("model.transformer_module.queries_embedder.weight");
+    assert_eq!((g.lr_mult, g.decay_mult), (1.0, 1.0));
+    assert_eq!(t.clip_grad().and_then(|c| c.max_norm), None);
     Ok(())
 }

@@ -120,6 +120,8 @@ fn train_config(root: &Path, out: &Path) -> TrainConfig {
             weight_decay: 1e-4,
             nesterov: false,
         },
+        paramwise_cfg: None,
+        clip_grad: None,
         schedule: ScheduleConfig {
             policy: LrPolicy::Poly {
                 power: 0.9,

@@ -1,0 +1,251 @@
+//! `cargo xtask oneformer-demo`: fine-tunes a small OneFormer on the demo canvases' panoptic
+//! ground truth twice under the same budget — joint training (`tasks` panoptic + instance +
+//! semantic) and semantic-only — and evaluates both on the held-out canvases with PQ, mask AP
+//! and mIoU (the three tasks' post-processed outputs; docs/TRAINING.md records the numbers).
+//!
+//! `oneformer-demo [--iterations N] [--batch N] [--data DIR] [--val N] [--out FILE]`: makes
+//! the demo data if missing (as `make-demo-data`), converts both splits to the COCO panoptic
+//! layout ([`crate::demo_data::coco_panoptic`]: every item a thing segment of its class, the
+//! background one stuff segment), writes one training config per run (`train.json`, the
+//! `segkit train` input: `segkit train target/oneformer-demo/joint/train.json` repeats a run)
+//! and trains it through segkit-train's `Trainer` — the code `segkit train` runs. The results
+//! (JSON) go to `--out` (default `target/oneformer-demo/results.json`) and a Markdown table to
+//! stdout; each run's checkpoint, metrics log and model (`segkit infer --model DIR`) are in
+//! `joint/` and `semantic/` next to `--out`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use segkit::models::encoder_decoder::demo::FASHION_CLASSES;
+use segkit::models::oneformer::OneFormerBackboneConfig;
+use segkit::models::OneFormerConfig;
+use segkit::train::{TrainConfig, Trainer};
+
+use crate::demo_data as demo;
+
+const USAGE: &str = "usage: cargo xtask oneformer-demo [--iterations N] [--batch N] [--data DIR] \
+                     [--val N] [--out FILE]";
+
+/// Iterations of each run.
+const ITERATIONS: usize = 600;
+
+/// The demo's OneFormer: Swin at a sixth of Swin-T's width (embed 16, depths 2 / 2 / 2 / 2,
+/// heads 1 / 2 / 4 / 8, window 7), pixel decoder and transformer decoder at width 64 (2
+/// deformable-attention encoder layers, 16 queries, 4 decoder layers = 3 auxiliary, dropout
+/// 0.1), a one-layer text mapper of width 64 with context length 16, the 11 demo classes
+/// (background stuff, the 10 Fashion-MNIST classes things), 128 x 128 input, 2048 points per
+/// mask in the loss.
+pub fn demo_config() -> OneFormerConfig {
+    let mut c = OneFormerConfig::ade20k_swin_tiny();
+    c.name = "segkit-demo-oneformer".into();
+    if let OneFormerBackboneConfig::Swin(s) = &mut c.backbone {
+        s.embed_dim = 16;
+        s.depths = vec![2, 2, 2, 2];
+        s.num_heads = vec![1, 2, 4, 8];
+        s.drop_path_rate = 0.0;
+    }
+    let p = &mut c.pixel_decoder;
+    (p.conv_dim, p.mask_dim) = (64, 64);
+    (p.encoder_layers, p.encoder_feedforward_dim) = (2, 128);
+    p.dropout = 0.0;
+    let d = &mut c.decoder;
+    (d.num_queries, d.hidden_dim, d.num_attention_heads) = (16, 64, 4);
+    (d.dim_feedforward, d.decoder_layers, d.query_dec_layers) = (256, 4, 1);
+    d.num_labels = FASHION_CLASSES.len();
+    d.dropout = 0.1;
+    (d.conv_dim, d.mask_dim) = (None, None);
+    let t = &mut c.text_mapper;
+    (t.text_encoder_width, t.text_encoder_num_layers) = (64, 1);
+    (t.text_encoder_n_ctx, t.hidden_dim) = (4, 64);
+    t.text_encoder_context_length = 16;
+    c.labels = FASHION_CLASSES.iter().map(|s| s.to_string()).collect();
+    c.loss = segkit::losses::OneFormerLossConfig {
+        num_points: 2048,
+        ..segkit::losses::OneFormerLossConfig::oneformer(FASHION_CLASSES.len())
+    };
+    c.preprocess.shortest_edge = demo::DEMO_SIZE;
+    c.preprocess.longest_edge = demo::DEMO_SIZE;
+    c
+}
+
+/// The training config of one run (`tasks`), as JSON: AdamW lr 1e-3, weight decay 0.05
+/// (biases decayed as OneFormer), OneFormer's parameter groups with the backbone at 1x (it
+/// starts from scratch) and clipping at 0.01, 50 warm-up iterations, poly 0.9, flips, seed 0.
+fn train_json(
+    coco: &Path,
+    out: &Path,
+    tasks: &[&str],
+    iterations: usize,
+    batch: usize,
+    val: usize,
+) -> serde_json::Value {
+    let things: Vec<usize> = (1..FASHION_CLASSES.len()).collect();
+    serde_json::json!({
+        "model": {"type": "OneFormer", "config": demo_config(), "tasks": tasks,
+                  "thing_classes": things, "backbone_multiplier": 1.0},
+        "dataset": {"type": "CocoPanoptic", "root": coco},
+        "pipeline": [{"type": "RandomFlip", "prob": 0.5}],
+        "optimizer": {"type": "AdamW", "lr": 1e-3, "weight_decay": 0.05,
+                      "decay_norm_and_bias": true},
+        "schedule": {"policy": {"type": "Poly", "power": 0.9, "min_lr": 1e-6},
+                     "warmup": {"iters": iterations.div_ceil(12).min(50), "start_factor": 0.1}},
+        "iterations": iterations, "batch_size": batch, "log_interval": 10,
+        "eval_batch_size": 1, "val_limit": val, "seed": 0, "output_dir": out
+    })
+}
+
+/// One run's results.
+#[derive(Debug, serde::Serialize)]
+struct RunResult {
+    name: String,
+    tasks: Vec<String>,
+    iterations: usize,
+    pq: f64,
+    sq: f64,
+    rq: f64,
+    ap: f64,
+    ap50: f64,
+    miou: f64,
+    aacc: f64,
+    final_loss: f64,
+    train_seconds: f64,
+    model_bytes: u64,
+}
+
+fn table(results: &[RunResult]) -> String {
+    let mut s = String::from(
+        "| run | tasks | PQ | SQ | RQ | mask AP | AP50 | mIoU | aAcc | train s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+            r.name,
+            r.tasks.join(" + "),
+            r.pq,
+            r.sq,
+            r.rq,
+            r.ap,
+            r.ap50,
+            r.miou,
+            r.aacc,
+            r.train_seconds
+        ));
+    }
+    s
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Trains one run from its config file; returns its results.
+fn train_run(name: &str, tasks: &[&str], cfg_path: &Path) -> Result<RunResult, String> {
+    let cfg = TrainConfig::load(cfg_path).map_err(|e| e.to_string())?;
+    let iterations = cfg.iterations;
+    let t = Instant::now();
+    eprintln!("xtask: training `{name}` ({iterations} iterations)");
+    let mut trainer = Trainer::new(cfg).map_err(|e| e.to_string())?;
+    let summary = trainer
+        .run_with(|rec| {
+            if rec.iter % 50 == 0 || rec.iter == iterations {
+                eprintln!(
+                    "  iter {} ({:.0} s): loss {:.4}",
+                    rec.iter,
+                    t.elapsed().as_secs_f64(),
+                    rec.loss
+                );
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let e = &summary.eval;
+    let x = |k: &str| 100.0 * e.extra.get(k).copied().unwrap_or(f64::NAN);
+    let model_bytes = std::fs::metadata(&summary.model_path).map_or(0, |m| m.len());
+    Ok(RunResult {
+        name: name.into(),
+        tasks: tasks.iter().map(|s| s.to_string()).collect(),
+        iterations,
+        pq: x("PQ"),
+        sq: x("SQ"),
+        rq: x("RQ"),
+        ap: x("AP"),
+        ap50: x("AP50"),
+        miou: 100.0 * e.miou,
+        aacc: 100.0 * e.aacc,
+        final_loss: summary.final_loss,
+        train_seconds: t.elapsed().as_secs_f64(),
+        model_bytes,
+    })
+}
+
+/// Runs `cargo xtask oneformer-demo`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let root = crate::root();
+    let mut data = root.join("target/demo-data");
+    let mut out = root.join("target/oneformer-demo/results.json");
+    let (mut iterations, mut batch, mut val) = (ITERATIONS, 4, 500);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match a.as_str() {
+            "--iterations" => iterations = next()?.parse().map_err(|_| USAGE.to_string())?,
+            "--batch" => batch = next()?.parse().map_err(|_| USAGE.to_string())?,
+            "--val" => val = next()?.parse().map_err(|_| USAGE.to_string())?,
+            "--data" => data = PathBuf::from(next()?),
+            "--out" => out = PathBuf::from(next()?),
+            s => return Err(format!("unknown argument `{s}`; {USAGE}")),
+        }
+    }
+    if !data.join("images/val").is_dir() || !data.join("images/train").is_dir() {
+        let src = PathBuf::from(demo::FASHION_MNIST_DIR);
+        eprintln!("xtask: composing the demo canvases into {}", data.display());
+        demo::make_demo_data(&src, &data, 4000, 500)
+            .map_err(|e| format!("{e} (Fashion-MNIST: {})", demo::FASHION_MNIST_INSTALL))?;
+    }
+    let dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let coco = dir.join("coco_panoptic");
+    for split in ["train", "val"] {
+        if !coco
+            .join(format!("annotations/panoptic_{split}2017.json"))
+            .is_file()
+        {
+            let s = demo::coco_panoptic::write_coco_panoptic(&data, &coco, split)
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "xtask: {split}: {} canvases, {} thing segments -> {}",
+                s.images,
+                s.things,
+                s.json.display()
+            );
+        }
+    }
+    let runs: [(&str, &[&str]); 2] = [
+        ("joint", &["panoptic", "instance", "semantic"]),
+        ("semantic", &["semantic"]),
+    ];
+    let mut results = Vec::new();
+    for (name, tasks) in runs {
+        let run_dir = dir.join(name);
+        let cfg = train_json(&coco, &run_dir, tasks, iterations, batch, val);
+        let cfg_path = run_dir.join("train.json");
+        let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
+        write(&cfg_path, &format!("{text}\n"))?;
+        let r = train_run(name, tasks, &cfg_path)?;
+        eprintln!(
+            "xtask: `{name}`: PQ {:.2}, AP {:.2}, mIoU {:.2} ({:.0} s)",
+            r.pq, r.ap, r.miou, r.train_seconds
+        );
+        results.push(r);
+    }
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    write(&out, &format!("{json}\n"))?;
+    println!("{}", table(&results));
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
