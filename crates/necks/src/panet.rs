@@ -263,7 +263,10 @@ impl PanetFpn {
             let lat = lateral.forward_t(&features[n - 2 - i], train)?;
             let prev = &inner[i];
             let (h, w) = (prev.dim(2)?, prev.dim(3)?);
-            let td = prev.upsample_nearest2d(2 * h, 2 * w)?;
+            // segkit-core's nearest resize, not candle's `upsample_nearest2d`: candle 0.11's
+            // backward of that op overwrites the input's accumulated gradient instead of adding
+            // to it, dropping the posthoc conv's share of the top-down gradient.
+            let td = ops::resize_nearest(prev, (2 * h, 2 * w))?;
             same_size(&lat, &td, || {
                 format!(
                     "PANet FPN top-down: lateral of input {} vs 2x-upsampled coarser level",
