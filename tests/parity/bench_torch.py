@@ -99,6 +99,8 @@ def make(case):
             [torch.zeros(512), x1, y1, x1 + 8.0 + u[:, 2] * 300.0, y1 + 8.0 + u[:, 3] * 300.0], 1
         )
         return lambda: roi_align(x, rois, (7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    if case in ("panet_r50_fpn", "torchvision_maskrcnn"):
+        return __import__("bench_torch_panet").make(case)
     if case.startswith("e2e_") or case.endswith("_b8"):
         return __import__("bench_torch_e2e").make(case)
     raise SystemExit(f"unknown case {case}")

@@ -25,6 +25,8 @@ const CASES: &[&str] = &[
     "resize_bilinear",
     "grid_sample",
     "roi_align",
+    "panet_r50_fpn",
+    "torchvision_maskrcnn",
     "e2e_pspnet_cityscapes",
     "e2e_oneformer_panoptic",
     "resnet50_b8",

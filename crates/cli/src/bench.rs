@@ -13,6 +13,7 @@ use segkit_core::testing::{synthetic_input, synthetic_tensor, synthetic_var_buil
 use crate::CliError;
 
 mod e2e;
+mod panet;
 mod throughput;
 mod train;
 
@@ -153,12 +154,14 @@ fn make(case: &str) -> Result<Job, CliError> {
         "resize_bilinear" => resize_bilinear(&dev),
         "grid_sample" => grid_sample(&dev),
         "roi_align" => roi_align(&dev),
+        "panet_r50_fpn" | "torchvision_maskrcnn" => panet::job(&dev),
         "resnet50_b8" | "pspnet_r50-d8_b8" => throughput::make(case),
         "e2e_pspnet_cityscapes" | "e2e_oneformer_panoptic" => e2e::make(case),
         other => Err(CliError::Usage(format!(
             "unknown bench case `{other}`; cases: {}",
             CASES
                 .iter()
+                .chain(panet::CASES)
                 .chain(e2e::CASES)
                 .chain(throughput::CASES)
                 .map(|c| c.0)
@@ -333,6 +336,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.list || a.case.is_none() {
         for (n, d) in CASES
             .iter()
+            .chain(panet::CASES)
             .chain(e2e::CASES)
             .chain(throughput::CASES)
             .chain(train::CASES)
