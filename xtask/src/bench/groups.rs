@@ -14,7 +14,7 @@ const BATCH: f64 = 8.0;
 
 /// Whether `case` belongs to these tables.
 pub fn is_heavy(case: &str) -> bool {
-    case.starts_with("e2e_") || case.ends_with("_b8") && !case.starts_with("train_")
+    case.starts_with("e2e_") || (case.ends_with("_b8") && !case.starts_with("train_"))
 }
 
 /// Runs the e2e cases, then the throughput cases, among `cases`, printing one table each.
