@@ -32,8 +32,8 @@ mod download;
 mod fixtures;
 mod gscnn_demo;
 mod list;
-mod panet_demo;
 mod oneformer_demo;
+mod panet_demo;
 mod pssl_demo;
 mod registry;
 

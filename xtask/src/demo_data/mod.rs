@@ -17,8 +17,8 @@ use rayon::prelude::*;
 use segkit::train::{TrainError, TrainResult};
 
 pub(crate) mod canvas;
-pub mod coco_panoptic;
 pub mod coco_instances;
+pub mod coco_panoptic;
 mod fashion_mnist;
 #[cfg(test)]
 mod figures;
