@@ -31,9 +31,10 @@
 //! iterator and clips nothing; segkit applies the configured clipping, and `"clip_grad":
 //! {"max_norm": null}` trains as the released code does.
 //!
-//! Dropout (the decoder's, 0.1 in the released configs) draws its masks from the run's
-//! model-side random stream ([`segkit_core::random`], installed for the forward pass), so a
-//! resumed run is exact with dropout on.
+//! Dropout (the transformer decoder's, 0.1 in the released configs) draws its masks from the
+//! run's model-side random stream ([`segkit_core::random`], installed for the forward pass),
+//! so a resumed run is exact with it on. (The pixel decoder's dropout and Swin's drop path
+//! still use candle's unseeded generator: keep them 0 where resume must be exact.)
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
