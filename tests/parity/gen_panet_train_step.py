@@ -29,7 +29,14 @@ heads (box fc 128, mask head 64 / 32 channels, GN 32 groups), 81 classes, 28x28 
 images: 150x219 at scale 4/3 (200x292) and 180x232 at scale 1.2 (216x278), padded to a
 224x320 blob (synthetic values, `synth.synthetic_input` key "panet_train_step.blob"); 5 and 7
 instances (ellipses and rectangles, image 1 with a crowd one), masks stored bit-packed.
-Official TRAIN settings otherwise: 256 anchors / image, 512 RoIs / image, 2000 proposals.
+Official TRAIN settings (256 anchors / image, 512 RoIs / image, 2000 proposals per image and level
+before and after NMS) except the collect: 800 over the batch instead of 2000, so that every RoI
+candidate of an image is sampled (asserted) and the sampled set cannot depend on the order of
+proposals whose float32 scores tie within an ulp (torch's and candle's sigmoids differ by one ulp,
+which reorders such proposals and would make the replayed draws pick other boxes).
+The step runs again in float64 (same proposals and RoIs): `torch_f32_err.{name}` holds how far
+PyTorch's own float32 gradient is from it (max |diff|, |sum diff|, |abssum diff|), the measured
+conditioning the Rust test's gradient tolerance refers to.
 Gradients: synth.sample_outputs with 1024 sampled values and 1024 block projections per tensor
 (every element enters a projection).
 Run: python tests/parity/gen_panet_train_step.py tests/fixtures
