@@ -19,7 +19,9 @@
 //! except the collect, 800 instead of 2000: every RoI candidate is then sampled, so the RoI set
 //! cannot depend on the order of proposals whose f32 scores tie within an ulp (see the generator).
 //!
-//! Tolerance: `1e-4 * max(1, max|ref|)` for the losses and every gradient element.
+//! Tolerance: `1e-4 * max(1, |ref|)` for the losses; for the gradients see [`check_gradient`]
+//! (DESIGN's 1e-4, widened only where PyTorch's own float32 error, measured against float64, is
+//! larger).
 
 use std::collections::{HashMap, HashSet};
 
