@@ -4,7 +4,7 @@
 //!
 //! Every annotation becomes one instance of the sample ([`segkit_data::Sample::instances`]):
 //! polygons (pycocotools' rasteriser), compressed and uncompressed RLE masks, `iscrowd`
-//! kept; the class is the category's index in the json's categories sorted by id. The
+//! kept; the class is the category's position in the json's `categories` list. The
 //! semantic map (non-crowd instances painted in order, the rest `255`) rides along for the
 //! models that want one. This is the data a PANet trains on ([`crate::panet`]); a user's own
 //! instance data in this layout trains the same way (the demo model's canvases are converted
@@ -126,25 +126,24 @@ mod tests {
         let c = c.clone();
         let ds = open_dataset(&cfg, Split::Val, &DatasetMeta::default()).unwrap();
         assert_eq!(ds.len(), 1);
-        assert_eq!(ds.info().classes, vec!["a".to_string(), "b".to_string()]);
+        // Classes in the json's category order (mmdet's `cat2label`), not by id.
+        assert_eq!(ds.info().classes, vec!["b".to_string(), "a".to_string()]);
         let s = ds.get(0).unwrap();
         let inst = s.instances.unwrap();
         assert_eq!(inst.len(), 3);
-        // The polygon (category 9 = class 1): pycocotools' rasterisation of [1, 6] x [1, 5].
-        assert_eq!(inst[0].class_id, 1);
+        // The polygon (category 9 = class 0): pycocotools' rasterisation of [1, 6] x [1, 5].
+        assert_eq!(inst[0].class_id, 0);
         let px = |k: usize| inst[k].mask.iter().filter(|&&v| v).count();
         assert_eq!(px(0), 20);
         assert!(inst[0].mask[2 * 16 + 3] && !inst[0].mask[0]);
-        // The RLE (category 3 = class 0) and the crowd.
-        assert_eq!((inst[1].class_id, px(1), inst[1].iscrowd), (0, 12, false));
-        assert_eq!((inst[2].class_id, px(2), inst[2].iscrowd), (0, 16, true));
+        // The RLE (category 3 = class 1) and the crowd.
+        assert_eq!((inst[1].class_id, px(1), inst[1].iscrowd), (1, 12, false));
+        assert_eq!((inst[2].class_id, px(2), inst[2].iscrowd), (1, 16, true));
         let sem = s.semantic.unwrap();
-        assert_eq!(
-            (sem[2 * 16 + 11], sem[2 * 16 + 3], sem[11 * 16]),
-            (0, 1, 255)
-        );
-        // A missing split names the json.
+        assert_eq!((sem[2 * 16 + 11], sem[2 * 16 + 3]), (1, 0));
+        assert_eq!(sem[11 * 16], ds.info().ignore_index); // crowd only
+                                                          // A missing split names what is missing.
         let e = c.open("val").unwrap_err().to_string();
-        assert!(e.contains("instances_val2017.json"), "{e}");
+        assert!(e.contains("val2017"), "{e}");
     }
 }
