@@ -208,8 +208,12 @@ impl Explainer for SmoothGrad {
     }
 }
 
-/// Integrated gradients from a zero baseline (signed, as captum): `x * mean_k grad(alpha_k x)` with captum's
-/// `riemann_trapezoid` points and weights (`alpha_k = k / (steps - 1)`, end points halved).
+/// Integrated gradients from a zero baseline (signed, as captum's `IntegratedGradients` with
+/// `method="riemann_trapezoid"`): `x * sum_k w_k grad(alpha_k x)` at captum's points and
+/// weights, `alpha_k = k / (steps - 1)` and `w_k = 1 / steps`, the two end points' halved.
+/// captum's weights sum to `(steps - 1) / steps`, not 1 (its trapezoid divides by the number
+/// of points rather than of intervals), so the attributions sum to `(steps - 1) / steps` of
+/// `logit(x) - logit(0)`; segkit keeps captum's numbers (`tests/tests/pssl_parity.rs`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IntegratedGradients {
     /// Integration points (captum's `n_steps`; default 50).
@@ -228,7 +232,7 @@ impl Explainer for IntegratedGradients {
         let mut acc: Option<Tensor> = None;
         for k in 0..n {
             let alpha = k as f64 / (n - 1) as f64;
-            let wgt = if k == 0 || k == n - 1 { 0.5 } else { 1.0 } / (n - 1) as f64;
+            let wgt = if k == 0 || k == n - 1 { 0.5 } else { 1.0 } / n as f64;
             let g = (input_gradients(f, &(x * alpha)?, targets)? * wgt)?;
             acc = Some(match acc {
                 None => g,
