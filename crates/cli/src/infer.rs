@@ -436,7 +436,7 @@ pub fn run(a: InferArgs) -> Result<(), CliError> {
         check_image(p).map_err(fail)?;
     }
     check_out_dir(&a.out).map_err(fail)?;
-    let mut seg = Segmenter::load(&a.model, &device).map_err(fail)?;
+    let mut seg = Segmenter::load(&a.model, &device).map_err(CliError::from)?;
     if let Some(t) = a.threshold {
         let mut opts = segkit::PredictOptions::default();
         opts.instance.threshold = t;

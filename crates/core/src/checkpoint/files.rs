@@ -68,18 +68,20 @@ impl CheckpointFormat {
         if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
             return Ok(Self::PyTorchZip);
         }
+        if b[0] == 0x80 && has_legacy_magic(b) {
+            return Ok(Self::PyTorchLegacy);
+        }
+        // Safetensors before the pickle test: its first 8 bytes are the little-endian header
+        // length, so a header of 0x80 mod 256 bytes starts with 0x80 like a pickle does.
+        if b.len() >= 9 && b[8] == b'{' {
+            return Ok(Self::Safetensors);
+        }
         if b[0] == 0x80 {
-            if has_legacy_magic(b) {
-                return Ok(Self::PyTorchLegacy);
-            }
             return Err(bad(
                 path,
                 "a Python pickle but not a PyTorch checkpoint (neither a zip archive nor the \
                  legacy magic number)",
             ));
-        }
-        if b.len() >= 9 && b[8] == b'{' {
-            return Ok(Self::Safetensors);
         }
         let text = String::from_utf8_lossy(&b[..b.len().min(40)]);
         let reason = if b.starts_with(b"version https://git-lfs") {

@@ -33,6 +33,28 @@ fn formats_are_detected_by_content() -> R {
 }
 
 #[test]
+fn safetensors_with_a_header_length_of_0x80_mod_256_is_not_taken_for_a_pickle() -> R {
+    // The first byte of a safetensors file is the low byte of its header length: 0x80 here,
+    // the pickle protocol opcode.
+    let mut header = br#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();
+    header.resize(0x180, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(bytes[0], 0x80);
+    bytes.extend_from_slice(&header);
+    for v in [1.5f32, -2.0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let d = tmp();
+    let p = d.path().join("model.safetensors");
+    std::fs::write(&p, &bytes)?;
+    assert_eq!(CheckpointFormat::detect(&p)?, CheckpointFormat::Safetensors);
+    let sd = StateDict::load(&p)?;
+    let t = sd.get("t").ok_or("tensor `t` missing")?;
+    assert_eq!(t.to_vec1::<f32>()?, vec![1.5, -2.0]);
+    Ok(())
+}
+
+#[test]
 fn every_format_loads_torch_values() -> R {
     let tiny = expected("tiny");
     for f in [
