@@ -79,9 +79,12 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
+/// One logged row: the iteration and its named values.
+type LogRow = (usize, BTreeMap<String, f64>);
+
 /// The logged training rows of a run: per logged iteration, the named losses (and
 /// `elapsed`, the loop's seconds so far).
-fn read_losses(log: &Path) -> Result<Vec<(usize, BTreeMap<String, f64>)>, String> {
+fn read_losses(log: &Path) -> Result<Vec<LogRow>, String> {
     let text = std::fs::read_to_string(log).map_err(io(log))?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -105,10 +108,7 @@ fn read_losses(log: &Path) -> Result<Vec<(usize, BTreeMap<String, f64>)>, String
 }
 
 /// Mean of each loss over the logged iterations in `range`.
-fn mean_losses(
-    log: &[(usize, BTreeMap<String, f64>)],
-    range: std::ops::RangeInclusive<usize>,
-) -> BTreeMap<String, f64> {
+fn mean_losses(log: &[LogRow], range: std::ops::RangeInclusive<usize>) -> BTreeMap<String, f64> {
     let rows: Vec<_> = log.iter().filter(|(i, _)| range.contains(i)).collect();
     let mut m: BTreeMap<String, f64> = BTreeMap::new();
     for (_, l) in &rows {
