@@ -16,6 +16,7 @@ mod e2e;
 mod panet;
 mod throughput;
 mod train;
+mod train_oneformer;
 
 /// The cases, with the shapes PyTorch's side uses too.
 pub const CASES: &[(&str, &str)] = &[

@@ -4,6 +4,8 @@
 //! resident memory per phase. Shapes: the ADE20K cases `--batch` x 3 x `--size` x `--size`,
 //! `train_pspnet_r50-d8_cityscapes` `--batch` x 3 x `--size` x 2`--size` (the defaults give
 //! 512x1024, batch 2), `train_demo_b8` 8 x 3 x 128 x 128; each row names its shape.
+//! `train_oneformer_swin_t` (issue 15) is transformers' `OneFormerForUniversalSegmentation`
+//! against segkit-train's `OneFormerTask` (AdamW; see crates/cli/src/bench/train_oneformer.rs).
 
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +40,7 @@ pub fn run(
     let script = root.join("tests/parity/bench_torch_train.py");
     println!();
     println!(
-        "training step (forward + losses, backward, SGD), shape per row (--size {}, --batch {}), {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
+        "training step (forward + losses, backward, SGD; OneFormer: clipping + AdamW), shape per row (--size {}, --batch {}), {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
         a.size, a.batch, a.runs
     );
     println!(

@@ -41,6 +41,7 @@ pub const CASES: &[(&str, &str)] = &[
         "train_demo_b8",
         "segkit's demo model (ResNetV1c-18 w16 + PSP) SGD training step, 8x3x128x128 (fixed)",
     ),
+    super::train_oneformer::CASE,
 ];
 
 /// A training case's model config, class count and batch shape `(batch, height, width)` from
@@ -196,6 +197,9 @@ pub fn run(
     warmup: usize,
     pool: &str,
 ) -> Result<(), CliError> {
+    if case == super::train_oneformer::CASE.0 {
+        return super::train_oneformer::run(size, batch, runs, warmup, pool);
+    }
     let (cfg, k, shape) = case_spec(case, size, batch)?;
     let [batch, height, width] = shape;
     let mut s = build(&cfg, k, shape)?;
@@ -230,7 +234,7 @@ pub fn run(
 
 /// Prints the tensors the autograd graph of `loss` keeps alive, grouped by shape (storage
 /// shared by views counted once): what the backward pass holds on to.
-fn graph_census(loss: &Tensor) {
+pub(super) fn graph_census(loss: &Tensor) {
     let mut seen = std::collections::HashSet::new();
     let mut by_shape: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     let mut total = 0f64;
