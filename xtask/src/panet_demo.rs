@@ -274,12 +274,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!(
         "| | AP | AP50 | AP75 |\n|---|---|---|---|\n| box | {:.2} | {:.2} | {:.2} |\n\
          | mask | {:.2} | {:.2} | {:.2} |",
-        r.extra["bbox_AP"],
-        r.extra["bbox_AP50"],
-        r.extra["bbox_AP75"],
-        r.extra["AP"],
-        r.extra["AP50"],
-        r.extra["AP75"]
+        100.0 * r.extra["bbox_AP"],
+        100.0 * r.extra["bbox_AP50"],
+        100.0 * r.extra["bbox_AP75"],
+        100.0 * r.extra["AP"],
+        100.0 * r.extra["AP50"],
+        100.0 * r.extra["AP75"]
     );
     eprintln!(
         "xtask: trained in {:.0} s, {params} parameters, {bytes} bytes; wrote {}",

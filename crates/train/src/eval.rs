@@ -36,8 +36,10 @@ pub struct EvalResult {
     pub iou: Vec<Option<f64>>,
     /// Per-class accuracy.
     pub acc: Vec<Option<f64>>,
-    /// Further metrics of the model family, by name (Gated-SCNN: the boundary F-score per
-    /// tolerance, `bF_1px`, `bF_0.00375`, ...); empty for a plain segmentor.
+    /// Further metrics of the model family, by name, as fractions (0..1) like the fields
+    /// above (Gated-SCNN: the boundary F-score per tolerance, `bF_1px`, `bF_0.00375`, ...;
+    /// classifiers `top1`; OneFormer `PQ`, `SQ`, `RQ`, `AP`, `AP50`; PANet `AP`, `AP50`,
+    /// `AP75`, `bbox_AP`, ...); empty for a plain segmentor.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, f64>,
 }

@@ -21,7 +21,8 @@
 //! Evaluation: mask AP and box AP of the detections (segkit-data's pycocotools-equal
 //! [`CocoEvaluator`] with `iouType` `segm` and `bbox`, categories = the dataset's class ids;
 //! ground-truth boxes are their masks' `toBbox`) in [`EvalResult::extra`] as `AP`, `AP50`,
-//! `AP75` (masks) and `bbox_AP`, `bbox_AP50`, `bbox_AP75`; the semantic fields (aAcc, mIoU,
+//! `AP75` (masks) and `bbox_AP`, `bbox_AP50`, `bbox_AP75`, as fractions (0..1, like aAcc and
+//! mIoU); the semantic fields (aAcc, mIoU,
 //! mAcc) are NaN (undefined for PANet).
 
 use std::any::Any;
@@ -326,12 +327,12 @@ pub fn evaluate_panet(
     }
     let (r, b) = (ap.evaluate()?, box_ap.evaluate()?);
     let mut extra = std::collections::BTreeMap::new();
-    extra.insert("AP".to_string(), 100.0 * r.ap());
-    extra.insert("AP50".to_string(), 100.0 * r.ap50());
-    extra.insert("AP75".to_string(), 100.0 * r.ap75());
-    extra.insert("bbox_AP".to_string(), 100.0 * b.ap());
-    extra.insert("bbox_AP50".to_string(), 100.0 * b.ap50());
-    extra.insert("bbox_AP75".to_string(), 100.0 * b.ap75());
+    extra.insert("AP".to_string(), r.ap());
+    extra.insert("AP50".to_string(), r.ap50());
+    extra.insert("AP75".to_string(), r.ap75());
+    extra.insert("bbox_AP".to_string(), b.ap());
+    extra.insert("bbox_AP50".to_string(), b.ap50());
+    extra.insert("bbox_AP75".to_string(), b.ap75());
     Ok(EvalResult {
         num_images: n,
         aacc: f64::NAN,

@@ -165,13 +165,13 @@ pub(super) fn evaluate(
     let mut extra = BTreeMap::new();
     if has_pan {
         let p = pq.compute();
-        extra.insert("PQ".to_string(), 100.0 * p.all.pq);
-        extra.insert("SQ".to_string(), 100.0 * p.all.sq);
-        extra.insert("RQ".to_string(), 100.0 * p.all.rq);
+        extra.insert("PQ".to_string(), p.all.pq);
+        extra.insert("SQ".to_string(), p.all.sq);
+        extra.insert("RQ".to_string(), p.all.rq);
         if !things.is_empty() {
             let a = ap.evaluate()?;
-            extra.insert("AP".to_string(), 100.0 * a.ap());
-            extra.insert("AP50".to_string(), 100.0 * a.ap50());
+            extra.insert("AP".to_string(), a.ap());
+            extra.insert("AP50".to_string(), a.ap50());
         }
     }
     Ok(EvalResult {
