@@ -25,12 +25,9 @@ Cases (tests/fixtures/pssl/):
   the same full-size synthetic resnet50 and 2x3x224x224 input, float32; stored whole (every
   element, times IG_SCALE so that its absmax is ~1). captum's trapezoid weights are 1/n (end
   points 1/(2n)), summing to (n-1)/n; segkit's IntegratedGradients uses the same.
-  Open (tests/tests/pssl_parity.rs, ignored test): segkit is 1.05e-4 x absmax away at 8 steps
-  (tolerance 1e-4); the per-step input gradients agree to ~5e-7 relative except in a few
-  localised patches where a near-tie (ReLU at 0 / max-pool window) routes the gradient
-  differently after rounding; captum's own float32 run is 8.5e-5 x absmax from its float64
-  run the same way. At 4 steps one such patch puts captum float32 3.4e-3 from float64, which
-  segkit matches (6.6e-5).
+  attribution_f64: the same run in float64, the value the test compares with (both float32
+  runs flip a few near-tie patches, each at its own places: captum float32 is 8.5e-5 x absmax
+  from it, segkit 1.05e-4; tests/tests/pssl_parity.rs says what is asserted).
 - deciles.safetensors: per-image deciles (np.percentile, method "linear", q = 10..90 on the
   float64 values of float32 scores; decile = number of thresholds strictly below the score) of
   random scores, of scores with many ties, and of a constant image.
@@ -161,7 +158,18 @@ def integrated_gradients(out_dir):
     attr = attr.detach()
     print("integrated gradients absmax", float(attr.abs().max()), "sum per image",
           attr.sum(dim=(1, 2, 3)).tolist())
-    save(out_dir, "integrated_gradients_resnet50", {"attribution": (attr * IG_SCALE).float()})
+    # The same in float64: the value both float32 runs approximate (their near-tie flips fall
+    # in different places, so each is compared with this one).
+    model64 = resnet50().double()
+    attr64 = IntegratedGradients(model64).attribute(
+        x.double(), target=TARGETS, n_steps=IG_STEPS, method="riemann_trapezoid",
+        internal_batch_size=2 * INPUT[0]).detach()
+    print("captum float32 vs float64, x absmax:",
+          float((attr.double() - attr64).abs().max() / attr64.abs().max()))
+    save(out_dir, "integrated_gradients_resnet50", {
+        "attribution": (attr * IG_SCALE).float(),
+        "attribution_f64": (attr64 * IG_SCALE).float(),
+    })
 
 
 def deciles_of(scores):
