@@ -59,6 +59,7 @@ use crate::task::TrainModel;
 use crate::{TrainError, TrainResult};
 
 mod eval;
+mod init;
 
 /// The training config's OneFormer model: `{"type": "OneFormer", "config": {..}, "tasks":
 /// ["panoptic", "instance", "semantic"], "thing_classes": [..]}`.
@@ -359,7 +360,7 @@ impl TrainModel for OneFormerTask {
             let t = self.cfg.loss.contrastive_temperature.unwrap_or(0.07);
             return Ok(Tensor::new((1.0 / t).ln() as f32, &Device::Cpu)?);
         }
-        crate::init::init_value(name, dims, seed, None)
+        init::init_value(&self.cfg, name, dims, seed)
     }
 
     fn load_state_dict(&self, path: &std::path::Path) -> TrainResult<StateDict> {
@@ -498,6 +499,8 @@ impl TrainModel for OneFormerTask {
     }
 }
 
+#[cfg(test)]
+mod init_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

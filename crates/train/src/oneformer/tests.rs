@@ -76,7 +76,7 @@ fn spec(tasks: &[&str]) -> OneFormerSpec {
 }
 
 /// A model whose variables hold the trainer's initial values for `seed`.
-fn build(tasks: &[&str], seed: u64) -> (OneFormerTask, HashMap<String, Var>) {
+pub(crate) fn build(tasks: &[&str], seed: u64) -> (OneFormerTask, HashMap<String, Var>) {
     let vm = VarMap::new();
     let task = OneFormerTask::new(
         spec(tasks),
