@@ -26,11 +26,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use segkit_core::ops::detection::{paste_mask_detectron, Box4};
-use segkit_core::testing::{synthetic_input, SyntheticBackend};
+use segkit_core::testing::{synthetic_input, SyntheticWeights};
 use segkit_core::FeatureSpec;
 use segkit_heads::panet::{postprocess, PanetRoiHeads, PanetRoiHeadsConfig};
 use segkit_tests::{assert_sampled_close, get, load_fixture};
@@ -40,30 +38,11 @@ const IM_SCALE: f64 = 1.2;
 const ORIG: (usize, usize) = (431, 324);
 
 /// Synthetic weights with the generator's power-of-two factors on three output layers.
-struct Scaled;
-
-impl SimpleBackend for Scaled {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = SyntheticBackend.get(s, name, h, dtype, dev)?;
-        match name {
-            "Box_Outs.cls_score.weight" | "Mask_Outs.classify.weight" => t * 16.0,
-            "Box_Outs.bbox_pred.weight" => t * 8.0,
-            _ => Ok(t),
-        }
-    }
-    fn get_unchecked(&self, name: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        SyntheticBackend.get_unchecked(name, d, dev)
-    }
-    fn contains_tensor(&self, name: &str) -> bool {
-        SyntheticBackend.contains_tensor(name)
-    }
+fn scaled_weights() -> SyntheticWeights {
+    SyntheticWeights::default()
+        .scaled("Box_Outs.cls_score.weight", 16.0)
+        .scaled("Mask_Outs.classify.weight", 16.0)
+        .scaled("Box_Outs.bbox_pred.weight", 8.0)
 }
 
 fn vals(f: &HashMap<String, Tensor>, k: &str) -> Vec<f32> {
@@ -139,7 +118,7 @@ fn panet_roi_heads_match_the_reference() {
     let f = load_fixture("panet_heads.safetensors");
     let dev = Device::Cpu;
     let specs: Vec<FeatureSpec> = (2..=5).map(|l| FeatureSpec::new(256, 1 << l)).collect();
-    let vb = VarBuilder::from_backend(Box::new(Scaled), DType::F32, dev.clone());
+    let vb = scaled_weights().var_builder(DType::F32, &dev);
     let heads =
         PanetRoiHeads::new(&PanetRoiHeadsConfig::panet_coco(), &specs, vb).expect("build heads");
     let feats: Vec<Tensor> = SIZES
@@ -274,7 +253,7 @@ fn check_masks(
 fn panet_roi_heads_degenerate_inputs() {
     let dev = Device::Cpu;
     let specs: Vec<FeatureSpec> = (2..=5).map(|l| FeatureSpec::new(256, 1 << l)).collect();
-    let vb = VarBuilder::from_backend(Box::new(Scaled), DType::F32, dev.clone());
+    let vb = scaled_weights().var_builder(DType::F32, &dev);
     let heads =
         PanetRoiHeads::new(&PanetRoiHeadsConfig::panet_coco(), &specs, vb).expect("build heads");
     let feats: Vec<Tensor> = (2..=5)

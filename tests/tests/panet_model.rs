@@ -19,12 +19,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use segkit::models::panet::{image_blob, Detections, Panet, PanetConfig};
 use segkit::models::{Model, ModelConfig, Task};
 use segkit_core::ops::detection::Box4;
-use segkit_core::testing::{synthetic_tensor, uniform};
+use segkit_core::testing::{uniform, SyntheticWeights};
 use segkit_tests::{assert_sampled_close, get, load_fixture};
 
 /// DESIGN.md's tolerance for a score (a probability, at most 1).
@@ -38,31 +37,10 @@ const SCALED: [(&str, f64); 3] = [
 ];
 
 /// segkit-core's synthetic weights with [`SCALED`] applied.
-struct ScaledSynthetic;
-
-impl candle_nn::var_builder::SimpleBackend for ScaledSynthetic {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = synthetic_tensor(name, s, dtype, dev)?;
-        match SCALED.iter().find(|(k, _)| *k == name) {
-            Some((_, f)) => t.affine(*f, 0.0),
-            None => Ok(t),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("synthetic weights need a shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
+fn scaled_weights() -> SyntheticWeights {
+    SCALED
+        .iter()
+        .fold(SyntheticWeights::default(), |w, (k, f)| w.scaled(k, *f))
 }
 
 fn config() -> PanetConfig {
@@ -72,7 +50,7 @@ fn config() -> PanetConfig {
 }
 
 fn model() -> Panet {
-    let vb = VarBuilder::from_backend(Box::new(ScaledSynthetic), DType::F32, Device::Cpu);
+    let vb = scaled_weights().var_builder(DType::F32, &Device::Cpu);
     Panet::new(&config(), vb).expect("build PANet")
 }
 
@@ -344,7 +322,7 @@ fn small(edit: impl FnOnce(&mut PanetConfig)) -> Panet {
     c.input.scale = 64;
     c.input.max_size = 96;
     edit(&mut c);
-    let vb = VarBuilder::from_backend(Box::new(ScaledSynthetic), DType::F32, Device::Cpu);
+    let vb = scaled_weights().var_builder(DType::F32, &Device::Cpu);
     Panet::new(&c, vb).unwrap()
 }
 

@@ -2,47 +2,18 @@
 //! Hugging Face OneFormer fixture, and every failure the command promises to report in one
 //! line without leaving files behind.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use segkit::{EncoderDecoder, SegmentorConfig};
+use segkit_core::testing::SyntheticWeights;
 use serde_json::Value;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(rel)
-}
-
-/// Synthetic weights that remember what the model asked for.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<BTreeMap<String, Tensor>>>);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = segkit_core::testing::synthetic_tensor(name, s, dtype, dev)?;
-        self.0.lock().unwrap().insert(name.to_string(), t.clone());
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("no shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
 }
 
 fn tiny_config(num_classes: usize, named: bool) -> String {
@@ -64,11 +35,10 @@ fn tiny_config(num_classes: usize, named: bool) -> String {
 fn model_dir(dir: &Path, num_classes: usize, named: bool) -> PathBuf {
     let text = tiny_config(num_classes, named);
     let cfg = SegmentorConfig::from_json(&text).unwrap();
-    let rec = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
-    EncoderDecoder::new(&cfg, vb).unwrap();
+    let rec = SyntheticWeights::default().recording();
+    EncoderDecoder::new(&cfg, rec.var_builder(DType::F32, &Device::Cpu)).unwrap();
     std::fs::create_dir_all(dir).unwrap();
-    let map = rec.0.lock().unwrap().clone();
+    let map = rec.recorded();
     segkit_core::checkpoint::save_safetensors(&map, dir.join("model.safetensors")).unwrap();
     let tagged = segkit::ModelConfig::from(cfg).to_json_pretty();
     std::fs::write(dir.join("config.json"), tagged).unwrap();

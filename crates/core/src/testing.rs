@@ -148,6 +148,84 @@ pub fn synthetic_var_builder(dtype: DType, dev: &Device) -> VarBuilder<'static> 
     VarBuilder::from_backend(Box::new(SyntheticBackend), dtype, dev.clone())
 }
 
+/// [`SyntheticBackend`]'s tensors with some keys multiplied by a factor (a generator's scaled
+/// output layers, say), optionally recording every tensor handed out (to save the model as a
+/// checkpoint afterwards).
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use segkit_core::testing::{synthetic_tensor, SyntheticWeights};
+/// let w = SyntheticWeights::default().scaled("head.weight", 16.0).recording();
+/// let vb = w.var_builder(DType::F32, &Device::Cpu);
+/// let t = vb.get((2, 3), "head.weight")?;
+/// let plain = synthetic_tensor("head.weight", (2, 3), DType::F32, &Device::Cpu)?;
+/// assert_eq!(t.to_vec2::<f32>()?, (plain * 16.0)?.to_vec2::<f32>()?);
+/// assert_eq!(w.recorded().len(), 1);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct SyntheticWeights {
+    scales: Vec<(String, f64)>,
+    record: Option<std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Tensor>>>>,
+}
+
+impl SyntheticWeights {
+    /// Multiplies the tensor of `key` by `factor`.
+    pub fn scaled(mut self, key: &str, factor: f64) -> Self {
+        self.scales.push((key.to_string(), factor));
+        self
+    }
+
+    /// Records every tensor handed out ([`SyntheticWeights::recorded`]); clones share the record.
+    pub fn recording(mut self) -> Self {
+        self.record = Some(Default::default());
+        self
+    }
+
+    /// The tensors handed out so far, by key (empty unless [`SyntheticWeights::recording`]).
+    pub fn recorded(&self) -> std::collections::BTreeMap<String, Tensor> {
+        match &self.record {
+            Some(r) => r.lock().map(|m| m.clone()).unwrap_or_default(),
+            None => Default::default(),
+        }
+    }
+
+    /// A `VarBuilder` over these weights (sharing the record).
+    pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, dev.clone())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for SyntheticWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut t = synthetic_tensor(name, s, dtype, dev)?;
+        if let Some((_, f)) = self.scales.iter().find(|(k, _)| k == name) {
+            t = t.affine(*f, 0.0)?;
+        }
+        if let Some(r) = &self.record {
+            if let Ok(mut m) = r.lock() {
+                m.insert(name.to_string(), t.clone());
+            }
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("synthetic weights need a shape for `{name}`")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 /// Reports a test that cannot check what it is for on this machine: prints
 /// `skipped: WHAT (WHY)` and appends the line to the file named by `SEGKIT_SKIP_LOG`, if set
 /// (`.ci/run` lists them at the end; cargo hides a passing test's output). The caller returns

@@ -21,12 +21,11 @@
 //!   (the values of `tests/parity/gen_oneformer.py`'s photo case) and fuse the stuff classes.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, RgbImage};
 use segkit::{Segmenter, Task};
+use segkit_core::testing::SyntheticWeights;
 
 use super::Job;
 use crate::CliError;
@@ -78,48 +77,14 @@ fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-/// A variable backend that hands out synthetic tensors (by name, as
-/// `segkit_core::testing::synthetic_tensor`) and records them, to be saved as a checkpoint.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<std::collections::BTreeMap<String, Tensor>>>);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = segkit_core::testing::synthetic_tensor(name, s, dtype, dev)?;
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(name.to_string(), t.clone());
-        }
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("no shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
-
 /// Writes preset `preset` with synthetic weights as a segkit model directory `dir`.
 fn write_model_dir(preset: &str, dir: &Path) -> Result<(), CliError> {
     let cfg = segkit::preset(preset).map_err(fail)?;
-    let rec = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
-    cfg.build(vb).map_err(fail)?;
+    let rec = SyntheticWeights::default().recording();
+    cfg.build(rec.var_builder(DType::F32, &Device::Cpu))
+        .map_err(fail)?;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let map = rec
-        .0
-        .lock()
-        .map_err(|_| fail("poisoned recorder lock"))?
-        .clone();
+    let map = rec.recorded();
     segkit_core::checkpoint::save_safetensors(&map, dir.join("model.safetensors")).map_err(fail)?;
     std::fs::write(dir.join("config.json"), cfg.to_json_pretty())
         .map_err(|e| fail(format!("{}: {e}", dir.display())))?;

@@ -14,14 +14,14 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use segkit::heads::panet::{postprocess, Detections, PanetRoiHeads};
 use segkit::heads::RpnHead;
 use segkit::models::panet::{image_blob, Panet, PanetConfig};
 use segkit::necks::PanetFpn;
 use segkit_backbones::CaffeResNet;
-use segkit_core::testing::{synthetic_tensor, uniform};
+use segkit_core::testing::{uniform, SyntheticWeights};
 use segkit_core::{Backbone, Neck};
 
 use crate::CliError;
@@ -51,31 +51,10 @@ const SCALED: [(&str, f64); 3] = [
 ];
 
 /// segkit-core's synthetic weights with [`SCALED`] applied.
-struct ScaledSynthetic;
-
-impl candle_nn::var_builder::SimpleBackend for ScaledSynthetic {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = synthetic_tensor(name, s, dtype, dev)?;
-        match SCALED.iter().find(|(k, _)| *k == name) {
-            Some((_, f)) => t.affine(*f, 0.0),
-            None => Ok(t),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("synthetic weights need a shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
+fn scaled_weights() -> SyntheticWeights {
+    SCALED
+        .iter()
+        .fold(SyntheticWeights::default(), |w, (k, f)| w.scaled(k, *f))
 }
 
 fn usage<E: std::fmt::Display>(e: E) -> CliError {
@@ -110,7 +89,7 @@ fn boxes_tensor(d: &Detections, dev: &Device) -> Result<Tensor, CliError> {
 /// The job of both cases (see the module docs).
 pub fn job(dev: &Device) -> Result<Job, CliError> {
     let cfg = config();
-    let vb = VarBuilder::from_backend(Box::new(ScaledSynthetic), DType::F32, dev.clone());
+    let vb = scaled_weights().var_builder(DType::F32, dev);
     let img = image()?;
     if std::env::var("SEGKIT_BENCH_STAGES").is_ok_and(|v| v == "1") {
         let staged = Staged::new(&cfg, vb)?;

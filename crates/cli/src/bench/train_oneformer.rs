@@ -21,8 +21,8 @@
 //! at L2 norm 0.01 (`TrainModel::clip_grad`), the learning rate of step 1 of the trainer (no
 //! schedule: the step's work does not depend on it).
 //!
-//! Phases and peaks as the other training cases (`bench/train.rs`): `fwd` = targets + forward
-//! + losses, `bwd` = backward and the gradients collected, `opt` = clipping + AdamW.
+//! Phases and peaks as the other training cases (`bench/train.rs`): `fwd` = targets, forward
+//! and losses, `bwd` = backward and the gradients collected, `opt` = clipping and AdamW.
 //! `first_loss` (the first step's total, before any update) checks that both sides train the
 //! same model on the same targets: it differs only by the point draws (transformers'
 //! `torch.rand` is not seeded here), 175.857 (segkit) vs 175.79-175.84 at 1x3x128x128.

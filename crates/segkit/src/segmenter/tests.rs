@@ -1,40 +1,8 @@
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-use candle_core::{DType, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Tensor};
 use image::RgbImage;
+use segkit_core::testing::SyntheticWeights;
 
 use super::*;
-
-/// Synthetic weights that remember what was asked for, to be saved as a checkpoint.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<BTreeMap<String, Tensor>>>);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = segkit_core::testing::synthetic_tensor(name, s, dtype, dev)?;
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(name.to_string(), t.clone());
-        }
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("no shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
 
 const TINY: &str = r#"{"name": "tiny", "backbone": {"type": "ResNet", "depth": 18,
     "base_channels": 8, "stem": {"type": "Deep", "width": 8}, "key_style": "Mmseg"},
@@ -44,11 +12,10 @@ const TINY: &str = r#"{"name": "tiny", "backbone": {"type": "ResNet", "depth": 1
 /// A segkit model directory (`config.json` + `model.safetensors`) with synthetic weights.
 fn write_model_dir(dir: &Path, config: &str) {
     let cfg = crate::SegmentorConfig::from_json(config).unwrap();
-    let rec = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
-    EncoderDecoder::new(&cfg, vb).unwrap();
+    let rec = SyntheticWeights::default().recording();
+    EncoderDecoder::new(&cfg, rec.var_builder(DType::F32, &Device::Cpu)).unwrap();
     std::fs::create_dir_all(dir).unwrap();
-    let map = rec.0.lock().unwrap().clone();
+    let map = rec.recorded();
     segkit_core::checkpoint::save_safetensors(&map, dir.join("model.safetensors")).unwrap();
     let tagged = crate::ModelConfig::from(cfg).to_json_pretty();
     std::fs::write(dir.join("config.json"), tagged).unwrap();
