@@ -18,6 +18,8 @@
 //!   and mask AP) and written to `crates/segkit/demo/panet/` (docs/panet.md).
 //! - `pssl-demo`: PSSL end to end (classifier ensemble, labels, pre-training vs baselines) on
 //!   Fashion-MNIST single-item images and the demo canvases (docs/pssl_demo.md).
+//! - `oneformer-demo`: OneFormer trained jointly and semantic-only on the demo canvases' COCO
+//!   panoptic ground truth, PQ / AP / mIoU of both (docs/TRAINING.md).
 //!
 //! Only xtask touches the network (PyPI through pip, the model zoo, the Hugging Face hub).
 
@@ -82,9 +84,10 @@ fn python(install: bool) -> Result<PathBuf, String> {
 
 const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
-                     bench [--runs N] [--cases a,b,..] | make-demo-data [--out DIR] | \
+                     bench [--runs N] [--heavy-runs N] [--train-runs N] [--size S] [--batch B] \
+                     [--threads T] [--cases a,b,..] | make-demo-data [--out DIR] | \
                      train-demo [--iterations N] | gscnn-demo [--iterations N] | \
-                     panet-demo [--iterations N] .. | \
+                     panet-demo [--iterations N] .. | oneformer-demo [--iterations N] .. | \
                      pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
 
 fn main() -> ExitCode {
