@@ -153,39 +153,10 @@ mod tests {
     fn demo_canvases_convert_to_coco_instances() {
         let dir = tempfile::tempdir().unwrap();
         let (data, out) = (dir.path().join("demo"), dir.path().join("coco"));
-        let (h, w) = (8usize, 10usize);
-        for d in ["images", "annotations", "instances"] {
-            std::fs::create_dir_all(data.join(d).join("val")).unwrap();
-        }
-        let mut expect = Vec::new();
-        for c in 0..2u16 {
-            let (mut sem, mut inst) = (vec![0u8; h * w], vec![0u16; h * w]);
-            // item 1 (class 3) at rows 1..4, item 2 hidden under item 3 (class 9), rows 4..8
-            for y in 0..h {
-                for x in 0..w {
-                    let (k, cls) = match (y, x) {
-                        (1..=3, 2..=5) => (1, 3 + c as u8),
-                        (4..=7, 1..=8) => (3, 9),
-                        _ => continue,
-                    };
-                    sem[y * w + x] = cls;
-                    inst[y * w + x] = k;
-                }
-            }
-            expect.push(vec![(2 + c as u32, 12), (8, 32)]);
-            let name = format!("{c:05}.png");
-            image::RgbImage::new(w as u32, h as u32)
-                .save(data.join("images/val").join(&name))
-                .unwrap();
-            image::GrayImage::from_raw(w as u32, h as u32, sem)
-                .unwrap()
-                .save(data.join("annotations/val").join(&name))
-                .unwrap();
-            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, inst)
-                .unwrap()
-                .save(data.join("instances/val").join(&name))
-                .unwrap();
-        }
+        let (h, w) = super::super::test_canvases::HW;
+        super::super::test_canvases::write_two_canvases(&data);
+        let expect: Vec<Vec<(u32, usize)>> =
+            (0..2u32).map(|c| vec![(2 + c, 12), (8, 32)]).collect();
         let s = write_coco_instances(&data, &out, "val").unwrap();
         assert_eq!((s.images, s.annotations), (2, 4));
         let doc: serde_json::Value =

@@ -200,39 +200,8 @@ mod tests {
     fn demo_canvases_convert_to_coco_panoptic() {
         let dir = tempfile::tempdir().unwrap();
         let (data, out) = (dir.path().join("demo"), dir.path().join("coco"));
-        let (h, w) = (8usize, 10usize);
-        for d in ["images", "annotations", "instances"] {
-            std::fs::create_dir_all(data.join(d).join("val")).unwrap();
-        }
-        let mut sems = Vec::new();
-        for c in 0..2u16 {
-            let (mut sem, mut inst) = (vec![0u8; h * w], vec![0u16; h * w]);
-            // item 1 (class 3 + c) at rows 1..4, item 2 hidden under item 3 (class 9)
-            for y in 0..h {
-                for x in 0..w {
-                    let (k, cls) = match (y, x) {
-                        (1..=3, 2..=5) => (1, 3 + c as u8),
-                        (4..=7, 1..=8) => (3, 9),
-                        _ => continue,
-                    };
-                    sem[y * w + x] = cls;
-                    inst[y * w + x] = k;
-                }
-            }
-            let name = format!("{c:05}.png");
-            image::RgbImage::new(w as u32, h as u32)
-                .save(data.join("images/val").join(&name))
-                .unwrap();
-            image::GrayImage::from_raw(w as u32, h as u32, sem.clone())
-                .unwrap()
-                .save(data.join("annotations/val").join(&name))
-                .unwrap();
-            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, inst)
-                .unwrap()
-                .save(data.join("instances/val").join(&name))
-                .unwrap();
-            sems.push(sem);
-        }
+        let (h, w) = super::super::test_canvases::HW;
+        let sems = super::super::test_canvases::write_two_canvases(&data);
         let s = write_coco_panoptic(&data, &out, "val").unwrap();
         assert_eq!((s.images, s.things), (2, 4));
         let doc: serde_json::Value =

@@ -22,6 +22,8 @@ pub mod coco_panoptic;
 mod fashion_mnist;
 #[cfg(test)]
 mod figures;
+#[cfg(test)]
+mod test_canvases;
 mod training;
 
 use canvas::compose_canvas;

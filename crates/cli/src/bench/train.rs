@@ -83,15 +83,16 @@ struct Step {
     labels: Tensor,
 }
 
-/// Peaks (MB) and times (ms) of one step's phases.
+/// Peaks (MB) and times (ms) of one step's phases, and its total loss.
 #[derive(Default, Clone, Copy)]
-struct Phases {
-    fwd_mb: f64,
-    bwd_mb: f64,
-    opt_mb: f64,
-    fwd_ms: f64,
-    bwd_ms: f64,
-    opt_ms: f64,
+pub(super) struct Phases {
+    pub(super) fwd_mb: f64,
+    pub(super) bwd_mb: f64,
+    pub(super) opt_mb: f64,
+    pub(super) fwd_ms: f64,
+    pub(super) bwd_ms: f64,
+    pub(super) opt_ms: f64,
+    pub(super) loss: f64,
 }
 
 fn build(cfg: &segkit::SegmentorConfig, k: usize, shape: [usize; 3]) -> Result<Step, CliError> {
@@ -142,12 +143,14 @@ fn build(cfg: &segkit::SegmentorConfig, k: usize, shape: [usize; 3]) -> Result<S
     })
 }
 
-fn mark() -> Instant {
+/// Resets the peak-RSS counter and starts a phase's clock.
+pub(super) fn mark() -> Instant {
     reset_peak_rss();
     Instant::now()
 }
 
-fn ms(t: Instant) -> f64 {
+/// Milliseconds since `t`.
+pub(super) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
@@ -201,7 +204,6 @@ pub fn run(
         return super::train_oneformer::run(size, batch, runs, warmup, pool);
     }
     let (cfg, k, shape) = case_spec(case, size, batch)?;
-    let [batch, height, width] = shape;
     let mut s = build(&cfg, k, shape)?;
     let rss_before = status_mb("VmRSS:");
     for _ in 0..warmup {
@@ -211,6 +213,21 @@ pub fn run(
     for _ in 0..runs.max(1) {
         all.push(step(&mut s)?);
     }
+    print_report(case, shape, &all, rss_before, pool, "");
+    Ok(())
+}
+
+/// Prints a training case's JSON line: the median step time and per-phase medians, the
+/// phases' peak RSS and what the steps add above `rss_before`; `extra` (`, "key": value`..)
+/// goes before `candle_pool`.
+pub(super) fn print_report(
+    case: &str,
+    [batch, height, width]: [usize; 3],
+    all: &[Phases],
+    rss_before: f64,
+    pool: &str,
+    extra: &str,
+) {
     let max = |f: fn(&Phases) -> f64| all.iter().map(f).fold(f64::NAN, f64::max);
     let med = |f: fn(&Phases) -> f64| median(all.iter().map(f).collect());
     let total: Vec<f64> = all.iter().map(|p| p.fwd_ms + p.bwd_ms + p.opt_ms).collect();
@@ -218,7 +235,7 @@ pub fn run(
         .max(max(|p| p.bwd_mb))
         .max(max(|p| p.opt_mb));
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"height\": {height}, \"width\": {width}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\"}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"height\": {height}, \"width\": {width}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}{extra}, \"candle_pool\": \"{pool}\"}}",
         median(total),
         all.len(),
         med(|p| p.fwd_ms),
@@ -229,7 +246,6 @@ pub fn run(
         max(|p| p.opt_mb),
         peak - rss_before,
     );
-    Ok(())
 }
 
 /// Prints the tensors the autograd graph of `loss` keeps alive, grouped by shape (storage

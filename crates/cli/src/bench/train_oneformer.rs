@@ -34,7 +34,6 @@
 //! well over 12 GB).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -47,7 +46,8 @@ use segkit::train::{Optimizer, TrainModel};
 use segkit::OneFormerConfig;
 use segkit_core::testing::{synthetic_input, synthetic_tensor};
 
-use super::{reset_peak_rss, status_mb};
+use super::status_mb;
+use super::train::{mark, ms, print_report, Phases};
 use crate::CliError;
 
 /// The case's name and description.
@@ -190,27 +190,6 @@ fn build(size: usize, batch: usize) -> Result<Step, CliError> {
     })
 }
 
-/// Peaks (MB) and times (ms) of one step's phases.
-#[derive(Default, Clone, Copy)]
-struct Phases {
-    fwd_mb: f64,
-    bwd_mb: f64,
-    opt_mb: f64,
-    fwd_ms: f64,
-    bwd_ms: f64,
-    opt_ms: f64,
-    loss: f64,
-}
-
-fn mark() -> Instant {
-    reset_peak_rss();
-    Instant::now()
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 /// One step, phase by phase, as `Trainer::step` runs it (accumulate 1).
 fn step(s: &mut Step) -> Result<Phases, CliError> {
     let mut p = Phases::default();
@@ -246,11 +225,6 @@ fn step(s: &mut Step) -> Result<Phases, CliError> {
     Ok(p)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Runs the case and prints its JSON line (the fields of the other training cases, plus
 /// `first_loss`: the total loss of the first step, before any update).
 pub fn run(
@@ -278,23 +252,7 @@ pub fn run(
         }
         all.push(p);
     }
-    let max = |f: fn(&Phases) -> f64| all.iter().map(f).fold(f64::NAN, f64::max);
-    let med = |f: fn(&Phases) -> f64| median(all.iter().map(f).collect());
-    let total: Vec<f64> = all.iter().map(|p| p.fwd_ms + p.bwd_ms + p.opt_ms).collect();
-    let peak = max(|p| p.fwd_mb)
-        .max(max(|p| p.bwd_mb))
-        .max(max(|p| p.opt_mb));
-    println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"height\": {size}, \"width\": {size}, \"batch\": {batch}, \"median_ms\": {:.3}, \"runs\": {}, \"fwd_ms\": {:.1}, \"bwd_ms\": {:.1}, \"opt_ms\": {:.1}, \"peak_rss_mb\": {peak:.1}, \"fwd_peak_mb\": {:.1}, \"bwd_peak_mb\": {:.1}, \"opt_peak_mb\": {:.1}, \"rss_before_mb\": {rss_before:.1}, \"forward_mb\": {:.1}, \"first_loss\": {first_loss:.4}, \"candle_pool\": \"{pool}\"}}",
-        median(total),
-        all.len(),
-        med(|p| p.fwd_ms),
-        med(|p| p.bwd_ms),
-        med(|p| p.opt_ms),
-        max(|p| p.fwd_mb),
-        max(|p| p.bwd_mb),
-        max(|p| p.opt_mb),
-        peak - rss_before,
-    );
+    let extra = format!(", \"first_loss\": {first_loss:.4}");
+    print_report(case, [batch, size, size], &all, rss_before, pool, &extra);
     Ok(())
 }
