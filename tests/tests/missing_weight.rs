@@ -168,6 +168,7 @@ fn model_config_segmenter_and_training() {
         val_limit: None,
         seed: 1,
         load_from: Some(path.clone()),
+        pretrained: Vec::new(),
         output_dir: out.path().join("run"),
         source: None,
     };

@@ -3,8 +3,8 @@
 //! semantic) and semantic-only — and evaluates both on the held-out canvases with PQ, mask AP
 //! and mIoU (the three tasks' post-processed outputs; docs/TRAINING.md records the numbers).
 //!
-//! `oneformer-demo [--iterations N] [--batch N] [--data DIR] [--val N] [--out FILE]`: makes
-//! the demo data if missing (as `make-demo-data`), converts both splits to the COCO panoptic
+//! `oneformer-demo [--iterations N] [--batch N] [--data DIR] [--val N] [--out FILE]
+//! [--backbone demo-r18|swin]`: makes the demo data if missing (as `make-demo-data`), converts both splits to the COCO panoptic
 //! layout ([`crate::demo_data::coco_panoptic`]: every item a thing segment of its class, the
 //! background one stuff segment), writes one training config per run (`train.json`, the
 //! `segkit train` input: `segkit train target/oneformer-demo/joint/train.json` repeats a run)
@@ -16,33 +16,78 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use segkit::models::encoder_decoder::demo::FASHION_CLASSES;
+use segkit::models::encoder_decoder::demo::{
+    demo_config as demo_segmentor_config, FASHION_CLASSES,
+};
 use segkit::models::oneformer::OneFormerBackboneConfig;
+use segkit::models::BackboneConfig;
 use segkit::models::OneFormerConfig;
 use segkit::train::{TrainConfig, Trainer};
 
 use crate::demo_data as demo;
 
 const USAGE: &str = "usage: cargo xtask oneformer-demo [--iterations N] [--batch N] [--data DIR] \
-                     [--val N] [--out FILE]";
+                     [--val N] [--out FILE] [--backbone demo-r18|swin]";
+
+/// The demo segmentor's weights (the package's embedded demo model), whose backbone the
+/// `demo-r18` OneFormer starts from.
+const DEMO_SEGMENTOR: &str = "crates/segkit/demo/model.safetensors";
+
+/// The OneFormer's backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoBackbone {
+    /// The demo segmentor's ResNetV1c-18 (width 16, deep stem of 8) at output stride 32,
+    /// fine-tuned from the demo model's backbone weights (`pretrained`, prefix `backbone.`).
+    DemoR18,
+    /// Swin at a sixth of Swin-T's width, from scratch.
+    Swin,
+}
+
+impl DemoBackbone {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "demo-r18" => Ok(Self::DemoR18),
+            "swin" => Ok(Self::Swin),
+            _ => Err(format!(
+                "--backbone: `{s}` is not demo-r18 or swin; {USAGE}"
+            )),
+        }
+    }
+}
 
 /// Iterations of each run.
 const ITERATIONS: usize = 600;
 
-/// The demo's OneFormer: Swin at a sixth of Swin-T's width (embed 16, depths 2 / 2 / 2 / 2,
+/// The demo's OneFormer: `backbone` ([`DemoBackbone::DemoR18`]: the demo segmentor's
+/// ResNetV1c-18 with strides 1 / 2 / 2 / 2 and no dilation, channels 16 / 32 / 64 / 128;
+/// [`DemoBackbone::Swin`]: Swin at a sixth of Swin-T's width, embed 16, depths 2 / 2 / 2 / 2,
 /// heads 1 / 2 / 4 / 8, window 7), pixel decoder and transformer decoder at width 64 (2
 /// deformable-attention encoder layers, 16 queries, 4 decoder layers = 3 auxiliary, dropout
 /// 0.1), a one-layer text mapper of width 64 with context length 16, the 11 demo classes
 /// (background stuff, the 10 Fashion-MNIST classes things), 128 x 128 input, 2048 points per
 /// mask in the loss.
-pub fn demo_config() -> OneFormerConfig {
+pub fn demo_config(backbone: DemoBackbone) -> OneFormerConfig {
     let mut c = OneFormerConfig::ade20k_swin_tiny();
     c.name = "segkit-demo-oneformer".into();
-    if let OneFormerBackboneConfig::Swin(s) = &mut c.backbone {
-        s.embed_dim = 16;
-        s.depths = vec![2, 2, 2, 2];
-        s.num_heads = vec![1, 2, 4, 8];
-        s.drop_path_rate = 0.0;
+    match backbone {
+        DemoBackbone::Swin => {
+            if let OneFormerBackboneConfig::Swin(s) = &mut c.backbone {
+                s.embed_dim = 16;
+                s.depths = vec![2, 2, 2, 2];
+                s.num_heads = vec![1, 2, 4, 8];
+                s.drop_path_rate = 0.0;
+            }
+        }
+        DemoBackbone::DemoR18 => {
+            let BackboneConfig::ResNet(mut r) = demo_segmentor_config().backbone else {
+                unreachable!("the demo segmentor is a ResNet")
+            };
+            // Output stride 32 (OneFormer's four levels at strides 4..32): the dilated
+            // stages' 3x3 convolutions hold the same tensors with stride 2 and no dilation.
+            (r.strides, r.dilations) = ([1, 2, 2, 2], [1, 1, 1, 1]);
+            (r.contract_dilation, r.multi_grid) = (false, None);
+            c.backbone = OneFormerBackboneConfig::ResNet(r);
+        }
     }
     let p = &mut c.pixel_decoder;
     (p.conv_dim, p.mask_dim) = (64, 64);
@@ -69,8 +114,10 @@ pub fn demo_config() -> OneFormerConfig {
 }
 
 /// The training config of one run (`tasks`), as JSON: AdamW lr 1e-3, weight decay 0.05
-/// (biases decayed as OneFormer), OneFormer's parameter groups with the backbone at 1x (it
-/// starts from scratch) and clipping at 0.01, 50 warm-up iterations, poly 0.9, flips, seed 0.
+/// (biases decayed as OneFormer), OneFormer's parameter groups and clipping at 0.01, 50
+/// warm-up iterations, poly 0.9, flips, seed 0. `DemoR18`: the backbone starts from the demo
+/// segmentor's (`pretrained`) with OneFormer's backbone multiplier 0.1; `Swin`: from scratch
+/// at 1x.
 fn train_json(
     coco: &Path,
     out: &Path,
@@ -78,11 +125,22 @@ fn train_json(
     iterations: usize,
     batch: usize,
     val: usize,
+    backbone: DemoBackbone,
 ) -> serde_json::Value {
     let things: Vec<usize> = (1..FASHION_CLASSES.len()).collect();
+    let (pretrained, multiplier) = match backbone {
+        DemoBackbone::DemoR18 => (
+            serde_json::json!([{"path": crate::root().join(DEMO_SEGMENTOR),
+                                "prefix": "backbone.",
+                                "to": "model.pixel_level_module.encoder."}]),
+            0.1,
+        ),
+        DemoBackbone::Swin => (serde_json::json!([]), 1.0),
+    };
     serde_json::json!({
-        "model": {"type": "OneFormer", "config": demo_config(), "tasks": tasks,
-                  "thing_classes": things, "backbone_multiplier": 1.0},
+        "model": {"type": "OneFormer", "config": demo_config(backbone), "tasks": tasks,
+                  "thing_classes": things, "backbone_multiplier": multiplier},
+        "pretrained": pretrained,
         "dataset": {"type": "CocoPanoptic", "root": coco},
         "pipeline": [{"type": "RandomFlip", "prob": 0.5}],
         "optimizer": {"type": "AdamW", "lr": 1e-3, "weight_decay": 0.05,
@@ -187,6 +245,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut data = root.join("target/demo-data");
     let mut out = root.join("target/oneformer-demo/results.json");
     let (mut iterations, mut batch, mut val) = (ITERATIONS, 4, 500);
+    let mut backbone = DemoBackbone::DemoR18;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut next = || {
@@ -199,6 +258,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--val" => val = next()?.parse().map_err(|_| USAGE.to_string())?,
             "--data" => data = PathBuf::from(next()?),
             "--out" => out = PathBuf::from(next()?),
+            "--backbone" => backbone = DemoBackbone::parse(next()?)?,
             s => return Err(format!("unknown argument `{s}`; {USAGE}")),
         }
     }
@@ -232,7 +292,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut results = Vec::new();
     for (name, tasks) in runs {
         let run_dir = dir.join(name);
-        let cfg = train_json(&coco, &run_dir, tasks, iterations, batch, val);
+        let cfg = train_json(&coco, &run_dir, tasks, iterations, batch, val, backbone);
         let cfg_path = run_dir.join("train.json");
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
         write(&cfg_path, &format!("{text}\n"))?;

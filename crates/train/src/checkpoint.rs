@@ -115,7 +115,7 @@ fn canonical(p: &Path) -> PathBuf {
 }
 
 /// Refuses a run whose output files (`names` in `cfg.output_dir`) include one of its inputs:
-/// the config file itself, `load_from` or the model file — a training run never replaces a
+/// the config file itself, `load_from`, a `pretrained` file or the model file — a training run never replaces a
 /// file it reads.
 pub fn refuse_overwriting_inputs(cfg: &crate::TrainConfig, names: &[&str]) -> TrainResult<()> {
     let mut inputs: Vec<(&str, &Path)> = Vec::new();
@@ -124,6 +124,9 @@ pub fn refuse_overwriting_inputs(cfg: &crate::TrainConfig, names: &[&str]) -> Tr
     }
     if let Some(l) = &cfg.load_from {
         inputs.push(("`load_from`", l));
+    }
+    for p in &cfg.pretrained {
+        inputs.push(("`pretrained`", &p.path));
     }
     if let crate::ModelSpec::File { path } = &cfg.model {
         inputs.push(("`model.path`", path));

@@ -174,6 +174,27 @@ fn default_log_interval() -> usize {
     10
 }
 
+/// Variables started from a pretrained weights file: every model variable (parameter or
+/// BatchNorm running statistic) whose name starts with `to` takes the file's tensor named
+/// `prefix` + the rest of its name, which must exist with the variable's shape. Taking a
+/// segmentor's backbone into another model: `{"path": "demo/model.safetensors", "prefix":
+/// "backbone.", "to": "model.pixel_level_module.encoder."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainedConfig {
+    /// The weights file: safetensors or a PyTorch checkpoint (as `load_from`); relative to
+    /// the config file's directory.
+    pub path: PathBuf,
+    /// The prefix of the file's keys that are taken (`""`: the file's keys are the rest of
+    /// the variables' names as they are).
+    #[serde(default)]
+    pub prefix: String,
+    /// The prefix of the model's variables that are set (`""`: every variable; at least one
+    /// variable must match).
+    #[serde(default)]
+    pub to: String,
+}
+
 /// A whole training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +264,11 @@ pub struct TrainConfig {
     /// random initialisation.
     #[serde(default)]
     pub load_from: Option<PathBuf>,
+    /// Parts of the model started from pretrained files, applied in order after the
+    /// initialisation and `load_from` (mmengine's `init_cfg = dict(type='Pretrained',
+    /// checkpoint=.., prefix=..)`): a backbone trained elsewhere, say. Default: none.
+    #[serde(default)]
+    pub pretrained: Vec<PretrainedConfig>,
     /// Where checkpoints, logs and the final model go.
     pub output_dir: PathBuf,
     /// The file this config was read from ([`TrainConfig::load`] sets it; not part of the
@@ -322,6 +348,9 @@ impl TrainConfig {
         }
         if let Some(p) = &mut self.load_from {
             fix(p);
+        }
+        for p in &mut self.pretrained {
+            fix(&mut p.path);
         }
     }
 

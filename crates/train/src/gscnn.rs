@@ -194,6 +194,7 @@ impl GscnnRunConfig {
             val_limit: self.val_limit,
             seed: self.seed,
             load_from: None,
+            pretrained: Vec::new(),
             output_dir: output_dir.to_path_buf(),
             source: None,
         }

@@ -58,8 +58,8 @@ pub mod trainer;
 mod tests;
 
 pub use config::{
-    DatasetConfig, LrPolicy, ModelSpec, OptimizerConfig, ScheduleConfig, TrainConfig,
-    TransformConfig, WarmupConfig,
+    DatasetConfig, LrPolicy, ModelSpec, OptimizerConfig, PretrainedConfig, ScheduleConfig,
+    TrainConfig, TransformConfig, WarmupConfig,
 };
 pub use data::{open_dataset, Split};
 pub use eval::{evaluate, EvalResult};

@@ -90,6 +90,7 @@ fn tiny_config(root: &Path, out: &Path, optimizer: OptimizerConfig) -> TrainConf
         val_limit: None,
         seed: 11,
         load_from: None,
+        pretrained: Vec::new(),
         output_dir: out.to_path_buf(),
         source: None,
     }
@@ -469,4 +470,85 @@ fn loss_configuration_overrides() {
     json["losses"]["decode_head"][0]["output"] = "se".into();
     let e = SegmentorConfig::from_json(&json.to_string()).unwrap_err();
     assert!(e.to_string().contains("no output `se`"), "{e}");
+}
+
+/// `pretrained`: the variables under `to` take the file's tensors under `prefix` (a backbone
+/// saved by another model, here under `encoder.`), bit for bit; every other variable keeps the
+/// run's initialisation; a prefix that matches no variable, a missing key and a shape that
+/// differs are typed errors naming the field, the key and the file.
+#[test]
+fn pretrained_sets_the_variables_under_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    toy_data(dir.path());
+    let base = tiny_config(dir.path(), &dir.path().join("a"), sgd());
+    let init = Trainer::new(base.clone()).unwrap().weights().unwrap();
+    // A "pretrained backbone": the initial backbone tensors plus 1, under another prefix.
+    let mut file: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (k, v) in &init {
+        if let Some(rest) = k.strip_prefix("backbone.") {
+            file.insert(format!("encoder.{rest}"), (v + 1.0).unwrap());
+        }
+    }
+    assert!(file.len() > 10);
+    let path = dir.path().join("backbone.safetensors");
+    candle_core::safetensors::save(&file.clone().into_iter().collect(), &path).unwrap();
+    let with = |prefix: &str, to: &str, path: &Path, out: &str| {
+        let mut c = base.clone();
+        c.output_dir = dir.path().join(out);
+        c.pretrained = vec![PretrainedConfig {
+            path: path.to_path_buf(),
+            prefix: prefix.into(),
+            to: to.into(),
+        }];
+        c
+    };
+    let got = Trainer::new(with("encoder.", "backbone.", &path, "b"))
+        .unwrap()
+        .weights()
+        .unwrap();
+    assert_eq!(got.len(), init.len());
+    for (k, v) in &got {
+        let want = match k.strip_prefix("backbone.") {
+            Some(rest) => &file[&format!("encoder.{rest}")],
+            None => &init[k],
+        };
+        assert_eq!(bits(v), bits(want), "{k}");
+    }
+    // `to` matching nothing.
+    let e = Trainer::new(with("encoder.", "backbon.", &path, "c"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("`pretrained[0].to`") && e.contains("backbon."),
+        "{e}"
+    );
+    // A key the file lacks: the error names the key and the file.
+    let e = Trainer::new(with("enc.", "backbone.", &path, "d"))
+        .err()
+        .unwrap();
+    let chain = format!("{e} {:?}", std::error::Error::source(&e));
+    assert!(chain.contains("backbone.safetensors"), "{chain}");
+    assert!(chain.contains("enc."), "{chain}");
+    // A tensor of another shape.
+    let mut bad = file.clone();
+    let (k0, v0) = bad
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    bad.insert(
+        k0.clone(),
+        v0.flatten_all().unwrap().narrow(0, 0, 1).unwrap(),
+    );
+    let bad_path = dir.path().join("bad.safetensors");
+    candle_core::safetensors::save(&bad.into_iter().collect(), &bad_path).unwrap();
+    let e = Trainer::new(with("encoder.", "backbone.", &bad_path, "e"))
+        .err()
+        .unwrap();
+    let chain = format!("{e} {:?}", std::error::Error::source(&e));
+    assert!(
+        chain.contains(&k0) && chain.contains("bad.safetensors"),
+        "{chain}"
+    );
 }

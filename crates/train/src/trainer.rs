@@ -271,6 +271,36 @@ impl Trainer {
                 var.set(&t.to_dtype(DType::F32)?)?;
             }
         }
+        for (i, p) in self.cfg.pretrained.iter().enumerate() {
+            let in_ck = |e: segkit_core::Error| {
+                segkit_models::Error::checkpoint(self.model.name(), &p.path, e)
+            };
+            let sd = segkit_core::checkpoint::StateDict::load(&p.path).map_err(in_ck)?;
+            let mut set = 0;
+            for (name, var) in &self.params {
+                let Some(rest) = name.strip_prefix(p.to.as_str()) else {
+                    continue;
+                };
+                let key = format!("{}{rest}", p.prefix);
+                let t = sd.require(&key).map_err(in_ck)?;
+                if t.dims() != var.dims() {
+                    Err(in_ck(segkit_core::Error::shape(
+                        key.as_str(),
+                        var.dims(),
+                        t.dims(),
+                    )))?;
+                }
+                var.set(&t.to_dtype(DType::F32)?)?;
+                set += 1;
+            }
+            if set == 0 {
+                return Err(self.cfg.error(format!(
+                    "`pretrained[{i}].to`: no variable of model `{}` starts with `{}`",
+                    self.model.name(),
+                    p.to
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -59,6 +59,7 @@ pub fn demo_train_config(
         val_limit: None,
         seed: 0,
         load_from: None,
+        pretrained: Vec::new(),
         output_dir: output_dir.to_path_buf(),
         source: None,
     }

@@ -129,6 +129,7 @@ pub(crate) fn train_config(root: &Path, out: &Path, tasks: &[&str]) -> TrainConf
         val_limit: Some(2),
         seed: 7,
         load_from: None,
+        pretrained: Vec::new(),
         output_dir: out.to_path_buf(),
         source: None,
     }

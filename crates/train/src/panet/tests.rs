@@ -140,6 +140,7 @@ fn train_config(root: &Path, out: &Path) -> TrainConfig {
         val_limit: Some(2),
         seed: 3,
         load_from: None,
+        pretrained: Vec::new(),
         output_dir: out.to_path_buf(),
         source: None,
     }
