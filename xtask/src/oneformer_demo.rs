@@ -11,7 +11,11 @@
 //! and trains it through segkit-train's `Trainer` — the code `segkit train` runs. The results
 //! (JSON) go to `--out` (default `target/oneformer-demo/results.json`) and a Markdown table to
 //! stdout; each run's checkpoint, metrics log and model (`segkit infer --model DIR`) are in
-//! `joint/` and `semantic/` next to `--out`.
+//! `joint/` and `semantic/` next to `--out`. `--skip-train` reads runs finished earlier
+//! (`segkit train` on their `train.json`) instead of training. The joint run's model is
+//! then stored as `f16` in `--model-out` (default `crates/segkit/demo/oneformer/`, the
+//! registry's `segkit-demo-oneformer`; `--no-model`: not stored), evaluated as stored and
+//! described in its `metrics.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,12 +26,17 @@ use segkit::models::encoder_decoder::demo::{
 use segkit::models::oneformer::OneFormerBackboneConfig;
 use segkit::models::BackboneConfig;
 use segkit::models::OneFormerConfig;
-use segkit::train::{TrainConfig, Trainer};
+use segkit::train::{TrainConfig, TrainSummary, Trainer};
 
 use crate::demo_data as demo;
 
 const USAGE: &str = "usage: cargo xtask oneformer-demo [--iterations N] [--batch N] [--data DIR] \
-                     [--val N] [--out FILE] [--backbone demo-r18|swin]";
+                     [--val N] [--out FILE] [--backbone demo-r18|swin] [--model-out DIR | \
+                     --no-model] [--skip-train]";
+
+/// Where the joint run's model is stored by default: the `segkit` package's embedded
+/// `segkit-demo-oneformer`.
+const DEMO_MODEL_DIR: &str = "crates/segkit/demo/oneformer";
 
 /// The demo segmentor's weights (the package's embedded demo model), whose backbone the
 /// `demo-r18` OneFormer starts from.
@@ -200,6 +209,28 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// One run's results from its training summary and wall time.
+fn result_of(name: &str, tasks: &[&str], summary: &TrainSummary, seconds: f64) -> RunResult {
+    let e = &summary.eval;
+    let x = |k: &str| 100.0 * e.extra.get(k).copied().unwrap_or(f64::NAN);
+    let model_bytes = std::fs::metadata(&summary.model_path).map_or(0, |m| m.len());
+    RunResult {
+        name: name.into(),
+        tasks: tasks.iter().map(|s| s.to_string()).collect(),
+        iterations: summary.iterations,
+        pq: x("PQ"),
+        sq: x("SQ"),
+        rq: x("RQ"),
+        ap: x("AP"),
+        ap50: x("AP50"),
+        miou: 100.0 * e.miou,
+        aacc: 100.0 * e.aacc,
+        final_loss: summary.final_loss,
+        train_seconds: seconds,
+        model_bytes,
+    }
+}
+
 /// Trains one run from its config file; returns its results.
 fn train_run(name: &str, tasks: &[&str], cfg_path: &Path) -> Result<RunResult, String> {
     let cfg = TrainConfig::load(cfg_path).map_err(|e| e.to_string())?;
@@ -219,24 +250,77 @@ fn train_run(name: &str, tasks: &[&str], cfg_path: &Path) -> Result<RunResult, S
             }
         })
         .map_err(|e| e.to_string())?;
-    let e = &summary.eval;
+    Ok(result_of(name, tasks, &summary, t.elapsed().as_secs_f64()))
+}
+
+/// The results of a run finished earlier (`segkit train` on its `train.json`): its
+/// `summary.json`, whose iteration count must be `iterations`, and the wall time the training
+/// loop logged last (`elapsed` in `metrics.jsonl`).
+fn finished_run(
+    name: &str,
+    tasks: &[&str],
+    run_dir: &Path,
+    iterations: usize,
+) -> Result<RunResult, String> {
+    use segkit::train::trainer::{LOG_FILE, SUMMARY_FILE};
+    let path = run_dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let summary: TrainSummary =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if summary.iterations != iterations {
+        return Err(format!(
+            "{}: the run did {} iterations, not --iterations {iterations}",
+            path.display(),
+            summary.iterations
+        ));
+    }
+    let log = crate::panet_demo::read_losses(&run_dir.join(LOG_FILE))?;
+    let seconds = log
+        .last()
+        .and_then(|(_, v)| v.get("elapsed").copied())
+        .unwrap_or(f64::NAN);
+    Ok(result_of(name, tasks, &summary, seconds))
+}
+
+/// Stores the joint run's weights as the demo model in `model_out` (`f16`, with its
+/// `config.json`), evaluates THAT model (its weights read back as `f32`, through
+/// `segkit_train::evaluate_weights`) on the first `val` validation canvases and writes
+/// `metrics.json` (both runs' results, the stored model's figures, parameters and bytes).
+fn install(
+    joint: &Path,
+    model_out: &Path,
+    results: &[RunResult],
+    val: usize,
+) -> Result<(), String> {
+    use segkit::train::{evaluate_weights, Split};
+    let (bytes, params) = crate::panet_demo::write_model(joint, model_out)?;
+    let cfg = TrainConfig::load(joint.join("train.json")).map_err(|e| e.to_string())?;
+    let weights = model_out.join(segkit::train::trainer::MODEL_FILE);
+    let e =
+        evaluate_weights(&cfg, &weights, Split::Val, Some(val), 1).map_err(|e| e.to_string())?;
     let x = |k: &str| 100.0 * e.extra.get(k).copied().unwrap_or(f64::NAN);
-    let model_bytes = std::fs::metadata(&summary.model_path).map_or(0, |m| m.len());
-    Ok(RunResult {
-        name: name.into(),
-        tasks: tasks.iter().map(|s| s.to_string()).collect(),
-        iterations,
-        pq: x("PQ"),
-        sq: x("SQ"),
-        rq: x("RQ"),
-        ap: x("AP"),
-        ap50: x("AP50"),
-        miou: 100.0 * e.miou,
-        aacc: 100.0 * e.aacc,
-        final_loss: summary.final_loss,
-        train_seconds: t.elapsed().as_secs_f64(),
-        model_bytes,
-    })
+    let report = serde_json::json!({
+        "model": "segkit-demo-oneformer",
+        "weights_dtype": "f16",
+        "parameters": params,
+        "bytes": bytes,
+        "validation_canvases": e.num_images,
+        "stored_model": {"PQ": x("PQ"), "SQ": x("SQ"), "RQ": x("RQ"), "AP": x("AP"),
+                         "AP50": x("AP50"), "mIoU": 100.0 * e.miou, "aAcc": 100.0 * e.aacc},
+        "runs": results,
+        "train_config": cfg,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    write(&model_out.join("metrics.json"), &format!("{text}\n"))?;
+    eprintln!(
+        "xtask: stored model {} ({params} parameters, {bytes} bytes): PQ {:.2}, AP {:.2}, \
+         mIoU {:.2}",
+        model_out.display(),
+        x("PQ"),
+        x("AP"),
+        100.0 * e.miou
+    );
+    Ok(())
 }
 
 /// Runs `cargo xtask oneformer-demo`.
@@ -246,6 +330,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut out = root.join("target/oneformer-demo/results.json");
     let (mut iterations, mut batch, mut val) = (ITERATIONS, 4, 500);
     let mut backbone = DemoBackbone::DemoR18;
+    let mut model_out = Some(root.join(DEMO_MODEL_DIR));
+    let mut skip_train = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut next = || {
@@ -259,6 +345,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--data" => data = PathBuf::from(next()?),
             "--out" => out = PathBuf::from(next()?),
             "--backbone" => backbone = DemoBackbone::parse(next()?)?,
+            "--model-out" => model_out = Some(PathBuf::from(next()?)),
+            "--no-model" => model_out = None,
+            "--skip-train" => skip_train = true,
             s => return Err(format!("unknown argument `{s}`; {USAGE}")),
         }
     }
@@ -296,7 +385,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let cfg_path = run_dir.join("train.json");
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
         write(&cfg_path, &format!("{text}\n"))?;
-        let r = train_run(name, tasks, &cfg_path)?;
+        let r = if skip_train {
+            finished_run(name, tasks, &run_dir, iterations)?
+        } else {
+            train_run(name, tasks, &cfg_path)?
+        };
         eprintln!(
             "xtask: `{name}`: PQ {:.2}, AP {:.2}, mIoU {:.2} ({:.0} s)",
             r.pq, r.ap, r.miou, r.train_seconds
@@ -307,5 +400,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     write(&out, &format!("{json}\n"))?;
     println!("{}", table(&results));
     eprintln!("xtask: wrote {}", out.display());
+    if let Some(m) = &model_out {
+        install(&dir.join("joint"), m, &results, val)?;
+    }
     Ok(())
 }

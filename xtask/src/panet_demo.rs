@@ -80,11 +80,11 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 }
 
 /// One logged row: the iteration and its named values.
-type LogRow = (usize, BTreeMap<String, f64>);
+pub(crate) type LogRow = (usize, BTreeMap<String, f64>);
 
 /// The logged training rows of a run: per logged iteration, the named losses (and
 /// `elapsed`, the loop's seconds so far).
-fn read_losses(log: &Path) -> Result<Vec<LogRow>, String> {
+pub(crate) fn read_losses(log: &Path) -> Result<Vec<LogRow>, String> {
     let text = std::fs::read_to_string(log).map_err(io(log))?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -121,7 +121,7 @@ fn mean_losses(log: &[LogRow], range: std::ops::RangeInclusive<usize>) -> BTreeM
 
 /// Stores the run's weights as `f16` in `out` with the model config; returns (bytes,
 /// parameters).
-fn write_model(run: &Path, out: &Path) -> Result<(u64, usize), String> {
+pub(crate) fn write_model(run: &Path, out: &Path) -> Result<(u64, usize), String> {
     use segkit::train::trainer::{CONFIG_FILE, MODEL_FILE};
     std::fs::create_dir_all(out).map_err(io(out))?;
     let src = run.join(MODEL_FILE);

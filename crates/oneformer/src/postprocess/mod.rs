@@ -65,6 +65,7 @@
 //! # Ok::<(), segkit_oneformer::Error>(())
 //! ```
 
+mod instances;
 mod resize;
 mod select;
 
@@ -74,6 +75,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::ops::{sigmoid, softmax_last_dim};
 use serde::{Deserialize, Serialize};
 
+pub use instances::{instance_inference, InstanceDetection, InstanceInferenceConfig};
 pub use resize::{resize_bilinear_antialias, resize_bilinear_antialias_fallback};
 use select::argmax_rows;
 pub use select::topk_unsorted;

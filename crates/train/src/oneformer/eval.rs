@@ -1,6 +1,11 @@
-//! OneFormer's evaluation on the three tasks' post-processed outputs (transformers'
-//! post-processing at each image's own size): mIoU from the semantic task, PQ from the
-//! panoptic task and mask AP from the instance task, with segkit-data's metrics.
+//! OneFormer's evaluation on the three tasks' post-processed outputs at each image's own
+//! size: mIoU from the semantic task and PQ from the panoptic task (transformers'
+//! post-processing), mask AP from the instance task through the official repository's
+//! `instance_inference` (overlapping per-query masks, score = class probability x mask score,
+//! the 100 best, thing classes only: segkit-oneformer's [`instance_inference`]), with
+//! segkit-data's metrics. transformers' instance post-processing is not used for AP: its
+//! arg-max map gives a pixel to one candidate only, so a low-scoring candidate with a large
+//! mask takes the pixels of a correct detection.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,7 +15,9 @@ use segkit_data::metrics::{PanopticCategory, PanopticQuality, SegMetric, Segment
 use segkit_data::{Rle, Sample, SegDataset};
 use segkit_models::oneformer::OneFormerPrediction;
 use segkit_models::{OneFormer, PredictOptions};
-use segkit_oneformer::postprocess::SegmentationResult;
+use segkit_oneformer::postprocess::{
+    instance_inference, InstanceInferenceConfig, SegmentationResult,
+};
 use segkit_oneformer::targets::ClassMetadata;
 use segkit_oneformer::tokenizer::Task;
 
@@ -77,14 +84,14 @@ fn add_panoptic(
     Ok(())
 }
 
-/// The instance prediction of one image (a detection per segment, its class score) and its
-/// thing segments as ground truth.
+/// The instance detections of one image ([`instance_inference`] on the instance task's
+/// output) and its thing segments as ground truth.
 fn add_instances(
     model: &OneFormer,
     img: &DynamicImage,
     inst: &[segkit_data::InstanceAnnotation],
     (image_id, h, w): (u64, usize, usize),
-    opts: &PredictOptions,
+    cfg: &InstanceInferenceConfig,
     classes: &ClassMetadata,
     ap: &mut CocoEvaluator,
 ) -> TrainResult<()> {
@@ -101,17 +108,23 @@ fn add_instances(
             area: None,
         })?;
     }
-    if let OneFormerPrediction::Instance(r) = model.predict_image(img, Task::Instance, opts)? {
-        let map = ids(&r);
-        for (id, c, score) in segments(&r) {
-            let mask: Vec<u8> = map.iter().map(|&v| u8::from(v == id)).collect();
-            ap.add_detection(Detection {
-                image_id,
-                category_id: u64::from(c),
-                mask: Rle::from_mask(&mask, h, w)?,
-                score,
-            })?;
-        }
+    let x = model.preprocess(&img.to_rgb8())?;
+    let out = model.forward(&x, &model.task_inputs(Task::Instance)?, None, false)?;
+    let dets = instance_inference(
+        &out.class_queries_logits,
+        &out.masks_queries_logits,
+        cfg,
+        Some(&[(h, w)]),
+    )
+    .map_err(segkit_models::Error::from)?;
+    for d in dets.into_iter().flatten() {
+        let mask: Vec<u8> = d.mask.iter().map(|&b| u8::from(b)).collect();
+        ap.add_detection(Detection {
+            image_id,
+            category_id: u64::from(d.label),
+            mask: Rle::from_mask(&mask, h, w)?,
+            score: f64::from(d.score),
+        })?;
     }
     Ok(())
 }
@@ -141,6 +154,10 @@ pub(super) fn evaluate(
         .filter(|&c| !classes.is_thing(c as usize))
         .collect();
     opts.instance.thing_ids = Some(things.iter().map(|&c| c as u32).collect());
+    let inst_cfg = InstanceInferenceConfig {
+        topk: 100,
+        thing_ids: opts.instance.thing_ids.clone(),
+    };
     let (mut has_pan, n) = (false, dataset.len());
     for i in 0..n {
         let s = dataset.get(i)?;
@@ -158,7 +175,15 @@ pub(super) fn evaluate(
         let Some(inst) = &s.instances else { continue };
         has_pan = true;
         add_panoptic(model, &img, inst, (h, w), &opts, &mut pq)?;
-        add_instances(model, &img, inst, (i as u64, h, w), &opts, classes, &mut ap)?;
+        add_instances(
+            model,
+            &img,
+            inst,
+            (i as u64, h, w),
+            &inst_cfg,
+            classes,
+            &mut ap,
+        )?;
     }
     let r = sem.compute();
     let opt = |v: f64| (!v.is_nan()).then_some(v);
