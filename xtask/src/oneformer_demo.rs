@@ -254,19 +254,30 @@ fn train_run(name: &str, tasks: &[&str], cfg_path: &Path) -> Result<RunResult, S
 }
 
 /// The results of a run finished earlier (`segkit train` on its `train.json`): its
-/// `summary.json`, whose iteration count must be `iterations`, and the wall time the training
-/// loop logged last (`elapsed` in `metrics.jsonl`).
+/// `summary.json`, whose iteration count must be `iterations`, its model evaluated again on
+/// the first `val` validation canvases (with this build's metrics) and the wall time the
+/// training loop logged last (`elapsed` in `metrics.jsonl`).
 fn finished_run(
     name: &str,
     tasks: &[&str],
     run_dir: &Path,
     iterations: usize,
+    val: usize,
 ) -> Result<RunResult, String> {
     use segkit::train::trainer::{LOG_FILE, SUMMARY_FILE};
     let path = run_dir.join(SUMMARY_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let summary: TrainSummary =
+    let mut summary: TrainSummary =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = TrainConfig::load(run_dir.join("train.json")).map_err(|e| e.to_string())?;
+    summary.eval = segkit::train::evaluate_weights(
+        &cfg,
+        &summary.model_path,
+        segkit::train::Split::Val,
+        Some(val),
+        1,
+    )
+    .map_err(|e| e.to_string())?;
     if summary.iterations != iterations {
         return Err(format!(
             "{}: the run did {} iterations, not --iterations {iterations}",
@@ -357,6 +368,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         demo::make_demo_data(&src, &data, 4000, 500)
             .map_err(|e| format!("{e} (Fashion-MNIST: {})", demo::FASHION_MNIST_INSTALL))?;
     }
+    // Absolute: the configs written below name the data by this path, and a relative path in
+    // a config resolves against the config's own directory.
+    let out = std::path::absolute(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
     let coco = dir.join("coco_panoptic");
     for split in ["train", "val"] {
@@ -386,7 +400,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
         write(&cfg_path, &format!("{text}\n"))?;
         let r = if skip_train {
-            finished_run(name, tasks, &run_dir, iterations)?
+            finished_run(name, tasks, &run_dir, iterations, val)?
         } else {
             train_run(name, tasks, &cfg_path)?
         };
