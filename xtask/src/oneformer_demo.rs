@@ -321,7 +321,10 @@ fn install(
         "runs": results,
         "train_config": cfg,
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    // Paths inside the repository recorded relative to it.
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| e.to_string())?
+        .replace(&format!("{}/", crate::root().display()), "");
     write(&model_out.join("metrics.json"), &format!("{text}\n"))?;
     eprintln!(
         "xtask: stored model {} ({params} parameters, {bytes} bytes): PQ {:.2}, AP {:.2}, \

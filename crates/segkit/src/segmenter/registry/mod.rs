@@ -57,9 +57,14 @@ pub fn weights_roots() -> Vec<PathBuf> {
 /// The demo instance model (PANet), shipped in the `segkit` package beside the default.
 pub const DEMO_PANET_MODEL: &str = "segkit-demo-panet";
 
+/// The demo universal model (OneFormer: semantic, instance and panoptic), shipped in the
+/// `segkit` package beside the default.
+pub const DEMO_ONEFORMER_MODEL: &str = "segkit-demo-oneformer";
+
 /// Where segkit's sources keep an embedded model: `demo/` of the `segkit` package
 /// (`crates/segkit/demo/` in the workspace) for [`DEFAULT_MODEL`], `demo/panet/` for
-/// [`DEMO_PANET_MODEL`], `None` for any other name. The directory is there in a checkout and
+/// [`DEMO_PANET_MODEL`], `demo/oneformer/` for [`DEMO_ONEFORMER_MODEL`], `None` for any other
+/// name. The directory is there in a checkout and
 /// in the packaged crate; an installed binary does not need it for the default
 /// ([`crate::Segmenter::load_embedded_default`]).
 pub fn bundled_dir(name: &str) -> Option<PathBuf> {
@@ -67,6 +72,7 @@ pub fn bundled_dir(name: &str) -> Option<PathBuf> {
     match name {
         DEFAULT_MODEL => Some(demo),
         DEMO_PANET_MODEL => Some(demo.join("panet")),
+        DEMO_ONEFORMER_MODEL => Some(demo.join("oneformer")),
         _ => None,
     }
 }
