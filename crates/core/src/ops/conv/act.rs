@@ -128,31 +128,65 @@ fn has_avx2_fma() -> bool {
     }
 }
 
-/// Which instruction set the kernels may use: AVX2 + FMA only when the running CPU has them
-/// ([`Simd::detect`]), so that a `Simd` can be passed down safely.
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which instruction set the kernels may use: AVX2 + FMA only when the running CPU has them,
+/// AVX-512F (the GEMM microkernel) only when it also has that ([`Simd::detect`]), so that a
+/// `Simd` can be passed down safely.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Simd {
     avx2: bool,
+    avx512: bool,
 }
 
 impl Simd {
     /// The best the running CPU supports.
     pub(super) fn detect() -> Self {
+        let avx2 = has_avx2_fma();
         Self {
-            avx2: has_avx2_fma(),
+            avx2,
+            avx512: avx2 && has_avx512f(),
         }
     }
 
     /// Portable code only (tests of the fallback paths).
     #[cfg(test)]
     pub(super) fn portable() -> Self {
-        Self { avx2: false }
+        Self {
+            avx2: false,
+            avx512: false,
+        }
+    }
+
+    /// AVX2 + FMA where the CPU has them, never AVX-512 (tests of the AVX2 kernels on CPUs
+    /// that would pick AVX-512).
+    #[cfg(test)]
+    pub(super) fn avx2_only() -> Self {
+        Self {
+            avx2: has_avx2_fma(),
+            avx512: false,
+        }
     }
 
     /// Whether AVX2 + FMA code may run.
     #[inline]
     pub(super) fn avx2(self) -> bool {
         self.avx2
+    }
+
+    /// Whether AVX-512F code may run (implies [`Simd::avx2`]).
+    #[inline]
+    pub(super) fn avx512(self) -> bool {
+        self.avx512
     }
 }
 

@@ -98,7 +98,7 @@ fn check(
 }
 
 fn simds() -> Vec<Simd> {
-    vec![Simd::portable(), Simd::detect()]
+    vec![Simd::portable(), Simd::avx2_only(), Simd::detect()]
 }
 
 #[test]
