@@ -128,13 +128,22 @@ fn has_avx2_fma() -> bool {
     }
 }
 
+/// Set to `avx2` to keep the convolution kernels off AVX-512 on a CPU that has it (as
+/// PyTorch's `ATEN_CPU_CAPABILITY`): for comparing the kernels, never needed for speed.
+const CPU_CAPABILITY_ENV: &str = "SEGKIT_CPU_CAPABILITY";
+
 fn has_avx512f() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let allowed = *ALLOWED.get_or_init(|| {
+        std::env::var(CPU_CAPABILITY_ENV).map_or(true, |v| !v.eq_ignore_ascii_case("avx2"))
+    });
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        allowed && std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = allowed;
         false
     }
 }
