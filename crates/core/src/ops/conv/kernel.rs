@@ -406,10 +406,10 @@ mod x86 {
             // SAFETY: kc steps of MR (a) and NR (each b panel) elements stay inside them.
             unsafe {
                 let bv: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(pb[p]));
-                for r in 0..R {
+                for (r, tr) in t.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*pa.add(r));
-                    for p in 0..P {
-                        t[r][p] = _mm512_fmadd_ps(av, bv[p], t[r][p]);
+                    for (acc, &bp) in tr.iter_mut().zip(&bv) {
+                        *acc = _mm512_fmadd_ps(av, bp, *acc);
                     }
                 }
                 pa = pa.add(MR);
