@@ -163,14 +163,16 @@ impl ConvModuleConfig {
                 "conv kernel_size, stride, dilation and groups must be positive: {self:?}"
             )));
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(Error::InvalidConfig(format!(
                 "conv channels {} -> {} are not divisible by groups {}",
                 self.in_channels, self.out_channels, self.groups
             )));
         }
         if let Some(Norm::GroupNorm { groups, .. }) = self.norm {
-            if groups == 0 || self.out_channels % groups != 0 {
+            if groups == 0 || !self.out_channels.is_multiple_of(groups) {
                 return Err(Error::InvalidConfig(format!(
                     "GroupNorm groups {groups} do not divide {} channels",
                     self.out_channels
@@ -508,7 +510,7 @@ pub fn sine_position_embedding(
         .collect();
     let enc = |v: f32, k: usize| {
         let a = v / dim_t[k];
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             a.sin()
         } else {
             a.cos()

@@ -358,7 +358,7 @@ impl SegDataset for ClassificationDataset {
 /// the image is, `ignore` in padding): each map's minimum. An all-ignore map (nothing but
 /// padding) is an error.
 pub fn classes_of_label_maps(maps: &[u32], n: usize, ignore: u32) -> Result<Vec<u32>> {
-    if n == 0 || maps.is_empty() || maps.len() % n != 0 {
+    if n == 0 || maps.is_empty() || !maps.len().is_multiple_of(n) {
         return Err(Error::InvalidArgument(format!(
             "{} label values for {n} samples",
             maps.len()

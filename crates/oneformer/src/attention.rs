@@ -97,7 +97,7 @@ pub struct MultiheadAttention {
 impl MultiheadAttention {
     /// Loads `in_proj_weight` (`3C x C`), `in_proj_bias`, `out_proj.{weight,bias}`.
     pub fn new(dim: usize, heads: usize, dropout: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::InvalidConfig(format!(
                 "multi-head attention: width {dim} is not divisible into {heads} heads"
             )));

@@ -97,7 +97,7 @@ impl TextMapper {
     /// Loads the mapper from `vb` (`model.text_mapper`).
     pub fn new(cfg: &TextMapperConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let w = cfg.text_encoder_width;
-        if w == 0 || w % 64 != 0 || cfg.text_encoder_context_length == 0 {
+        if w == 0 || !w.is_multiple_of(64) || cfg.text_encoder_context_length == 0 {
             return Err(Error::InvalidConfig(format!(
                 "text mapper: text_encoder_width {w} must be a positive multiple of 64 (heads = \
                  width / 64) and the context length positive"

@@ -54,7 +54,7 @@ impl Progress {
 
     /// Shows iteration `iter` (completed) with its loss and learning rate.
     pub fn update(&self, iter: usize, loss: f64, lr: f64) {
-        if self.quiet || (!self.tty && iter % self.every != 0 && iter != self.total) {
+        if self.quiet || (!self.tty && !iter.is_multiple_of(self.every) && iter != self.total) {
             return;
         }
         let rate = self.rate(iter);

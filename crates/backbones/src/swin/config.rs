@@ -478,7 +478,7 @@ impl SwinConfig {
         }
         for (i, &h) in self.num_heads.iter().enumerate() {
             let dim = self.stage_dim(i);
-            if h == 0 || dim % h != 0 {
+            if h == 0 || !dim.is_multiple_of(h) {
                 return bad(format!(
                     "Swin stage {} has {dim} channels, which {h} heads do not divide",
                     i + 1

@@ -75,7 +75,7 @@ pub fn segments(i: usize, s: usize) -> Vec<(u32, Vec<bool>)> {
         *id = if p / s < band { 1 } else { 2 };
     }
     let mut classes = vec![0u32, 1];
-    let things: [u32; 3] = if i % 2 == 0 {
+    let things: [u32; 3] = if i.is_multiple_of(2) {
         [10, 11, 12]
     } else {
         [10, 10, 11]

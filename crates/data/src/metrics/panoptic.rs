@@ -125,7 +125,7 @@ fn bad(msg: String) -> Error {
 /// panopticapi's `rgb2id`: the segment id of each pixel of an RGB panoptic PNG
 /// (`R + 256 G + 256^2 B`), from interleaved RGB bytes.
 pub fn rgb_to_id(rgb: &[u8]) -> Result<Vec<u32>> {
-    if rgb.len() % 3 != 0 {
+    if !rgb.len().is_multiple_of(3) {
         return Err(bad(format!(
             "RGB buffer length {} is not a multiple of 3",
             rgb.len()

@@ -21,7 +21,7 @@ impl Rle {
     /// Rasterises a polygon `[x0, y0, x1, y1, ..]` (pixel coordinates, pixel centres at
     /// integers) exactly as pycocotools' `rleFrPoly` (`frPyObjects([poly], h, w)`).
     pub fn from_polygon(xy: &[f64], height: usize, width: usize) -> Result<Rle> {
-        if xy.len() < 2 || xy.len() % 2 != 0 {
+        if xy.len() < 2 || !xy.len().is_multiple_of(2) {
             return Err(bad(format!(
                 "a polygon needs an even number (>= 2) of coordinates, got {}",
                 xy.len()

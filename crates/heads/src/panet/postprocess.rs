@@ -186,7 +186,7 @@ pub fn nms_and_limit(
     num_classes: usize,
 ) -> Result<(Vec<Box4>, Vec<f32>, Vec<usize>)> {
     let c = num_classes;
-    if c == 0 || scores.len() % c != 0 || boxes.len() != 4 * scores.len() {
+    if c == 0 || !scores.len().is_multiple_of(c) || boxes.len() != 4 * scores.len() {
         return Err(Error::InvalidArgument(format!(
             "PANet detections: {} scores and {} box coordinates for {c} classes",
             scores.len(),

@@ -30,7 +30,7 @@ impl MsDeformAttn {
         points: usize,
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
-        if heads == 0 || embed_dim % heads != 0 {
+        if heads == 0 || !embed_dim.is_multiple_of(heads) {
             return Err(Error::InvalidConfig(format!(
                 "deformable attention: {embed_dim} channels are not divisible by {heads} heads"
             )));

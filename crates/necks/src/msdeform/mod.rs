@@ -172,13 +172,13 @@ impl MsDeformAttnPixelDecoderConfig {
         {
             return bad(format!("sizes must be positive: {self:?}"));
         }
-        if self.conv_dim % self.num_attention_heads != 0 {
+        if !self.conv_dim.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "conv_dim {} is not divisible by num_attention_heads {}",
                 self.conv_dim, self.num_attention_heads
             ));
         }
-        if self.conv_dim % 2 != 0 || self.conv_dim % self.norm_groups != 0 {
+        if !self.conv_dim.is_multiple_of(2) || !self.conv_dim.is_multiple_of(self.norm_groups) {
             return bad(format!(
                 "conv_dim {} must be even and divisible by the {} GroupNorm groups",
                 self.conv_dim, self.norm_groups

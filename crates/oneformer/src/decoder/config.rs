@@ -113,7 +113,9 @@ impl TransformerDecoderConfig {
                 "sizes must be positive (num_queries >= 2): {self:?}"
             ));
         }
-        if self.hidden_dim % self.num_attention_heads != 0 || self.hidden_dim % 2 != 0 {
+        if !self.hidden_dim.is_multiple_of(self.num_attention_heads)
+            || !self.hidden_dim.is_multiple_of(2)
+        {
             return bad(format!(
                 "hidden_dim {} must be even and divisible by num_attention_heads {}",
                 self.hidden_dim, self.num_attention_heads

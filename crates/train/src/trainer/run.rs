@@ -59,7 +59,7 @@ impl Trainer {
             let it = self.iteration;
             progress.update(it, rec.loss, rec.lr);
             let li = self.cfg.log_interval.max(1);
-            if it % li == 0 || it == total {
+            if it.is_multiple_of(li) || it == total {
                 let mut record = serde_json::Map::new();
                 record.insert("type".into(), "train".into());
                 record.insert("iter".into(), it.into());
@@ -71,8 +71,9 @@ impl Trainer {
                 log.write(&serde_json::Value::Object(record))?;
                 self.interval = Interval::default();
             }
-            let eval_now =
-                (self.cfg.eval_interval > 0 && it % self.cfg.eval_interval == 0) || it == total;
+            let eval_now = (self.cfg.eval_interval > 0
+                && it.is_multiple_of(self.cfg.eval_interval))
+                || it == total;
             if eval_now {
                 let r = self.evaluate()?;
                 let extra: String = r
@@ -105,7 +106,7 @@ impl Trainer {
             } else {
                 self.cfg.eval_interval
             };
-            if (ck_int > 0 && it % ck_int == 0) || it == total || it == until {
+            if (ck_int > 0 && it.is_multiple_of(ck_int)) || it == total || it == until {
                 self.save_checkpoint()?;
             }
         }

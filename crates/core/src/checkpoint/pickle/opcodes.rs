@@ -9,7 +9,7 @@ use super::{Machine, Value, R};
 
 impl Machine<'_> {
     fn set_items(&mut self, kv: Vec<Value>) -> R<()> {
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values".into());
         }
         let mut pairs = Vec::with_capacity(kv.len() / 2);

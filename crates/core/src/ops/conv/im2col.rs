@@ -149,7 +149,7 @@ fn prefetch(v: &[f32]) {
 fn put_row(buf: &mut [f32], ps: usize, kk: usize, q: usize, src: &[f32]) {
     let mut src = src;
     let mut q = q;
-    if q % NR != 0 {
+    if !q.is_multiple_of(NR) {
         let n = (NR - q % NR).min(src.len());
         buf[(q / NR) * ps + kk * NR + q % NR..][..n].copy_from_slice(&src[..n]);
         (q, src) = (q + n, &src[n..]);
@@ -273,7 +273,7 @@ fn pack_b_impl<const AVX2: bool>(
     let taps = g.kh * g.kw;
     let (s, d) = (g.stride, g.dilation);
     let pad = g.padding as isize;
-    if np % NR != 0 {
+    if !np.is_multiple_of(NR) {
         let last = np / NR;
         buf[last * ps..last * ps + kc * NR].fill(0.0);
     }

@@ -219,7 +219,7 @@ pub(super) unsafe fn gemm_block(
 ) {
     let avx2 = simd.avx2();
     let kc = block_depth(a.k).min(a.k - k0);
-    debug_assert!(o0 % MR == 0 && o1 <= a.m && ps >= kc * NR);
+    debug_assert!(o0.is_multiple_of(MR) && o1 <= a.m && ps >= kc * NR);
     let acc = k0 != 0;
     #[cfg(target_arch = "x86_64")]
     if simd.avx512() {

@@ -46,7 +46,7 @@ impl BoxTransform {
         if n == 0 {
             return Ok(Vec::new());
         }
-        if deltas.len() % (4 * n) != 0 {
+        if !deltas.len().is_multiple_of(4 * n) {
             return Err(Error::InvalidArgument(format!(
                 "box decode: {} deltas are not 4K per box for {n} boxes",
                 deltas.len()
