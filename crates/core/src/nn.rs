@@ -163,9 +163,8 @@ impl ConvModuleConfig {
                 "conv kernel_size, stride, dilation and groups must be positive: {self:?}"
             )));
         }
-        if !self.in_channels.is_multiple_of(self.groups)
-            || !self.out_channels.is_multiple_of(self.groups)
-        {
+        let g = self.groups;
+        if !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
             return Err(Error::InvalidConfig(format!(
                 "conv channels {} -> {} are not divisible by groups {}",
                 self.in_channels, self.out_channels, self.groups
