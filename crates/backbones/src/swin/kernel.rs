@@ -7,7 +7,8 @@
 //! the qkv bias), adds the relative position bias and the shift mask, applies the softmax, and
 //! writes each token's output row to its place in the unpadded `B x L x C` map. The scores of
 //! one window never leave the L1 cache. Windows are split over `candle_core::utils::
-//! get_num_threads()` scoped threads; AVX2 + FMA are used when the CPU has them.
+//! get_num_threads()` scoped threads; AVX2 + FMA are used when the CPU has them, and
+//! `kernel512.rs`'s register-tiled AVX-512F version when it has that.
 
 use std::ops::Range;
 
@@ -42,15 +43,22 @@ impl WindowAttention<'_> {
         let threads = candle_core::utils::get_num_threads().clamp(1, jobs.max(1));
         let dst = OutPtr(out.as_mut_ptr());
         let simd = has_avx2_fma();
+        let avx512 = simd && segkit_core::ops::cpu_has_avx512f();
         let work = |r: Range<usize>| {
             let dst = &dst;
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: AVX-512F was detected on this CPU.
+                unsafe { self.windows_avx512(r, dst) };
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: AVX2 and FMA were detected on this CPU.
                 unsafe { self.windows_avx2(r, dst) };
                 return;
             }
-            let _ = simd;
+            let _ = (simd, avx512);
             self.windows::<false>(r, dst)
         };
         if threads == 1 {
@@ -76,7 +84,7 @@ impl WindowAttention<'_> {
 
     /// Windows `jobs` (indices into `batch x nW`).
     #[inline(always)]
-    fn windows<const FMA: bool>(&self, jobs: Range<usize>, dst: &OutPtr) {
+    pub(super) fn windows<const FMA: bool>(&self, jobs: Range<usize>, dst: &OutPtr) {
         let (l, c, n, heads) = (self.tokens, self.dim, self.window_area, self.heads);
         let hd = c / heads;
         let nw = self.index.len() / n;
@@ -227,7 +235,7 @@ fn weighted_sum<const FMA: bool>(o: &mut [f32], p: &[f32], v: &[f32], hd: usize)
 }
 
 /// The output buffer, shared by the scoped threads (disjoint rows).
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the threads write disjoint rows (see `windows`), and the buffer outlives them.
 unsafe impl Sync for OutPtr {}
 

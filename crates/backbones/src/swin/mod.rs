@@ -72,6 +72,7 @@
 mod config;
 mod fused;
 mod kernel;
+mod kernel512;
 mod layers;
 mod patch;
 /// The configuration and the output specs (the weights are not printed).

@@ -6,7 +6,7 @@
 mod conv;
 
 pub(crate) use conv::conv2d_affine_cpu;
-pub use conv::{activate, conv2d, Activation, Conv2dParams};
+pub use conv::{activate, conv2d, cpu_has_avx512f, Activation, Conv2dParams};
 mod pool2d;
 
 pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};

@@ -132,7 +132,10 @@ fn has_avx2_fma() -> bool {
 /// PyTorch's `ATEN_CPU_CAPABILITY`): for comparing the kernels, never needed for speed.
 const CPU_CAPABILITY_ENV: &str = "SEGKIT_CPU_CAPABILITY";
 
-fn has_avx512f() -> bool {
+/// Whether segkit's AVX-512F kernels may run: the CPU has AVX-512F and `SEGKIT_CPU_CAPABILITY`
+/// is not `avx2` (set it to compare against the AVX2 kernels; never needed for speed). Kernels
+/// in other segkit crates (Swin's window attention) follow the same switch.
+pub fn cpu_has_avx512f() -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| {
         std::env::var(CPU_CAPABILITY_ENV).map_or(true, |v| !v.eq_ignore_ascii_case("avx2"))
@@ -163,7 +166,7 @@ impl Simd {
         let avx2 = has_avx2_fma();
         Self {
             avx2,
-            avx512: avx2 && has_avx512f(),
+            avx512: avx2 && cpu_has_avx512f(),
         }
     }
 

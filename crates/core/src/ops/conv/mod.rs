@@ -40,6 +40,7 @@ mod winograd;
 use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::{Error, Result};
+pub use act::cpu_has_avx512f;
 use act::Simd;
 
 /// Activation applied after a convolution or norm.
