@@ -572,29 +572,11 @@ impl LayerNorm {
     }
 
     fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
-        use rayon::prelude::*;
-        let d = self.weight.elem_count();
         let w = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let b = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let eps = self.eps;
-        let out = crate::ops::with_cpu_f32(x, |xv| {
-            let mut out = vec![0f32; xv.len()];
-            if d > 0 {
-                out.par_chunks_mut(d)
-                    .zip(xv.par_chunks(d))
-                    .for_each(|(o, r)| {
-                        // Two passes in f32, as PyTorch: the mean, then the mean squared
-                        // deviation (never E[x^2] - E[x]^2).
-                        let m = r.iter().sum::<f32>() / d as f32;
-                        let var = r.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / d as f32;
-                        let inv = 1.0 / (var + eps as f32).sqrt();
-                        for k in 0..d {
-                            o[k] = (r[k] - m) * inv * w[k] + b[k];
-                        }
-                    });
-            }
-            Ok(out)
-        })?;
+        let eps = self.eps as f32;
+        let out =
+            crate::ops::with_cpu_f32(x, |xv| Ok(crate::ops::layer_norm_rows(xv, &w, &b, eps)))?;
         Ok(Tensor::from_vec(out, x.dims(), x.device())?)
     }
 }

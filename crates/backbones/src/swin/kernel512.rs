@@ -139,10 +139,7 @@ impl WindowAttention<'_> {
                                     cols,
                                 )
                             };
-                            dst_row
-                                .iter_mut()
-                                .zip(o)
-                                .for_each(|(d, &x)| *d = x * inv);
+                            dst_row.iter_mut().zip(o).for_each(|(d, &x)| *d = x * inv);
                         }
                         c0 += width;
                     }
@@ -402,7 +399,10 @@ mod tests {
             // SAFETY: AVX-512F detected above.
             unsafe { k.windows_avx512(0..jobs, &OutPtr(got.as_mut_ptr())) };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{h}x{w} c={c} [{i}]: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{h}x{w} c={c} [{i}]: {g} vs {w}"
+                );
             }
         }
     }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastmath::exp_approx;
 use crate::{Error, Result};
 
 /// Positions per task.
@@ -102,6 +103,30 @@ impl LsmGather {
 
     /// `lse` of the positions `i0..i0 + len` of outer index `o`.
     fn block_lse(&self, x: &[f32], o: usize, i0: usize, len: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected on this CPU.
+            return unsafe { self.block_lse_avx2(x, o, i0, len) };
+        }
+        self.block_lse_impl::<false>(x, o, i0, len)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_lse_avx2(&self, x: &[f32], o: usize, i0: usize, len: usize) -> Vec<f32> {
+        self.block_lse_impl::<true>(x, o, i0, len)
+    }
+
+    /// The class loops run over `len` contiguous positions, so they vectorise; the exponential
+    /// is `fastmath::exp_approx` (~2 ulp; its argument is never positive here).
+    #[inline(always)]
+    fn block_lse_impl<const FMA: bool>(
+        &self,
+        x: &[f32],
+        o: usize,
+        i0: usize,
+        len: usize,
+    ) -> Vec<f32> {
         let base = o * self.c * self.inner + i0;
         let mut m = x[base..base + len].to_vec();
         for k in 1..self.c {
@@ -114,10 +139,61 @@ impl LsmGather {
         for k in 0..self.c {
             let row = &x[base + k * self.inner..base + k * self.inner + len];
             for ((s, &v), &m) in s.iter_mut().zip(row).zip(&m) {
-                *s += (v - m).exp();
+                *s += exp_approx::<FMA>(v - m);
             }
         }
         m.iter().zip(&s).map(|(&m, &s)| m + s.ln()).collect()
+    }
+
+    /// One `(outer, class)` row of the input gradient: `d = dy (1[y = k] - exp(x - lse))`.
+    fn grad_row(&self, r: usize, d: &mut [f32], xr: &[f32], dy: &[f32], lse: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected on this CPU.
+            return unsafe { self.grad_row_avx2(r, d, xr, dy, lse) };
+        }
+        self.grad_row_impl::<false>(r, d, xr, dy, lse)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn grad_row_avx2(&self, r: usize, d: &mut [f32], xr: &[f32], dy: &[f32], lse: &[f32]) {
+        self.grad_row_impl::<true>(r, d, xr, dy, lse)
+    }
+
+    #[inline(always)]
+    fn grad_row_impl<const FMA: bool>(
+        &self,
+        r: usize,
+        d: &mut [f32],
+        xr: &[f32],
+        dy: &[f32],
+        lse: &[f32],
+    ) {
+        let (o, k) = (r / self.c, r % self.c);
+        let p0 = o * self.inner;
+        let (dy, lse, idx) = (
+            &dy[p0..p0 + self.inner],
+            &lse[p0..p0 + self.inner],
+            &self.idx[p0..p0 + self.inner],
+        );
+        for ((((d, &x), &g), &l), &y) in d.iter_mut().zip(xr).zip(dy).zip(lse).zip(idx) {
+            let onehot = if y as usize == k { 1.0 } else { 0.0 };
+            // x <= lse up to rounding; the clamp keeps exp_approx in its domain.
+            let e = exp_approx::<FMA>((x - l).min(0.0));
+            *d = g * (onehot - e);
+        }
+    }
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -168,21 +244,13 @@ impl CustomOp1 for LsmGather {
             candle_core::bail!("segkit log_softmax_gather backward: CPU tensors only")
         };
         let xs = contiguous(cs, l)?;
-        let (c, inner) = (self.c, self.inner);
+        let inner = self.inner;
         let mut dx = vec![0f32; xs.len()];
         // One task per (outer, class) row of `inner` values.
         dx.par_chunks_mut(inner)
             .zip(xs.par_chunks(inner))
             .enumerate()
-            .for_each(|(r, (d, xr))| {
-                let (o, k) = (r / c, r % c);
-                let p0 = o * inner;
-                for i in 0..inner {
-                    let p = p0 + i;
-                    let onehot = if self.idx[p] as usize == k { 1.0 } else { 0.0 };
-                    d[i] = dy[p] * (onehot - (xr[i] - lse[p]).exp());
-                }
-            });
+            .for_each(|(r, (d, xr))| self.grad_row(r, d, xr, &dy, &lse));
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

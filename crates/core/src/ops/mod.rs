@@ -41,6 +41,9 @@ pub use eltwise::add_act;
 mod batch_norm;
 
 pub use batch_norm::{batch_norm_add_train, batch_norm_train};
+pub mod fastmath;
+mod layer_norm;
 mod log_softmax;
+pub(crate) use layer_norm::layer_norm_rows;
 
 pub use log_softmax::log_softmax_gather;
