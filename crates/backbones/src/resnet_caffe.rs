@@ -275,7 +275,8 @@ impl Bottleneck {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        ops::add_act(&y, &r, Activation::Relu)
+        // `y` is conv3's fresh output: the sum goes into its buffer.
+        ops::add_act_in_place(y, &r, Activation::Relu)
     }
 }
 

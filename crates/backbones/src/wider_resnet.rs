@@ -257,7 +257,8 @@ impl Block {
             h = dropout2d(&h, self.dropout, train)?;
             h = c3.forward_t(&h, train)?;
         }
-        ops::add_act(&h, &shortcut, Activation::None)
+        // `h` is the last conv's fresh output: the sum goes into its buffer.
+        ops::add_act_in_place(h, &shortcut, Activation::None)
     }
 }
 

@@ -12,7 +12,8 @@ impl ConvNormAct {
     /// activation (this block's own activation is not applied). Training with BatchNorm runs
     /// the norm, the add and the activation as one op ([`ops::batch_norm_add_train`]), so the
     /// graph keeps neither the normalised map nor the sum; inference folds the norm into the
-    /// conv and fuses the add ([`ops::add_act`]).
+    /// conv and adds the shortcut and activation into the conv's output buffer (no new
+    /// allocation).
     pub fn forward_add_act(
         &self,
         x: &Tensor,
@@ -27,8 +28,9 @@ impl ConvNormAct {
                 ops::batch_norm_add_train(&y, bn, residual, act)
             }
             _ => {
+                // `y` is this conv's fresh output, held by nothing else: the sum goes into it.
                 let y = self.forward_act(x, train, Activation::None)?;
-                ops::add_act(&y, residual, act)
+                ops::add_act_in_place(y, residual, act)
             }
         }
     }

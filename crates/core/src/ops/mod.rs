@@ -37,7 +37,7 @@ pub use resize::{resize_bilinear_fallback, resize_bilinear_matmul, resize_neares
 pub use roi_align::{roi_align_cpu, roi_align_fallback};
 mod eltwise;
 
-pub use eltwise::add_act;
+pub use eltwise::{add_act, add_act_in_place};
 mod batch_norm;
 
 pub use batch_norm::{batch_norm_add_train, batch_norm_train};
