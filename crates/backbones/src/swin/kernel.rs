@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-pub(super) use segkit_core::ops::fastmath::{exp_approx, madd};
+pub(super) use segkit_core::ops::fastmath::{exp_approx, has_avx2_fma, madd};
 
 /// Everything the kernel reads, as flat row-major slices.
 pub(crate) struct WindowAttention<'a> {
@@ -240,18 +240,6 @@ fn weighted_sum<const FMA: bool>(o: &mut [f32], p: &[f32], v: &[f32], hd: usize)
 pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the threads write disjoint rows (see `windows`), and the buffer outlives them.
 unsafe impl Sync for OutPtr {}
-
-#[inline]
-pub(super) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 #[cfg(test)]
 mod bench {

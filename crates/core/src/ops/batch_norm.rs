@@ -27,6 +27,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Shape, Tensor, 
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
+use super::fastmath::has_avx2_fma;
 use super::{activate, Activation};
 use crate::{Error, Result};
 
@@ -268,21 +269,8 @@ impl CustomOp3 for BnOp {
                 let ch = i % c;
                 let s = w[ch] * st.invstd[ch];
                 let t = b[ch] - st.mean[ch] as f32 * s;
-                match r {
-                    Some(r) => {
-                        let ri = &r[i * plane..(i + 1) * plane];
-                        for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(ri) {
-                            let z = v * s + t + rv;
-                            *o = if relu { z.max(0.0) } else { z };
-                        }
-                    }
-                    None => {
-                        for (o, &v) in yo.iter_mut().zip(xi) {
-                            let z = v * s + t;
-                            *o = if relu { z.max(0.0) } else { z };
-                        }
-                    }
-                }
+                let ri = r.map(|r| &r[i * plane..(i + 1) * plane]);
+                fwd_plane(yo, xi, ri, s, t, relu);
             });
         *self
             .stats
@@ -339,15 +327,8 @@ impl CustomOp3 for BnOp {
                         let (mg, mgx) = ((db[ch] / m) as f32, (dw[ch] / m) as f32);
                         let (xp, gp, yp) =
                             (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
-                        for j in 0..plane {
-                            let g = if self.relu && yp[j] <= 0.0 {
-                                0.0
-                            } else {
-                                gp[j]
-                            };
-                            let xh = (xp[j] - mu) * is;
-                            out[j] = k * (g - mg - xh * mgx);
-                        }
+                        let mask_relu = self.relu;
+                        bwd_plane(out, (xp, gp, yp), (mu, is, k, mg, mgx), mask_relu);
                     });
                     Ok((dx, dw, db))
                 })
@@ -388,6 +369,82 @@ impl BnOp {
             sgx += b as f64;
         }
         (sg, sgx)
+    }
+}
+
+/// One plane of the forward pass: `act(x s + t (+ r))`. The loops are vectorised under AVX2
+/// (same operations, no contraction into FMA: bit-identical to the portable build).
+fn fwd_plane(y: &mut [f32], x: &[f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 was detected on this CPU.
+        return unsafe { fwd_plane_avx2(y, x, r, s, t, relu) };
+    }
+    fwd_plane_impl(y, x, r, s, t, relu)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwd_plane_avx2(y: &mut [f32], x: &[f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
+    fwd_plane_impl(y, x, r, s, t, relu)
+}
+
+#[inline(always)]
+fn fwd_plane_impl(y: &mut [f32], x: &[f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
+    match r {
+        Some(r) => {
+            for ((o, &v), &rv) in y.iter_mut().zip(x).zip(r) {
+                let z = v * s + t + rv;
+                *o = if relu { z.max(0.0) } else { z };
+            }
+        }
+        None => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                let z = v * s + t;
+                *o = if relu { z.max(0.0) } else { z };
+            }
+        }
+    }
+}
+
+/// One plane of the input gradient: `k (g - mean g - x_hat mean(g x_hat))`, `g` masked by the
+/// ReLU; `(x, dy, y)` planes and `(mean, invstd, k, mean g, mean g x_hat)`.
+fn bwd_plane(
+    out: &mut [f32],
+    p: (&[f32], &[f32], &[f32]),
+    c: (f32, f32, f32, f32, f32),
+    relu: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 was detected on this CPU.
+        return unsafe { bwd_plane_avx2(out, p, c, relu) };
+    }
+    bwd_plane_impl(out, p, c, relu)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bwd_plane_avx2(
+    out: &mut [f32],
+    p: (&[f32], &[f32], &[f32]),
+    c: (f32, f32, f32, f32, f32),
+    relu: bool,
+) {
+    bwd_plane_impl(out, p, c, relu)
+}
+
+#[inline(always)]
+fn bwd_plane_impl(
+    out: &mut [f32],
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (mu, is, k, mg, mgx): (f32, f32, f32, f32, f32),
+    relu: bool,
+) {
+    for (((o, &xv), &gv), &yv) in out.iter_mut().zip(x).zip(dy).zip(y) {
+        let g = if relu && yv <= 0.0 { 0.0 } else { gv };
+        let xh = (xv - mu) * is;
+        *o = k * (g - mg - xh * mgx);
     }
 }
 

@@ -2,6 +2,20 @@
 //! SIMD code when the caller is compiled with AVX2 / FMA (`#[target_feature]`), with no table
 //! lookups or libm calls.
 
+/// Whether the CPU has AVX2 and FMA: the kernels written with these helpers compile an
+/// `#[target_feature(enable = "avx2,fma")]` copy and pick it at run time when this is true.
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `a * b + c`, fused (one rounding) when `FMA`: call it from code compiled with the `fma`
 /// target feature, where `mul_add` is one instruction (elsewhere it is a libm call).
 #[inline(always)]

@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::fastmath::has_avx2_fma;
+
 const LANES: usize = 16;
 
 /// Normalises each `weight.len()`-long row of `x`; returns a new buffer.
@@ -56,17 +58,6 @@ fn row(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, &x), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
         *o = (x - m) * inv * w + b;
-    }
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::exp_approx;
+use super::fastmath::{exp_approx, has_avx2_fma};
 use crate::{Error, Result};
 
 /// Positions per task.
@@ -183,17 +183,6 @@ impl LsmGather {
             let e = exp_approx::<FMA>((x - l).min(0.0));
             *d = g * (onehot - e);
         }
-    }
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
