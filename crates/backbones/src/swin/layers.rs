@@ -76,20 +76,9 @@ impl Linear {
     }
 }
 
-/// `x W^T + b` for `x` of any rank (flattened to a matrix for one GEMM).
+/// `x W^T + b` for `x` of any rank ([`ops::linear`]: one GEMM, no zero-filled output).
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let din = dims[dims.len() - 1];
-    let rows = x.elem_count() / din.max(1);
-    let y = x.reshape((rows, din))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = dims;
-    let last = out.len() - 1;
-    out[last] = w.dim(0)?;
-    Ok(y.reshape(out)?)
+    Ok(ops::linear(x, w, b)?)
 }
 
 fn act(x: &Tensor, a: HiddenAct, train: bool) -> Result<Tensor> {

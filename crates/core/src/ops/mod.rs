@@ -43,6 +43,8 @@ mod batch_norm;
 pub use batch_norm::{batch_norm_add_train, batch_norm_train};
 pub mod fastmath;
 mod layer_norm;
+mod linear;
+pub use linear::linear;
 mod log_softmax;
 pub(crate) use layer_norm::layer_norm_rows;
 
