@@ -20,7 +20,7 @@
 //! assert_eq!(attn.forward(&q, &kv, &kv, None, false).unwrap().dims(), &[2, 5, 32]);
 //! ```
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use crate::{Error, Result};
@@ -130,11 +130,12 @@ impl MultiheadAttention {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let q = self.wq.forward(query)?;
-        let k = self.wk.forward(key)?;
-        let v = self.wv.forward(value)?;
+        let lin = |l: &Linear, x: &Tensor| segkit_core::ops::linear(x, l.weight(), l.bias());
+        let q = lin(&self.wq, query)?;
+        let k = lin(&self.wk, key)?;
+        let v = lin(&self.wv, value)?;
         let o = attend(&q, &k, &v, self.heads, mask, self.dropout, train)?;
-        Ok(self.out.forward(&o)?)
+        lin(&self.out, &o)
     }
 }
 
