@@ -563,6 +563,14 @@ impl LayerNorm {
         if !tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             return self.forward_cpu(x);
         }
+        if tracked {
+            // One differentiable op on CPU f32 (the graph keeps input and output only).
+            if let Some(y) =
+                crate::ops::layer_norm_train(x, &self.weight, &self.bias, self.eps as f32)?
+            {
+                return Ok(y);
+            }
+        }
         let mean = x.mean_keepdim(candle_core::D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;

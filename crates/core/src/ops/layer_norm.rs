@@ -1,9 +1,18 @@
-//! Inference LayerNorm over the last dimension on CPU f32 rows (`nn::LayerNorm`'s fast path).
+//! LayerNorm over the last dimension on CPU f32 rows: `nn::LayerNorm`'s fast paths.
 //!
 //! Two passes per row in f32, as PyTorch's CPU kernel: the mean, then the mean squared
 //! deviation (never `E[x^2] - E[x]^2`), each summed in 16 lanes so that the loops vectorise;
 //! then `(x - mean) * inv_std * weight + bias`. Rows run in parallel (rayon).
+//!
+//! [`layer_norm_train`] is the same forward as one differentiable candle `CustomOp3` over
+//! `(x, weight, bias)`: the graph keeps its input and output only, where the composed ops
+//! (mean, centre, square, mean, add, sqrt, divide, scale, shift) keep ~8 full-size
+//! intermediates per norm. Its backward recomputes each row's mean and inverse deviation from
+//! `x` and applies PyTorch's formulas: with `g = dy * weight` and `x_hat` the normalised row,
+//! `dx = inv_std (g - mean(g) - x_hat mean(g x_hat))`, `dweight = sum_rows dy x_hat`,
+//! `dbias = sum_rows dy` (the sums over rows in f64).
 
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::has_avx2_fma;
@@ -30,6 +39,124 @@ pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32)
             row(o, r, weight, bias, eps)
         });
     out
+}
+
+/// LayerNorm over the last dimension of `x` (`.. x D`, `weight` and `bias` of length `D`) as
+/// one differentiable op on CPU f32; `None` when the tensors are not all CPU f32 (the caller
+/// then composes candle ops).
+pub(crate) fn layer_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> crate::Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(cpu_f32(x) && cpu_f32(weight) && cpu_f32(bias)) || weight.elem_count() == 0 {
+        return Ok(None);
+    }
+    let op = LnOp { eps };
+    Ok(Some(x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        op,
+    )?))
+}
+
+struct LnOp {
+    eps: f32,
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("segkit layer_norm_train: non-contiguous input"),
+    }
+}
+
+/// Rows per backward task.
+const ROWS: usize = 64;
+
+impl CustomOp3 for LnOp {
+    fn name(&self) -> &'static str {
+        "segkit-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let y = layer_norm_rows(x, w, b, self.eps);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let wv: Vec<f32> = w.detach().to_vec1()?;
+        let xs: Vec<f32> = x.detach().flatten_all()?.to_vec1()?;
+        let dys: Vec<f32> = dy.detach().flatten_all()?.to_vec1()?;
+        let eps = self.eps;
+        let mut dx = vec![0f32; xs.len()];
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+            .par_chunks_mut(ROWS * d)
+            .zip(xs.par_chunks(ROWS * d).zip(dys.par_chunks(ROWS * d)))
+            .map(|(dxc, (xc, gc))| {
+                let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
+                for ((o, r), g) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let n = d as f32;
+                    let m = lane_sum(r, |v| v) / n;
+                    let var = lane_sum(r, |v| (v - m) * (v - m)) / n;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    let (mut sg, mut sgx) = (0f32, 0f32);
+                    for ((&xv, &gv), &wv) in r.iter().zip(g).zip(&wv) {
+                        let xh = (xv - m) * inv;
+                        sg += gv * wv;
+                        sgx += gv * wv * xh;
+                    }
+                    let (mg, mgx) = (sg / n, sgx / n);
+                    for ((((o, &xv), &gv), &wv), (dw, db)) in o
+                        .iter_mut()
+                        .zip(r)
+                        .zip(g)
+                        .zip(&wv)
+                        .zip(dw.iter_mut().zip(db.iter_mut()))
+                    {
+                        let xh = (xv - m) * inv;
+                        *o = inv * (gv * wv - mg - xh * mgx);
+                        *dw += (gv * xh) as f64;
+                        *db += gv as f64;
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        let to = |v: Vec<f64>| {
+            Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), d, dev)
+        };
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(to(dw)?),
+            Some(to(db)?),
+        ))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -90,5 +217,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Values and the three gradients equal candle's composed ops (what `nn::LayerNorm` ran
+    /// before), for widths below and above the lane count and more rows than one task.
+    #[test]
+    fn train_op_matches_composed_ops() -> crate::Result<()> {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        for (shape, d) in [((3usize, 70usize, 7usize), 7usize), ((2, 50, 96), 96)] {
+            let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, shape, &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, d, &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, d, &dev)?)?;
+            let up = Tensor::randn(0f32, 1.0, shape, &dev)?;
+            let composed = {
+                let mean = x.mean_keepdim(2)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(2)?;
+                xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?
+                    .broadcast_mul(&w)?
+                    .broadcast_add(&b)?
+            };
+            let fused = layer_norm_train(&x, &w, &b, 1e-5)?.expect("CPU f32");
+            let diff = |a: &Tensor, b: &Tensor| -> crate::Result<f32> {
+                Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+            };
+            assert!(diff(&fused, &composed)? < 1e-5);
+            let ga = (composed * &up)?.sum_all()?.backward()?;
+            let gb = (fused * &up)?.sum_all()?.backward()?;
+            for (name, v) in [
+                ("x", x.as_tensor()),
+                ("w", w.as_tensor()),
+                ("b", b.as_tensor()),
+            ] {
+                let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                assert!(diff(a, b)? < 1e-4 * scale, "d={d} {name}: {}", diff(a, b)?);
+            }
+        }
+        Ok(())
     }
 }

@@ -46,6 +46,6 @@ mod layer_norm;
 mod linear;
 pub use linear::linear;
 mod log_softmax;
-pub(crate) use layer_norm::layer_norm_rows;
+pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
 
 pub use log_softmax::log_softmax_gather;
