@@ -84,6 +84,29 @@ impl WindowAttention<'_> {
         self.windows::<true>(jobs, dst)
     }
 
+    /// Fills `rows` with the qkv rows of window `w` of image `b` (`zeros` for a padding
+    /// position); returns the window's token index and shift mask.
+    pub(super) fn window_rows<'s>(
+        &'s self,
+        b: usize,
+        w: usize,
+        zeros: &'s [f32],
+        rows: &mut Vec<&'s [f32]>,
+    ) -> (&'s [u32], Option<&'s [f32]>) {
+        let (l, c, n) = (self.tokens, self.dim, self.window_area);
+        let idx = &self.index[w * n..(w + 1) * n];
+        rows.clear();
+        rows.extend(idx.iter().map(|&t| {
+            let t = t as usize;
+            if t < l {
+                &self.qkv[(b * l + t) * 3 * c..(b * l + t + 1) * 3 * c]
+            } else {
+                zeros
+            }
+        }));
+        (idx, self.mask.map(|m| &m[w * n * n..(w + 1) * n * n]))
+    }
+
     /// Windows `jobs` (indices into `batch x nW`).
     #[inline(always)]
     pub(super) fn windows<const FMA: bool>(&self, jobs: Range<usize>, dst: &OutPtr) {
@@ -99,17 +122,7 @@ impl WindowAttention<'_> {
         let mut rows: Vec<&[f32]> = Vec::with_capacity(n);
         for job in jobs {
             let (b, w) = (job / nw, job % nw);
-            let idx = &self.index[w * n..(w + 1) * n];
-            rows.clear();
-            rows.extend(idx.iter().map(|&t| {
-                let t = t as usize;
-                if t < l {
-                    &self.qkv[(b * l + t) * 3 * c..(b * l + t + 1) * 3 * c]
-                } else {
-                    &zeros
-                }
-            }));
-            let mask = self.mask.map(|m| &m[w * n * n..(w + 1) * n * n]);
+            let (idx, mask) = self.window_rows(b, w, &zeros, &mut rows);
             for h in 0..heads {
                 let (qh, kh, vh) = (h * hd, c + h * hd, 2 * c + h * hd);
                 let (bq, bk, bv) = (

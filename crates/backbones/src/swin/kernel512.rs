@@ -64,17 +64,7 @@ impl WindowAttention<'_> {
         let mut rows: Vec<&[f32]> = Vec::with_capacity(n);
         for job in jobs {
             let (b, w) = (job / nw, job % nw);
-            let idx = &self.index[w * n..(w + 1) * n];
-            rows.clear();
-            rows.extend(idx.iter().map(|&t| {
-                let t = t as usize;
-                if t < l {
-                    &self.qkv[(b * l + t) * 3 * c..(b * l + t + 1) * 3 * c]
-                } else {
-                    &zeros
-                }
-            }));
-            let mask = self.mask.map(|m| &m[w * n * n..(w + 1) * n * n]);
+            let (idx, mask) = self.window_rows(b, w, &zeros, &mut rows);
             for h in 0..heads {
                 let (qh, kh, vh) = (h * hd, c + h * hd, 2 * c + h * hd);
                 let bq = &self.qkv_bias[qh..qh + hd];

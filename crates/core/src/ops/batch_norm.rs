@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::fastmath::has_avx2_fma;
 use super::{activate, Activation};
+use crate::ops::cpu_operand;
 use crate::{Error, Result};
 
 /// `act(batch_norm(x))` with batch statistics, updating `bn`'s running statistics; see the
@@ -171,14 +172,6 @@ struct BnOp {
     stats: Arc<Mutex<Option<Stats>>>,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("segkit batch_norm_train: non-contiguous operand"),
-    }
-}
-
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 fn with_data<R>(
     t: &Tensor,
@@ -189,7 +182,7 @@ fn with_data<R>(
     let candle_core::Storage::Cpu(cs) = &*s else {
         candle_core::bail!("segkit batch_norm_train: CPU tensors only")
     };
-    f(slice(cs, l)?)
+    f(cpu_operand(cs, l, "segkit batch_norm_train")?)
 }
 
 impl BnOp {
@@ -252,12 +245,20 @@ impl CustomOp3 for BnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1)?;
+        let x = cpu_operand(s1, l1, "segkit batch_norm_train")?;
         let (w, b, r) = if self.residual {
-            let wb = slice(s2, l2)?;
-            (&wb[..self.c], &wb[self.c..], Some(slice(s3, l3)?))
+            let wb = cpu_operand(s2, l2, "segkit batch_norm_train")?;
+            (
+                &wb[..self.c],
+                &wb[self.c..],
+                Some(cpu_operand(s3, l3, "segkit batch_norm_train")?),
+            )
         } else {
-            (slice(s2, l2)?, slice(s3, l3)?, None)
+            (
+                cpu_operand(s2, l2, "segkit batch_norm_train")?,
+                cpu_operand(s3, l3, "segkit batch_norm_train")?,
+                None,
+            )
         };
         let st = self.stats(x);
         let mut y = super::resize::alloc_output(x.len());

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::has_avx2_fma;
+use crate::ops::cpu_operand;
 
 const LANES: usize = 16;
 
@@ -66,13 +67,6 @@ struct LnOp {
     eps: f32,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("segkit layer_norm_train: non-contiguous input"),
-    }
-}
-
 /// Rows per backward task.
 const ROWS: usize = 64;
 
@@ -90,7 +84,11 @@ impl CustomOp3 for LnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (x, w, b) = (
+            cpu_operand(s1, l1, "segkit layer_norm_train")?,
+            cpu_operand(s2, l2, "segkit layer_norm_train")?,
+            cpu_operand(s3, l3, "segkit layer_norm_train")?,
+        );
         let y = layer_norm_rows(x, w, b, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

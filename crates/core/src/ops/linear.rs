@@ -34,7 +34,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
     let rows = x.elem_count().checked_div(din).unwrap_or(0);
     let mut out_dims = dims;
-    *out_dims.last_mut().expect("checked above: rank >= 1") = dout;
+    let last = out_dims.len() - 1; // rank >= 1: checked above
+    out_dims[last] = dout;
     let tracked = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op);
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let fast = !tracked

@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{exp_approx, has_avx2_fma};
+use crate::ops::cpu_operand;
 use crate::{Error, Result};
 
 /// Positions per task.
@@ -186,20 +187,13 @@ impl LsmGather {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("segkit log_softmax_gather: non-contiguous input"),
-    }
-}
-
 impl CustomOp1 for LsmGather {
     fn name(&self) -> &'static str {
         "segkit-log-softmax-gather"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
+        let x = cpu_operand(s, l, "segkit log_softmax_gather")?;
         let blocks = self.blocks();
         let lse: Vec<Vec<f32>> = blocks
             .par_iter()
@@ -232,7 +226,7 @@ impl CustomOp1 for LsmGather {
         let candle_core::Storage::Cpu(cs) = &*s else {
             candle_core::bail!("segkit log_softmax_gather backward: CPU tensors only")
         };
-        let xs = contiguous(cs, l)?;
+        let xs = cpu_operand(cs, l, "segkit log_softmax_gather")?;
         let inner = self.inner;
         let mut dx = vec![0f32; xs.len()];
         // One task per (outer, class) row of `inner` values.

@@ -49,3 +49,17 @@ mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
 
 pub use log_softmax::log_softmax_gather;
+
+/// The f32 elements of a contiguous CPU operand of the custom op named `op` (the CPU kernels
+/// of segkit's differentiable ops take contiguous inputs only).
+pub(crate) fn cpu_operand<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: non-contiguous operand"),
+    }
+}

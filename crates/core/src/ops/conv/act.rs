@@ -7,19 +7,10 @@
 use rayon::prelude::*;
 
 use super::Activation;
+use crate::ops::fastmath::madd;
 
 /// Elements per rayon task in the element-wise passes (big enough to amortise the task cost).
 const PAR_CHUNK: usize = 1 << 15;
-
-/// `a * b + c`, fused when the caller was compiled with FMA.
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
 
 /// `exp(x)` (Cephes `expf` polynomial, relative error ~2 ulp), saturating outside
 /// [-87.3, 88.3] instead of returning 0 / inf.

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::gemm_conv::im2col;
 use super::{conv2d, Activation, Conv2dParams, Geometry};
+use crate::ops::cpu_operand;
 
 /// Target size of one im2col tile of the weight gradient, in f32 elements.
 const COL_BUDGET: usize = 1 << 19;
@@ -27,14 +28,6 @@ const COL_BUDGET: usize = 1 << 19;
 /// `conv2d(x, w)` without bias or activation, differentiable in `x` and `w`.
 pub(super) struct Conv2dOp {
     pub(super) g: Geometry,
-}
-
-fn contiguous_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("segkit conv2d: non-contiguous operand"),
-    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -49,8 +42,8 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_slice(s1, l1)?;
-        let w = contiguous_slice(s2, l2)?;
+        let x = cpu_operand(s1, l1, "segkit conv2d")?;
+        let w = cpu_operand(s2, l2, "segkit conv2d")?;
         let g = &self.g;
         let out = super::run_kernel(
             x,
@@ -81,12 +74,12 @@ impl CustomOp2 for Conv2dOp {
             let candle_core::Storage::Cpu(xs) = &*s else {
                 candle_core::bail!("segkit conv2d backward: CPU tensors only")
             };
-            let xs = contiguous_slice(xs, l)?;
+            let xs = cpu_operand(xs, l, "segkit conv2d")?;
             let (s2, l2) = dy.storage_and_layout();
             let candle_core::Storage::Cpu(dys) = &*s2 else {
                 candle_core::bail!("segkit conv2d backward: CPU tensors only")
             };
-            let dys = contiguous_slice(dys, l2)?;
+            let dys = cpu_operand(dys, l2, "segkit conv2d")?;
             weight_grad(xs, dys, &g)
         };
         let dw = Tensor::from_vec(dw, w.shape(), w.device())?;
