@@ -41,8 +41,18 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     }
 }
 
+/// `l` applied to `x` through [`segkit_core::ops::linear`] (no zero-filled output; with
+/// gradients one op whose weight gradient is one GEMM over every row).
+pub(crate) fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    segkit_core::ops::linear(x, l.weight(), l.bias())
+}
+
 /// Scaled dot-product attention over batch-first projections.
 /// `q: B x Lq x C`, `k, v: B x Lk x C`, `mask`: additive, broadcastable to `B x heads x Lq x Lk`.
+///
+/// One fused op ([`segkit_core::ops::attention`]: the graph keeps `q`, `k`, `v` and the output,
+/// not the `B x heads x Lq x Lk` scores and probabilities); dropout on the probabilities, when
+/// training, is its multiplier drawn from [`segkit_core::random::uniform`] as [`dropout`] draws.
 pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -52,35 +62,15 @@ pub(crate) fn attend(
     attn_dropout: f64,
     train: bool,
 ) -> Result<Tensor> {
-    let (b, lq, c) = q.dims3()?;
+    let (b, lq, _) = q.dims3()?;
     let lk = k.dim(1)?;
-    let d = c / heads;
-    let scale = (d as f64).powf(-0.5);
-    let q = (q * scale)?
-        .reshape((b, lq, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = k
-        .reshape((b, lk, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let v = v
-        .reshape((b, lk, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let mut s = q.matmul(&k.t()?)?;
-    if let Some(m) = mask {
-        s = s.broadcast_add(m)?;
-    }
-    // candle's fused softmax records no gradient: training takes the composed one.
-    let a = if s.track_op() {
-        candle_nn::ops::softmax(&s, candle_core::D::Minus1)?
+    let keep = if train && attn_dropout > 0.0 {
+        let u = segkit_core::random::uniform(&[b, heads, lq, lk], q.device())?;
+        Some((u.ge(attn_dropout)?.to_dtype(q.dtype())? * (1.0 / (1.0 - attn_dropout)))?)
     } else {
-        candle_nn::ops::softmax_last_dim(&s)?
+        None
     };
-    let a = dropout(&a, attn_dropout, train)?;
-    let o = a.matmul(&v)?;
-    Ok(o.transpose(1, 2)?.reshape((b, lq, c))?)
+    segkit_core::ops::attention(q, k, v, heads, mask, keep.as_ref())
 }
 
 /// `torch.nn.MultiheadAttention` (packed `in_proj_weight` / `in_proj_bias`, `out_proj`).
@@ -130,12 +120,11 @@ impl MultiheadAttention {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let lin = |l: &Linear, x: &Tensor| segkit_core::ops::linear(x, l.weight(), l.bias());
-        let q = lin(&self.wq, query)?;
-        let k = lin(&self.wk, key)?;
-        let v = lin(&self.wv, value)?;
+        let q = linear(&self.wq, query)?;
+        let k = linear(&self.wk, key)?;
+        let v = linear(&self.wv, value)?;
         let o = attend(&q, &k, &v, self.heads, mask, self.dropout, train)?;
-        lin(&self.out, &o)
+        linear(&self.out, &o)
     }
 }
 

@@ -22,7 +22,7 @@ use candle_core::{DType, IndexOp, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use segkit_core::nn::{LayerNorm, Mlp, MlpKeys};
 
-use crate::attention::MultiheadAttention;
+use crate::attention::{linear, MultiheadAttention};
 use crate::{Error, Result};
 
 /// Configuration of the text mapper, with `OneFormerConfig` field names.
@@ -75,9 +75,9 @@ impl TextLayer {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.ln1.forward(x)?;
         let x = (x + self.attn.forward(&h, &h, &h, None, train)?)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
-        let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?; // QuickGELU
-        Ok((x + self.fc2.forward(&h)?)?)
+        let h = linear(&self.fc1, &self.ln2.forward(&x)?)?;
+        let h = segkit_core::ops::quick_gelu(&h)?;
+        Ok((x + linear(&self.fc2, &h)?)?)
     }
 }
 

@@ -10,7 +10,10 @@
 //! # Shapes
 //! `x`: `.. x din`, `weight`: `dout x din`, `bias`: `dout` -> `.. x dout`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::{cpu_operand, with_cpu_slices};
 
 use super::resize::with_cpu_f32;
 use crate::{Error, Result};
@@ -38,12 +41,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     out_dims[last] = dout;
     let tracked = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op);
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    let fast = !tracked
-        && rows > 0
-        && dout > 0
-        && cpu_f32(x)
-        && cpu_f32(weight)
-        && bias.is_none_or(cpu_f32);
+    let fast = rows > 0 && dout > 0 && cpu_f32(x) && cpu_f32(weight) && bias.is_none_or(cpu_f32);
     if !fast {
         let y = x
             .reshape((x.elem_count() / din.max(1), din))?
@@ -57,6 +55,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let len = rows.checked_mul(dout).ok_or_else(|| {
         Error::InvalidArgument(format!("linear: {rows} x {dout} outputs overflow usize"))
     })?;
+    if tracked {
+        let op = LinearOp { rows, din, dout };
+        let (x, w) = (x.contiguous()?, weight.contiguous()?);
+        let y = match bias {
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+            None => x.apply_op2(&w, op)?,
+        };
+        return Ok(y.reshape(out_dims)?);
+    }
     let bias = bias
         .map(|b| with_cpu_f32(b, |s| Ok(s.to_vec())))
         .transpose()?;
@@ -84,12 +91,7 @@ fn gemm_rows(
             out.extend_from_slice(b);
         }
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism();
     // SAFETY: `out` has capacity for `rows x dout` (row stride dout, column stride 1); `xs` is
     // `rows x din` row-major, `ws` `dout x din` row-major read as its transpose (`din x dout`:
     // row stride 1, column stride din); the three do not overlap. With a bias the buffer is
@@ -120,6 +122,186 @@ fn gemm_rows(
         out.set_len(len);
     }
     out
+}
+
+/// The differentiable form: `(x, weight)` or `(x, weight, bias)`, all contiguous.
+struct LinearOp {
+    rows: usize,
+    din: usize,
+    dout: usize,
+}
+
+/// `gemm`'s parallelism over the pool's threads.
+fn parallelism() -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+impl LinearOp {
+    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> (CpuStorage, Shape) {
+        let Self { rows, din, dout } = *self;
+        let y = gemm_rows(x, w, b, rows, din, dout, rows * dout);
+        (CpuStorage::F32(y), Shape::from((rows, dout)))
+    }
+
+    /// `(dx, dW, db)` for `dy` (`rows x dout`).
+    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Self { rows, din, dout } = *self;
+        let (mut dx, mut dw) = (
+            Vec::with_capacity(rows * din),
+            Vec::with_capacity(dout * din),
+        );
+        // SAFETY: dx (rows x din, row-major) = dy (rows x dout) W (dout x din); dW (dout x din)
+        // = dy^T (dy read with row stride 1, column stride dout) x (rows x din). Both outputs
+        // have the capacity, are only written (read_dst = false: every element is set before
+        // `set_len`) and overlap nothing.
+        unsafe {
+            gemm::gemm(
+                rows,
+                din,
+                dout,
+                dx.as_mut_ptr(),
+                1,
+                din as isize,
+                false,
+                dy.as_ptr(),
+                1,
+                dout as isize,
+                w.as_ptr(),
+                1,
+                din as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+            dx.set_len(rows * din);
+            gemm::gemm(
+                dout,
+                din,
+                rows,
+                dw.as_mut_ptr(),
+                1,
+                din as isize,
+                false,
+                dy.as_ptr(),
+                dout as isize,
+                1,
+                x.as_ptr(),
+                1,
+                din as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+            dw.set_len(dout * din);
+        }
+        // Column sums of dy: per-task partial sums over blocks of 256 rows.
+        let db = dy
+            .par_chunks(256 * dout)
+            .map(|blk| {
+                let mut s = vec![0f32; dout];
+                for r in blk.chunks(dout) {
+                    s.iter_mut().zip(r).for_each(|(s, &g)| *s += g);
+                }
+                s
+            })
+            .reduce(
+                || vec![0f32; dout],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        (dx, dw, db)
+    }
+
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dx, dw, db) = with_cpu_slices([x, w, dy], "segkit linear backward", |[x, w, dy]| {
+            Ok(self.backward(x, w, dy))
+        })?;
+        Ok((
+            Tensor::from_vec(dx, x.shape(), x.device())?,
+            Tensor::from_vec(dw, w.shape(), w.device())?,
+            Tensor::from_vec(db, self.dout, w.device())?,
+        ))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "segkit-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_operand(s1, l1, "segkit linear")?;
+        let w = cpu_operand(s2, l2, "segkit linear")?;
+        Ok(self.forward(x, w, None))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "segkit-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_operand(s1, l1, "segkit linear")?;
+        let w = cpu_operand(s2, l2, "segkit linear")?;
+        let b = cpu_operand(s3, l3, "segkit linear")?;
+        Ok(self.forward(x, w, Some(b)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.grads(x, w, dy)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +342,51 @@ mod tests {
         assert!(linear(&x, &w, None).is_err());
         let x = Tensor::randn(0f32, 1.0, (4, 19), &dev)?;
         assert!(linear(&x, &w, Some(&b.narrow(0, 0, 5)?)).is_err());
+        Ok(())
+    }
+
+    /// With gradients: the output and the gradients of `x`, `W` and `b` equal candle's
+    /// matmul + broadcast add (rank 2 and 3 inputs, more rows than one column-sum block, with
+    /// and without a bias).
+    #[test]
+    fn gradients_match_candle_ops() -> Result<()> {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let rel = |a: &Tensor, e: &Tensor| -> Result<f32> {
+            let s = e.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+            Ok((a - e)?.abs()?.max_all()?.to_scalar::<f32>()? / s)
+        };
+        for shape in [vec![5, 19], vec![3, 200, 19]] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 19), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 37, &dev)?)?;
+            let mut out_shape = shape.clone();
+            *out_shape.last_mut().unwrap() = 37;
+            let r = Tensor::randn(0f32, 1.0, out_shape.as_slice(), &dev)?;
+            for with_bias in [false, true] {
+                let bias = with_bias.then(|| b.as_tensor());
+                let got = linear(x.as_tensor(), w.as_tensor(), bias)?;
+                let mut want = x.as_tensor().broadcast_matmul(&w.as_tensor().t()?)?;
+                if let Some(b) = bias {
+                    want = want.broadcast_add(b)?;
+                }
+                assert!(rel(&got, &want)? < 1e-5);
+                let g1 = (got * &r)?.sum_all()?.backward()?;
+                let g0 = (want * &r)?.sum_all()?.backward()?;
+                let mut vars = vec![&x, &w];
+                if with_bias {
+                    vars.push(&b);
+                }
+                for v in vars {
+                    let (a, e) = (
+                        g1.get(v.as_tensor()).unwrap(),
+                        g0.get(v.as_tensor()).unwrap(),
+                    );
+                    let d = rel(a, e)?;
+                    assert!(d < 1e-5, "{shape:?} bias {with_bias} {:?}: {d}", v.dims());
+                }
+            }
+        }
         Ok(())
     }
 }

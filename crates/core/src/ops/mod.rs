@@ -3,6 +3,8 @@
 //! Every op works on any device: CPU gets a dedicated kernel (rayon, contiguous buffers), other
 //! devices fall back to composed candle ops.
 
+use candle_core::Tensor;
+
 mod conv;
 
 pub(crate) use conv::conv2d_affine_cpu;
@@ -37,13 +39,17 @@ pub use resize::{resize_bilinear_fallback, resize_bilinear_matmul, resize_neares
 pub use roi_align::{roi_align_cpu, roi_align_fallback};
 mod eltwise;
 
-pub use eltwise::{add_act, add_act_in_place};
+pub use eltwise::{add_act, add_act_in_place, quick_gelu};
 mod batch_norm;
 
 pub use batch_norm::{batch_norm_add_train, batch_norm_train};
+mod attention;
 pub mod fastmath;
 mod layer_norm;
 mod linear;
+pub use attention::attention;
+#[doc(hidden)]
+pub use attention::attention_fallback;
 pub use linear::linear;
 mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
@@ -62,4 +68,27 @@ pub(crate) fn cpu_operand<'a>(
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{op}: non-contiguous operand"),
     }
+}
+
+/// The f32 elements of CPU tensors (detached, made contiguous), passed to `f`: the backward
+/// passes of segkit's custom ops read their saved tensors through it without copying them
+/// (a non-contiguous one is copied once).
+pub(crate) fn with_cpu_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    op: &str,
+    f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let mut owned = Vec::with_capacity(N);
+    for t in ts {
+        owned.push(t.detach().contiguous()?);
+    }
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (s, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        match &**storage {
+            candle_core::Storage::Cpu(cpu) => *s = cpu_operand(cpu, layout, op)?,
+            _ => candle_core::bail!("{op}: CPU tensors only"),
+        }
+    }
+    f(slices)
 }

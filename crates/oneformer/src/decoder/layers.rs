@@ -8,13 +8,13 @@
 //! # Shapes
 //! Queries `B x N x C`; memories `B x (h w) x C`; position embeddings broadcastable to them.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 use segkit_core::nn::LayerNorm;
 
 use super::TransformerDecoderConfig;
-use crate::attention::{attend, dropout, MultiheadAttention};
-use crate::{Error, Result};
+use crate::attention::{attend, dropout, linear, MultiheadAttention};
+use crate::Result;
 
 /// One layer of the query transformer (`OneFormerTransformerDecoderQueryTransformerDecoderLayer`):
 /// self-attention, cross-attention over the stride-4 map, ReLU FFN; post- or pre-norm.
@@ -65,9 +65,9 @@ impl QueryTransformerLayer {
         let p = self.dropout;
         let key = memory.broadcast_add(pos)?;
         let ffn = |h: &Tensor| -> Result<Tensor> {
-            let h = self.linear1.forward(h)?.relu()?;
+            let h = linear(&self.linear1, h)?.relu()?;
             let h = dropout(&h, p, train)?;
-            self.linear2.forward(&h).map_err(Error::from)
+            linear(&self.linear2, &h)
         };
         if self.pre_norm {
             let h = self.norms[0].forward(x)?;
@@ -180,11 +180,11 @@ impl MaskedAttentionLayer {
     /// `OneFormerAttention`: keys from `x + pos`, values from `x` (without the position).
     fn self_attention(&self, x: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let xp = x.broadcast_add(pos)?;
-        let q = self.q_proj.forward(&xp)?;
-        let k = self.k_proj.forward(&xp)?;
-        let v = self.v_proj.forward(x)?;
+        let q = linear(&self.q_proj, &xp)?;
+        let k = linear(&self.k_proj, &xp)?;
+        let v = linear(&self.v_proj, x)?;
         let o = attend(&q, &k, &v, self.heads, None, 0.0, false)?;
-        Ok(self.out_proj.forward(&o)?)
+        linear(&self.out_proj, &o)
     }
 
     pub(super) fn forward(
@@ -197,8 +197,8 @@ impl MaskedAttentionLayer {
     ) -> Result<Tensor> {
         let key = memory.broadcast_add(memory_pos)?;
         let ffn = |h: &Tensor| -> Result<Tensor> {
-            let h = self.linear1.forward(h)?.relu()?;
-            self.linear2.forward(&h).map_err(Error::from)
+            let h = linear(&self.linear1, h)?.relu()?;
+            linear(&self.linear2, &h)
         };
         if self.pre_norm {
             let h = self.cross_norm.forward(x)?;

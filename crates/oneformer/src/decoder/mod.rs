@@ -384,7 +384,8 @@ fn position_embedding(h: usize, w: usize, c: usize, dev: &Device) -> Result<Tens
 /// position, which are left open. Returns `B x 1 x N x (h w)`.
 fn attention_mask(masks: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     let (b, n, _, _) = masks.dims4()?;
-    let r = segkit_core::ops::resize_bilinear(masks, size, false)?;
+    // HF detaches the attention mask: no gradient flows through it.
+    let r = segkit_core::ops::resize_bilinear(&masks.detach(), size, false)?;
     let hw = size.0 * size.1;
     let hidden = candle_nn::ops::sigmoid(&r)?
         .lt(0.5)?
