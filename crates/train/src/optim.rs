@@ -24,6 +24,8 @@ use candle_core::{Tensor, Var};
 use crate::config::{ClipGradConfig, OptimizerConfig, ParamGroup};
 use crate::TrainResult;
 
+mod kernels;
+
 /// Per-parameter optimizer state.
 #[derive(Debug, Clone, Default)]
 pub struct ParamState {
@@ -103,7 +105,7 @@ impl Optimizer {
             let group = self.group(name);
             let lr = lr * group.lr_mult;
             let st = self.state.entry(name.clone()).or_default();
-            let new_p = match &self.cfg {
+            match &self.cfg {
                 OptimizerConfig::Sgd {
                     momentum,
                     weight_decay,
@@ -111,23 +113,14 @@ impl Optimizer {
                     ..
                 } => {
                     let wd = *weight_decay * group.decay_mult;
-                    let d = if wd != 0.0 { (&g + (&p * wd)?)? } else { g };
-                    let d = if *momentum != 0.0 {
-                        let buf = match st.momentum_buffer.take() {
-                            None => d.copy()?,
-                            Some(b) => ((b * *momentum)? + &d)?,
-                        };
-                        let upd = if *nesterov {
-                            (&d + (&buf * *momentum)?)?
-                        } else {
-                            buf.clone()
-                        };
-                        st.momentum_buffer = Some(buf);
-                        upd
-                    } else {
-                        d
+                    let c = kernels::Sgd {
+                        weight_decay: (wd != 0.0).then_some(wd as f32),
+                        momentum: (*momentum != 0.0).then_some(*momentum as f32),
+                        nesterov: *nesterov,
+                        lr: lr as f32,
                     };
-                    (&p - (d * lr)?)?
+                    let buf = st.momentum_buffer.take();
+                    st.momentum_buffer = kernels::sgd(var, &g, buf, c)?;
                 }
                 OptimizerConfig::AdamW {
                     betas,
@@ -137,33 +130,24 @@ impl Optimizer {
                 } => {
                     st.step += 1;
                     let wd = *weight_decay * group.decay_mult;
-                    let p = if decay && wd != 0.0 {
-                        (&p * (1.0 - lr * wd))?
-                    } else {
-                        p
-                    };
                     let (b1, b2) = (betas[0], betas[1]);
-                    let m = match st.exp_avg.take() {
-                        // exp_avg.lerp_(grad, 1 - beta1), from zeros.
-                        None => (&g * (1.0 - b1))?,
-                        Some(m) => (&m + ((&g - &m)? * (1.0 - b1))?)?,
-                    };
-                    let g2 = (&g * &g)?;
-                    let v = match st.exp_avg_sq.take() {
-                        None => (g2 * (1.0 - b2))?,
-                        Some(v) => ((v * b2)? + (g2 * (1.0 - b2))?)?,
-                    };
                     let bc1 = 1.0 - b1.powi(st.step as i32);
                     let bc2 = 1.0 - b2.powi(st.step as i32);
-                    let step_size = lr / bc1;
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + *eps)?;
-                    let upd = (m.div(&denom)? * step_size)?;
+                    let c = kernels::AdamW {
+                        decay: (decay && wd != 0.0).then_some((1.0 - lr * wd) as f32),
+                        b2: b2 as f32,
+                        one_minus_b1: (1.0 - b1) as f32,
+                        one_minus_b2: (1.0 - b2) as f32,
+                        inv_bc2_sqrt: (1.0 / bc2.sqrt()) as f32,
+                        eps: *eps as f32,
+                        step_size: (lr / bc1) as f32,
+                    };
+                    let (m, v) = (st.exp_avg.take(), st.exp_avg_sq.take());
+                    let (m, v) = kernels::adamw(var, &g, m, v, c)?;
                     st.exp_avg = Some(m);
                     st.exp_avg_sq = Some(v);
-                    (p - upd)?
                 }
-            };
-            var.set(&new_p)?;
+            }
         }
         Ok(())
     }
@@ -232,21 +216,13 @@ pub fn clip_grad_norm(
     names.sort();
     let mut total = 0f64;
     for name in names {
-        let g = grads[name].to_dtype(candle_core::DType::F64)?;
-        let s = if p == 2.0 {
-            g.sqr()?.sum_all()?
-        } else if p == 1.0 {
-            g.abs()?.sum_all()?
-        } else {
-            g.abs()?.powf(p)?.sum_all()?
-        };
-        total += s.to_scalar::<f64>()?;
+        total += kernels::pow_sum(&grads[name], p)?;
     }
     let norm = total.powf(1.0 / p);
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for g in grads.values_mut() {
-            *g = (&*g * coef)?;
+            *g = kernels::scale(g, coef)?;
         }
     }
     Ok(Some(norm))
