@@ -156,13 +156,24 @@ impl Pam {
         let k = conv1x1(x, &self.key.0, &self.key.1)?;
         let v = conv1x1(x, &self.value.0, &self.value.1)?;
         let cq = q.dim(1)?;
-        // energy[n, i, j] = q_i . k_j, softmax over the keys j.
-        let q = q.reshape((n, cq, hw))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((n, cq, hw))?;
-        let attn = softmax_last_dim(&q.matmul(&k)?)?;
-        // out[n, c, i] = sum_j v[n, c, j] attn[n, i, j]
-        let v = v.reshape((n, c, hw))?;
-        let out = v.matmul(&attn.transpose(1, 2)?)?.reshape((n, c, h, w))?;
+        // energy[n, i, j] = q_i . k_j, softmax over the keys j, out_i = sum_j attn[i, j] v_j:
+        // one-head attention without scaling, as one op (segkit_core::ops::attention) that
+        // never holds the hw x hw energy (64 MB per image at 512 x 512, os 8).
+        let tokens = |t: &Tensor, ch: usize| -> Result<Tensor> {
+            Ok(t.reshape((n, ch, hw))?.transpose(1, 2)?.contiguous()?)
+        };
+        let opts = segkit_core::ops::AttentionOptions {
+            scale: Some(1.0),
+            ..Default::default()
+        };
+        let out = segkit_core::ops::attention(
+            &tokens(&q, cq)?,
+            &tokens(&k, cq)?,
+            &tokens(&v, c)?,
+            1,
+            opts,
+        )?;
+        let out = out.transpose(1, 2)?.reshape((n, c, h, w))?;
         Ok(out.broadcast_mul(&self.gamma)?.add(x)?)
     }
 }

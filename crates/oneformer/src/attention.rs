@@ -70,7 +70,12 @@ pub(crate) fn attend(
     } else {
         None
     };
-    segkit_core::ops::attention(q, k, v, heads, mask, keep.as_ref())
+    let opts = segkit_core::ops::AttentionOptions {
+        mask,
+        keep: keep.as_ref(),
+        scale: None,
+    };
+    segkit_core::ops::attention(q, k, v, heads, opts)
 }
 
 /// `torch.nn.MultiheadAttention` (packed `in_proj_weight` / `in_proj_bias`, `out_proj`).

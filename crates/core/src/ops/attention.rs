@@ -1,6 +1,6 @@
 //! [`attention`]: multi-head scaled dot-product attention as one differentiable op, as
 //! `torch.nn.functional.scaled_dot_product_attention` computes it per head (additive float
-//! mask, scale `1 / sqrt(head dim)`, dropout on the probabilities).
+//! mask, scale `1 / sqrt(head dim)` unless given, dropout on the probabilities).
 //!
 //! The heads stay packed in the last dimension, as `torch.nn.MultiheadAttention` projects
 //! them: `q: B x Lq x (H D)`, `k: B x Lk x (H D)`, `v: B x Lk x (H Dv)` -> `B x Lq x (H Dv)`.
@@ -33,24 +33,45 @@ use crate::{Error, Result};
 /// Query rows per task.
 const BLOCK: usize = 64;
 
+/// The optional parts of an [`attention`] call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionOptions<'a> {
+    /// Additive mask, broadcastable (right-aligned, as PyTorch broadcasts) to
+    /// `B x H x Lq x Lk`; `-inf` where a query may not attend.
+    pub mask: Option<&'a Tensor>,
+    /// Dropout on the probabilities as a multiplier of shape `B x H x Lq x Lk` (`0` for a
+    /// dropped element, `1 / (1 - p)` for a kept one).
+    pub keep: Option<&'a Tensor>,
+    /// The factor of `Q K^T`; `None` is `1 / sqrt(D)` (DANet's position attention uses `1`).
+    pub scale: Option<f64>,
+}
+
 /// Multi-head scaled dot-product attention; see the module docs.
 ///
-/// - `q: B x Lq x (H D)`, `k: B x Lk x (H D)`, `v: B x Lk x (H Dv)`, `heads = H`;
-/// - `mask`: additive, broadcastable (right-aligned, as PyTorch broadcasts) to `B x H x Lq x
-///   Lk`, `-inf` where a query may not attend;
-/// - `keep`: dropout applied to the probabilities as a multiplier of shape `B x H x Lq x Lk`
-///   (`0` for a dropped element, `1 / (1 - p)` for a kept one).
+/// `q: B x Lq x (H D)`, `k: B x Lk x (H D)`, `v: B x Lk x (H Dv)`, `heads = H` -> `B x Lq x
+/// (H Dv)`.
 ///
-/// Returns `B x Lq x (H Dv)`.
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// use segkit_core::ops::{attention, AttentionOptions};
+/// let q = Tensor::randn(0f32, 1.0, (2, 5, 16), &Device::Cpu)?;
+/// let kv = Tensor::randn(0f32, 1.0, (2, 7, 16), &Device::Cpu)?;
+/// let o = attention(&q, &kv, &kv, 4, AttentionOptions::default())?;
+/// assert_eq!(o.dims(), &[2, 5, 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    mask: Option<&Tensor>,
-    keep: Option<&Tensor>,
+    opts: AttentionOptions<'_>,
 ) -> Result<Tensor> {
-    let dims = Dims::new(q, k, v, heads)?;
+    let AttentionOptions { mask, keep, scale } = opts;
+    let mut dims = Dims::new(q, k, v, heads)?;
+    if let Some(s) = scale {
+        dims.scale = s as f32;
+    }
     let full = [dims.b, heads, dims.lq, dims.lk];
     if let Some(m) = mask {
         broadcast_strides(m.dims(), &full).ok_or_else(|| {
@@ -75,7 +96,7 @@ pub fn attention(
         || dims.lq == 0
         || dims.lk == 0
     {
-        return attention_fallback(q, k, v, heads, mask, keep);
+        return attention_fallback(q, k, v, heads, opts);
     }
     let mask = mask
         .map(|m| -> Result<Arc<Consts>> {
@@ -104,9 +125,9 @@ pub fn attention_fallback(
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    mask: Option<&Tensor>,
-    keep: Option<&Tensor>,
+    opts: AttentionOptions<'_>,
 ) -> Result<Tensor> {
+    let AttentionOptions { mask, keep, scale } = opts;
     let Dims {
         b, lq, lk, d, dv, ..
     } = Dims::new(q, k, v, heads)?;
@@ -114,7 +135,7 @@ pub fn attention_fallback(
         Ok(t.reshape((b, l, heads, e))?.transpose(1, 2)?.contiguous()?)
     };
     let (qh, kh, vh) = (split(q, lq, d)?, split(k, lk, d)?, split(v, lk, dv)?);
-    let mut s = (qh.matmul(&kh.t()?)? * (d as f64).powf(-0.5))?;
+    let mut s = (qh.matmul(&kh.t()?)? * scale.unwrap_or((d as f64).powf(-0.5)))?;
     if let Some(m) = mask {
         s = s.broadcast_add(&m.to_dtype(s.dtype())?)?;
     }
@@ -135,6 +156,8 @@ struct Dims {
     heads: usize,
     d: usize,
     dv: usize,
+    /// The factor of `Q K^T`.
+    scale: f32,
 }
 
 impl Dims {
@@ -161,6 +184,7 @@ impl Dims {
             heads,
             d: c / heads,
             dv: cv / heads,
+            scale: ((c / heads) as f32).powf(-0.5),
         })
     }
 
@@ -288,9 +312,10 @@ impl AttnOp {
         (b, h, i0, rows): (usize, usize, usize, usize),
         p: &mut [f32],
     ) {
-        let Dims { lq, lk, d, .. } = self.dims;
+        let Dims {
+            lq, lk, d, scale, ..
+        } = self.dims;
         let c = self.dims.c();
-        let scale = (d as f32).powf(-0.5);
         // SAFETY: q rows `b lq + i0 ..` (row stride c, columns h d .. h d + d) and k rows
         // `b lk ..` (read transposed: element (e, j) at j c + e) are in bounds; `p` holds
         // rows x lk.
@@ -456,9 +481,9 @@ impl AttnOp {
             heads,
             d,
             dv,
+            scale,
         } = self.dims;
         let (c, cv) = (self.dims.c(), self.dims.cv());
-        let scale = (d as f32).powf(-0.5);
         let mut dq = vec![0f32; q.len()];
         let mut dk = vec![0f32; k.len()];
         let mut dvv = vec![0f32; v.len()];

@@ -29,7 +29,12 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// One case: `(b, lq, lk, heads, d, dv)`, a mask shape (or none), with or without dropout.
-fn check(dims: (usize, usize, usize, usize, usize, usize), mask: Option<&[usize]>, drop: bool) {
+fn check(
+    dims: (usize, usize, usize, usize, usize, usize),
+    mask: Option<&[usize]>,
+    drop: bool,
+    scale: Option<f64>,
+) {
     let (b, lq, lk, heads, d, dv) = dims;
     let dev = Device::Cpu;
     let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, lq, heads * d), &dev).unwrap()).unwrap();
@@ -74,15 +79,12 @@ fn check(dims: (usize, usize, usize, usize, usize, usize), mask: Option<&[usize]
     let w = Tensor::randn(0f32, 1.0, (b, lq, heads * dv), &dev).unwrap();
     let run = |fused: bool| {
         let f = if fused { attention } else { attention_fallback };
-        let o = f(
-            q.as_tensor(),
-            k.as_tensor(),
-            v.as_tensor(),
-            heads,
-            mask.as_ref(),
-            keep.as_ref(),
-        )
-        .unwrap();
+        let opts = AttentionOptions {
+            mask: mask.as_ref(),
+            keep: keep.as_ref(),
+            scale,
+        };
+        let o = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, opts).unwrap();
         let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let grads = [&q, &k, &v].map(|t| g.get(t.as_tensor()).unwrap().clone());
         (o, grads)
@@ -107,16 +109,18 @@ fn check(dims: (usize, usize, usize, usize, usize, usize), mask: Option<&[usize]
 
 #[test]
 fn matches_composed_ops() {
-    check((2, 5, 7, 3, 4, 4), None, false);
+    check((2, 5, 7, 3, 4, 4), None, false, None);
     // More query rows than one block, keys and values of different head widths.
-    check((1, 150, 97, 8, 32, 16), None, false);
-    check((1, 130, 33, 2, 8, 8), Some(&[1, 1, 130, 33]), false);
-    check((2, 9, 33, 4, 8, 8), Some(&[2, 1, 9, 33]), false);
-    check((2, 9, 33, 4, 8, 8), Some(&[2, 4, 9, 33]), false);
-    check((2, 9, 33, 4, 8, 8), Some(&[9, 33]), false);
-    check((2, 9, 33, 4, 8, 8), Some(&[2, 1, 1, 33]), false);
-    check((3, 70, 40, 2, 16, 8), Some(&[3, 1, 70, 40]), true);
-    check((3, 11, 40, 2, 16, 8), None, true);
+    check((1, 150, 97, 8, 32, 16), None, false, None);
+    check((1, 130, 33, 2, 8, 8), Some(&[1, 1, 130, 33]), false, None);
+    check((2, 9, 33, 4, 8, 8), Some(&[2, 1, 9, 33]), false, None);
+    check((2, 9, 33, 4, 8, 8), Some(&[2, 4, 9, 33]), false, None);
+    check((2, 9, 33, 4, 8, 8), Some(&[9, 33]), false, None);
+    check((2, 9, 33, 4, 8, 8), Some(&[2, 1, 1, 33]), false, None);
+    check((3, 70, 40, 2, 16, 8), Some(&[3, 1, 70, 40]), true, None);
+    check((3, 11, 40, 2, 16, 8), None, true, None);
+    // DANet's position attention: one head, no scaling, more keys than one row block.
+    check((2, 100, 100, 1, 8, 32), None, false, Some(1.0));
 }
 
 /// A row with every key hidden gives NaN (PyTorch's softmax does too); bad shapes are typed
@@ -127,21 +131,19 @@ fn edge_cases() -> Result<()> {
     let q = Tensor::randn(0f32, 1.0, (1, 2, 8), &dev)?;
     let k = Tensor::randn(0f32, 1.0, (1, 3, 8), &dev)?;
     let mask = Tensor::new(&[[0f32, 0.0, 0.0], [f32::NEG_INFINITY; 3]], &dev)?;
-    let o = attention(&q, &k, &k, 2, Some(&mask), None)?.to_vec3::<f32>()?;
+    let opts = |mask, keep| AttentionOptions {
+        mask,
+        keep,
+        scale: None,
+    };
+    let o = attention(&q, &k, &k, 2, opts(Some(&mask), None))?.to_vec3::<f32>()?;
     assert!(o[0][0].iter().all(|x| x.is_finite()));
     assert!(o[0][1].iter().all(|x| x.is_nan()));
-    assert!(attention(&q, &k, &k, 3, None, None).is_err());
-    assert!(attention(&q, &k.narrow(2, 0, 4)?, &k, 2, None, None).is_err());
+    assert!(attention(&q, &k, &k, 3, opts(None, None)).is_err());
+    assert!(attention(&q, &k.narrow(2, 0, 4)?, &k, 2, opts(None, None)).is_err());
     let bad = Tensor::zeros((2, 3), DType::F32, &dev)?;
-    assert!(attention(
-        &q,
-        &k,
-        &k,
-        2,
-        Some(&bad.narrow(0, 0, 1)?.repeat((3, 1))?),
-        None
-    )
-    .is_err());
-    assert!(attention(&q, &k, &k, 2, None, Some(&bad)).is_err());
+    let bad_mask = bad.narrow(0, 0, 1)?.repeat((3, 1))?;
+    assert!(attention(&q, &k, &k, 2, opts(Some(&bad_mask), None)).is_err());
+    assert!(attention(&q, &k, &k, 2, opts(None, Some(&bad))).is_err());
     Ok(())
 }

@@ -47,9 +47,9 @@ mod attention;
 pub mod fastmath;
 mod layer_norm;
 mod linear;
-pub use attention::attention;
 #[doc(hidden)]
 pub use attention::attention_fallback;
+pub use attention::{attention, AttentionOptions};
 pub use linear::linear;
 mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
