@@ -39,7 +39,7 @@
 
 use std::collections::VecDeque;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::util::{check_float, from_f32, index_tensor, shape_err, to_vec_f32};
 use crate::{Error, Result};
@@ -197,6 +197,9 @@ pub(crate) fn point_sample_host(
             "point sampling of an empty map".into(),
         ));
     }
+    if !input.track_op() && input.dtype() == DType::F32 {
+        return sample_rows_host(input, coords, (rc, r, h, w, p));
+    }
     let mut idx = vec![0u32; r * 4 * p];
     let mut wts = vec![0f32; r * 4 * p];
     for m in 0..r {
@@ -214,6 +217,35 @@ pub(crate) fn point_sample_host(
     let wts = from_f32(wts, &[r, 4, p], input.dtype(), input.device())?;
     let g = flat.gather(&idx, 1)?.reshape((r, 4, p))?;
     Ok(g.mul(&wts)?.sum(1)?)
+}
+
+/// [`point_sample_host`] without gradients (the matcher's costs, the targets): the taps of
+/// each coordinate row computed once (shared by every map when `rc == 1`), the maps sampled
+/// in parallel, summed in the gather path's order `((nw + ne) + sw) + se` (bit-identical).
+fn sample_rows_host(
+    input: &Tensor,
+    coords: &[f32],
+    (rc, r, h, w, p): (usize, usize, usize, usize, usize),
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let values = to_vec_f32(input)?;
+    let taps: Vec<([u32; 4], [f32; 4])> = coords
+        .chunks_exact(2)
+        .map(|c| taps(c[0], c[1], h, w))
+        .collect();
+    let mut out = vec![0f32; r * p];
+    out.par_chunks_mut(p)
+        .zip(values.par_chunks(h * w))
+        .enumerate()
+        .for_each(|(m, (o, plane))| {
+            let t = &taps[if rc == 1 { 0 } else { m * p }..][..p];
+            for (o, (i4, w4)) in o.iter_mut().zip(t) {
+                let v = |k: usize| plane[i4[k] as usize] * w4[k];
+                // The gather path's sum starts from +0 (so -0 sums to +0 there too).
+                *o = (((0.0 + v(0)) + v(1)) + v(2)) + v(3);
+            }
+        });
+    Ok(Tensor::from_vec(out, (r, p), input.device())?)
 }
 
 /// Host-side sampling of `values` (`r x h x w`) at `coords` (`r x p x 2`), with PyTorch's
@@ -373,6 +405,30 @@ mod tests {
             .map(|t| t.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
         assert_eq!(gx, Some(vec![0.75, 0.25, 0.25, 0.5]));
+        Ok(())
+    }
+
+    /// Without gradients the host path gives the gather path's values bit for bit, for
+    /// shared (`1 x P x 2`) and per-map coordinates, points inside and outside the map.
+    #[test]
+    fn host_path_equals_gather_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 7, 9), &dev)?;
+        let tracked = Var::from_tensor(&x)?;
+        for rc in [1, 5] {
+            let c = Tensor::rand(0f32, 1.0, (rc, 40, 2), &dev)?.affine(1.2, -0.1)?;
+            let a = point_sample(&x, &c)?;
+            let e = point_sample(tracked.as_tensor(), &c)?;
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                Ok(t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect())
+            };
+            assert_eq!(a.dims(), &[5, 40]);
+            assert_eq!(bits(&a)?, bits(&e)?);
+        }
         Ok(())
     }
 
