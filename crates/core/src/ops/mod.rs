@@ -70,10 +70,11 @@ pub(crate) fn cpu_operand<'a>(
     }
 }
 
-/// The f32 elements of CPU tensors (detached, made contiguous), passed to `f`: the backward
-/// passes of segkit's custom ops read their saved tensors through it without copying them
-/// (a non-contiguous one is copied once).
-pub(crate) fn with_cpu_slices<const N: usize, R>(
+/// The f32 elements of CPU f32 tensors (detached, made contiguous), passed to `f`: the
+/// backward passes of segkit's custom ops (and segkit-train's optimizer kernels) read their
+/// tensors through it without copying them (a non-contiguous one is copied once). Another
+/// device or dtype is an error naming `op`.
+pub fn with_cpu_slices<const N: usize, R>(
     ts: [&Tensor; N],
     op: &str,
     f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,

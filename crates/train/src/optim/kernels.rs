@@ -6,8 +6,9 @@
 //! f32 (candle's `t * s` is `t * s + 0`, `t / s` is `t * (1 / s)`, `t + s` is `t * 1 + s`), so
 //! the two agree bit for bit (tested).
 
-use candle_core::{CpuStorage, Device, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
+use segkit_core::ops::with_cpu_slices;
 
 use crate::TrainResult;
 
@@ -95,40 +96,6 @@ impl<F> Update<F> {
         });
         Ok(())
     }
-}
-
-/// Runs `f` on the f32 elements of the tensors (contiguous copies where needed).
-fn with_slices<R>(
-    ts: &[Option<&Tensor>],
-    f: impl FnOnce(&[Option<&[f32]>]) -> TrainResult<R>,
-) -> TrainResult<R> {
-    let owned = ts
-        .iter()
-        .map(|t| t.map(Tensor::contiguous).transpose())
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let guards: Vec<_> = owned
-        .iter()
-        .map(|t| t.as_ref().map(|t| t.storage_and_layout()))
-        .collect();
-    let mut slices = Vec::with_capacity(ts.len());
-    for g in &guards {
-        slices.push(match g {
-            None => None,
-            Some((storage, layout)) => match &**storage {
-                Storage::Cpu(cpu) => {
-                    let data = cpu.as_slice::<f32>()?;
-                    let (a, b) = layout.contiguous_offsets().ok_or_else(|| {
-                        candle_core::Error::Msg("optimizer kernel: non-contiguous operand".into())
-                    })?;
-                    Some(&data[a..b])
-                }
-                _ => {
-                    return Err(candle_core::Error::Msg("optimizer kernel: CPU only".into()).into())
-                }
-            },
-        });
-    }
-    f(&slices)
 }
 
 /// One AdamW step: updates `var` and returns the moments `(m, v)` (`None` before the first
@@ -346,8 +313,7 @@ pub(super) fn pow_sum(g: &Tensor, p: f64) -> TrainResult<f64> {
         };
         return Ok(s.to_scalar::<f64>()?);
     }
-    with_slices(&[Some(g)], |s| {
-        let gs = s[0].unwrap_or(&[]);
+    let sum = with_cpu_slices([g], "segkit clip_grad_norm", |[gs]| {
         let term = |v: f32| -> f64 {
             let v = f64::from(v);
             if p == 2.0 {
@@ -362,7 +328,8 @@ pub(super) fn pow_sum(g: &Tensor, p: f64) -> TrainResult<f64> {
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&v| term(v)).sum::<f64>())
             .sum())
-    })
+    })?;
+    Ok(sum)
 }
 
 /// `g * coef` (as candle's `g * coef` rounds it).
@@ -372,8 +339,7 @@ pub(super) fn scale(g: &Tensor, coef: f64) -> TrainResult<Tensor> {
     }
     let c = coef as f32;
     let mut out = vec![0f32; g.elem_count()];
-    with_slices(&[Some(g)], |s| {
-        let gs = s[0].unwrap_or(&[]);
+    with_cpu_slices([g], "segkit clip_grad_norm", |[gs]| {
         out.par_chunks_mut(CHUNK)
             .zip(gs.par_chunks(CHUNK))
             .for_each(|(o, g)| o.iter_mut().zip(g).for_each(|(o, &g)| *o = g * c + 0.0));
