@@ -214,6 +214,61 @@ def gen_cross_entropy():
     return t
 
 
+def seeded_uniform(seed, n):
+    """splitmix64 uniforms `k / 2^24` (k a 24-bit integer), values 0..n of `seed`: the Python
+    twin of `segkit_losses::SeededPointSource`; returns (k as int64, u as float32)."""
+    i = np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = _splitmix64(np.uint64(seed) + i * np.uint64(GOLDEN))
+    k = (z >> np.uint64(40)).astype(np.int64)
+    return k, (k.astype(np.float32) / np.float32(1 << 24))
+
+
+def gen_cross_entropy_resized():
+    """mmseg's decode-head loss on low-resolution logits: `resize` (bilinear, the head's
+    align_corners) to the label size, then `CrossEntropyLoss`. Logits and labels come from
+    splitmix64 (seed stored, nothing large but the gradient): logits `(u - 0.5) * 8`, labels
+    `k % (C + 2)` with the two values past the classes ignored (255)."""
+    from mmseg.models.utils import resize
+
+    t = {}
+    cases = (
+        # name, seed, (N, C, h, w), (H, W), align_corners, loss
+        ("cityscapes", 11, (1, 19, 64, 128), (512, 1024), False, MMCrossEntropyLoss()),
+        ("ade_weighted", 12, (2, 150, 16, 16), (128, 128), False, "weighted"),
+        ("corners", 13, (2, 5, 9, 13), (37, 50), True, MMCrossEntropyLoss(loss_weight=0.4)),
+    )
+    for name, seed, (n, c, h, w), (oh, ow), ac, loss_fn in cases:
+        _, u = seeded_uniform(seed, n * c * h * w)
+        logits = torch.from_numpy((u - np.float32(0.5)) * np.float32(8.0)).reshape(n, c, h, w)
+        k, _ = seeded_uniform(seed + 1, n * oh * ow)
+        lab = torch.from_numpy(k % (c + 2)).reshape(n, oh, ow)
+        lab[lab >= c] = 255
+        x = leaf(logits)
+        up = resize(input=x, size=(oh, ow), mode="bilinear", align_corners=ac)
+        if loss_fn == "weighted":
+            # Class weights + avg_non_ignore: mmseg 1.2.2 raises IndexError on ignored pixels
+            # (see gen_cross_entropy); its intended averaging factor is passed explicitly.
+            cw = torch.linspace(0.5, 2.0, c)
+            af = cw[lab[lab != 255]].sum()
+            loss = mm_cross_entropy(up, lab, class_weight=cw, reduction="mean", avg_factor=af, ignore_index=255)
+            assert abs(loss.item() - F.cross_entropy(up.detach(), lab, weight=cw, ignore_index=255).item()) < 1e-5
+            loss_fn = types.SimpleNamespace(class_weight=cw.tolist(), avg_non_ignore=True, loss_weight=1.0)
+        else:
+            loss = loss_fn(up, lab, ignore_index=255)
+        loss.backward()
+        t[f"{name}.seed"] = i64(seed)
+        t[f"{name}.shape"] = i64(n, c, h, w, oh, ow)
+        t[f"{name}.align_corners"] = i64(int(ac))
+        t[f"{name}.loss"] = one(loss)
+        t[f"{name}.grad"] = x.grad
+        if loss_fn.class_weight is not None:
+            t[f"{name}.class_weight"] = torch.tensor(loss_fn.class_weight, dtype=torch.float32)
+        t[f"{name}.avg_non_ignore"] = i64(int(loss_fn.avg_non_ignore))
+        t[f"{name}.loss_weight"] = f32(loss_fn.loss_weight)
+    return t
+
+
 # ---------------------------------------------------------------------------------------------
 # Gated-SCNN (re-expressed from loss.py / DualTaskLoss.py, see the module docstring)
 # ---------------------------------------------------------------------------------------------
@@ -619,6 +674,7 @@ def main(out_dir):
         ("mask", gen_mask),
         ("lsap", gen_lsap),
         ("oneformer", gen_oneformer),
+        ("cross_entropy_resized", gen_cross_entropy_resized),
     ):
         tensors = {k: v.detach().clone().contiguous() for k, v in gen().items()}
         for k, v in tensors.items():

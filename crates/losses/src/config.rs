@@ -173,6 +173,32 @@ impl LossConfig {
             .forward(pred, target)
         }
     }
+
+    /// The loss of the `N x C x h x w` logits `pred` resized bilinearly (`align_corners`) to the
+    /// `N x H x W` label map `target`, as mmseg's `loss_by_feat`. Softmax:
+    /// [`CrossEntropyLoss::forward_resized`], which never builds the resized logits; sigmoid:
+    /// resized first, then [`BinaryCrossEntropyLoss`].
+    pub fn forward_resized(
+        &self,
+        pred: &Tensor,
+        target: &Tensor,
+        ignore_index: i64,
+        align_corners: bool,
+    ) -> Result<Tensor> {
+        let LossConfig::CrossEntropy(c) = self;
+        if c.use_sigmoid {
+            let (_, h, w) = target.dims3()?;
+            let up = segkit_core::ops::resize_bilinear(pred, (h, w), align_corners)?;
+            return self.forward(&up, target, ignore_index);
+        }
+        CrossEntropyLoss {
+            ignore_index,
+            class_weight: c.class_weight.clone(),
+            avg_non_ignore: c.avg_non_ignore,
+            loss_weight: c.loss_weight,
+        }
+        .forward_resized(pred, target, align_corners)
+    }
 }
 
 /// The losses of one named head output.
@@ -232,26 +258,27 @@ impl OutputLosses {
                 labels.dims()
             ))
         })?;
-        let (pred, target, ignore) = match kind {
+        // Per-pixel logits at another size are scored resized (`resize` = Some), which the
+        // softmax losses do without building the resized map.
+        let (target, ignore, resize) = match kind {
             OutputKind::PixelLogits => {
                 let (_, _, ph, pw) = pred.dims4()?;
-                let p = if (ph, pw) == (h, w) {
-                    pred.clone()
-                } else {
-                    segkit_core::ops::resize_bilinear(pred, (h, w), align_corners)?
-                };
-                (p, labels.clone(), ignore_index)
+                let resize = ((ph, pw) != (h, w)).then_some(align_corners);
+                (labels.clone(), ignore_index, resize)
             }
             OutputKind::ClassPresence => {
                 let (_, k) = pred.dims2()?;
                 // mmseg calls `loss_se_decode` without an ignore index (-100).
-                (pred.clone(), class_presence(labels, k)?, -100)
+                (class_presence(labels, k)?, -100, None)
             }
         };
         let mut out: Vec<(String, Tensor)> = Vec::with_capacity(self.losses.len());
         for loss in &self.losses {
             let key = self.loss_key(loss);
-            let v = loss.forward(&pred, &target, ignore)?;
+            let v = match resize {
+                Some(ac) => loss.forward_resized(pred, &target, ignore, ac)?,
+                None => loss.forward(pred, &target, ignore)?,
+            };
             match out.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, acc)) => *acc = (&*acc + v)?,
                 None => out.push((key, v)),

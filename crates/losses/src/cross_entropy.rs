@@ -138,7 +138,42 @@ impl CrossEntropyLoss {
         target: &Tensor,
         weight: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let prep = self.prepare(logits, target)?;
+        self.reduce(self.prepare(logits, target, None)?, target, weight)
+    }
+
+    /// The loss of `logits` (`N x C x h x w`) resized bilinearly to the target's `H x W` with
+    /// `align_corners`, as mmseg's `BaseDecodeHead.loss_by_feat` scores a head: equal to
+    /// `forward(&resize_bilinear(logits, (H, W), align_corners)?, target)`, but the resized
+    /// logits and their gradient are never built
+    /// ([`segkit_core::ops::resized_log_softmax_gather`]); on CPU the values are PyTorch's
+    /// `F.interpolate` kernel's.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use segkit_losses::CrossEntropyLoss;
+    /// let logits = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu)?;
+    /// let target = Tensor::zeros((2, 64, 64), candle_core::DType::U32, &Device::Cpu)?;
+    /// let ce = CrossEntropyLoss::default();
+    /// let fused = ce.forward_resized(&logits, &target, false)?.to_scalar::<f32>()?;
+    /// let up = segkit_core::ops::resize_bilinear(&logits, (64, 64), false)?;
+    /// assert!((fused - ce.forward(&up, &target)?.to_scalar::<f32>()?).abs() < 1e-6);
+    /// # Ok::<(), segkit_losses::Error>(())
+    /// ```
+    pub fn forward_resized(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        align_corners: bool,
+    ) -> Result<Tensor> {
+        self.reduce(
+            self.prepare(logits, target, Some(align_corners))?,
+            target,
+            None,
+        )
+    }
+
+    /// `loss_weight * sum(loss * weight) / (avg_factor + eps)`.
+    fn reduce(&self, prep: Prepared, target: &Tensor, weight: Option<&Tensor>) -> Result<Tensor> {
         let mut loss = prep.loss.clone();
         if let Some(w) = weight {
             if w.dims() != target.dims() {
@@ -157,7 +192,7 @@ impl CrossEntropyLoss {
     /// `loss_weight * F.cross_entropy(logits, target, weight=class_weight,
     /// ignore_index=ignore_index, reduction='none')`: one loss per element (0 where ignored).
     pub fn per_element(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        Ok((self.prepare(logits, target)?.loss * self.loss_weight)?)
+        Ok((self.prepare(logits, target, None)?.loss * self.loss_weight)?)
     }
 
     fn avg_factor(&self, p: &Prepared) -> Result<f64> {
@@ -192,17 +227,37 @@ impl CrossEntropyLoss {
         })
     }
 
-    fn prepare(&self, logits: &Tensor, target: &Tensor) -> Result<Prepared> {
+    /// Element losses and labels; with `resize = Some(align_corners)` the `N x C x h x w`
+    /// logits are scored resized to the `N x H x W` target.
+    fn prepare(&self, logits: &Tensor, target: &Tensor, resize: Option<bool>) -> Result<Prepared> {
         check_float("logits", logits)?;
         let ld = logits.dims();
-        if ld.len() < 2 {
+        if ld.len() < 2 || (resize.is_some() && ld.len() != 4) {
+            let want = if resize.is_some() {
+                "N x C x h x w"
+            } else {
+                "N x C x ..."
+            };
             return Err(Error::InvalidArgument(format!(
-                "cross-entropy logits must be N x C x ..., got shape {ld:?}"
+                "cross-entropy logits must be {want}, got shape {ld:?}"
             )));
         }
         let c = ld[1];
-        let mut expected = vec![ld[0]];
-        expected.extend_from_slice(&ld[2..]);
+        let expected = match (resize, target.dims()) {
+            (Some(_), &[n, h, w]) if n == ld[0] => vec![n, h, w],
+            (Some(_), got) => {
+                return Err(Error::InvalidArgument(format!(
+                    "target must be N x H x W with N = {} to score resized logits of shape \
+                     {ld:?}, got shape {got:?}",
+                    ld[0]
+                )))
+            }
+            (None, _) => {
+                let mut e = vec![ld[0]];
+                e.extend_from_slice(&ld[2..]);
+                e
+            }
+        };
         if target.dims() != expected.as_slice() {
             return Err(shape_err("target", &expected, target.dims()));
         }
@@ -214,7 +269,15 @@ impl CrossEntropyLoss {
         let labels = labels_i64("target", target)?;
         let (idx, valid, pix_w) =
             ce_indices(&labels, c, self.ignore_index, self.class_weight.as_deref())?;
-        let lp = picked_log_probs(logits, 1, idx)?;
+        let lp = match resize {
+            Some(ac) => segkit_core::ops::resized_log_softmax_gather(
+                logits,
+                (expected[1], expected[2]),
+                ac,
+                idx,
+            )?,
+            None => picked_log_probs(logits, 1, idx)?,
+        };
         let w = from_f32(pix_w, &expected, logits.dtype(), logits.device())?;
         let loss = lp.neg()?.mul(&w)?;
         Ok(Prepared {

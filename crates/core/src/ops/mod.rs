@@ -55,6 +55,8 @@ mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
 
 pub use log_softmax::log_softmax_gather;
+mod resized_log_softmax;
+pub use resized_log_softmax::resized_log_softmax_gather;
 
 /// The f32 elements of a contiguous CPU operand of the custom op named `op` (the CPU kernels
 /// of segkit's differentiable ops take contiguous inputs only).

@@ -132,14 +132,14 @@ pub(super) fn target_tasks() -> usize {
 
 /// Index and weight tables of 1-D linear interpolation (PyTorch's
 /// `HelperInterpLinear::compute_indices_weights` with `guard_index_and_lambda`).
-struct LinearTable {
-    i0: Vec<usize>,
-    i1: Vec<usize>,
-    w0: Vec<f32>,
-    w1: Vec<f32>,
+pub(super) struct LinearTable {
+    pub(super) i0: Vec<usize>,
+    pub(super) i1: Vec<usize>,
+    pub(super) w0: Vec<f32>,
+    pub(super) w1: Vec<f32>,
 }
 
-fn linear_table(input: usize, output: usize, align_corners: bool) -> LinearTable {
+pub(super) fn linear_table(input: usize, output: usize, align_corners: bool) -> LinearTable {
     // PyTorch computes these in the tensor's accumulate type, which is f32 for f32 input.
     let scale: f32 = if align_corners {
         if output > 1 {
@@ -196,7 +196,7 @@ fn nearest_table(input: usize, output: usize) -> Vec<usize> {
         .collect()
 }
 
-fn check_resize_args(
+pub(super) fn check_resize_args(
     x: &Tensor,
     size: (usize, usize),
     op: &str,
@@ -258,7 +258,7 @@ pub fn resize_bilinear(x: &Tensor, size: (usize, usize), align_corners: bool) ->
 
 /// Horizontal pass over one input row into `dst` (`ow` values).
 #[inline]
-fn hinterp(row: &[f32], tx: &LinearTable, dst: &mut [f32]) {
+pub(super) fn hinterp(row: &[f32], tx: &LinearTable, dst: &mut [f32]) {
     for ((((d, &i0), &i1), &w0), &w1) in dst
         .iter_mut()
         .zip(&tx.i0)

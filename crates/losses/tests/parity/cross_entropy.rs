@@ -114,3 +114,64 @@ fn ohem_matches_mmseg_sampler() {
         );
     }
 }
+
+/// mmseg's decode-head loss on low-resolution logits (`resize` to the label size, then
+/// `CrossEntropyLoss`) against [`CrossEntropyLoss::forward_resized`], which never builds the
+/// resized logits: `cross_entropy_resized.safetensors`, logits and labels regenerated from the
+/// stored splitmix64 seeds (a Cityscapes crop at full size, 150 weighted classes, corners).
+#[test]
+fn resized_cross_entropy_matches_mmseg() {
+    use candle_core::{Device, Tensor, Var};
+    use segkit_losses::{PointSource, SeededPointSource};
+
+    let f = load("cross_entropy_resized.safetensors");
+    for name in ["cityscapes", "ade_weighted", "corners"] {
+        let seed = int(&f, &format!("{name}.seed")) as u64;
+        let s: Vec<usize> = ints(&f, &format!("{name}.shape"))
+            .iter()
+            .map(|&v| v as usize)
+            .collect();
+        let (n, c, h, w, oh, ow) = (s[0], s[1], s[2], s[3], s[4], s[5]);
+        let u = SeededPointSource::new(seed).uniform(&[n, c, h, w]).unwrap();
+        let logits: Vec<f32> = u.iter().map(|&u| (u - 0.5) * 8.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(logits, (n, c, h, w), &Device::Cpu).unwrap())
+            .unwrap();
+        let k = SeededPointSource::new(seed + 1)
+            .uniform(&[n, oh, ow])
+            .unwrap();
+        let labels: Vec<u32> = k
+            .iter()
+            .map(|&u| match (u * 16_777_216.0) as u32 % (c as u32 + 2) {
+                l if (l as usize) < c => l,
+                _ => 255,
+            })
+            .collect();
+        let target = Tensor::from_vec(labels, (n, oh, ow), &Device::Cpu).unwrap();
+        let key = format!("{name}.class_weight");
+        let cfg = CrossEntropyLoss {
+            class_weight: has(&f, &key).then(|| get(&f, &key).to_vec1::<f32>().unwrap()),
+            avg_non_ignore: int(&f, &format!("{name}.avg_non_ignore")) == 1,
+            loss_weight: scalar(&f, &format!("{name}.loss_weight")) as f64,
+            ..CrossEntropyLoss::mmseg()
+        };
+        let ac = int(&f, &format!("{name}.align_corners")) == 1;
+        let loss = cfg.forward_resized(x.as_tensor(), &target, ac).unwrap();
+        let g = loss.backward().unwrap();
+        assert_close(
+            &format!("ce_resized/{name} loss"),
+            &loss,
+            &get(&f, &format!("{name}.loss")),
+        );
+        let (got, want) = (grad(&g, &x), get(&f, &format!("{name}.grad")));
+        assert_close(&format!("ce_resized/{name} grad"), &got, &want);
+        // The per-pixel gradients are ~1e-4 (the mean over 0.5M pixels): compare them relative
+        // to their own scale too, not only to assert_close's floor of 1.
+        let max = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let d = max(&(&got - &want).unwrap()).to_scalar::<f32>().unwrap();
+        let m = max(&want).to_scalar::<f32>().unwrap();
+        assert!(
+            d <= 1e-5 * m,
+            "ce_resized/{name}: grad differs by {d} (max {m})"
+        );
+    }
+}
