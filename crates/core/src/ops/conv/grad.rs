@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::gemm_conv::im2col;
 use super::{conv2d, Activation, Conv2dParams, Geometry};
-use crate::ops::cpu_operand;
+use crate::ops::{cpu_operand, with_cpu_slices};
 
 /// Target size of one im2col tile of the weight gradient, in f32 elements.
 const COL_BUDGET: usize = 1 << 19;
@@ -65,40 +65,54 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
+        // A constant operand (the input image, a frozen weight) gets no gradient: candle never
+        // reads it, so it is not computed.
+        let (want_dx, want_dw) = (x.track_op(), w.track_op());
         let dy = dy.detach().contiguous()?;
-        let x = x.detach().contiguous()?;
-        let w = w.detach().contiguous()?;
-        let dx = input_grad(&dy, &w, &g).map_err(candle_core::Error::wrap)?;
-        let dw = {
-            let (s, l) = x.storage_and_layout();
-            let candle_core::Storage::Cpu(xs) = &*s else {
-                candle_core::bail!("segkit conv2d backward: CPU tensors only")
-            };
-            let xs = cpu_operand(xs, l, "segkit conv2d")?;
-            let (s2, l2) = dy.storage_and_layout();
-            let candle_core::Storage::Cpu(dys) = &*s2 else {
-                candle_core::bail!("segkit conv2d backward: CPU tensors only")
-            };
-            let dys = cpu_operand(dys, l2, "segkit conv2d")?;
-            weight_grad(xs, dys, &g)
+        let dx = if want_dx {
+            let wt = with_cpu_slices([w], "segkit conv2d backward", |[ws]| {
+                Ok(flipped_transpose(ws, &g))
+            })?;
+            let wt = Tensor::from_vec(wt, (g.c, g.o / g.groups, g.kh, g.kw), w.device())?;
+            Some(input_grad(&dy, &wt, &g).map_err(candle_core::Error::wrap)?)
+        } else {
+            None
         };
-        let dw = Tensor::from_vec(dw, w.shape(), w.device())?;
-        Ok((Some(dx), Some(dw)))
+        let dw = if want_dw {
+            let dw = with_cpu_slices([x, &dy], "segkit conv2d backward", |[xs, dys]| {
+                Ok(weight_grad(xs, dys, &g))
+            })?;
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
-/// `dL/dx`: the transposed convolution of `dy`, run as a stride-1 convolution.
-fn input_grad(dy: &Tensor, w: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
-    let (cg, og) = (g.c / g.groups, g.o / g.groups);
-    // Flip the taps and swap in/out channels within each group: wt[gi*cg + c, o', ..] =
-    // w[gi*og + o', c, kh-1-i, kw-1-j].
-    let wt = w
-        .reshape((g.groups, og, cg, g.kh, g.kw))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .flip_hw(g.kh, g.kw)?
-        .contiguous()?
-        .reshape((g.c, og, g.kh, g.kw))?;
+/// The transposed-convolution weight of `w` (`O x C/G x kh x kw`): taps flipped in both
+/// spatial axes, in / out channels swapped within each group, `wt[gi*cg + c, o', i, j] =
+/// w[gi*og + o', c, kh-1-i, kw-1-j]` (`C x O/G x kh x kw`), in one parallel pass.
+fn flipped_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (cg, og, kk) = (g.c / g.groups, g.o / g.groups, g.kh * g.kw);
+    let mut wt = vec![0f32; g.c * og * kk];
+    wt.par_chunks_mut(og * kk)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (gi, c) = (row / cg, row % cg);
+            for (o, taps) in dst.chunks_exact_mut(kk).enumerate() {
+                let src = &w[((gi * og + o) * cg + c) * kk..][..kk];
+                for (t, &v) in taps.iter_mut().zip(src.iter().rev()) {
+                    *t = v;
+                }
+            }
+        });
+    wt
+}
+
+/// `dL/dx`: the transposed convolution of `dy` with `wt` ([`flipped_transpose`]), run as a
+/// stride-1 convolution.
+fn input_grad(dy: &Tensor, wt: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
     let span_h = g.dilation * (g.kh - 1);
     let span_w = g.dilation * (g.kw - 1);
     // Rows the strided forward sweep never reached (PyTorch's output_padding).
@@ -120,7 +134,7 @@ fn input_grad(dy: &Tensor, w: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
         dilation: g.dilation,
         groups: g.groups,
     };
-    let dx = conv2d(&up, &wt, None, p, Activation::None)?;
+    let dx = conv2d(&up, wt, None, p, Activation::None)?;
     let (_, _, hh, ww) = dx.dims4()?;
     let top = (q as isize - qh) as usize;
     let left = (q as isize - qw) as usize;
@@ -130,21 +144,6 @@ fn input_grad(dy: &Tensor, w: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
         dx.narrow(2, top, g.h)?.narrow(3, left, g.w)?.contiguous()?
     };
     Ok(dx)
-}
-
-/// Flips the last two dims of a rank-5 tensor.
-trait FlipHw {
-    fn flip_hw(&self, kh: usize, kw: usize) -> candle_core::Result<Tensor>;
-}
-
-impl FlipHw for Tensor {
-    fn flip_hw(&self, kh: usize, kw: usize) -> candle_core::Result<Tensor> {
-        let dev = self.device();
-        let rh: Vec<u32> = (0..kh as u32).rev().collect();
-        let rw: Vec<u32> = (0..kw as u32).rev().collect();
-        let t = self.index_select(&Tensor::new(rh.as_slice(), dev)?, 3)?;
-        t.index_select(&Tensor::new(rw.as_slice(), dev)?, 4)
-    }
 }
 
 /// `dy` with `s - 1` zeros between its rows and columns and `rem` zeros after the last.
