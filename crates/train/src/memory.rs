@@ -113,30 +113,32 @@ fn resized(
 }
 
 /// Peak memory of a training step per input pixel of one sample (bytes): a backbone / neck
-/// figure (scaled by the ResNet's width, `base_channels / 64`) plus `CLASS_MAP_BYTES` per
-/// class per class-map output (the logits, their softmax, the loss's gradients and the
-/// resizes at the input's size: DANet has three decode outputs, every other head one, the
-/// auxiliary head one more).
+/// figure (scaled by the ResNet's width, `base_channels / 64`), `DA_HEAD_BYTES` for DANet's
+/// attention head, plus `CLASS_MAP_BYTES` per class per class-map output (DANet has three
+/// decode outputs, every other head one, the auxiliary head one more). The class maps are
+/// small since the losses score the heads' low-resolution logits without resizing them
+/// (`CrossEntropyLoss::forward_resized`); before that they were 40 bytes per class and output.
 ///
 /// Measured with `tests/memory_calibration.rs` (CPU, f32, SGD, batch 2, square inputs; the
-/// peak `VmHWM` of two steps; KiB per sample pixel — the slope between sizes, and the whole
-/// peak over the pixels at 192 x 192):
+/// peak `VmHWM` of two steps; KiB per sample pixel, the slope between 192 and 320 pixels;
+/// 2026-12-06, after the resized cross-entropy and the Winograd limit of 4096 x 512):
 ///
-/// | preset (classes)                      | slope 128->192 | slope 256->320 | peak / px at 192 |
-/// |---------------------------------------|----------------|----------------|------------------|
-/// | segkit demo r18 width 16 (11)         | 2.1            | 2.1 (b4, 256)  | 2.1              |
-/// | pspnet r50-d8 ADE20K (150)            | 21.5           | 29.2           | 34.2             |
-/// | pspnet r50-d8 Cityscapes (19)         | 19.3           |                | 29.5             |
-/// | pspnet r101-d8 ADE20K                 | 37.1           |                | 50.0             |
-/// | danet r50-d8 ADE20K                   | 37.1           |                | 43.5             |
-/// | danet r50-d8 Cityscapes               | 21.7           |                | 28.8             |
-/// | danet r101-d8 ADE20K                  | 50.3           |                | 58.9             |
-/// | fastfcn r50-d32 JPU + PSP ADE20K      | 17.9           |                | 31.8             |
-/// | fastfcn r50-d32 JPU + ASPP ADE20K     | 22.6           |                | 33.8             |
-/// | fastfcn r50-d32 JPU + Enc ADE20K      | 23.2           |                | 29.8             |
+/// | preset (classes)                      | slope 192->320 | peak KiB at 192 |
+/// |---------------------------------------|----------------|-----------------|
+/// | segkit demo r18 width 16 (11)         | 0.53           | 80548           |
+/// | pspnet r50-d8 ADE20K (150)            | 5.46           | 1255740         |
+/// | pspnet r50-d8 Cityscapes (19)         | 5.20           | 1259780         |
+/// | pspnet r101-d8 ADE20K                 | 9.30           | 1646720         |
+/// | danet r50-d8 ADE20K                   | 6.26           | 1169584         |
+/// | danet r50-d8 Cityscapes               | 6.09           | 1141956         |
+/// | danet r101-d8 ADE20K                  | 9.55           | 1602820         |
+/// | fastfcn r50-d32 JPU + PSP ADE20K      | 5.12           | 1366568         |
+/// | fastfcn r50-d32 JPU + ASPP ADE20K     | 4.82           | 1533780         |
+/// | fastfcn r50-d32 JPU + Enc ADE20K      | 4.56           | 1129052         |
 ///
-/// (The "peak / px" column includes the parameters' share, which the estimate counts
-/// separately.) A backbone outside the table (Swin) takes `UNKNOWN_BACKBONE`.
+/// (The peak includes the parameters' share, which the estimate counts separately; the
+/// constants below sit above every slope.) A backbone outside the table (Swin) takes
+/// `UNKNOWN_BACKBONE`.
 pub fn activation_bytes_per_pixel(cfg: &SegmentorConfig) -> u64 {
     let jpu = matches!(cfg.neck, Some(NeckConfig::Jpu(_)));
     let backbone = match &cfg.backbone {
@@ -155,26 +157,28 @@ pub fn activation_bytes_per_pixel(cfg: &SegmentorConfig) -> u64 {
         #[allow(unreachable_patterns)]
         _ => UNKNOWN_BACKBONE,
     };
-    let maps = match &cfg.decode_head {
-        HeadConfig::Da(_) => 3,
-        _ => 1,
-    } + u64::from(cfg.auxiliary_head.is_some());
-    backbone + CLASS_MAP_BYTES * maps * cfg.num_classes() as u64
+    let (maps, head) = match &cfg.decode_head {
+        HeadConfig::Da(_) => (3, DA_HEAD_BYTES),
+        _ => (1, 0),
+    };
+    let maps = maps + u64::from(cfg.auxiliary_head.is_some());
+    backbone + head + CLASS_MAP_BYTES * maps * cfg.num_classes() as u64
 }
 
 /// ResNet-18 at width 64 (the demo model, width 16, measures a quarter of it).
-const R18: u64 = 8_000;
+const R18: u64 = 3_200;
 /// ResNet-34: R18 scaled by the blocks at each stride.
-const R34: u64 = 13_000;
-/// ResNet-50 with dilated stages 3 and 4 (output stride 8): 29-30 KiB per pixel at ADE20K's
-/// 150 classes less their class maps.
-const R50_D8: u64 = 26_000;
+const R34: u64 = 5_200;
+/// ResNet-50 with dilated stages 3 and 4 (output stride 8) and PSPNet's head.
+const R50_D8: u64 = 5_600;
 /// ResNet-50 at output stride 32 with FastFCN's JPU.
-const R50_D32_JPU: u64 = 18_000;
+const R50_D32_JPU: u64 = 5_000;
 /// ResNet-101 at output stride 8.
-const R101_D8: u64 = 40_000;
+const R101_D8: u64 = 9_600;
+/// DANet's position and channel attention head, over the backbone's figure.
+const DA_HEAD_BYTES: u64 = 800;
 /// Per class and class-map output.
-const CLASS_MAP_BYTES: u64 = 40;
+const CLASS_MAP_BYTES: u64 = 2;
 /// Any other backbone: above every measured figure.
 const UNKNOWN_BACKBONE: u64 = 60_000;
 
@@ -282,42 +286,42 @@ mod tests {
                 "segkit_demo_r18w16_psp_fashion-128x128",
                 814_190,
                 192,
-                184_368,
+                80_548,
             ),
-            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 192, 2_784_460),
-            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 320, 6_575_048),
+            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 192, 1_255_740),
+            ("pspnet_r50-d8_ade20k-512x512", 49_135_244, 320, 1_971_300),
             (
                 "pspnet_r50-d8_cityscapes-512x1024",
                 49_034_374,
                 192,
-                2_438_812,
+                1_259_780,
             ),
-            ("pspnet_r101-d8_ade20k-512x512", 68_179_596, 192, 4_027_988),
-            ("danet_r50-d8_ade20k-512x512", 50_139_706, 192, 3_448_328),
+            ("pspnet_r101-d8_ade20k-512x512", 68_179_596, 192, 1_646_720),
+            ("danet_r50-d8_ade20k-512x512", 50_139_706, 192, 1_169_584),
             (
                 "danet_r50-d8_cityscapes-512x1024",
                 49_904_430,
                 192,
-                2_364_260,
+                1_141_956,
             ),
-            ("danet_r101-d8_ade20k-512x512", 69_184_058, 192, 4_661_964),
+            ("danet_r101-d8_ade20k-512x512", 69_184_058, 192, 1_602_820),
             (
                 "fastfcn_r50-d32_jpu_psp_ade20k-512x512",
                 68_890_252,
                 192,
-                2_652_156,
+                1_366_568,
             ),
             (
                 "fastfcn_r50-d32_jpu_aspp_ade20k-512x512",
                 88_028_812,
                 192,
-                2_880_936,
+                1_533_780,
             ),
             (
                 "fastfcn_r50-d32_jpu_enc_ade20k-512x512",
                 55_870_914,
                 192,
-                2_460_320,
+                1_129_052,
             ),
         ];
         let cfg = TrainConfig::from_json(
