@@ -107,6 +107,7 @@ def oneformer_ids(i, s):
 
 def build_oneformer(size, batch):
     import json
+    import shutil
     import tempfile
 
     import numpy as np
@@ -138,6 +139,7 @@ def build_oneformer(size, batch):
         inst2sem = {sid: c for sid, c in segs}
         encs.append(proc(images=[img], task_inputs=["panoptic"], segmentation_maps=[ids],
                          instance_id_to_semantic_id=inst2sem, return_tensors="pt"))
+    shutil.rmtree(tmp, ignore_errors=True)
     inputs = {
         "pixel_values": synth.synthetic_input((batch, 3, size, size)),
         "task_inputs": torch.cat([e["task_inputs"] for e in encs]).float(),

@@ -46,10 +46,10 @@ def clip_tokenizer():
     from gen_tokenizer import clip_vocab_and_merges, write_pair
     from transformers import CLIPTokenizer
 
-    d = tempfile.mkdtemp(prefix="segkit_clip_")
     vocab, merges = clip_vocab_and_merges()
-    write_pair(d, vocab, merges)
-    return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+    with tempfile.TemporaryDirectory(prefix="segkit_clip_") as d:
+        write_pair(d, vocab, merges)
+        return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
 
 
 def task_inputs(tok, tasks, length=77):
