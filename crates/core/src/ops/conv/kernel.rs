@@ -98,19 +98,33 @@ impl PackedA {
     /// (a BatchNorm folded into the weights as they are packed, with no folded copy; each
     /// product rounded once from f64, as a folded copy would hold it).
     pub(super) fn new_scaled(a: &[f32], m: usize, k: usize, scale: Option<&[f64]>) -> Self {
-        let [packed] = match scale {
-            Some(s) => Self::new_multi::<1>(m, k, |r, kk| [(a[r * k + kk] as f64 * s[r]) as f32]),
-            None => Self::new_multi::<1>(m, k, |r, kk| [a[r * k + kk]]),
-        };
+        let [packed] = Self::new_multi_rows::<1>(m, k, |r, k0, out| {
+            let src = &a[r * k + k0..][..out.len()];
+            match scale {
+                Some(s) => {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = [(v as f64 * s[r]) as f32];
+                    }
+                }
+                None => {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = [v];
+                    }
+                }
+            }
+        });
         packed
     }
 
-    /// Packs `N` matrices of `m x k` at once, element `(row, col)` of matrix `x` being
-    /// `f(row, col)[x]` (for transforms that produce several matrices from one source element).
-    pub(super) fn new_multi<const N: usize>(
+    /// Packs `N` matrices of `m x k` at once (for transforms that produce several matrices from
+    /// one source element, as Winograd's 16 from one 3x3 filter), a run of one row at a time:
+    /// `f(row, col0, out)` fills `out[j]` with the `N` matrices' elements `(row, col0 + j)`, so
+    /// that `f` reads its source row sequentially (a run is one block of [`block_depth`]
+    /// columns).
+    pub(super) fn new_multi_rows<const N: usize>(
         m: usize,
         k: usize,
-        f: impl Fn(usize, usize) -> [f32; N] + Sync,
+        f: impl Fn(usize, usize, &mut [[f32; N]]) + Sync,
     ) -> [Self; N] {
         let mpad = m.div_ceil(MR) * MR;
         let kb = block_depth(k);
@@ -134,15 +148,21 @@ impl PackedA {
                     tasks.push((k0, ir, panels));
                 }
             }
-            let fill = |(k0, ir, panels): PanelTask<'_, N>| {
+            let fill = |(k0, ir, mut panels): PanelTask<'_, N>| {
                 let kc = panels[0].len() / MR;
-                // Depth outer, rows inner: every matrix's panel is written sequentially.
-                for kk in 0..kc {
-                    for r in 0..MR {
-                        let row = ir * MR + r;
-                        let v = if row < m { f(row, k0 + kk) } else { [0.0; N] };
-                        for x in 0..N {
-                            panels[x][kk * MR + r].write(v[x]);
+                let mut run = vec![[0f32; N]; kc];
+                // Row by row: the source run of each row is produced at once, then each
+                // matrix's panel takes its column of the run.
+                for r in 0..MR {
+                    let row = ir * MR + r;
+                    if row < m {
+                        f(row, k0, &mut run);
+                    } else {
+                        run.fill([0.0; N]);
+                    }
+                    for (x, panel) in panels.iter_mut().enumerate() {
+                        for (kk, v) in run.iter().enumerate() {
+                            panel[kk * MR + r].write(v[x]);
                         }
                     }
                 }

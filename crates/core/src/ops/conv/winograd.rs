@@ -338,15 +338,22 @@ pub(super) fn conv_winograd(
     let bh = bases(g.ho, g.dilation);
     let bw = bases(g.wo, g.dilation);
     let tiles = bh.len() * bw.len();
-    let u = PackedA::new_multi::<16>(o, c, |oi, ci| {
-        let taps = &w[(oi * c + ci) * 9..][..9];
+    let u = PackedA::new_multi_rows::<16>(o, c, |oi, ci0, out| {
+        let taps = w[(oi * c + ci0) * 9..][..out.len() * 9].chunks_exact(9);
         match scale {
             // The taps as a folded copy would hold them, then the transform.
             Some(s) => {
-                let t: [f32; 9] = std::array::from_fn(|i| (taps[i] as f64 * s[oi]) as f32);
-                weight_transform(&t)
+                let s = s[oi];
+                for (u, t) in out.iter_mut().zip(taps) {
+                    let t: [f32; 9] = std::array::from_fn(|i| (t[i] as f64 * s) as f32);
+                    *u = weight_transform(&t);
+                }
             }
-            None => weight_transform(taps),
+            None => {
+                for (u, t) in out.iter_mut().zip(taps) {
+                    *u = weight_transform(t);
+                }
+            }
         }
     });
 
