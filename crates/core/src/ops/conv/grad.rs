@@ -167,8 +167,19 @@ fn zero_upsample(dy: &Tensor, g: &Geometry, rem_h: usize, rem_w: usize) -> crate
     Ok(Tensor::from_vec(out, (g.n, g.o, hu, wu), dy.device())?)
 }
 
-/// `dL/dw` (`O x C/G x kh x kw`, row-major) from contiguous `x` and `dy`.
+/// `dL/dw` (`O x C/G x kh x kw`, row-major) from contiguous `x` and `dy`: Winograd's
+/// transposed algorithm where the forward takes Winograd (`winograd_grad`), else
+/// [`weight_grad_im2col`].
 fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    if super::winograd_grad::applies(g) {
+        super::winograd_grad::weight_grad_winograd(x, dy, g)
+    } else {
+        weight_grad_im2col(x, dy, g)
+    }
+}
+
+/// `dL/dw` as per-image im2col GEMMs, summed in image order.
+pub(super) fn weight_grad_im2col(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (cg, og) = (g.c / g.groups, g.o / g.groups);
     let k = cg * g.kh * g.kw;
     let (hw, p_out) = (g.h * g.w, g.ho * g.wo);

@@ -1,7 +1,9 @@
 //! Every kernel, on its AVX2 and its portable path, against a naive f64 convolution.
 
 use super::act::Simd;
-use super::{depthwise, gemm_conv, im2col, run_kernel, winograd, Activation, Geometry};
+use super::{
+    depthwise, gemm_conv, grad, im2col, run_kernel, winograd, winograd_grad, Activation, Geometry,
+};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -220,5 +222,31 @@ fn scaled_weights_match_naive_of_scaled_copy() {
                 "{g:?} {simd:?}: max err {err} (scale {top})"
             );
         }
+    }
+}
+
+/// The Winograd weight gradient against the im2col GEMMs, over padding, dilation, odd sizes,
+/// several images and more tiles than one chunk.
+#[test]
+fn winograd_weight_grad_matches_im2col() {
+    for g in [
+        geometry(1, 16, 35, 37, 16, 3, 1, 1, 1, 1),
+        geometry(2, 20, 19, 18, 22, 3, 1, 2, 2, 1),
+        geometry(1, 300, 24, 40, 17, 3, 1, 0, 3, 1),
+        geometry(2, 16, 70, 71, 16, 3, 1, 1, 1, 1),
+        geometry(2, 24, 33, 29, 40, 3, 1, 4, 4, 1),
+        geometry(1, 1024, 24, 24, 24, 3, 1, 1, 1, 1),
+    ] {
+        assert!(winograd::applies(&g), "{g:?}");
+        let x = values(g.n * g.c * g.h * g.w, 4);
+        let dy = values(g.n * g.o * g.ho * g.wo, 5);
+        let want = grad::weight_grad_im2col(&x, &dy, &g);
+        let got = winograd_grad::weight_grad_winograd(&x, &dy, &g);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5 * scale, "{g:?}: max err {err} (scale {scale})");
     }
 }

@@ -51,7 +51,7 @@ pub(super) fn applies(g: &Geometry) -> bool {
 /// First outputs of the 2-output tiles along an axis of `len` outputs: every `b` with
 /// `(b / d) % 2 == 0`, pairing `b` with `b + d`; ordered by phase `b % d` so that consecutive
 /// tiles of one phase are `2 d` apart.
-fn bases(len: usize, d: usize) -> Vec<usize> {
+pub(super) fn bases(len: usize, d: usize) -> Vec<usize> {
     (0..d).flat_map(|r| (r..len).step_by(2 * d)).collect()
 }
 
