@@ -111,12 +111,17 @@ fn check_simds(
 }
 
 fn compare(g: &Geometry, got: &[f32], want: &[f32]) {
+    compare_tol(g, got, want, 1e-4);
+}
+
+/// Asserts `max |got - want| <= tol * max(1, max |want|)`.
+fn compare_tol(g: &Geometry, got: &[f32], want: &[f32], tol: f32) {
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
     let err = got
         .iter()
         .zip(want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-4 * scale, "{g:?}: max err {err} (scale {scale})");
+    assert!(err <= tol * scale, "{g:?}: max err {err} (scale {scale})");
 }
 
 fn simds() -> Vec<Simd> {
@@ -242,11 +247,6 @@ fn winograd_weight_grad_matches_im2col() {
         let dy = values(g.n * g.o * g.ho * g.wo, 5);
         let want = grad::weight_grad_im2col(&x, &dy, &g);
         let got = winograd_grad::weight_grad_winograd(&x, &dy, &g);
-        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-5 * scale, "{g:?}: max err {err} (scale {scale})");
+        compare_tol(&g, &got, &want, 1e-5);
     }
 }

@@ -121,6 +121,41 @@ fn weight_output_transform(m: [f32; 16]) -> [f32; 9] {
     out
 }
 
+/// The 16 transformed values of every tile of `chunk`, per channel of `src` (`N x channels x
+/// plane`): `out[ch * 16 tb + xi * tb + t] = transform(samples of tile t at taps(tile))`,
+/// samples outside the plane (`u32::MAX`) being 0. Parallel over channels.
+#[allow(clippy::too_many_arguments)]
+fn transform_tiles<const K: usize>(
+    out: &mut [f32],
+    tb: usize,
+    chunk: &[Tile],
+    src: &[f32],
+    channels: usize,
+    plane: usize,
+    taps: impl Fn(&Tile) -> &[u32; K] + Sync,
+    transform: impl Fn([f32; K]) -> [f32; 16] + Sync,
+) {
+    out.par_chunks_mut(16 * tb)
+        .enumerate()
+        .for_each(|(ch, dst)| {
+            for (t, tile) in chunk.iter().enumerate() {
+                let sc = &src[(tile.n * channels + ch) * plane..][..plane];
+                let idx = taps(tile);
+                let s: [f32; K] = std::array::from_fn(|i| {
+                    let k = idx[i] as usize;
+                    if k < plane {
+                        sc[k]
+                    } else {
+                        0.0
+                    }
+                });
+                for (xi, val) in transform(s).into_iter().enumerate() {
+                    dst[xi * tb + t] = val;
+                }
+            }
+        });
+}
+
 /// Whether [`weight_grad_winograd`] handles `g`: the forward's Winograd geometry (3x3,
 /// stride 1, one group) and at least [`MIN_CHANNELS`] input channels.
 pub(super) fn applies(g: &Geometry) -> bool {
@@ -148,38 +183,17 @@ pub(super) fn weight_grad_winograd(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f
     for chunk in all.chunks(tb) {
         let nt = chunk.len();
         // V[c][xi][t] and P[o][xi][t] (stride tb between positions).
-        v.par_chunks_mut(16 * tb).enumerate().for_each(|(ci, vc)| {
-            for (t, tile) in chunk.iter().enumerate() {
-                let xc = &x[(tile.n * c + ci) * hw..][..hw];
-                let s: [f32; 16] = std::array::from_fn(|i| {
-                    let k = tile.input[i] as usize;
-                    if k < hw {
-                        xc[k]
-                    } else {
-                        0.0
-                    }
-                });
-                for (xi, val) in input_transform(s).into_iter().enumerate() {
-                    vc[xi * tb + t] = val;
-                }
-            }
-        });
-        p.par_chunks_mut(16 * tb).enumerate().for_each(|(oi, pc)| {
-            for (t, tile) in chunk.iter().enumerate() {
-                let dyo = &dy[(tile.n * o + oi) * plane..][..plane];
-                let s: [f32; 4] = std::array::from_fn(|i| {
-                    let k = tile.output[i] as usize;
-                    if k < plane {
-                        dyo[k]
-                    } else {
-                        0.0
-                    }
-                });
-                for (xi, val) in output_grad_transform(s).into_iter().enumerate() {
-                    pc[xi * tb + t] = val;
-                }
-            }
-        });
+        transform_tiles(&mut v, tb, chunk, x, c, hw, |t| &t.input, input_transform);
+        transform_tiles(
+            &mut p,
+            tb,
+            chunk,
+            dy,
+            o,
+            plane,
+            |t| &t.output,
+            output_grad_transform,
+        );
         m.par_chunks_mut(o * c).enumerate().for_each(|(xi, mx)| {
             // SAFETY: mx is o x c row-major; lhs is P_xi (o x nt): element (oi, t) at
             // oi * 16 tb + xi tb + t; rhs is V_xi^T (nt x c): element (t, ci) at
