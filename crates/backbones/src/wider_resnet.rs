@@ -45,7 +45,7 @@
 //! assert_eq!(o.m7.dims(), &[1, 4096, 3, 3]);
 //! ```
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::nn::{BatchNormAct, ConvModuleConfig, ConvNormAct};
 use segkit_core::ops::{self, Activation};
@@ -254,26 +254,12 @@ impl Block {
         let h = self.conv1.forward_t(&a, train)?;
         let mut h = self.conv2.forward_t(&h, train)?;
         if let Some(c3) = &self.conv3 {
-            h = dropout2d(&h, self.dropout, train)?;
+            h = segkit_core::ops::dropout2d(&h, self.dropout, train)?;
             h = c3.forward_t(&h, train)?;
         }
         // `h` is the last conv's fresh output: the sum goes into its buffer.
         ops::add_act_in_place(h, &shortcut, Activation::None)
     }
-}
-
-/// `Dropout2d(p)`: in training each channel of each sample is zeroed with probability `p`,
-/// the others scaled by `1 / (1 - p)` (mask from [`segkit_core::random::uniform`]).
-fn dropout2d(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if !train || p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let (n, c, _, _) = x.dims4()?;
-    let mask = segkit_core::random::uniform(&[n, c, 1, 1], x.device())?
-        .ge(p)?
-        .to_dtype(DType::F32)?;
-    let mask = (mask * (1.0 / (1.0 - p as f64)))?.to_dtype(x.dtype())?;
-    Ok(x.broadcast_mul(&mask)?)
 }
 
 /// WideResNet-A2 returning m1..m7 (see the module docs).
@@ -385,7 +371,7 @@ impl Backbone for WideResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn specs_follow_the_reference_strides() {

@@ -381,6 +381,16 @@ impl ConvNormAct {
         self.forward_act(x, train, self.cfg.act)
     }
 
+    /// [`ConvNormAct::forward_t`] of the channel concatenation of `a` and `b`; in training with
+    /// BatchNorm autograd keeps `a` and `b`, not the concatenation ([`ops::conv2d_cat`]).
+    pub fn forward_cat_t(&self, a: &Tensor, b: &Tensor, train: bool) -> Result<Tensor> {
+        let Some(NormLayer::Batch { bn, .. }) = self.norm.as_ref().filter(|_| train) else {
+            return self.forward_t(&Tensor::cat(&[a, b], 1)?, train);
+        };
+        let (w, bias, p) = (&self.weight, self.bias.as_ref(), self.cfg.params());
+        let y = ops::conv2d_cat(a, b, w, bias, p, Activation::None)?;
+        ops::batch_norm_train(&y, bn, self.cfg.act)
+    }
     /// [`ConvNormAct::forward_t`] with activation `act` instead of the configured one.
     fn forward_act(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
         let p = self.cfg.params();

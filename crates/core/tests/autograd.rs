@@ -1,6 +1,7 @@
 //! Gradients of segkit-core's ops on tensors that record them (the training paths): the
 //! convolution custom op and the pooling custom op against naive f64 definitions, the
-//! composed resize / adaptive-pool paths against central finite differences in f64, and
+//! composed resize / adaptive-pool paths (f64) against central finite differences and the f32
+//! resize / adaptive-pool custom ops against those composed paths, and
 //! BatchNorm's running-statistics update against PyTorch's formula.
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -264,6 +265,27 @@ fn check_composed(what: &str, shape: &[usize], out_elems: usize, op: &dyn Fn(&Te
     assert_close(what, &got, &fd, 1e-7);
 }
 
+/// The f32 CPU custom op's input gradient equals the f64 composed path's (checked against
+/// finite differences by [`check_composed`]) for the same input and output weights.
+fn check_custom_f32(what: &str, shape: &[usize], out_elems: usize, op: &dyn Fn(&Tensor) -> Tensor) {
+    let xv = values(shape.iter().product(), 21);
+    let rv = values(out_elems, 22);
+    let grad = |x: &Tensor, f32: bool| -> Vec<f64> {
+        let y = op(x);
+        let r = if f32 {
+            t32(&rv, y.dims())
+        } else {
+            t64(&rv, y.dims())
+        };
+        let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        vec_of(g.get(x).unwrap())
+    };
+    let x32 = Var::from_tensor(&t32(&xv, shape)).unwrap();
+    let x64 = Var::from_tensor(&t64(&xv, shape)).unwrap();
+    let (g32, g64) = (grad(x32.as_tensor(), true), grad(x64.as_tensor(), false));
+    assert_close(what, &g32, &g64, 1e-6);
+}
+
 #[test]
 fn resize_bilinear_tracked_path_gradient_and_values() {
     for (h, w, oh, ow, ac) in [
@@ -274,6 +296,12 @@ fn resize_bilinear_tracked_path_gradient_and_values() {
         (3, 4, 1, 1, true),
     ] {
         let shape = [2, 3, h, w];
+        check_custom_f32(
+            &format!("f32 resize gradient {h}x{w}->{oh}x{ow} ac={ac}"),
+            &shape,
+            2 * 3 * oh * ow,
+            &|x| ops::resize_bilinear(x, (oh, ow), ac).unwrap(),
+        );
         check_composed(
             &format!("resize {h}x{w}->{oh}x{ow} ac={ac}"),
             &shape,
@@ -287,7 +315,7 @@ fn resize_bilinear_tracked_path_gradient_and_values() {
         assert_close("resize values", &vec_of(&m), &vec_of(&k), 1e-6);
         let xv = Var::from_tensor(&x).unwrap();
         let t = ops::resize_bilinear(xv.as_tensor(), (oh, ow), ac).unwrap();
-        assert_close("tracked resize values", &vec_of(&t), &vec_of(&k), 1e-6);
+        assert_eq!(vec_of(&t), vec_of(&k), "tracked resize values");
     }
 }
 
@@ -295,6 +323,12 @@ fn resize_bilinear_tracked_path_gradient_and_values() {
 fn adaptive_avg_pool_tracked_path_gradient_and_values() {
     for (h, w, oh, ow) in [(7, 5, 3, 2), (6, 6, 6, 6), (4, 9, 1, 1), (3, 2, 6, 6)] {
         let shape = [2, 2, h, w];
+        check_custom_f32(
+            &format!("f32 adaptive pool gradient {h}x{w}->{oh}x{ow}"),
+            &shape,
+            2 * 2 * oh * ow,
+            &|x| ops::adaptive_avg_pool2d(x, (oh, ow)).unwrap(),
+        );
         check_composed(
             &format!("adaptive pool {h}x{w}->{oh}x{ow}"),
             &shape,
@@ -305,7 +339,7 @@ fn adaptive_avg_pool_tracked_path_gradient_and_values() {
         let k = ops::adaptive_avg_pool2d(&x, (oh, ow)).unwrap();
         let xv = Var::from_tensor(&x).unwrap();
         let t = ops::adaptive_avg_pool2d(xv.as_tensor(), (oh, ow)).unwrap();
-        assert_close("tracked pool values", &vec_of(&t), &vec_of(&k), 1e-6);
+        assert_eq!(vec_of(&t), vec_of(&k), "tracked pool values");
     }
 }
 
@@ -422,4 +456,103 @@ fn batchnorm_training_updates_running_stats_like_pytorch() {
         let want = 0.9 + 0.1 * var_unbiased;
         assert!((rv[k] - want).abs() < 1e-6, "var {k}: {} vs {want}", rv[k]);
     }
+}
+
+/// Gradients of `sum(op(inputs) * r)` with respect to every input (all `Var`s, f32).
+fn grads_of(inputs: &[Var], out: &Tensor) -> Vec<Vec<f64>> {
+    let r = t32(&values(out.elem_count(), 31), out.dims());
+    let g = (out * r).unwrap().sum_all().unwrap().backward().unwrap();
+    inputs
+        .iter()
+        .map(|v| vec_of(g.get(v.as_tensor()).unwrap()))
+        .collect()
+}
+
+#[test]
+fn conv2d_cat_equals_concatenating_then_convolving() {
+    // (ca, cb, o, h, w, k, stride, padding, dilation): Winograd-shaped, strided, dilated, 1x1,
+    // and halves of a 1024-channel input (the whole takes the Winograd weight gradient, the
+    // halves im2col).
+    let cases = [
+        (3, 5, 4, 9, 7, 3, 1, 1, 1),
+        (4, 2, 3, 8, 9, 3, 2, 1, 1),
+        (2, 3, 2, 9, 9, 3, 1, 2, 2),
+        (6, 1, 5, 5, 6, 1, 1, 0, 1),
+        (512, 512, 8, 6, 6, 3, 1, 1, 1),
+    ];
+    for (ca, cb, o, h, w, k, s, p, d) in cases {
+        let what = format!("conv2d_cat {ca}+{cb}->{o} k{k} s{s} p{p} d{d}");
+        let params = Conv2dParams {
+            stride: s,
+            padding: p,
+            dilation: d,
+            groups: 1,
+        };
+        let a = Var::from_tensor(&t32(&values(2 * ca * h * w, 1), &[2, ca, h, w])).unwrap();
+        let b = Var::from_tensor(&t32(&values(2 * cb * h * w, 2), &[2, cb, h, w])).unwrap();
+        let wt =
+            Var::from_tensor(&t32(&values(o * (ca + cb) * k * k, 3), &[o, ca + cb, k, k])).unwrap();
+        let bias = Var::from_tensor(&t32(&values(o, 4), &[o])).unwrap();
+        let vars = [a.clone(), b.clone(), wt.clone(), bias.clone()];
+        let (at, bt, wtt, bb) = (
+            a.as_tensor(),
+            b.as_tensor(),
+            wt.as_tensor(),
+            bias.as_tensor(),
+        );
+        let y = ops::conv2d_cat(at, bt, wtt, Some(bb), params, Activation::Relu).unwrap();
+        let cat = Tensor::cat(&[at, bt], 1).unwrap();
+        let want = ops::conv2d(&cat, wtt, Some(bb), params, Activation::Relu).unwrap();
+        assert_eq!(vec_of(&y), vec_of(&want), "{what}: values");
+        let (got, exp) = (grads_of(&vars, &y), grads_of(&vars, &want));
+        for (i, name) in ["da", "db", "dw", "dbias"].iter().enumerate() {
+            assert_close(&format!("{what}: {name}"), &got[i], &exp[i], 1e-5);
+        }
+        // Without gradients it is the concatenation's convolution.
+        let (a0, b0) = (at.detach(), bt.detach());
+        let y0 = ops::conv2d_cat(&a0, &b0, &wtt.detach(), None, params, Activation::None).unwrap();
+        let cat0 = Tensor::cat(&[&a0, &b0], 1).unwrap();
+        let want0 = ops::conv2d(&cat0, &wtt.detach(), None, params, Activation::None).unwrap();
+        assert_eq!(vec_of(&y0), vec_of(&want0), "{what}: untracked values");
+    }
+    let a = Tensor::zeros((1, 2, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((1, 2, 4, 5), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((1, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+        groups: 1,
+    };
+    assert!(ops::conv2d_cat(&a, &b, &w, None, p, Activation::None).is_err());
+}
+
+#[test]
+fn resize_bilinear_cat_equals_resizing_then_concatenating() {
+    for ac in [false, true] {
+        let shapes = [[2, 3, 1, 1], [2, 2, 2, 2], [2, 4, 3, 5], [2, 1, 6, 6]];
+        let vars: Vec<Var> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Var::from_tensor(&t32(&values(s.iter().product(), 40 + i as u64), s)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = ops::resize_bilinear_cat(&xs, (7, 9), ac).unwrap();
+        let parts: Vec<Tensor> = xs
+            .iter()
+            .map(|x| ops::resize_bilinear(x, (7, 9), ac).unwrap())
+            .collect();
+        let want = Tensor::cat(&parts, 1).unwrap();
+        assert_eq!(y.dims(), [2, 10, 7, 9]);
+        assert_eq!(vec_of(&y), vec_of(&want), "values, align_corners {ac}");
+        let (got, exp) = (grads_of(&vars, &y), grads_of(&vars, &want));
+        for (i, (g, e)) in got.iter().zip(&exp).enumerate() {
+            assert_eq!(g, e, "gradient of map {i}, align_corners {ac}");
+        }
+        let detached: Vec<Tensor> = xs.iter().map(Tensor::detach).collect();
+        let y0 = ops::resize_bilinear_cat(&detached, (7, 9), ac).unwrap();
+        assert_eq!(vec_of(&y0), vec_of(&want), "untracked values");
+    }
+    assert!(ops::resize_bilinear_cat(&[], (2, 2), false).is_err());
 }

@@ -18,7 +18,7 @@
 //! assert!(json.contains("\"in_index\":3"));
 //! ```
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use segkit_core::init;
 use segkit_core::nn::Norm;
@@ -356,23 +356,12 @@ pub(crate) fn single_input_transform(
 /// `Dropout2d(p)` as PyTorch: in training, each channel of each sample is zeroed with
 /// probability `p` and the kept ones are scaled by `1 / (1 - p)`; identity otherwise. The
 /// mask comes from [`segkit_core::random::uniform`] (reproducible when the thread is seeded).
+/// See [`segkit_core::ops::dropout2d`], which this calls.
 ///
 /// # Shapes
 /// `N x C x H x W` -> same.
 pub fn dropout2d(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if !train || p <= 0.0 {
-        return Ok(x.clone());
-    }
-    if p >= 1.0 {
-        return Ok(x.zeros_like()?);
-    }
-    let (n, c, _, _) = x.dims4()?;
-    // Seeded per thread when training asks for reproducibility (segkit_core::random).
-    let mask = segkit_core::random::uniform(&[n, c, 1, 1], x.device())?
-        .ge(p)?
-        .to_dtype(DType::F32)?;
-    let mask = (mask * (1.0 / (1.0 - p as f64)))?.to_dtype(x.dtype())?;
-    Ok(x.broadcast_mul(&mask)?)
+    segkit_core::ops::dropout2d(x, p, train)
 }
 
 /// `softmax` over the last dimension: candle's fused kernel at inference, composed
@@ -458,7 +447,7 @@ impl ClsSeg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn dropout2d_zeroes_whole_channels() {

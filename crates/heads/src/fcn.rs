@@ -182,7 +182,7 @@ impl FcnHead {
             y = c.forward_t(&y, train)?;
         }
         if let Some(cat) = &self.conv_cat {
-            y = cat.forward_t(&Tensor::cat(&[&x, &y], 1)?, train)?;
+            y = cat.forward_cat_t(&x, &y, train)?;
         }
         Ok(y)
     }

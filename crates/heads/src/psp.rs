@@ -130,18 +130,19 @@ impl PspHead {
     pub fn forward_features(&self, features: &[Tensor], train: bool) -> Result<Tensor> {
         let x = self.inputs.single(features)?;
         let (_, _, h, w) = x.dims4()?;
-        let mut outs = Vec::with_capacity(self.ppm.len() + 1);
-        outs.push(x.clone());
+        let mut pooled = Vec::with_capacity(self.ppm.len());
         for (conv, &s) in self.ppm.iter().zip(&self.cfg.pool_scales) {
             let p = ops::adaptive_avg_pool2d(&x, (s, s))?;
-            let p = conv.forward_t(&p, train)?;
-            outs.push(ops::resize_bilinear(
-                &p,
-                (h, w),
-                self.cfg.base.align_corners,
-            )?);
+            pooled.push(conv.forward_t(&p, train)?);
         }
-        self.bottleneck.forward_t(&Tensor::cat(&outs, 1)?, train)
+        if pooled.is_empty() {
+            return self.bottleneck.forward_t(&x, train);
+        }
+        // The pyramid, upsampled straight into one map, and the bottleneck over [x, pyramid]:
+        // in training autograd keeps neither the upsampled maps nor the 4096-channel
+        // concatenation (`ConvNormAct::forward_cat_t`).
+        let pyramid = ops::resize_bilinear_cat(&pooled, (h, w), self.cfg.base.align_corners)?;
+        self.bottleneck.forward_cat_t(&x, &pyramid, train)
     }
 
     /// Runs the head on one map per input spec and returns the logits.

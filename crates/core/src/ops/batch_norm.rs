@@ -299,7 +299,7 @@ impl CustomOp3 for BnOp {
         wv.truncate(self.c);
         let (c, plane) = (self.c, self.plane);
         let m = (self.n * plane) as f64;
-        let (dx, dw, db) = with_data(&x.detach(), |xs| {
+        let (dx, dr, dw, db) = with_data(&x.detach(), |xs| {
             with_data(&dy.detach(), |dys| {
                 with_data(&res.detach(), |ys| {
                     // Per channel: sum g and sum g x_hat.
@@ -331,7 +331,16 @@ impl CustomOp3 for BnOp {
                         let mask_relu = self.relu;
                         bwd_plane(out, (xp, gp, yp), (mu, is, k, mg, mgx), mask_relu);
                     });
-                    Ok((dx, dw, db))
+                    // d residual = g, the upstream gradient through the activation, masked
+                    // here in one pass (no mask tensor, no zeros).
+                    let dr = (self.residual && self.relu).then(|| {
+                        let mut dr = super::resize::alloc_output(xs.len());
+                        dr.par_chunks_mut(plane)
+                            .zip(dys.par_chunks(plane).zip(ys.par_chunks(plane)))
+                            .for_each(|(out, (gp, yp))| relu_mask(out, gp, yp));
+                        dr
+                    });
+                    Ok((dx, dr, dw, db))
                 })
             })
         })?;
@@ -341,12 +350,9 @@ impl CustomOp3 for BnOp {
             Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), c, dev)
         };
         if self.residual {
-            // d residual = g, the upstream gradient through the activation.
-            let dy = dy.detach();
-            let dr = if self.relu {
-                res.detach().gt(0f32)?.where_cond(&dy, &dy.zeros_like()?)?
-            } else {
-                dy
+            let dr = match dr {
+                Some(dr) => Tensor::from_vec(dr, x.shape(), dev)?,
+                None => dy.detach(),
             };
             let dwb = Tensor::cat(&[to(dw)?, to(db)?], 0)?;
             return Ok((Some(dx), Some(dwb), Some(dr)));
@@ -446,6 +452,13 @@ fn bwd_plane_impl(
         let g = if relu && yv <= 0.0 { 0.0 } else { gv };
         let xh = (xv - mu) * is;
         *o = k * (g - mg - xh * mgx);
+    }
+}
+
+/// `out = g` where `y > 0`, else 0: the gradient through a ReLU from its output `y`.
+fn relu_mask(out: &mut [f32], g: &[f32], y: &[f32]) {
+    for ((o, &gv), &yv) in out.iter_mut().zip(g).zip(y) {
+        *o = if yv > 0.0 { gv } else { 0.0 };
     }
 }
 

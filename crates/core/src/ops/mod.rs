@@ -8,7 +8,7 @@ use candle_core::Tensor;
 mod conv;
 
 pub(crate) use conv::conv2d_affine_cpu;
-pub use conv::{activate, conv2d, cpu_has_avx512f, Activation, Conv2dParams};
+pub use conv::{activate, conv2d, conv2d_cat, cpu_has_avx512f, Activation, Conv2dParams};
 mod pool2d;
 
 pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};
@@ -17,6 +17,7 @@ pub mod detection;
 mod grid_sample;
 mod pool;
 mod resize;
+mod resize_op;
 pub(crate) use resize::with_cpu_f32;
 mod roi_align;
 
@@ -24,6 +25,7 @@ pub use boxes::{batched_nms, box_area, box_iou, default_bbox_xform_clip, nms, Bo
 pub use grid_sample::{grid_sample, GridSampleMode, GridSamplePadding};
 pub use pool::adaptive_avg_pool2d;
 pub use resize::{resize_bilinear, resize_nearest};
+pub use resize_op::resize_bilinear_cat;
 pub use roi_align::roi_align;
 
 // Composed-tensor-op paths of the ops above, public for the parity tests.
@@ -37,7 +39,10 @@ pub use pool::adaptive_avg_pool2d_fallback;
 pub use resize::{resize_bilinear_fallback, resize_bilinear_matmul, resize_nearest_fallback};
 #[doc(hidden)]
 pub use roi_align::{roi_align_cpu, roi_align_fallback};
+mod dropout;
 mod eltwise;
+
+pub use dropout::dropout2d;
 
 pub use eltwise::{add_act, add_act_in_place, quick_gelu};
 mod batch_norm;

@@ -7,9 +7,11 @@
 //!
 //! On CPU the kernel sums each bin directly from a contiguous `f32` buffer, in parallel over the
 //! `N x C` planes. Other devices use two small averaging matrices and batched matmuls
-//! ([`adaptive_avg_pool2d_fallback`]). Tensors that record gradients ([`Tensor::track_op`])
-//! take the matmul path on every device: it is differentiable (its backward is two more
-//! matmuls), the CPU kernel is not.
+//! ([`adaptive_avg_pool2d_fallback`]). On CPU (f32) the kernel is a candle custom op with its
+//! own backward pass, PyTorch's: each bin's gradient divided by its height and width and added
+//! to the bin's input elements, bins in row-major order. (The matmul path's backward also
+//! computes a gradient for the constant averaging matrices, which candle keeps, together with
+//! the graph that computed it, until the whole backward pass ends.)
 //!
 //! # Shapes
 //! `x`: `N x C x H x W` -> `N x C x oh x ow`; `H`, `W`, `oh`, `ow` must be positive.
@@ -26,10 +28,11 @@
 //! # Ok::<(), segkit_core::Error>(())
 //! ```
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::resize::{alloc_output, cpu_output, dims4, with_cpu_f32};
+use super::{cpu_operand, with_cpu_slices};
 use crate::{Error, Result};
 
 /// PyTorch's `start_index`: `floor(i * input / output)`.
@@ -67,16 +70,23 @@ fn check_args(x: &Tensor, size: (usize, usize)) -> Result<(usize, usize, usize, 
 /// Errors if `x` is not rank 4 or a spatial size (input or output) is zero.
 pub fn adaptive_avg_pool2d(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
     let (n, c, h, w) = check_args(x, size)?;
-    if x.track_op() || !x.device().is_cpu() {
+    if !x.device().is_cpu() {
         return adaptive_avg_pool2d_fallback(x, size);
     }
     let (oh, ow) = size;
-    let rows: Vec<(usize, usize)> = (0..oh)
-        .map(|i| (bin_start(i, oh, h), bin_end(i, oh, h)))
-        .collect();
-    let cols: Vec<(usize, usize)> = (0..ow)
-        .map(|i| (bin_start(i, ow, w), bin_end(i, ow, w)))
-        .collect();
+    let bins = |o: usize, i: usize| -> Vec<(usize, usize)> {
+        (0..o)
+            .map(|k| (bin_start(k, o, i), bin_end(k, o, i)))
+            .collect()
+    };
+    let (rows, cols) = (bins(oh, h), bins(ow, w));
+    if x.track_op() {
+        if x.dtype() != DType::F32 || n * c == 0 {
+            return adaptive_avg_pool2d_fallback(x, size);
+        }
+        let op = AdaptivePool { rows, cols, h, w };
+        return Ok(x.contiguous()?.apply_op1(op)?);
+    }
     let planes = n * c;
     let mut out = alloc_output(planes * oh * ow);
     if planes > 0 {
@@ -112,6 +122,66 @@ fn pool_plane(
             let sum: f32 = colsum[x0..x1].iter().sum();
             *o = sum / kh / (x1 - x0) as f32;
         }
+    }
+}
+
+/// One plane's input gradient: each bin's gradient `/ kh / kw`, added to the bin's elements,
+/// bins in row-major order (PyTorch's `adaptive_avg_pool2d_backward` on CPU).
+fn unpool_plane(
+    dy: &[f32],
+    w: usize,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    dx: &mut [f32],
+) {
+    let ow = cols.len();
+    for (oy, &(y0, y1)) in rows.iter().enumerate() {
+        for (ox, &(x0, x1)) in cols.iter().enumerate() {
+            let g = dy[oy * ow + ox] / (y1 - y0) as f32 / (x1 - x0) as f32;
+            for row in dx[y0 * w..y1 * w].chunks_exact_mut(w) {
+                row[x0..x1].iter_mut().for_each(|d| *d += g);
+            }
+        }
+    }
+}
+
+/// The differentiable CPU kernel: the bins of each axis and the input's spatial size.
+struct AdaptivePool {
+    rows: Vec<(usize, usize)>,
+    cols: Vec<(usize, usize)>,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for AdaptivePool {
+    fn name(&self) -> &'static str {
+        "segkit-adaptive-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_operand(s, l, "segkit adaptive_avg_pool2d")?;
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let mut out = alloc_output(x.len() / (self.h * self.w) * oh * ow);
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(self.h * self.w))
+            .for_each(|(dst, plane)| pool_plane(plane, self.w, &self.rows, &self.cols, dst));
+        let mut dims = l.dims().to_vec();
+        let r = dims.len();
+        (dims[r - 2], dims[r - 1]) = (oh, ow);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let dy = dy.contiguous()?;
+        let dx = with_cpu_slices([&dy], "segkit adaptive_avg_pool2d backward", |[dy]| {
+            let mut dx = alloc_output(x.elem_count());
+            dx.par_chunks_mut(self.h * self.w)
+                .zip(dy.par_chunks(oh * ow))
+                .for_each(|(d, g)| unpool_plane(g, self.w, &self.rows, &self.cols, d));
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 

@@ -15,11 +15,15 @@
 //! `index_select` and broadcast multiplies ([`resize_bilinear_fallback`],
 //! [`resize_nearest_fallback`]). Other dtypes are computed in `f32` on CPU.
 //!
-//! Training: the CPU kernels have no backward pass, so a tensor that records gradients
-//! ([`Tensor::track_op`]) takes composed candle ops on every device: bilinear resizing as two
-//! matmuls with the dense interpolation matrices, `A_h x A_w^T` ([`resize_bilinear_matmul`],
-//! whose backward is two more matmuls with the transposes), nearest resizing as the two
-//! `index_select`s of the fallback (backward: `index_add`).
+//! Training: on CPU (f32) the bilinear kernel is a candle custom op whose backward pass is its
+//! transpose (each output row's gradient spread over the input columns with the same weights,
+//! then over its two input rows), in parallel over the planes. A tensor that records gradients
+//! ([`Tensor::track_op`]) on another device or dtype takes composed candle ops: bilinear
+//! resizing as two matmuls with the dense interpolation matrices, `A_h x A_w^T`
+//! ([`resize_bilinear_matmul`], whose backward is two more matmuls with the transposes; candle
+//! also computes, and keeps until the backward pass ends, a gradient for the constant
+//! matrices), nearest resizing as the two `index_select`s of the fallback (backward:
+//! `index_add`).
 //!
 //! # Shapes
 //! `x`: `N x C x H x W` -> `N x C x oh x ow` for `size = (oh, ow)`; `N` or `C` may be zero,
@@ -218,7 +222,7 @@ pub(super) fn check_resize_args(
 
 /// Splits every output plane of `oh` rows into blocks so that there are enough parallel tasks,
 /// and returns the rows per block.
-fn rows_per_block(planes: usize, oh: usize) -> usize {
+pub(super) fn rows_per_block(planes: usize, oh: usize) -> usize {
     let blocks_per_plane = target_tasks().div_ceil(planes.max(1)).clamp(1, oh);
     oh.div_ceil(blocks_per_plane)
 }
@@ -229,30 +233,26 @@ fn rows_per_block(planes: usize, oh: usize) -> usize {
 /// Errors if `x` is not rank 4 or a spatial size (input or output) is zero.
 pub fn resize_bilinear(x: &Tensor, size: (usize, usize), align_corners: bool) -> Result<Tensor> {
     let (n, c, h, w) = check_resize_args(x, size, "resize_bilinear")?;
-    if x.track_op() {
-        return resize_bilinear_matmul(x, size, align_corners);
-    }
     if !x.device().is_cpu() {
+        if x.track_op() {
+            return resize_bilinear_matmul(x, size, align_corners);
+        }
         return resize_bilinear_fallback(x, size, align_corners);
     }
     let (oh, ow) = size;
-    let planes = n * c;
-    let ty = linear_table(h, oh, align_corners);
-    let tx = linear_table(w, ow, align_corners);
-    let mut out = alloc_output(planes * oh * ow);
-    if planes > 0 {
-        with_cpu_f32(x, |src| {
-            let rows = rows_per_block(planes, oh);
-            out.par_chunks_mut(oh * ow)
-                .zip(src.par_chunks(h * w))
-                .for_each(|(dst, plane)| {
-                    dst.par_chunks_mut(rows * ow)
-                        .enumerate()
-                        .for_each(|(b, block)| bilinear_block(plane, w, &ty, &tx, b * rows, block));
-                });
-            Ok(())
-        })?;
+    let op = super::resize_op::Bilinear {
+        ty: linear_table(h, oh, align_corners),
+        tx: linear_table(w, ow, align_corners),
+        h,
+        w,
+    };
+    if x.track_op() {
+        if x.dtype() != DType::F32 || n * c == 0 {
+            return resize_bilinear_matmul(x, size, align_corners);
+        }
+        return Ok(x.contiguous()?.apply_op1(op)?);
     }
+    let out = with_cpu_f32(x, |src| Ok(op.forward(src)))?;
     cpu_output(out, &[n, c, oh, ow], x.dtype())
 }
 
@@ -271,7 +271,7 @@ pub(super) fn hinterp(row: &[f32], tx: &LinearTable, dst: &mut [f32]) {
 }
 
 /// Computes output rows `y0 ..` (as many as `block` holds) of one plane.
-fn bilinear_block(
+pub(super) fn bilinear_block(
     plane: &[f32],
     w: usize,
     ty: &LinearTable,

@@ -93,7 +93,7 @@ impl CustomOp2 for Conv2dOp {
 /// The transposed-convolution weight of `w` (`O x C/G x kh x kw`): taps flipped in both
 /// spatial axes, in / out channels swapped within each group, `wt[gi*cg + c, o', i, j] =
 /// w[gi*og + o', c, kh-1-i, kw-1-j]` (`C x O/G x kh x kw`), in one parallel pass.
-fn flipped_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
+pub(super) fn flipped_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
     let (cg, og, kk) = (g.c / g.groups, g.o / g.groups, g.kh * g.kw);
     let mut wt = vec![0f32; g.c * og * kk];
     wt.par_chunks_mut(og * kk)
@@ -112,7 +112,7 @@ fn flipped_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// `dL/dx`: the transposed convolution of `dy` with `wt` ([`flipped_transpose`]), run as a
 /// stride-1 convolution.
-fn input_grad(dy: &Tensor, wt: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
+pub(super) fn input_grad(dy: &Tensor, wt: &Tensor, g: &Geometry) -> crate::Result<Tensor> {
     let span_h = g.dilation * (g.kh - 1);
     let span_w = g.dilation * (g.kw - 1);
     // Rows the strided forward sweep never reached (PyTorch's output_padding).
@@ -170,7 +170,7 @@ fn zero_upsample(dy: &Tensor, g: &Geometry, rem_h: usize, rem_w: usize) -> crate
 /// `dL/dw` (`O x C/G x kh x kw`, row-major) from contiguous `x` and `dy`: Winograd's
 /// transposed algorithm where the forward takes Winograd (`winograd_grad`), else
 /// [`weight_grad_im2col`].
-fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     if super::winograd_grad::applies(g) {
         super::winograd_grad::weight_grad_winograd(x, dy, g)
     } else {

@@ -29,6 +29,7 @@
 //! tracked path is candle's `conv2d` (whose backward candle provides).
 
 mod act;
+mod cat;
 mod depthwise;
 mod gemm_conv;
 mod grad;
@@ -250,6 +251,56 @@ pub fn conv2d(
     };
     let y = match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    };
+    activate(&y, act)
+}
+
+/// `act(conv2d(cat([a, b], 1), weight) + bias)`: a convolution over the channel
+/// concatenation of `a` and `b`, equal to concatenating and calling [`conv2d`].
+///
+/// When gradients are recorded on CPU (f32, groups 1) it is one differentiable op that keeps
+/// `a` and `b` rather than the concatenated map (see `conv/cat.rs`: PSPNet's bottleneck saves
+/// its 4096-channel input this way); otherwise it concatenates and calls [`conv2d`].
+///
+/// # Shapes
+/// `a`: `N x Ca x H x W`, `b`: `N x Cb x H x W`, `weight`: `O x (Ca + Cb)/groups x kh x kw`,
+/// `bias`: `O` -> `N x O x H' x W'`
+pub fn conv2d_cat(
+    a: &Tensor,
+    b: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    act: Activation,
+) -> Result<Tensor> {
+    let (da, db) = (a.dims(), b.dims());
+    if da.len() != 4 || db.len() != 4 || da[0] != db[0] || da[2..] != db[2..] {
+        return Err(Error::InvalidArgument(format!(
+            "conv2d_cat: the maps must be N x C x H x W with the same N, H and W, got shapes \
+             {da:?} and {db:?}"
+        )));
+    }
+    let tracked = a.track_op() || b.track_op() || weight.track_op();
+    let cpu_f32 = [a, b, weight]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if !(tracked && cpu_f32 && p.groups == 1) {
+        return conv2d(&Tensor::cat(&[a, b], 1)?, weight, bias, p, act);
+    }
+    // The geometry of the concatenation, checked as conv2d checks it (on a zero-size stand-in).
+    let stand_in = Tensor::zeros((0, da[1] + db[1], da[2], da[3]), DType::F32, a.device())?;
+    let mut g = Geometry::new(&stand_in, weight, bias, p)?;
+    g.n = da[0];
+    if g.n * g.o * g.ho * g.wo == 0 || da[1] == 0 || db[1] == 0 {
+        return conv2d(&Tensor::cat(&[a, b], 1)?, weight, bias, p, act);
+    }
+    let op = cat::Conv2dCatOp { g, ca: da[1] };
+    let y = a
+        .contiguous()?
+        .apply_op3(&b.contiguous()?, &weight.contiguous()?, op)?;
+    let y = match bias {
+        Some(bv) => y.broadcast_add(&bv.reshape((1, bv.elem_count(), 1, 1))?)?,
         None => y,
     };
     activate(&y, act)
