@@ -410,8 +410,7 @@ impl ConvNormAct {
                 ops::conv2d(x, &f.0, f.1.as_ref(), p, act)
             }
             (Some(NormLayer::Batch { bn, .. }), true) => {
-                let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;
-                ops::batch_norm_train(&y, bn, act)
+                ops::conv_bn_train(x, &self.weight, self.bias.as_ref(), bn, p, act)
             }
             (Some(NormLayer::Group(gn)), _) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;

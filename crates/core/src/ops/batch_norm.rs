@@ -133,7 +133,7 @@ fn relu_torch(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `r = (1 - momentum) r + momentum s` for the mean and the unbiased variance.
-fn update_running(bn: &BatchNorm, s: &Stats, m: usize) -> Result<()> {
+pub(super) fn update_running(bn: &BatchNorm, s: &Stats, m: usize) -> Result<()> {
     let mom = bn.momentum();
     let unbias = m as f64 / (m as f64 - 1.0);
     let upd = |r: &Tensor, batch: Vec<f64>| -> Result<()> {
@@ -154,14 +154,14 @@ fn update_running(bn: &BatchNorm, s: &Stats, m: usize) -> Result<()> {
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone)]
-struct Stats {
+pub(super) struct Stats {
     mean: Vec<f64>,
     /// Biased variance.
     var: Vec<f64>,
     invstd: Vec<f32>,
 }
 
-struct BnOp {
+pub(super) struct BnOp {
     n: usize,
     c: usize,
     plane: usize,
@@ -260,6 +260,87 @@ impl CustomOp3 for BnOp {
                 None,
             )
         };
+        let y = self.forward_slices(x, w, b, r)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b_or_residual: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let st = self.saved_stats()?;
+        let mut wv: Vec<f32> = w.detach().to_vec1()?;
+        wv.truncate(self.c);
+        let c = self.c;
+        let (dx, dr, dw, db) = with_data(&x.detach(), |xs| {
+            with_data(&dy.detach(), |dys| {
+                with_data(&res.detach(), |ys| {
+                    Ok(self.backward_slices(xs, dys, ys, &wv, &st))
+                })
+            })
+        })?;
+        let dev = x.device();
+        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
+        let to = |v: Vec<f64>| -> candle_core::Result<Tensor> {
+            Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), c, dev)
+        };
+        if self.residual {
+            let dr = match dr {
+                Some(dr) => Tensor::from_vec(dr, x.shape(), dev)?,
+                None => dy.detach(),
+            };
+            let dwb = Tensor::cat(&[to(dw)?, to(db)?], 0)?;
+            return Ok((Some(dx), Some(dwb), Some(dr)));
+        }
+        Ok((Some(dx), Some(to(dw)?), Some(to(db)?)))
+    }
+}
+
+/// The input gradient, the residual's (with a residual and a ReLU), and the per-channel
+/// `(sum g x_hat, sum g)` (weight and bias gradients) of one BatchNorm backward pass.
+pub(super) type BnGrads = (Vec<f32>, Option<Vec<f32>>, Vec<f64>, Vec<f64>);
+
+impl BnOp {
+    /// The op for an `n x c x plane` input (no residual), writing its statistics to `stats`.
+    pub(super) fn new(n: usize, c: usize, plane: usize, eps: f64, relu: bool) -> Self {
+        let stats = Arc::new(Mutex::new(None));
+        Self {
+            n,
+            c,
+            plane,
+            eps,
+            relu,
+            residual: false,
+            stats,
+        }
+    }
+
+    /// The shared slot the forward pass writes its statistics to.
+    pub(super) fn stats_handle(&self) -> Arc<Mutex<Option<Stats>>> {
+        self.stats.clone()
+    }
+
+    /// The statistics of the last forward pass.
+    pub(super) fn saved_stats(&self) -> candle_core::Result<Stats> {
+        self.stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))?
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward".into()))
+    }
+
+    /// `act(batch_norm(x) (+ r))` with batch statistics, which it keeps for the backward pass.
+    pub(super) fn forward_slices(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        r: Option<&[f32]>,
+    ) -> candle_core::Result<Vec<f32>> {
         let st = self.stats(x);
         let mut y = super::resize::alloc_output(x.len());
         let (c, plane, relu) = (self.c, self.plane, self.relu);
@@ -278,86 +359,57 @@ impl CustomOp3 for BnOp {
             .lock()
             .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))? =
             Some(st);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok(y)
     }
 
-    fn bwd(
+    /// The backward pass from the input `xs`, the upstream gradient `dys`, the output `ys`,
+    /// the weight `wv` and the forward pass's statistics (see the module docs).
+    pub(super) fn backward_slices(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b_or_residual: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let st = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch_norm_train: poisoned stats".into()))?
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward".into()))?;
-        let mut wv: Vec<f32> = w.detach().to_vec1()?;
-        wv.truncate(self.c);
+        xs: &[f32],
+        dys: &[f32],
+        ys: &[f32],
+        wv: &[f32],
+        st: &Stats,
+    ) -> BnGrads {
         let (c, plane) = (self.c, self.plane);
         let m = (self.n * plane) as f64;
-        let (dx, dr, dw, db) = with_data(&x.detach(), |xs| {
-            with_data(&dy.detach(), |dys| {
-                with_data(&res.detach(), |ys| {
-                    // Per channel: sum g and sum g x_hat.
-                    let (db, dw): (Vec<f64>, Vec<f64>) = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
-                            let (mut sg, mut sgx) = (0f64, 0f64);
-                            for n in 0..self.n {
-                                let o = (n * c + ch) * plane;
-                                let (xp, gp, yp) =
-                                    (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
-                                let (a, bb) = self.channel_sums(xp, gp, yp, mu, is);
-                                sg += a;
-                                sgx += bb;
-                            }
-                            (sg, sgx)
-                        })
-                        .unzip();
-                    let mut dx = super::resize::alloc_output(xs.len());
-                    dx.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
-                        let ch = i % c;
-                        let o = i * plane;
-                        let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
-                        let k = wv[ch] * is;
-                        let (mg, mgx) = ((db[ch] / m) as f32, (dw[ch] / m) as f32);
-                        let (xp, gp, yp) =
-                            (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
-                        let mask_relu = self.relu;
-                        bwd_plane(out, (xp, gp, yp), (mu, is, k, mg, mgx), mask_relu);
-                    });
-                    // d residual = g, the upstream gradient through the activation, masked
-                    // here in one pass (no mask tensor, no zeros).
-                    let dr = (self.residual && self.relu).then(|| {
-                        let mut dr = super::resize::alloc_output(xs.len());
-                        dr.par_chunks_mut(plane)
-                            .zip(dys.par_chunks(plane).zip(ys.par_chunks(plane)))
-                            .for_each(|(out, (gp, yp))| relu_mask(out, gp, yp));
-                        dr
-                    });
-                    Ok((dx, dr, dw, db))
-                })
+        // Per channel: sum g and sum g x_hat.
+        let (db, dw): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for n in 0..self.n {
+                    let o = (n * c + ch) * plane;
+                    let (xp, gp, yp) = (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
+                    let (a, bb) = self.channel_sums(xp, gp, yp, mu, is);
+                    sg += a;
+                    sgx += bb;
+                }
+                (sg, sgx)
             })
-        })?;
-        let dev = x.device();
-        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
-        let to = |v: Vec<f64>| -> candle_core::Result<Tensor> {
-            Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<_>>(), c, dev)
-        };
-        if self.residual {
-            let dr = match dr {
-                Some(dr) => Tensor::from_vec(dr, x.shape(), dev)?,
-                None => dy.detach(),
-            };
-            let dwb = Tensor::cat(&[to(dw)?, to(db)?], 0)?;
-            return Ok((Some(dx), Some(dwb), Some(dr)));
-        }
-        Ok((Some(dx), Some(to(dw)?), Some(to(db)?)))
+            .unzip();
+        let mut dx = super::resize::alloc_output(xs.len());
+        dx.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+            let ch = i % c;
+            let o = i * plane;
+            let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
+            let k = wv[ch] * is;
+            let (mg, mgx) = ((db[ch] / m) as f32, (dw[ch] / m) as f32);
+            let (xp, gp, yp) = (&xs[o..o + plane], &dys[o..o + plane], &ys[o..o + plane]);
+            bwd_plane(out, (xp, gp, yp), (mu, is, k, mg, mgx), self.relu);
+        });
+        // d residual = g, the upstream gradient through the activation, masked here in one
+        // pass (no mask tensor, no zeros).
+        let dr = (self.residual && self.relu).then(|| {
+            let mut dr = super::resize::alloc_output(xs.len());
+            dr.par_chunks_mut(plane)
+                .zip(dys.par_chunks(plane).zip(ys.par_chunks(plane)))
+                .for_each(|(out, (gp, yp))| relu_mask(out, gp, yp));
+            dr
+        });
+        (dx, dr, dw, db)
     }
 }
 

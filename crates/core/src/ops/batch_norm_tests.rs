@@ -180,3 +180,79 @@ fn relu_gradient_at_exact_zeros_is_pytorchs() -> Result<()> {
     }
     Ok(())
 }
+
+/// The fused convolution + BatchNorm (+ ReLU) equals `conv2d` then `batch_norm_train`: the
+/// output, the running statistics and the gradients of the input, the convolution weight and
+/// the norm's weight and bias, bit for bit; a second backward pass over the same graph (which
+/// recomputes the convolution's output) gives the same gradients again.
+#[test]
+fn conv_bn_train_equals_conv_then_batch_norm() -> Result<()> {
+    use crate::ops::{conv2d, conv_bn_train, Conv2dParams};
+    let dev = Device::Cpu;
+    for (act, k, stride, groups) in [
+        (Activation::Relu, 3, 1, 1),
+        (Activation::None, 3, 2, 1),
+        (Activation::Relu, 1, 1, 1),
+        (Activation::Relu, 3, 1, 2),
+    ] {
+        let p = Conv2dParams {
+            stride,
+            padding: k / 2,
+            dilation: 1,
+            groups,
+        };
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4, 9, 7), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 4 / groups, k, k), &dev)?)?;
+        let (bn1, v1) = layer(6, &dev)?;
+        let bn2 = BatchNorm::new_with_momentum(
+            6,
+            v1[2].as_tensor().copy()?,
+            v1[3].as_tensor().copy()?,
+            v1[0].as_tensor().clone(),
+            v1[1].as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        let fused = conv_bn_train(x.as_tensor(), w.as_tensor(), None, &bn1, p, act)?;
+        let z = conv2d(x.as_tensor(), w.as_tensor(), None, p, Activation::None)?;
+        let composed = batch_norm_train(&z, &bn2, act)?;
+        let what = format!("{act:?} k{k} s{stride} g{groups}");
+        assert_eq!(max_diff(&fused, &composed)?, 0.0, "{what}: output");
+        assert_eq!(
+            max_diff(bn1.running_mean(), bn2.running_mean())?,
+            0.0,
+            "{what}: mean"
+        );
+        assert_eq!(
+            max_diff(bn1.running_var(), bn2.running_var())?,
+            0.0,
+            "{what}: var"
+        );
+        let r = Tensor::randn(0f32, 1.0, fused.dims(), &dev)?;
+        let lf = (&fused * &r)?.sum_all()?;
+        let lc = (&composed * &r)?.sum_all()?;
+        let (gf, gc, again) = (lf.backward()?, lc.backward()?, lf.backward()?);
+        for (i, t) in [
+            x.as_tensor(),
+            w.as_tensor(),
+            v1[0].as_tensor(),
+            v1[1].as_tensor(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (a, b) = (
+                gf.get(t).expect("fused grad"),
+                gc.get(t).expect("composed grad"),
+            );
+            assert_eq!(max_diff(a, b)?, 0.0, "{what}: gradient {i}");
+            let a2 = again.get(t).expect("second grad");
+            assert_eq!(
+                max_diff(a, a2)?,
+                0.0,
+                "{what}: second backward, gradient {i}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -8,7 +8,9 @@ use candle_core::Tensor;
 mod conv;
 
 pub(crate) use conv::conv2d_affine_cpu;
-pub use conv::{activate, conv2d, conv2d_cat, cpu_has_avx512f, Activation, Conv2dParams};
+pub use conv::{
+    activate, conv2d, conv2d_cat, conv_bn_train, cpu_has_avx512f, Activation, Conv2dParams,
+};
 mod pool2d;
 
 pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};

@@ -64,30 +64,40 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.g;
-        // A constant operand (the input image, a frozen weight) gets no gradient: candle never
-        // reads it, so it is not computed.
-        let (want_dx, want_dw) = (x.track_op(), w.track_op());
-        let dy = dy.detach().contiguous()?;
-        let dx = if want_dx {
-            let wt = with_cpu_slices([w], "segkit conv2d backward", |[ws]| {
-                Ok(flipped_transpose(ws, &g))
-            })?;
-            let wt = Tensor::from_vec(wt, (g.c, g.o / g.groups, g.kh, g.kw), w.device())?;
-            Some(input_grad(&dy, &wt, &g).map_err(candle_core::Error::wrap)?)
-        } else {
-            None
-        };
-        let dw = if want_dw {
-            let dw = with_cpu_slices([x, &dy], "segkit conv2d backward", |[xs, dys]| {
-                Ok(weight_grad(xs, dys, &g))
-            })?;
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        conv_backward(x, w, dy, &self.g)
     }
+}
+
+/// The gradients of `conv2d(x, w)` (geometry `g`) from the upstream gradient `dy`: `None` for
+/// an operand that records no gradient.
+pub(super) fn conv_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &Geometry,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    // A constant operand (the input image, a frozen weight) gets no gradient: candle never
+    // reads it, so it is not computed.
+    let (want_dx, want_dw) = (x.track_op(), w.track_op());
+    let dy = dy.detach().contiguous()?;
+    let dx = if want_dx {
+        let wt = with_cpu_slices([w], "segkit conv2d backward", |[ws]| {
+            Ok(flipped_transpose(ws, g))
+        })?;
+        let wt = Tensor::from_vec(wt, (g.c, g.o / g.groups, g.kh, g.kw), w.device())?;
+        Some(input_grad(&dy, &wt, g).map_err(candle_core::Error::wrap)?)
+    } else {
+        None
+    };
+    let dw = if want_dw {
+        let dw = with_cpu_slices([x, &dy], "segkit conv2d backward", |[xs, dys]| {
+            Ok(weight_grad(xs, dys, g))
+        })?;
+        Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }
 
 /// The transposed-convolution weight of `w` (`O x C/G x kh x kw`): taps flipped in both

@@ -29,6 +29,7 @@
 //! tracked path is candle's `conv2d` (whose backward candle provides).
 
 mod act;
+mod bn;
 mod cat;
 mod depthwise;
 mod gemm_conv;
@@ -45,6 +46,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use crate::{Error, Result};
 pub use act::cpu_has_avx512f;
 use act::Simd;
+pub use bn::conv_bn_train;
 
 /// Activation applied after a convolution or norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
