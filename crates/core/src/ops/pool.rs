@@ -79,24 +79,19 @@ pub fn adaptive_avg_pool2d(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
             .map(|k| (bin_start(k, o, i), bin_end(k, o, i)))
             .collect()
     };
-    let (rows, cols) = (bins(oh, h), bins(ow, w));
+    let op = AdaptivePool {
+        rows: bins(oh, h),
+        cols: bins(ow, w),
+        h,
+        w,
+    };
     if x.track_op() {
         if x.dtype() != DType::F32 || n * c == 0 {
             return adaptive_avg_pool2d_fallback(x, size);
         }
-        let op = AdaptivePool { rows, cols, h, w };
         return Ok(x.contiguous()?.apply_op1(op)?);
     }
-    let planes = n * c;
-    let mut out = alloc_output(planes * oh * ow);
-    if planes > 0 {
-        with_cpu_f32(x, |src| {
-            out.par_chunks_mut(oh * ow)
-                .zip(src.par_chunks(h * w))
-                .for_each(|(dst, plane)| pool_plane(plane, w, &rows, &cols, dst));
-            Ok(())
-        })?;
-    }
+    let out = with_cpu_f32(x, |src| Ok(op.forward(src)))?;
     cpu_output(out, &[n, c, oh, ow], x.dtype())
 }
 
@@ -153,6 +148,18 @@ struct AdaptivePool {
     w: usize,
 }
 
+impl AdaptivePool {
+    /// Pools the contiguous planes of `src`.
+    fn forward(&self, src: &[f32]) -> Vec<f32> {
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let mut out = alloc_output(src.len() / (self.h * self.w) * oh * ow);
+        out.par_chunks_mut(oh * ow)
+            .zip(src.par_chunks(self.h * self.w))
+            .for_each(|(dst, plane)| pool_plane(plane, self.w, &self.rows, &self.cols, dst));
+        out
+    }
+}
+
 impl CustomOp1 for AdaptivePool {
     fn name(&self) -> &'static str {
         "segkit-adaptive-avg-pool2d"
@@ -161,10 +168,7 @@ impl CustomOp1 for AdaptivePool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_operand(s, l, "segkit adaptive_avg_pool2d")?;
         let (oh, ow) = (self.rows.len(), self.cols.len());
-        let mut out = alloc_output(x.len() / (self.h * self.w) * oh * ow);
-        out.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(self.h * self.w))
-            .for_each(|(dst, plane)| pool_plane(plane, self.w, &self.rows, &self.cols, dst));
+        let out = self.forward(x);
         let mut dims = l.dims().to_vec();
         let r = dims.len();
         (dims[r - 2], dims[r - 1]) = (oh, ow);

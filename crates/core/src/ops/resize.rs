@@ -222,7 +222,7 @@ pub(super) fn check_resize_args(
 
 /// Splits every output plane of `oh` rows into blocks so that there are enough parallel tasks,
 /// and returns the rows per block.
-pub(super) fn rows_per_block(planes: usize, oh: usize) -> usize {
+fn rows_per_block(planes: usize, oh: usize) -> usize {
     let blocks_per_plane = target_tasks().div_ceil(planes.max(1)).clamp(1, oh);
     oh.div_ceil(blocks_per_plane)
 }
@@ -315,6 +315,30 @@ pub(super) fn bilinear_block(
     }
 }
 
+/// Resizes the contiguous `h x w` planes of `src` to `oh x ow`: `block(plane, y0, rows)` fills
+/// output rows `y0..` of one plane (as many as `rows` holds), in parallel over the planes and
+/// blocks of rows.
+pub(super) fn resize_planes(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    block: impl Fn(&[f32], usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let planes = src.len() / (h * w);
+    let mut out = alloc_output(planes * oh * ow);
+    if planes > 0 {
+        let rows = rows_per_block(planes, oh);
+        out.par_chunks_mut(oh * ow)
+            .zip(src.par_chunks(h * w))
+            .for_each(|(dst, plane)| {
+                dst.par_chunks_mut(rows * ow)
+                    .enumerate()
+                    .for_each(|(b, rs)| block(plane, b * rows, rs));
+            });
+    }
+    out
+}
+
 /// Nearest-neighbour resize of an `N x C x H x W` map to `size = (oh, ow)`, exactly as
 /// `F.interpolate(x, size=size, mode='nearest')`.
 ///
@@ -325,36 +349,23 @@ pub fn resize_nearest(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
         return resize_nearest_fallback(x, size);
     }
     let (oh, ow) = size;
-    let planes = n * c;
     let iy = nearest_table(h, oh);
     let ix = nearest_table(w, ow);
-    let mut out = alloc_output(planes * oh * ow);
-    if planes > 0 {
-        with_cpu_f32(x, |src| {
-            let rows = rows_per_block(planes, oh);
-            out.par_chunks_mut(oh * ow)
-                .zip(src.par_chunks(h * w))
-                .for_each(|(dst, plane)| {
-                    dst.par_chunks_mut(rows * ow)
-                        .enumerate()
-                        .for_each(|(b, block)| {
-                            for r in 0..block.len() / ow {
-                                let y = iy[b * rows + r];
-                                if r > 0 && iy[b * rows + r - 1] == y {
-                                    block.copy_within((r - 1) * ow..r * ow, r * ow);
-                                    continue;
-                                }
-                                let row = &plane[y * w..(y + 1) * w];
-                                let out_row = &mut block[r * ow..(r + 1) * ow];
-                                for (o, &i) in out_row.iter_mut().zip(&ix) {
-                                    *o = row[i];
-                                }
-                            }
-                        });
-                });
-            Ok(())
-        })?;
-    }
+    let out = with_cpu_f32(x, |src| {
+        Ok(resize_planes(src, (h, w), (oh, ow), |plane, y0, block| {
+            for r in 0..block.len() / ow {
+                let y = iy[y0 + r];
+                if r > 0 && iy[y0 + r - 1] == y {
+                    block.copy_within((r - 1) * ow..r * ow, r * ow);
+                    continue;
+                }
+                let row = &plane[y * w..(y + 1) * w];
+                for (o, &i) in block[r * ow..(r + 1) * ow].iter_mut().zip(&ix) {
+                    *o = row[i];
+                }
+            }
+        }))
+    })?;
     cpu_output(out, &[n, c, oh, ow], x.dtype())
 }
 

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::resize::{
-    alloc_output, bilinear_block, check_resize_args, linear_table, resize_bilinear, rows_per_block,
+    alloc_output, bilinear_block, check_resize_args, linear_table, resize_bilinear, resize_planes,
     LinearTable,
 };
 use super::{cpu_operand, with_cpu_slices};
@@ -28,23 +28,10 @@ pub(super) struct Bilinear {
 impl Bilinear {
     /// Resizes the contiguous planes of `src`.
     pub(super) fn forward(&self, src: &[f32]) -> Vec<f32> {
-        let (h, w, ow) = (self.h, self.w, self.tx.i0.len());
-        let oh = self.ty.i0.len();
-        let planes = src.len() / (h * w);
-        let mut out = alloc_output(planes * oh * ow);
-        if planes > 0 {
-            let rows = rows_per_block(planes, oh);
-            out.par_chunks_mut(oh * ow)
-                .zip(src.par_chunks(h * w))
-                .for_each(|(dst, plane)| {
-                    dst.par_chunks_mut(rows * ow)
-                        .enumerate()
-                        .for_each(|(b, block)| {
-                            bilinear_block(plane, w, &self.ty, &self.tx, b * rows, block)
-                        });
-                });
-        }
-        out
+        let (oh, ow) = (self.ty.i0.len(), self.tx.i0.len());
+        resize_planes(src, (self.h, self.w), (oh, ow), |plane, y0, block| {
+            bilinear_block(plane, self.w, &self.ty, &self.tx, y0, block)
+        })
     }
 
     /// The input gradient of one plane, the transpose of the forward pass: each output row's
