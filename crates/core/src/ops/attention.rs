@@ -27,7 +27,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::fastmath::{exp_approx, has_avx2_fma};
-use crate::ops::{cpu_operand, with_cpu_slices};
+use crate::ops::{cpu_operands, with_cpu_slices};
 use crate::{Error, Result};
 
 /// Query rows per task.
@@ -417,11 +417,7 @@ impl CustomOp3 for AttnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            cpu_operand(s1, l1, "segkit attention")?,
-            cpu_operand(s2, l2, "segkit attention")?,
-            cpu_operand(s3, l3, "segkit attention")?,
-        );
+        let [q, k, v] = cpu_operands([(s1, l1), (s2, l2), (s3, l3)], "segkit attention")?;
         let Dims { b, lq, lk, dv, .. } = self.dims;
         let cv = self.dims.cv();
         let mut out = vec![0f32; b * lq * cv];

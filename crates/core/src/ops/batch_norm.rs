@@ -96,16 +96,10 @@ fn batch_norm_impl(
             _ => activate(&y, act),
         };
     }
-    let shared = Arc::new(Mutex::new(None));
-    let op = BnOp {
-        n: x.dim(0)?,
-        c,
-        plane: m / x.dim(0)?.max(1),
-        eps: bn.eps(),
-        relu: act == Activation::Relu,
-        residual: residual.is_some(),
-        stats: shared.clone(),
-    };
+    let n = x.dim(0)?;
+    let mut op = BnOp::new(n, c, m / n.max(1), bn.eps(), act == Activation::Relu);
+    op.residual = residual.is_some();
+    let shared = op.stats_handle();
     let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(op));
     let x = x.contiguous()?;
     let y = match residual {
@@ -305,7 +299,7 @@ impl CustomOp3 for BnOp {
 pub(super) type BnGrads = (Vec<f32>, Option<Vec<f32>>, Vec<f64>, Vec<f64>);
 
 impl BnOp {
-    /// The op for an `n x c x plane` input (no residual), writing its statistics to `stats`.
+    /// The op for an `n x c x plane` input (no residual), with a fresh statistics slot.
     pub(super) fn new(n: usize, c: usize, plane: usize, eps: f64, relu: bool) -> Self {
         let stats = Arc::new(Mutex::new(None));
         Self {

@@ -181,6 +181,12 @@ fn relu_gradient_at_exact_zeros_is_pytorchs() -> Result<()> {
     Ok(())
 }
 
+/// The gradient of `t` in `g`, or an error naming the missing gradient.
+fn grad<'a>(g: &'a candle_core::backprop::GradStore, t: &Tensor) -> Result<&'a Tensor> {
+    g.get(t)
+        .ok_or_else(|| Error::InvalidArgument(format!("no gradient for {:?}", t.id())))
+}
+
 /// The fused convolution + BatchNorm (+ ReLU) equals `conv2d` then `batch_norm_train`: the
 /// output, the running statistics and the gradients of the input, the convolution weight and
 /// the norm's weight and bias, bit for bit; a second backward pass over the same graph (which
@@ -241,12 +247,9 @@ fn conv_bn_train_equals_conv_then_batch_norm() -> Result<()> {
         .into_iter()
         .enumerate()
         {
-            let (a, b) = (
-                gf.get(t).expect("fused grad"),
-                gc.get(t).expect("composed grad"),
-            );
+            let (a, b) = (grad(&gf, t)?, grad(&gc, t)?);
             assert_eq!(max_diff(a, b)?, 0.0, "{what}: gradient {i}");
-            let a2 = again.get(t).expect("second grad");
+            let a2 = grad(&again, t)?;
             assert_eq!(
                 max_diff(a, a2)?,
                 0.0,

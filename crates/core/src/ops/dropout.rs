@@ -104,7 +104,7 @@ mod tests {
         let g = (&y * &r)?.sum_all()?.backward()?;
         let gx = g
             .get(x.as_tensor())
-            .expect("gradient")
+            .ok_or_else(|| Error::InvalidArgument("dropout2d: no gradient for x".into()))?
             .flatten_all()?
             .to_vec1::<f32>()?;
         crate::random::set_thread_state(Some(7));

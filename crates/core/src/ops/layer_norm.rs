@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::has_avx2_fma;
-use crate::ops::cpu_operand;
+use crate::ops::cpu_operands;
 
 const LANES: usize = 16;
 
@@ -84,11 +84,7 @@ impl CustomOp3 for LnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            cpu_operand(s1, l1, "segkit layer_norm_train")?,
-            cpu_operand(s2, l2, "segkit layer_norm_train")?,
-            cpu_operand(s3, l3, "segkit layer_norm_train")?,
-        );
+        let [x, w, b] = cpu_operands([(s1, l1), (s2, l2), (s3, l3)], "segkit layer_norm_train")?;
         let y = layer_norm_rows(x, w, b, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_operand, with_cpu_slices};
+use crate::ops::{cpu_operand, cpu_operands, with_cpu_slices};
 
 use super::resize::with_cpu_f32;
 use crate::{Error, Result};
@@ -285,9 +285,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_operand(s1, l1, "segkit linear")?;
-        let w = cpu_operand(s2, l2, "segkit linear")?;
-        let b = cpu_operand(s3, l3, "segkit linear")?;
+        let [x, w, b] = cpu_operands([(s1, l1), (s2, l2), (s3, l3)], "segkit linear")?;
         Ok(self.forward(x, w, Some(b)))
     }
 

@@ -79,6 +79,18 @@ pub(crate) fn cpu_operand<'a>(
     }
 }
 
+/// [`cpu_operand`] of each `(storage, layout)` of a custom op's forward pass.
+pub(crate) fn cpu_operands<'a, const N: usize>(
+    ops: [(&'a candle_core::CpuStorage, &candle_core::Layout); N],
+    op: &str,
+) -> candle_core::Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
+    for (o, (s, l)) in out.iter_mut().zip(ops) {
+        *o = cpu_operand(s, l, op)?;
+    }
+    Ok(out)
+}
+
 /// The f32 elements of CPU f32 tensors (detached, made contiguous), passed to `f`: the
 /// backward passes of segkit's custom ops (and segkit-train's optimizer kernels) read their
 /// tensors through it without copying them (a non-contiguous one is copied once). Another

@@ -19,7 +19,7 @@ use candle_nn::BatchNorm;
 use super::grad::conv_backward;
 use super::{conv2d, Activation, Conv2dParams, Geometry};
 use crate::ops::batch_norm::{update_running, BnOp};
-use crate::ops::{batch_norm_train, cpu_operand, with_cpu_slices};
+use crate::ops::{batch_norm_train, cpu_operands, with_cpu_slices};
 use crate::Result;
 
 /// `act(batch_norm(conv2d(x, weight) + bias))` with batch statistics, updating `bn`'s running
@@ -103,9 +103,7 @@ impl CustomOp3 for ConvBnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_operand(s1, l1, "segkit conv_bn_train")?;
-        let w = cpu_operand(s2, l2, "segkit conv_bn_train")?;
-        let wb = cpu_operand(s3, l3, "segkit conv_bn_train")?;
+        let [x, w, wb] = cpu_operands([(s1, l1), (s2, l2), (s3, l3)], "segkit conv_bn_train")?;
         let z = self.conv(x, w);
         let (o, g) = (self.g.o, &self.g);
         let y = self.norm.forward_slices(&z, &wb[..o], &wb[o..], None)?;

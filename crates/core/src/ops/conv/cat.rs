@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::grad::{flipped_transpose, input_grad, weight_grad};
 use super::{Activation, Geometry};
-use crate::ops::{cpu_operand, with_cpu_slices};
+use crate::ops::{cpu_operands, with_cpu_slices};
 
 /// `conv2d(cat([a, b], 1), w)` (groups 1, no bias or activation); `g.c` = `ca` + `b`'s
 /// channels.
@@ -64,9 +64,7 @@ impl CustomOp3 for Conv2dCatOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let a = cpu_operand(s1, l1, "segkit conv2d_cat")?;
-        let b = cpu_operand(s2, l2, "segkit conv2d_cat")?;
-        let w = cpu_operand(s3, l3, "segkit conv2d_cat")?;
+        let [a, b, w] = cpu_operands([(s1, l1), (s2, l2), (s3, l3)], "segkit conv2d_cat")?;
         let g = &self.g;
         let x = concat(a, b, g.n);
         let simd = super::act::Simd::detect();
