@@ -97,8 +97,8 @@ fn batch_norm_impl(
         };
     }
     let n = x.dim(0)?;
-    let mut op = BnOp::new(n, c, m / n.max(1), bn.eps(), act == Activation::Relu);
-    op.residual = residual.is_some();
+    let relu = act == Activation::Relu;
+    let op = BnOp::new(n, c, m / n.max(1), bn.eps(), relu, residual.is_some());
     let shared = op.stats_handle();
     let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(op));
     let x = x.contiguous()?;
@@ -107,13 +107,7 @@ fn batch_norm_impl(
         Some(r) => x.apply_op3_arc(&Tensor::cat(&[weight, bias], 0)?, &r.contiguous()?, op)?,
         None => x.apply_op3_arc(&weight.contiguous()?, &bias.contiguous()?, op)?,
     };
-    let stats = shared
-        .lock()
-        .map_err(|_| Error::InvalidArgument("batch_norm_train: poisoned stats".into()))?
-        .clone();
-    if let Some(s) = stats {
-        update_running(bn, &s, m)?;
-    }
+    update_running(bn, &shared, m)?;
     Ok(y)
 }
 
@@ -126,8 +120,16 @@ fn relu_torch(x: &Tensor) -> Result<Tensor> {
     Ok(x.mul(&mask)?)
 }
 
-/// `r = (1 - momentum) r + momentum s` for the mean and the unbiased variance.
-pub(super) fn update_running(bn: &BatchNorm, s: &Stats, m: usize) -> Result<()> {
+/// `r = (1 - momentum) r + momentum s` for the mean and the unbiased variance, from the
+/// statistics a forward pass left in `slot` (none: nothing to update).
+pub(super) fn update_running(bn: &BatchNorm, slot: &Mutex<Option<Stats>>, m: usize) -> Result<()> {
+    let stats = slot
+        .lock()
+        .map_err(|_| Error::InvalidArgument("batch_norm_train: poisoned stats".into()))?
+        .clone();
+    let Some(s) = stats else {
+        return Ok(());
+    };
     let mom = bn.momentum();
     let unbias = m as f64 / (m as f64 - 1.0);
     let upd = |r: &Tensor, batch: Vec<f64>| -> Result<()> {
@@ -299,8 +301,16 @@ impl CustomOp3 for BnOp {
 pub(super) type BnGrads = (Vec<f32>, Option<Vec<f32>>, Vec<f64>, Vec<f64>);
 
 impl BnOp {
-    /// The op for an `n x c x plane` input (no residual), with a fresh statistics slot.
-    pub(super) fn new(n: usize, c: usize, plane: usize, eps: f64, relu: bool) -> Self {
+    /// The op for an `n x c x plane` input (with a residual operand or not), with a fresh
+    /// statistics slot.
+    pub(super) fn new(
+        n: usize,
+        c: usize,
+        plane: usize,
+        eps: f64,
+        relu: bool,
+        residual: bool,
+    ) -> Self {
         let stats = Arc::new(Mutex::new(None));
         Self {
             n,
@@ -308,7 +318,7 @@ impl BnOp {
             plane,
             eps,
             relu,
-            residual: false,
+            residual,
             stats,
         }
     }

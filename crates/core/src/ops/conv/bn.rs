@@ -55,7 +55,8 @@ pub fn conv_bn_train(
         return batch_norm_train(&y, bn, act);
     };
     crate::runtime::configure_cpu_threads();
-    let norm = BnOp::new(g.n, g.o, g.ho * g.wo, bn.eps(), act == Activation::Relu);
+    let relu = act == Activation::Relu;
+    let norm = BnOp::new(g.n, g.o, g.ho * g.wo, bn.eps(), relu, false);
     let op = ConvBnOp {
         g,
         norm,
@@ -64,13 +65,7 @@ pub fn conv_bn_train(
     let stats = op.norm.stats_handle();
     let wb = Tensor::cat(&[gamma, beta], 0)?;
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &wb, op)?;
-    let stats = stats
-        .lock()
-        .map_err(|_| crate::Error::InvalidArgument("conv_bn_train: poisoned stats".into()))?
-        .clone();
-    if let Some(s) = stats {
-        update_running(bn, &s, m)?;
-    }
+    update_running(bn, &stats, m)?;
     Ok(y)
 }
 
