@@ -228,8 +228,24 @@ pub fn resize_bilinear_antialias(x: &Tensor, size: (usize, usize)) -> Result<Ten
     if !x.device().is_cpu() {
         return resize_bilinear_antialias_fallback(x, size);
     }
-    let planes = n * c;
     let dtype = x.dtype();
+    let data = resize_cpu(x, (n, c, h, w), size)?;
+    let out = Tensor::from_vec(data, (n, c, oh, ow), &Device::Cpu)?;
+    Ok(if dtype == DType::F32 {
+        out
+    } else {
+        out.to_dtype(dtype)?
+    })
+}
+
+/// The CPU kernel of [`resize_bilinear_antialias`] on `x` (`n x c x h x w`, any dtype, computed
+/// in f32): the resized planes as one vector, no tensor made.
+fn resize_cpu(
+    x: &Tensor,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+) -> Result<Vec<f32>> {
+    let planes = n * c;
     let mut data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if ow != w {
         let tab = aa_table(w, ow);
@@ -259,12 +275,22 @@ pub fn resize_bilinear_antialias(x: &Tensor, size: (usize, usize)) -> Result<Ten
             });
         data = out;
     }
-    let out = Tensor::from_vec(data, (n, c, oh, ow), &Device::Cpu)?;
-    Ok(if dtype == DType::F32 {
-        out
-    } else {
-        out.to_dtype(dtype)?
-    })
+    Ok(data)
+}
+
+/// [`resize_bilinear_antialias`] of the f32 CPU planes `x` (`N x H x W`) to `size`, as the
+/// `N x size.0 x size.1` values (no tensor made, so a caller that needs them on the host holds
+/// one copy, not two). `None` when `x` is not an f32 CPU tensor.
+pub(crate) fn resize_planes_f32(x: &Tensor, size: (usize, usize)) -> Result<Option<Vec<f32>>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let x = x.unsqueeze(0)?;
+    let (n, c, h, w) = dims(&x, size)?;
+    if (size.0, size.1) == (h, w) {
+        return Ok(Some(x.flatten_all()?.to_vec1::<f32>()?));
+    }
+    Ok(Some(resize_cpu(&x, (n, c, h, w), size)?))
 }
 
 /// The interpolation matrix (`output x input`) of one dimension.

@@ -398,13 +398,20 @@ fn pack_b(
     pack_b_impl::<false>(xg, g, spans, k0, kc, np, buf, ps)
 }
 
-/// Convolution of contiguous NCHW `x` with contiguous `O x C/groups x kh x kw` `w`, the
-/// weights of output channel `o` multiplied by `scale[o]` as they are packed when given.
-#[allow(clippy::too_many_arguments)]
+/// Contiguous `O x C/groups x kh x kw` `w` packed per group for [`conv_im2col`], the weights of
+/// output channel `o` multiplied by `scale[o]` when given.
+pub(super) fn pack_weights(w: &[f32], scale: Option<&[f64]>, g: &Geometry) -> Vec<PackedA> {
+    let (cg, og) = (g.c / g.groups, g.o / g.groups);
+    let k = cg * g.kh * g.kw;
+    (0..g.groups)
+        .map(|gi| PackedA::new_scaled(&w[gi * og * k..], og, k, scale.map(|s| &s[gi * og..])))
+        .collect()
+}
+
+/// Convolution of contiguous NCHW `x` with the weights `packed` by [`pack_weights`].
 pub(super) fn conv_im2col(
     x: &[f32],
-    w: &[f32],
-    scale: Option<&[f64]>,
+    packed: &[PackedA],
     bias: Option<&[f32]>,
     g: &Geometry,
     act: Activation,
@@ -414,9 +421,6 @@ pub(super) fn conv_im2col(
     let k = cg * g.kh * g.kw;
     let (hw, p_out) = (g.h * g.w, g.ho * g.wo);
     let threads = rayon::current_num_threads().max(1);
-    let packed: Vec<PackedA> = (0..g.groups)
-        .map(|gi| PackedA::new_scaled(&w[gi * og * k..], og, k, scale.map(|s| &s[gi * og..])))
-        .collect();
 
     // Enough tasks to balance the threads (a busy machine delays some), each as large as
     // possible.

@@ -341,9 +341,9 @@ fn run_kernel(
     } else if !simd.avx2() {
         gemm_conv::conv_gemm(x, w, bias, g, act)
     } else if winograd::applies(g) {
-        winograd::conv_winograd(x, w, scale, bias, g, act, simd)
+        winograd::conv_winograd(x, &winograd::pack_weights(w, scale, g), bias, g, act, simd)
     } else {
-        im2col::conv_im2col(x, w, scale, bias, g, act, simd)
+        im2col::conv_im2col(x, &im2col::pack_weights(w, scale, g), bias, g, act, simd)
     }
 }
 

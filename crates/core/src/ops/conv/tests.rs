@@ -139,7 +139,7 @@ fn im2col_matches_naive() {
             geometry(1, 40, 17, 5, 20, 3, 1, 1, 1, 1),
         ] {
             check(&g, |x, w, b, g, a| {
-                im2col::conv_im2col(x, w, None, b, g, a, simd)
+                im2col::conv_im2col(x, &im2col::pack_weights(w, None, g), b, g, a, simd)
             });
         }
     }
@@ -156,7 +156,7 @@ fn winograd_matches_naive() {
     ] {
         assert!(winograd::applies(&g), "{g:?}");
         check_simds(&g, &simds(), |x, w, b, g, a, simd| {
-            winograd::conv_winograd(x, w, None, b, g, a, simd)
+            winograd::conv_winograd(x, &winograd::pack_weights(w, None, g), b, g, a, simd)
         });
     }
 }

@@ -321,24 +321,11 @@ unsafe fn output_transform_avx2(
     unsafe { output_transform_impl(mbuf, mlen, ldm, maps, o0, o1, bias, act, out, plane) }
 }
 
-/// Winograd convolution of contiguous NCHW `x` with contiguous `O x C x 3 x 3` `w`, the
-/// weights of output channel `o` multiplied by `scale[o]` when given (in the transform).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn conv_winograd(
-    x: &[f32],
-    w: &[f32],
-    scale: Option<&[f64]>,
-    bias: Option<&[f32]>,
-    g: &Geometry,
-    act: Activation,
-    simd: Simd,
-) -> Vec<f32> {
+/// The 16 transformed weight matrices `U_xi = (G g G^T)_xi` of contiguous `O x C x 3 x 3` `w`,
+/// packed for the GEMM, the weights of output channel `o` multiplied by `scale[o]` when given.
+pub(super) fn pack_weights(w: &[f32], scale: Option<&[f64]>, g: &Geometry) -> [PackedA; 16] {
     let (c, o) = (g.c, g.o);
-    let (hw, plane) = (g.h * g.w, g.ho * g.wo);
-    let bh = bases(g.ho, g.dilation);
-    let bw = bases(g.wo, g.dilation);
-    let tiles = bh.len() * bw.len();
-    let u = PackedA::new_multi_rows::<16>(o, c, |oi, ci0, out| {
+    PackedA::new_multi_rows::<16>(o, c, |oi, ci0, out| {
         let taps = w[(oi * c + ci0) * 9..][..out.len() * 9].chunks_exact(9);
         match scale {
             // The taps as a folded copy would hold them, then the transform.
@@ -355,7 +342,24 @@ pub(super) fn conv_winograd(
                 }
             }
         }
-    });
+    })
+}
+
+/// Winograd convolution of contiguous NCHW `x` with the weights `u` packed by
+/// [`pack_weights`].
+pub(super) fn conv_winograd(
+    x: &[f32],
+    u: &[PackedA; 16],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    act: Activation,
+    simd: Simd,
+) -> Vec<f32> {
+    let (c, o) = (g.c, g.o);
+    let (hw, plane) = (g.h * g.w, g.ho * g.wo);
+    let bh = bases(g.ho, g.dilation);
+    let bw = bases(g.wo, g.dilation);
+    let tiles = bh.len() * bw.len();
 
     let threads = rayon::current_num_threads().max(1);
     // Each task streams all of U (16 O x C matrices) once, so big layers want many tiles per
