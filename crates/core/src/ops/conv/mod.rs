@@ -38,6 +38,8 @@ mod im2col;
 mod kernel;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod wgrad_direct;
 mod winograd;
 mod winograd_grad;
 

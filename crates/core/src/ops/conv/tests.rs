@@ -250,3 +250,38 @@ fn winograd_weight_grad_matches_im2col() {
         compare_tol(&g, &got, &want, 1e-5);
     }
 }
+
+/// The direct (padded-plane) weight gradient against the im2col GEMMs: 3x3 and 7x7, padding
+/// (none, with a 4 KiB plane), dilation, channel counts that fill no whole micro-panel, a
+/// single micro-panel, taps that fill no whole task; 1x1, stride 2 and tiny maps are left to
+/// im2col. Runs where the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn direct_weight_grad_matches_im2col() {
+    use super::wgrad_direct;
+    let avx512 = Simd::detect().avx512();
+    for g in [
+        geometry(2, 16, 35, 37, 16, 3, 1, 1, 1, 1),
+        geometry(4, 5, 19, 18, 7, 3, 1, 0, 1, 1),
+        geometry(1, 3, 40, 41, 33, 7, 1, 3, 1, 1),
+        geometry(2, 64, 24, 24, 40, 1, 1, 0, 1, 1),
+        geometry(2, 9, 32, 32, 20, 3, 1, 0, 1, 1),
+        geometry(2, 24, 33, 29, 40, 3, 1, 4, 4, 1),
+        geometry(1, 200, 90, 90, 17, 3, 1, 1, 1, 1),
+        geometry(2, 8, 31, 30, 70, 3, 1, 2, 2, 1),
+        geometry(1, 6, 20, 20, 8, 3, 2, 1, 1, 1),
+        geometry(1, 8, 6, 6, 8, 3, 1, 1, 1, 1),
+    ] {
+        let big = g.n * g.ho * (g.w + 2 * g.padding) >= 1024;
+        let direct = avx512 && g.stride == 1 && g.kh > 1 && big;
+        assert_eq!(wgrad_direct::applies(&g, avx512), direct, "{g:?}");
+        if !wgrad_direct::applies(&g, avx512) {
+            continue;
+        }
+        let x = values(g.n * g.c * g.h * g.w, 4);
+        let dy = values(g.n * g.o * g.ho * g.wo, 5);
+        let want = grad::weight_grad_im2col(&x, &dy, &g);
+        let got = wgrad_direct::weight_grad_direct(&x, &dy, &g);
+        compare_tol(&g, &got, &want, 1e-5);
+    }
+}

@@ -1,0 +1,268 @@
+//! The weight gradient of a stride-1 convolution as an implicit GEMM over zero-padded planes,
+//! with no im2col matrix and no packed copy of the input.
+//!
+//! With the input padded to `Hp x Wp` (`Hp = H + 2p`, `Wp = W + 2p`) and the output gradient
+//! laid out on the same row pitch (`dY` row `y` at `y * Wp`, zero in columns `x >= Wo`), the
+//! receptive field of tap `(c, i, j)` over every output pixel is one contiguous run of the padded
+//! plane `c`, starting at `i d Wp + j d`:
+//!
+//! `dW[o, c, i, j] = sum_n sum_q dYp[n, o, q] * Xp[n, c, q + i d Wp + j d]`, `q < Ho Wp`.
+//!
+//! So the GEMM `dW^T (taps x O) = X (taps x Q) dYp^T (Q x O)` reads its broadcast operand (six
+//! taps per tile) straight from six shifted pointers into the padded input, and only `dYp^T`
+//! is packed (into `NR`-channel micro-panels, the kernel's vector operand; the output gradient is
+//! the small operand). Tasks own blocks of taps and run over every image and pixel block in a
+//! fixed order, so the sum is deterministic and needs no per-image buffers. AVX-512F only; the
+//! caller keeps the im2col path elsewhere.
+
+use rayon::prelude::*;
+
+use super::kernel::{OutPtr, MR, NR};
+use super::Geometry;
+
+/// Depth (padded pixels) of one block: its `NR`-channel panels of `dYp^T` stay in L1 / L2.
+const QC: usize = 256;
+/// Most taps (rows of `dW^T`) per task, a multiple of [`MR`].
+const TAPS_PER_TASK: usize = 16 * MR;
+/// Largest buffer copied on one thread.
+const SERIAL_MAX: usize = 1 << 17;
+/// Fewest padded output pixels (over the batch) worth the padded copies; below, the im2col
+/// path is faster.
+const MIN_PIXELS: usize = 1024;
+
+/// Whether [`weight_grad_direct`] handles `g` on this CPU: a kernel larger than 1x1 (1x1
+/// convolutions are plain GEMMs, which the im2col path runs as fast), stride 1, one group,
+/// AVX-512F, enough pixels.
+pub(super) fn applies(g: &Geometry, avx512: bool) -> bool {
+    avx512
+        && g.kh * g.kw > 1
+        && g.stride == 1
+        && g.groups == 1
+        && g.o > 0
+        && g.c > 0
+        && g.n * g.ho * (g.w + 2 * g.padding) >= MIN_PIXELS
+}
+
+/// `dL/dw` (`O x C x kh x kw`, row-major) of a stride-1, one-group convolution from contiguous
+/// `x` and `dy` (see the module docs).
+///
+/// # Panics
+/// Never for a geometry [`applies`] accepts on a CPU with AVX-512F (checked by the caller).
+pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+    let taps = g.kh * g.kw;
+    let k = g.c * taps;
+    let q = g.ho * wp;
+    // The farthest a tap's run reaches past its plane: (kw - 1) d - 1 elements; the padded
+    // buffer carries that many zeros after the last plane.
+    let tail = (g.kw - 1) * g.dilation;
+    // A plane pitch that is no multiple of 4 KiB, so that the six tap rows of a tile (often in
+    // six planes) do not share L1 sets.
+    let plane = hp * wp
+        + if (hp * wp).is_multiple_of(1024) {
+            NR
+        } else {
+            0
+        };
+    let mut xp = vec![0f32; g.n * g.c * plane + tail];
+    par_planes(&mut xp[..g.n * g.c * plane], plane, |i, dst| {
+        let src = &x[i * g.h * g.w..][..g.h * g.w];
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            dst[(y + g.padding) * wp + g.padding..][..g.w].copy_from_slice(row);
+        }
+    });
+    // dYp^T per image, packed: panel jr of image n at (n * panels + jr) * ps, element
+    // (q, lane) at q * NR + lane (zero for columns x >= Wo and channels past O).
+    let panels = g.o.div_ceil(NR);
+    // One row more than a panel holds: the two panels of a pair never share L1 sets.
+    let ps = (q + 1) * NR;
+    let mut bt = vec![0f32; g.n * panels * ps];
+    par_planes(&mut bt, ps, |idx, panel| {
+        let (n, jr) = (idx / panels, idx % panels);
+        let lanes = NR.min(g.o - jr * NR);
+        let planes = &dy[(n * g.o + jr * NR) * g.ho * g.wo..][..lanes * g.ho * g.wo];
+        for y in 0..g.ho {
+            let rows: [&[f32]; NR] = std::array::from_fn(|l| {
+                let l = l.min(lanes - 1);
+                &planes[(l * g.ho + y) * g.wo..][..g.wo]
+            });
+            for (xx, dst) in panel[y * wp * NR..][..g.wo * NR]
+                .chunks_exact_mut(NR)
+                .enumerate()
+            {
+                for (l, d) in dst.iter_mut().enumerate().take(lanes) {
+                    *d = rows[l][xx];
+                }
+            }
+        }
+    });
+    let offsets: Vec<usize> = (0..k)
+        .map(|t| {
+            let (c, ij) = (t / taps, t % taps);
+            let (i, j) = (ij / g.kw, ij % g.kw);
+            c * plane + i * g.dilation * wp + j * g.dilation
+        })
+        .collect();
+    // Tasks: blocks of taps (a multiple of MR) times blocks of channel panels, small enough
+    // that every thread gets a few, each writing its own rectangle of dW^T.
+    let threads = rayon::current_num_threads().max(1);
+    let mut tb = TAPS_PER_TASK;
+    while tb > MR && k.div_ceil(tb) * panels.div_ceil(2) < 4 * threads {
+        tb -= MR;
+    }
+    let pb = if k.div_ceil(tb) >= 4 * threads {
+        panels
+    } else {
+        2.min(panels)
+    };
+    let (tblocks, pblocks) = (k.div_ceil(tb), panels.div_ceil(pb));
+    let mut dwt: Vec<f32> = Vec::with_capacity(k * g.o);
+    let cptr = OutPtr(dwt.as_mut_ptr());
+    (0..tblocks * pblocks).into_par_iter().for_each(|task| {
+        let (t0, j0) = ((task / pblocks) * tb, (task % pblocks) * pb);
+        let (nt, j1) = (tb.min(k - t0), (j0 + pb).min(panels));
+        for n in 0..g.n {
+            let xn = &xp[n * g.c * plane..];
+            let bn = &bt[n * panels * ps..][..panels * ps];
+            for q0 in (0..q).step_by(QC) {
+                let qc = QC.min(q - q0);
+                let acc = n > 0 || q0 > 0;
+                // BLIS order: each pair of dYp^T panels (qc x 2 NR) stays in L1 while every
+                // tap tile of the block streams past it from L2.
+                let mut jr = j0;
+                while jr < j1 {
+                    let pair = jr + 1 < j1 && g.o >= (jr + 2) * NR;
+                    let cols = NR.min(g.o - jr * NR);
+                    let b = bn[jr * ps + q0 * NR..].as_ptr();
+                    for r0 in (0..nt).step_by(MR) {
+                        let rows = MR.min(nt - r0);
+                        let a: [*const f32; MR] = std::array::from_fn(|r| {
+                            let t = t0 + r0 + r.min(rows - 1);
+                            xn[offsets[t] + q0..][..qc].as_ptr()
+                        });
+                        // SAFETY: the six rows hold qc elements each (sliced above); the
+                        // panels hold q * NR elements, from q0 on at least qc * NR (two panels
+                        // `ps` apart for a pair); the C tile (rows t0 + r0.. of dW^T, columns
+                        // jr * NR.., row stride O) lies in this task's rectangle, which no
+                        // other task touches.
+                        unsafe {
+                            let c = cptr.get().add((t0 + r0) * g.o + jr * NR);
+                            x86::tile(qc, a, b, ps, c, g.o, acc, rows, cols, pair);
+                        }
+                    }
+                    jr += if pair { 2 } else { 1 };
+                }
+            }
+        }
+    });
+    // SAFETY: the tasks' rectangles cover dW^T, and each stored all of its elements on its
+    // first pixel block.
+    unsafe { dwt.set_len(k * g.o) };
+    let mut dw = vec![0f32; g.o * k];
+    par_planes(&mut dw, k, |o, row| {
+        for (t, v) in row.iter_mut().enumerate() {
+            *v = dwt[t * g.o + o];
+        }
+    });
+    dw
+}
+
+/// `f(i, chunk)` for each `len`-element chunk of `buf`: on the pool when `buf` is large, on the
+/// calling thread otherwise (waking the pool costs more than copying a small buffer).
+fn par_planes(buf: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if buf.len() >= SERIAL_MAX {
+        buf.par_chunks_mut(len.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        buf.chunks_mut(len.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// One `rows x (2 NR)` (`pair`) or `rows x cols` tile of `C (+)= A B`: row `r` of `A` read
+    /// from `a[r]` (`kc` elements), `B` as one or two packed micro-panels (`ps` apart).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; each `a[r]` holds `kc` elements; `b` holds `kc * NR` elements (and
+    /// the second panel at `b + ps` as many for a pair); `c` is valid for the tile, row stride
+    /// `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        kc: usize,
+        a: [*const f32; MR],
+        b: *const f32,
+        ps: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+        rows: usize,
+        cols: usize,
+        pair: bool,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            if pair {
+                tile512::<2>(kc, a, b, ps, c, ldc, acc, rows, NR)
+            } else {
+                tile512::<1>(kc, a, b, ps, c, ldc, acc, rows, cols)
+            }
+        }
+    }
+
+    /// See [`tile`]; `P` panels.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile512<const P: usize>(
+        kc: usize,
+        a: [*const f32; MR],
+        b: *const f32,
+        ps: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut t = [[_mm512_setzero_ps(); P]; MR];
+        for kk in 0..kc {
+            // SAFETY: kk < kc: inside each row of A and each panel of B (caller).
+            unsafe {
+                let bv: [__m512; P] =
+                    std::array::from_fn(|p| _mm512_loadu_ps(b.add(p * ps + kk * NR)));
+                for (r, tr) in t.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a[r].add(kk));
+                    for (s, &bp) in tr.iter_mut().zip(&bv) {
+                        *s = _mm512_fmadd_ps(av, bp, *s);
+                    }
+                }
+            }
+        }
+        let mask: __mmask16 = if P == 1 && cols < NR {
+            ((1u32 << cols) - 1) as __mmask16
+        } else {
+            0xffff
+        };
+        for (r, tr) in t.iter().enumerate().take(rows) {
+            for (p, &v) in tr.iter().enumerate() {
+                // SAFETY: the (masked) row segment is inside C (caller).
+                unsafe {
+                    let dst = c.add(r * ldc + p * NR);
+                    let v = if acc {
+                        _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst))
+                    } else {
+                        v
+                    };
+                    _mm512_mask_storeu_ps(dst, mask, v);
+                }
+            }
+        }
+    }
+}
