@@ -207,24 +207,51 @@ impl BnOp {
     }
 }
 
+/// Independent partial sums per reduction (two 512-bit registers of f64),
+/// so that the loops vectorise; the lanes are added in order at the end.
+const LANES: usize = 16;
+
+/// `sum p` and `sum (p - mu)^2` in f64 (see [`LANES`]).
 fn sum_f64(p: &[f32]) -> f64 {
-    // Blocks of f32 partial sums (exact enough, vectorisable), accumulated in f64.
-    p.chunks(64)
-        .map(|b| b.iter().map(|&v| v as f64).sum::<f64>())
-        .sum()
+    lanes_sum(p, |v| v as f64)
 }
 
 fn sq_dev_f64(p: &[f32], mu: f64) -> f64 {
-    p.chunks(64)
-        .map(|b| {
-            b.iter()
-                .map(|&v| {
-                    let d = v as f64 - mu;
-                    d * d
-                })
-                .sum::<f64>()
-        })
-        .sum()
+    lanes_sum(p, |v| {
+        let d = v as f64 - mu;
+        d * d
+    })
+}
+
+/// `sum f(v)` over `p` in [`LANES`] independent f64 accumulators, under AVX2 where the CPU has
+/// it (the same operations in the same order either way, so the result does not depend on it).
+#[inline(always)]
+fn lanes_sum(p: &[f32], f: impl Fn(f32) -> f64 + Copy) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 was detected on this CPU.
+        return unsafe { lanes_sum_avx2(p, f) };
+    }
+    lanes_sum_impl(p, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_sum_avx2(p: &[f32], f: impl Fn(f32) -> f64 + Copy) -> f64 {
+    lanes_sum_impl(p, f)
+}
+
+#[inline(always)]
+fn lanes_sum_impl(p: &[f32], f: impl Fn(f32) -> f64 + Copy) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut blocks = p.chunks_exact(LANES);
+    for b in &mut blocks {
+        for (a, &v) in acc.iter_mut().zip(b) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = blocks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 impl CustomOp3 for BnOp {
@@ -418,21 +445,55 @@ impl BnOp {
 }
 
 impl BnOp {
-    /// `(sum g, sum g x_hat)` over one plane, `g` masked by the ReLU.
+    /// `(sum g, sum g x_hat)` over one plane, `g` masked by the ReLU, in f64 lanes (see
+    /// [`LANES`]).
     fn channel_sums(&self, x: &[f32], g: &[f32], y: &[f32], mu: f32, is: f32) -> (f64, f64) {
-        let (mut sg, mut sgx) = (0f64, 0f64);
-        for ((xb, gb), yb) in x.chunks(64).zip(g.chunks(64)).zip(y.chunks(64)) {
-            let (mut a, mut b) = (0f32, 0f32);
-            for ((&xv, &gv), &yv) in xb.iter().zip(gb).zip(yb) {
-                let gv = if self.relu && yv <= 0.0 { 0.0 } else { gv };
-                a += gv;
-                b += gv * (xv - mu) * is;
-            }
-            sg += a as f64;
-            sgx += b as f64;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2 was detected on this CPU.
+            return unsafe { channel_sums_avx2(x, g, y, mu, is, self.relu) };
         }
-        (sg, sgx)
+        channel_sums_impl(x, g, y, mu, is, self.relu)
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn channel_sums_avx2(
+    x: &[f32],
+    g: &[f32],
+    y: &[f32],
+    mu: f32,
+    is: f32,
+    relu: bool,
+) -> (f64, f64) {
+    channel_sums_impl(x, g, y, mu, is, relu)
+}
+
+#[inline(always)]
+fn channel_sums_impl(x: &[f32], g: &[f32], y: &[f32], mu: f32, is: f32, relu: bool) -> (f64, f64) {
+    let term = |xv: f32, gv: f32, yv: f32| {
+        let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
+        (gv as f64, (gv * (xv - mu) * is) as f64)
+    };
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let n = x.len().min(g.len()).min(y.len());
+    let full = n / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        let (xb, gb, yb) = (&x[i..i + LANES], &g[i..i + LANES], &y[i..i + LANES]);
+        for l in 0..LANES {
+            let (p, q) = term(xb[l], gb[l], yb[l]);
+            a[l] += p;
+            b[l] += q;
+        }
+    }
+    let (mut ta, mut tb) = (0f64, 0f64);
+    for i in full..n {
+        let (p, q) = term(x[i], g[i], y[i]);
+        ta += p;
+        tb += q;
+    }
+    (a.iter().sum::<f64>() + ta, b.iter().sum::<f64>() + tb)
 }
 
 /// One plane of the forward pass: `act(x s + t (+ r))`. The loops are vectorised under AVX2
