@@ -12,7 +12,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::{self, Activation, Conv2dParams};
@@ -21,10 +21,12 @@ use crate::{Error, Result};
 mod affine;
 mod batch_norm;
 mod conv_init;
+mod layer_norm;
 mod mlp;
 mod residual;
 pub use batch_norm::BatchNormAct;
 pub use conv_init::ConvInit;
+pub use layer_norm::{sine_position_embedding, LayerNorm, LayerNorm2d};
 pub use mlp::{Mlp, MlpKeys};
 
 /// Normalisation after a convolution.
@@ -192,7 +194,12 @@ enum NormLayer {
         var: Tensor,
         eps: f64,
     },
-    Group(candle_nn::GroupNorm),
+    Group {
+        weight: Tensor,
+        bias: Tensor,
+        groups: usize,
+        eps: f64,
+    },
 }
 
 /// Convolution, optional normalisation and optional activation: mmcv's `ConvModule`.
@@ -296,11 +303,18 @@ impl ConvNormAct {
                 })
             }
             Some(Norm::GroupNorm { groups, eps }) => {
-                let weight = nget("weight")?;
-                let bias = nget("bias")?;
-                Some(NormLayer::Group(candle_nn::GroupNorm::new(
-                    weight, bias, c, groups, eps,
-                )?))
+                let (weight, bias) = (nget("weight")?, nget("bias")?);
+                for t in [&weight, &bias] {
+                    if t.dims() != [c] {
+                        return Err(Error::shape("ConvModule gn", &[c], t.dims()));
+                    }
+                }
+                Some(NormLayer::Group {
+                    weight,
+                    bias,
+                    groups,
+                    eps,
+                })
             }
         };
         Ok(Self {
@@ -412,9 +426,17 @@ impl ConvNormAct {
             (Some(NormLayer::Batch { bn, .. }), true) => {
                 ops::conv_bn_train(x, &self.weight, self.bias.as_ref(), bn, p, act)
             }
-            (Some(NormLayer::Group(gn)), _) => {
+            (
+                Some(NormLayer::Group {
+                    weight,
+                    bias,
+                    groups,
+                    eps,
+                }),
+                _,
+            ) => {
                 let y = ops::conv2d(x, &self.weight, self.bias.as_ref(), p, Activation::None)?;
-                ops::activate(&gn.forward(&y)?, act)
+                ops::group_norm(&y, *groups, weight, bias, *eps, act)
             }
         }
     }
@@ -455,145 +477,5 @@ impl DepthwiseSeparableConvModule {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.depthwise.forward_t(x, train)?;
         self.pointwise.forward_t(&y, train)
-    }
-}
-
-/// LayerNorm over the channel dimension of an NCHW map (as in ConvNeXt / Mask2Former).
-///
-/// # Shapes
-/// `N x C x H x W` -> same.
-#[derive(Debug)]
-pub struct LayerNorm2d {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm2d {
-    /// Loads `weight` and `bias` of length `channels` (initially 1 and 0).
-    pub fn new(channels: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(channels, "weight", crate::init::ONE)?,
-            bias: vb.get_with_hints(channels, "bias", crate::init::ZERO)?,
-            eps,
-        })
-    }
-
-    /// Normalises each pixel's channel vector.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.weight.elem_count();
-        let mean = x.mean_keepdim(1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let y = y.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
-    }
-}
-
-/// HF's `OneFormerSinePositionEmbedding` (normalize = true, scale 2 pi, temperature 10000)
-/// for an unmasked `h x w` map, flattened: `(h w) x (2 feats)`, y features first, each half
-/// interleaving sin (even) and cos (odd). Computed in f32 as PyTorch does.
-///
-/// Used by the deformable-attention pixel decoder and OneFormer's transformer decoder.
-pub fn sine_position_embedding(
-    h: usize,
-    w: usize,
-    feats: usize,
-    dev: &Device,
-) -> candle_core::Result<Tensor> {
-    let scale = (2.0 * std::f64::consts::PI) as f32;
-    let eps = 1e-6f32;
-    let dim_t: Vec<f32> = (0..feats)
-        .map(|k| {
-            let e = (2 * (k / 2)) as f32 / feats as f32;
-            10000f32.powf(e)
-        })
-        .collect();
-    let ye: Vec<f32> = (1..=h)
-        .map(|i| i as f32 / (h as f32 + eps) * scale)
-        .collect();
-    let xe: Vec<f32> = (1..=w)
-        .map(|j| j as f32 / (w as f32 + eps) * scale)
-        .collect();
-    let enc = |v: f32, k: usize| {
-        let a = v / dim_t[k];
-        if k.is_multiple_of(2) {
-            a.sin()
-        } else {
-            a.cos()
-        }
-    };
-    let mut out = Vec::with_capacity(h * w * 2 * feats);
-    for &y in &ye {
-        for &x in &xe {
-            out.extend((0..feats).map(|k| enc(y, k)));
-            out.extend((0..feats).map(|k| enc(x, k)));
-        }
-    }
-    Tensor::from_vec(out, (h * w, 2 * feats), dev)
-}
-
-/// `torch.nn.LayerNorm` over the last dimension (`weight`, `bias`), computed in two passes.
-///
-/// candle's fused `layer_norm` takes the variance as `E[x^2] - E[x]^2` in f32, which loses
-/// every significant digit when the mean is large against the spread (OneFormer's task token
-/// is a linear map of raw token ids, with values around 1e4). This kernel takes the mean and
-/// then the mean squared deviation, in f32 as PyTorch does, one row per rayon task. When the input or the
-/// weights record gradients (`Tensor::track_op`), or off the CPU, or for other dtypes, it runs
-/// as composed (differentiable) tensor ops with the same two-pass formula.
-///
-/// # Shapes
-/// `... x d` -> `... x d`.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    /// Loads `weight` and `bias` of length `size` (initially 1 and 0).
-    pub fn new(size: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(size, "weight", crate::init::ONE)?,
-            bias: vb.get_with_hints(size, "bias", crate::init::ZERO)?,
-            eps,
-        })
-    }
-
-    /// Normalises the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let d = self.weight.elem_count();
-        if x.dim(candle_core::D::Minus1)? != d {
-            return Err(Error::shape("LayerNorm input (last dim)", &[d], x.dims()));
-        }
-        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
-        if !tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return self.forward_cpu(x);
-        }
-        if tracked {
-            // One differentiable op on CPU f32 (the graph keeps input and output only).
-            if let Some(y) =
-                crate::ops::layer_norm_train(x, &self.weight, &self.bias, self.eps as f32)?
-            {
-                return Ok(y);
-            }
-        }
-        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight.to_dtype(x.dtype())?)?
-            .broadcast_add(&self.bias.to_dtype(x.dtype())?)?)
-    }
-
-    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let b = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let eps = self.eps as f32;
-        let out =
-            crate::ops::with_cpu_f32(x, |xv| Ok(crate::ops::layer_norm_rows(xv, &w, &b, eps)))?;
-        Ok(Tensor::from_vec(out, x.dims(), x.device())?)
     }
 }

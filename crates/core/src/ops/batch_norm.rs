@@ -226,7 +226,7 @@ fn sq_dev_f64(p: &[f32], mu: f64) -> f64 {
 /// `sum f(v)` over `p` in [`LANES`] independent f64 accumulators, under AVX2 where the CPU has
 /// it (the same operations in the same order either way, so the result does not depend on it).
 #[inline(always)]
-fn lanes_sum(p: &[f32], f: impl Fn(f32) -> f64 + Copy) -> f64 {
+pub(super) fn lanes_sum(p: &[f32], f: impl Fn(f32) -> f64 + Copy) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 was detected on this CPU.

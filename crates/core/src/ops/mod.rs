@@ -17,6 +17,7 @@ pub use pool2d::{avg_pool2d, max_pool2d, pool_output_len};
 mod boxes;
 pub mod detection;
 mod grid_sample;
+mod group_norm;
 mod pool;
 mod resize;
 mod resize_op;
@@ -25,6 +26,7 @@ mod roi_align;
 
 pub use boxes::{batched_nms, box_area, box_iou, default_bbox_xform_clip, nms, BoxCoder};
 pub use grid_sample::{grid_sample, GridSampleMode, GridSamplePadding};
+pub use group_norm::group_norm;
 pub use pool::adaptive_avg_pool2d;
 pub use resize::{resize_bilinear, resize_nearest};
 pub use resize_op::resize_bilinear_cat;

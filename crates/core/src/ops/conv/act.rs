@@ -194,7 +194,7 @@ impl Simd {
 }
 
 /// `row = act(row + b)` in place, on the calling thread.
-pub(super) fn bias_act(row: &mut [f32], b: f32, act: Activation) {
+pub(crate) fn bias_act(row: &mut [f32], b: f32, act: Activation) {
     if act == Activation::None && b == 0.0 {
         return;
     }

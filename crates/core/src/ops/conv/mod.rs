@@ -48,6 +48,7 @@ mod winograd_grad;
 use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::{Error, Result};
+pub(crate) use act::bias_act;
 pub use act::cpu_has_avx512f;
 use act::Simd;
 pub use bn::conv_bn_train;
