@@ -198,12 +198,19 @@ pub(super) fn weight_grad_im2col(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
     let k = cg * g.kh * g.kw;
     let (hw, p_out) = (g.h * g.w, g.ho * g.wo);
     let wlen = g.o * k;
-    let rows = (COL_BUDGET / (k * g.wo).max(1)).clamp(1, g.ho.max(1));
+    // A 1x1, stride-1, unpadded convolution's im2col matrix is its input: no copy, one GEMM
+    // per image.
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+    let rows = if pointwise {
+        g.ho.max(1)
+    } else {
+        (COL_BUDGET / (k * g.wo).max(1)).clamp(1, g.ho.max(1))
+    };
     let per_image: Vec<Vec<f32>> = (0..g.n)
         .into_par_iter()
         .map(|n| {
             let mut dw = vec![0f32; wlen];
-            let mut col = vec![0f32; k * rows * g.wo];
+            let mut col = vec![0f32; if pointwise { 0 } else { k * rows * g.wo }];
             for gi in 0..g.groups {
                 let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
                 let dyg = &dy[(n * g.o + gi * og) * p_out..][..og * p_out];
@@ -211,10 +218,17 @@ pub(super) fn weight_grad_im2col(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                 for r0 in (0..g.ho).step_by(rows) {
                     let r1 = (r0 + rows).min(g.ho);
                     let pt = (r1 - r0) * g.wo;
-                    im2col(xg, &mut col[..k * pt], r0, r1, g);
+                    // rhs = col^T (pt x k): element (l, kk) at col[kk * pt + l], or for a
+                    // pointwise conv at xg[kk * hw + r0 * wo + l].
+                    let (rhs, rhs_cs) = if pointwise {
+                        (&xg[r0 * g.wo..], hw)
+                    } else {
+                        im2col(xg, &mut col[..k * pt], r0, r1, g);
+                        (&col[..], pt)
+                    };
                     // SAFETY: dwg is og x k row-major; lhs is the og x pt block of dyg starting
-                    // at column r0 * wo (rows p_out apart); rhs is col^T, pt x k with element
-                    // (l, kk) at col[kk * pt + l]; every index lies inside its slice.
+                    // at column r0 * wo (rows p_out apart); rhs is pt x k with element (l, kk)
+                    // at rhs[kk * rhs_cs + l]; every index lies inside its slice.
                     unsafe {
                         gemm::gemm(
                             og,
@@ -227,8 +241,8 @@ pub(super) fn weight_grad_im2col(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                             dyg[r0 * g.wo..].as_ptr(),
                             1,
                             p_out as isize,
-                            col.as_ptr(),
-                            pt as isize,
+                            rhs.as_ptr(),
+                            rhs_cs as isize,
                             1,
                             1.0,
                             1.0,
