@@ -237,32 +237,10 @@ pub(super) unsafe fn gemm_block(
     ldc: usize,
     simd: Simd,
 ) {
-    // SAFETY: forwarded.
-    unsafe { gemm_block_acc(a, o0, o1, k0, b, ps, np, c, ldc, simd, k0 != 0) }
-}
-
-/// [`gemm_block`] that accumulates into `C` exactly when `acc` is set (a product whose depth
-/// spans several packed `A`s, as the weight gradient's pixel chunks).
-///
-/// # Safety
-/// As [`gemm_block`].
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm_block_acc(
-    a: &PackedA,
-    o0: usize,
-    o1: usize,
-    k0: usize,
-    b: &[f32],
-    ps: usize,
-    np: usize,
-    c: *mut f32,
-    ldc: usize,
-    simd: Simd,
-    acc: bool,
-) {
     let avx2 = simd.avx2();
     let kc = block_depth(a.k).min(a.k - k0);
     debug_assert!(o0.is_multiple_of(MR) && o1 <= a.m && ps >= kc * NR);
+    let acc = k0 != 0;
     #[cfg(target_arch = "x86_64")]
     if simd.avx512() {
         // SAFETY: forwarded from the caller; the CPU has AVX-512F (`simd`).
@@ -331,7 +309,7 @@ unsafe fn ukernel(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{PackedA, MC, MR, NR};
@@ -460,6 +438,24 @@ mod x86 {
                 }
             }
         }
+        // SAFETY: forwarded (the tile lies inside C).
+        unsafe { store_rows512(&t, c, ldc, acc, cols) }
+    }
+
+    /// Stores (or with `acc` adds) the accumulators `t` as rows of `C` (row stride `ldc`): `P`
+    /// panels of `NR` columns each, only the first `cols` columns when `P = 1`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `c` is valid for `t.len()` rows of the (masked) tile.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in super::super) unsafe fn store_rows512<const P: usize>(
+        t: &[[__m512; P]],
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+        cols: usize,
+    ) {
         let mask: __mmask16 = if P == 1 && cols < NR {
             ((1u32 << cols) - 1) as __mmask16
         } else {

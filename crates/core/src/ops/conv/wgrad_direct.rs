@@ -147,7 +147,11 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                         // other task touches.
                         unsafe {
                             let c = cptr.get().add((t0 + r0) * g.o + jr * NR);
-                            x86::tile(qc, a, b, ps, c, g.o, acc, rows, cols, pair);
+                            if pair {
+                                x86::tile512::<2>(qc, a, b, ps, c, g.o, acc, rows, NR);
+                            } else {
+                                x86::tile512::<1>(qc, a, b, ps, c, g.o, acc, rows, cols);
+                            }
                         }
                     }
                     jr += if pair { 2 } else { 1 };
@@ -187,40 +191,16 @@ mod x86 {
 
     use super::{MR, NR};
 
-    /// One `rows x (2 NR)` (`pair`) or `rows x cols` tile of `C (+)= A B`: row `r` of `A` read
-    /// from `a[r]` (`kc` elements), `B` as one or two packed micro-panels (`ps` apart).
+    /// One `rows x (P NR)` tile of `C (+)= A B` (only the first `cols` columns when `P = 1`):
+    /// row `r` of `A` read from `a[r]` (`kc` elements), `B` as `P` packed micro-panels (`ps`
+    /// apart).
     ///
     /// # Safety
-    /// The CPU has AVX-512F; each `a[r]` holds `kc` elements; `b` holds `kc * NR` elements (and
-    /// the second panel at `b + ps` as many for a pair); `c` is valid for the tile, row stride
-    /// `ldc`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile(
-        kc: usize,
-        a: [*const f32; MR],
-        b: *const f32,
-        ps: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        rows: usize,
-        cols: usize,
-        pair: bool,
-    ) {
-        // SAFETY: forwarded.
-        unsafe {
-            if pair {
-                tile512::<2>(kc, a, b, ps, c, ldc, acc, rows, NR)
-            } else {
-                tile512::<1>(kc, a, b, ps, c, ldc, acc, rows, cols)
-            }
-        }
-    }
-
-    /// See [`tile`]; `P` panels.
+    /// The CPU has AVX-512F; each `a[r]` holds `kc` elements; each panel `kc * NR`; `c` is
+    /// valid for the tile, row stride `ldc`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile512<const P: usize>(
+    pub(super) unsafe fn tile512<const P: usize>(
         kc: usize,
         a: [*const f32; MR],
         b: *const f32,
@@ -245,24 +225,7 @@ mod x86 {
                 }
             }
         }
-        let mask: __mmask16 = if P == 1 && cols < NR {
-            ((1u32 << cols) - 1) as __mmask16
-        } else {
-            0xffff
-        };
-        for (r, tr) in t.iter().enumerate().take(rows) {
-            for (p, &v) in tr.iter().enumerate() {
-                // SAFETY: the (masked) row segment is inside C (caller).
-                unsafe {
-                    let dst = c.add(r * ldc + p * NR);
-                    let v = if acc {
-                        _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst))
-                    } else {
-                        v
-                    };
-                    _mm512_mask_storeu_ps(dst, mask, v);
-                }
-            }
-        }
+        // SAFETY: forwarded (the tile's rows lie inside C).
+        unsafe { super::super::kernel::x86::store_rows512(&t[..rows], c, ldc, acc, cols) }
     }
 }
