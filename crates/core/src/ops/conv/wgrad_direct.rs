@@ -64,38 +64,11 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
         } else {
             0
         };
-    let mut xp = vec![0f32; g.n * g.c * plane + tail];
-    par_planes(&mut xp[..g.n * g.c * plane], plane, |i, dst| {
-        let src = &x[i * g.h * g.w..][..g.h * g.w];
-        for (y, row) in src.chunks_exact(g.w).enumerate() {
-            dst[(y + g.padding) * wp + g.padding..][..g.w].copy_from_slice(row);
-        }
-    });
-    // dYp^T per image, packed: panel jr of image n at (n * panels + jr) * ps, element
-    // (q, lane) at q * NR + lane (zero for columns x >= Wo and channels past O).
+    let xp = padded_input(x, g, plane, tail);
     let panels = g.o.div_ceil(NR);
     // One row more than a panel holds: the two panels of a pair never share L1 sets.
     let ps = (q + 1) * NR;
-    let mut bt = vec![0f32; g.n * panels * ps];
-    par_planes(&mut bt, ps, |idx, panel| {
-        let (n, jr) = (idx / panels, idx % panels);
-        let lanes = NR.min(g.o - jr * NR);
-        let planes = &dy[(n * g.o + jr * NR) * g.ho * g.wo..][..lanes * g.ho * g.wo];
-        for y in 0..g.ho {
-            let rows: [&[f32]; NR] = std::array::from_fn(|l| {
-                let l = l.min(lanes - 1);
-                &planes[(l * g.ho + y) * g.wo..][..g.wo]
-            });
-            for (xx, dst) in panel[y * wp * NR..][..g.wo * NR]
-                .chunks_exact_mut(NR)
-                .enumerate()
-            {
-                for (l, d) in dst.iter_mut().enumerate().take(lanes) {
-                    *d = rows[l][xx];
-                }
-            }
-        }
-    });
+    let bt = packed_dy(dy, g, wp, ps);
     let offsets: Vec<usize> = (0..k)
         .map(|t| {
             let (c, ij) = (t / taps, t % taps);
@@ -169,6 +142,48 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
         }
     });
     dw
+}
+
+/// The images' input planes zero-padded to `Hp x Wp`, one every `plane` elements, followed by
+/// `tail` zeros.
+fn padded_input(x: &[f32], g: &Geometry, plane: usize, tail: usize) -> Vec<f32> {
+    let wp = g.w + 2 * g.padding;
+    let mut xp = vec![0f32; g.n * g.c * plane + tail];
+    par_planes(&mut xp[..g.n * g.c * plane], plane, |i, dst| {
+        let src = &x[i * g.h * g.w..][..g.h * g.w];
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            dst[(y + g.padding) * wp + g.padding..][..g.w].copy_from_slice(row);
+        }
+    });
+    xp
+}
+
+/// `dYp^T` per image, packed: panel `jr` of image `n` at `(n * panels + jr) * ps`, element
+/// `(q, lane)` at `q * NR + lane` with `q = y Wp + x` (zero for columns `x >= Wo` and channels
+/// past `O`).
+fn packed_dy(dy: &[f32], g: &Geometry, wp: usize, ps: usize) -> Vec<f32> {
+    let panels = g.o.div_ceil(NR);
+    let mut bt = vec![0f32; g.n * panels * ps];
+    par_planes(&mut bt, ps, |idx, panel| {
+        let (n, jr) = (idx / panels, idx % panels);
+        let lanes = NR.min(g.o - jr * NR);
+        let planes = &dy[(n * g.o + jr * NR) * g.ho * g.wo..][..lanes * g.ho * g.wo];
+        for y in 0..g.ho {
+            let rows: [&[f32]; NR] = std::array::from_fn(|l| {
+                let l = l.min(lanes - 1);
+                &planes[(l * g.ho + y) * g.wo..][..g.wo]
+            });
+            for (xx, dst) in panel[y * wp * NR..][..g.wo * NR]
+                .chunks_exact_mut(NR)
+                .enumerate()
+            {
+                for (l, d) in dst.iter_mut().enumerate().take(lanes) {
+                    *d = rows[l][xx];
+                }
+            }
+        }
+    });
+    bt
 }
 
 /// `f(i, chunk)` for each `len`-element chunk of `buf`: on the pool when `buf` is large, on the
