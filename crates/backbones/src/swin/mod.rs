@@ -272,9 +272,7 @@ impl Swin {
 /// Tokens `B x (h w) x C` -> map `B x C x h x w`.
 fn to_map(t: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (b, _, c) = t.dims3()?;
-    Ok(t.reshape((b, h, w, c))?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?)
+    Ok(segkit_core::ops::transpose_last2(t)?.reshape((b, c, h, w))?)
 }
 
 impl Backbone for Swin {

@@ -21,6 +21,7 @@ mod group_norm;
 mod pool;
 mod resize;
 mod resize_op;
+mod transpose;
 pub(crate) use resize::with_cpu_f32;
 mod roi_align;
 
@@ -31,6 +32,7 @@ pub use pool::adaptive_avg_pool2d;
 pub use resize::{resize_bilinear, resize_nearest};
 pub use resize_op::resize_bilinear_cat;
 pub use roi_align::roi_align;
+pub use transpose::transpose_last2;
 
 // Composed-tensor-op paths of the ops above, public for the parity tests.
 #[doc(hidden)]
