@@ -7,7 +7,7 @@
 //! f32 and its f64 remainder). candle's `GroupNorm`
 //! takes ten tensor ops and as many full-size intermediates for the same result (PANet's
 //! neck and heads and OneFormer's pixel decoder run it after most convolutions). Anything else
-//! (gradients, other devices and dtypes) takes those candle ops, as `candle_nn::GroupNorm` does.
+//! (gradients, other devices and dtypes) takes `candle_nn::GroupNorm` itself.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -94,28 +94,11 @@ pub fn group_norm(
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
 }
 
-/// candle's `GroupNorm` forward as tensor ops (the path with gradients and off the CPU).
+/// candle's `GroupNorm` forward (the path with gradients and off the CPU).
 fn composed(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let c = dims[1];
-    let hidden = dims[2..].iter().product::<usize>() * c / groups;
-    let dt = x.dtype();
-    let internal = match dt {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    };
-    let xg = x.reshape((dims[0], groups, hidden))?.to_dtype(internal)?;
-    let mean = (xg.sum_keepdim(2)? / hidden as f64)?;
-    let xc = xg.broadcast_sub(&mean)?;
-    let var = (xc.sqr()?.sum_keepdim(2)? / hidden as f64)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    let mut wd = vec![1; dims.len()];
-    wd[1] = c;
-    Ok(xn
-        .to_dtype(dt)?
-        .reshape(dims)?
-        .broadcast_mul(&weight.reshape(wd.clone())?)?
-        .broadcast_add(&bias.reshape(wd)?)?)
+    let c = x.dim(1)?;
+    let gn = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, eps)?;
+    Ok(candle_core::Module::forward(&gn, x)?)
 }
 
 /// `dst = (src - mu) * k + b` with `mu` as a rounded value and its remainder, vectorised under AVX2 where the CPU has it (same operations, no
