@@ -60,19 +60,14 @@ impl Linear {
         linear(x, &self.weight, self.bias.as_ref())
     }
 
-    /// `x W^T` without the bias.
-    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, None)
+    /// `gelu(x W^T + b)` (exact GELU), fused on f32 CPU tensors ([`ops::linear_act`]).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear_act(x, &self.weight, self.bias.as_ref(), Activation::Gelu)
     }
 
-    /// `residual + x W^T + b`, with the epilogue fused on f32 CPU tensors.
+    /// `residual + (x W^T + b)`, fused on f32 CPU tensors ([`ops::linear_residual`]).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) if fused::applies(x) && fused::applies(residual) && !b.track_op() => {
-                fused::bias_residual(&self.matmul(x)?, b, residual)
-            }
-            _ => Ok((residual + self.forward(x)?)?),
-        }
+        ops::linear_residual(x, &self.weight, self.bias.as_ref(), residual)
     }
 }
 
@@ -370,8 +365,8 @@ impl SwinBlock {
             let attn = self.attention_cpu(&y, params, rel_bias, qkv_bias, geo)?;
             let x = self.proj.forward_residual(&attn, x)?;
             let y = self.layernorm_after.forward(&x, train)?;
-            let y = match (self.act, &self.fc1.bias) {
-                (HiddenAct::Gelu, Some(b)) => fused::bias_gelu(&self.fc1.matmul(&y)?, b)?,
+            let y = match self.act {
+                HiddenAct::Gelu => self.fc1.forward_gelu(&y)?,
                 _ => act(&self.fc1.forward(&y)?, self.act, train)?,
             };
             return self.fc2.forward_residual(&y, &x);

@@ -1,11 +1,14 @@
-//! [`linear`]: `x W^T + b` over the last dimension, as `torch.nn.functional.linear`.
+//! [`linear`]: `x W^T + b` over the last dimension, as `torch.nn.functional.linear`;
+//! [`linear_act`] and [`linear_residual`] add an activation or a residual to it.
 //!
 //! On CPU with f32 tensors that record no gradients it calls the `gemm` crate directly (the
 //! GEMM candle's matmul uses, AVX-512 where the CPU has it) into an output buffer that is never
 //! zero-filled: without a bias `gemm` writes every element, with one the buffer starts as the
 //! broadcast bias and `gemm` accumulates onto it (no separate bias pass). candle's matmul
 //! allocates its output with zeros first, then `gemm` overwrites them — ~6% of Swin-T's
-//! forward. Everything else takes candle's ops (same values).
+//! forward. An activation or a residual is applied in place after the GEMM, or, on AVX-512F
+//! for depths up to 256, to each output tile of segkit's own kernel while it is in L1
+//! (`linear_kernel.rs`). Everything else takes candle's ops (same values).
 //!
 //! # Shapes
 //! `x`: `.. x din`, `weight`: `dout x din`, `bias`: `dout` -> `.. x dout`.
@@ -15,11 +18,64 @@ use rayon::prelude::*;
 
 use crate::ops::{cpu_operand, cpu_operands, with_cpu_slices};
 
+use super::conv::Activation;
+use super::linear_kernel::{epilogue_rows, gemm_nt, Epilogue};
 use super::resize::with_cpu_f32;
 use crate::{Error, Result};
 
 /// `x W^T + b` over the last dimension of `x` (any rank >= 1); see the module docs.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_impl(x, weight, bias, Activation::None, None)
+}
+
+/// `act(x W^T + b)`: a linear layer and its activation (a transformer MLP's first layer with
+/// [`Activation::Gelu`], the exact erf GELU of `torch.nn.GELU()`). For f32 CPU tensors that
+/// record no gradients, the bias and a ReLU or GELU are applied to each output tile of the GEMM
+/// while it is in cache (AVX-512F) or in one pass after it; a sigmoid, and everything else,
+/// is [`linear`] followed by [`activate`](super::activate).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use segkit_core::ops::{linear_act, Activation};
+/// let x = Tensor::new(&[[1f32, -2.0]], &Device::Cpu)?;
+/// let w = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu)?;
+/// let y = linear_act(&x, &w, None, Activation::Gelu)?.to_vec2::<f32>()?;
+/// assert!((y[0][0] - 0.841_345).abs() < 1e-5 && (y[0][1] + 0.045_500).abs() < 1e-5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn linear_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    if act == Activation::Sigmoid {
+        return super::activate(&linear(x, weight, bias)?, act);
+    }
+    linear_impl(x, weight, bias, act, None)
+}
+
+/// `residual + (x W^T + b)`: a linear layer closing a residual branch (a transformer block's
+/// attention projection or MLP output). `residual` has the output's shape. For f32 CPU tensors
+/// that record no gradients the sum is formed on each output tile of the GEMM (AVX-512F) or in
+/// one pass after it, with no separate output for `x W^T + b`.
+pub fn linear_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    linear_impl(x, weight, bias, Activation::None, Some(residual))
+}
+
+/// `residual + act(x W^T + b)`; `act` is not a sigmoid.
+fn linear_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let Some(&din) = dims.last() else {
         return Err(Error::InvalidArgument(
@@ -39,52 +95,100 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_dims = dims;
     let last = out_dims.len() - 1; // rank >= 1: checked above
     out_dims[last] = dout;
-    let tracked = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op);
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    let fast = rows > 0 && dout > 0 && cpu_f32(x) && cpu_f32(weight) && bias.is_none_or(cpu_f32);
-    if !fast {
-        let y = x
-            .reshape((x.elem_count() / din.max(1), din))?
-            .matmul(&weight.t()?)?;
-        let y = match bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        return Ok(y.reshape(out_dims)?);
+    if let Some(r) = residual {
+        if r.dims() != out_dims.as_slice() {
+            return Err(Error::shape("linear residual", &out_dims, r.dims()));
+        }
     }
-    let len = rows.checked_mul(dout).ok_or_else(|| {
+    let tracked = x.track_op()
+        || weight.track_op()
+        || bias.is_some_and(Tensor::track_op)
+        || residual.is_some_and(Tensor::track_op);
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let fast = rows > 0
+        && dout > 0
+        && cpu_f32(x)
+        && cpu_f32(weight)
+        && bias.is_none_or(cpu_f32)
+        && residual.is_none_or(cpu_f32);
+    if tracked || !fast {
+        let y = linear_composed(x, weight, bias, (rows, din, dout), fast)?.reshape(out_dims)?;
+        let y = super::activate(&y, act)?;
+        return Ok(match residual {
+            Some(r) => (r + y)?,
+            None => y,
+        });
+    }
+    rows.checked_mul(dout).ok_or_else(|| {
         Error::InvalidArgument(format!("linear: {rows} x {dout} outputs overflow usize"))
     })?;
-    if tracked {
-        let op = LinearOp { rows, din, dout };
-        let (x, w) = (x.contiguous()?, weight.contiguous()?);
-        let y = match bias {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
-            None => x.apply_op2(&w, op)?,
-        };
-        return Ok(y.reshape(out_dims)?);
-    }
     let bias = bias
         .map(|b| with_cpu_f32(b, |s| Ok(s.to_vec())))
         .transpose()?;
+    let residual = residual.map(Tensor::contiguous).transpose()?;
     let out = with_cpu_f32(x, |xs| {
         with_cpu_f32(weight, |ws| {
-            Ok(gemm_rows(xs, ws, bias.as_deref(), rows, din, dout, len))
+            let run = |res: Option<&[f32]>| {
+                let epi = Epilogue {
+                    bias: bias.as_deref(),
+                    act,
+                    residual: res,
+                };
+                if let Some(y) = gemm_nt(xs, ws, (rows, din, dout), epi) {
+                    return Ok(y);
+                }
+                let mut y = gemm_rows(xs, ws, bias.as_deref(), rows, din, dout);
+                epilogue_rows(&mut y, dout, Epilogue { bias: None, ..epi });
+                Ok(y)
+            };
+            match &residual {
+                Some(r) => with_cpu_f32(r, |rs| run(Some(rs))),
+                None => run(None),
+            }
         })
     })?;
     Ok(Tensor::from_vec(out, out_dims, &Device::Cpu)?)
 }
 
+/// `x W^T + b` as `rows x dout` through candle's autograd: [`LinearOp`] for CPU f32 operands
+/// (`cpu_f32`), candle's matmul and broadcast add elsewhere.
+fn linear_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (rows, din, dout): (usize, usize, usize),
+    cpu_f32: bool,
+) -> Result<Tensor> {
+    if cpu_f32 {
+        rows.checked_mul(dout).ok_or_else(|| {
+            Error::InvalidArgument(format!("linear: {rows} x {dout} outputs overflow usize"))
+        })?;
+        let op = LinearOp { rows, din, dout };
+        let (x, w) = (x.contiguous()?, weight.contiguous()?);
+        return Ok(match bias {
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+            None => x.apply_op2(&w, op)?,
+        });
+    }
+    let y = x
+        .reshape((x.elem_count() / din.max(1), din))?
+        .matmul(&weight.t()?)?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 /// `rows x dout` = `xs (rows x din)` times `ws (dout x din)` transposed, plus `bias`.
-fn gemm_rows(
+pub(super) fn gemm_rows(
     xs: &[f32],
     ws: &[f32],
     bias: Option<&[f32]>,
     rows: usize,
     din: usize,
     dout: usize,
-    len: usize,
 ) -> Vec<f32> {
+    let len = rows * dout;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     if let Some(b) = bias {
         for _ in 0..rows {
@@ -144,7 +248,7 @@ fn parallelism() -> gemm::Parallelism {
 impl LinearOp {
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> (CpuStorage, Shape) {
         let Self { rows, din, dout } = *self;
-        let y = gemm_rows(x, w, b, rows, din, dout, rows * dout);
+        let y = gemm_rows(x, w, b, rows, din, dout);
         (CpuStorage::F32(y), Shape::from((rows, dout)))
     }
 
@@ -383,6 +487,78 @@ mod tests {
                     let d = rel(a, e)?;
                     assert!(d < 1e-5, "{shape:?} bias {with_bias} {:?}: {d}", v.dims());
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `linear_act` and `linear_residual` equal candle's matmul, broadcast add, activation and
+    /// add, on the fused tile path (depth 96), the `gemm` + pass path (depth 300) and with
+    /// gradients (where they are candle's ops, and gradients reach every input); a residual of
+    /// the wrong shape is an error.
+    #[test]
+    fn fused_epilogues_match_candle_ops() -> Result<()> {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let rel = |a: &Tensor, e: &Tensor| -> Result<f32> {
+            let s = e.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+            Ok((a - e)?.abs()?.max_all()?.to_scalar::<f32>()? / s)
+        };
+        for (rows, din, dout) in [(2 * 151, 96, 70), (67, 300, 33)] {
+            let x = Tensor::randn(0f32, 1.0, (2, rows / 2, din), &dev)?;
+            let w = (Tensor::randn(0f32, 1.0, (dout, din), &dev)? / (din as f64).sqrt())?;
+            let b = Tensor::randn(0f32, 1.0, dout, &dev)?;
+            let r = Tensor::randn(0f32, 1.0, (2, rows / 2, dout), &dev)?;
+            let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+            for act in [
+                Activation::None,
+                Activation::Relu,
+                Activation::Gelu,
+                Activation::Sigmoid,
+            ] {
+                let want = match act {
+                    Activation::None => y.clone(),
+                    Activation::Relu => y.relu()?,
+                    Activation::Gelu => y.gelu_erf()?,
+                    Activation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
+                };
+                let d = rel(&linear_act(&x, &w, Some(&b), act)?, &want)?;
+                assert!(d < 1e-5, "{rows}x{din}x{dout} {act:?}: {d}");
+            }
+            let d = rel(&linear_residual(&x, &w, Some(&b), &r)?, &(&r + &y)?)?;
+            assert!(d < 1e-5, "{rows}x{din}x{dout} residual: {d}");
+            let d = rel(
+                &linear_residual(&x, &w, None, &r)?,
+                &(&r + x.broadcast_matmul(&w.t()?)?)?,
+            )?;
+            assert!(d < 1e-5, "{rows}x{din}x{dout} residual without bias: {d}");
+            assert!(linear_residual(&x, &w, Some(&b), &r.narrow(2, 0, dout - 1)?).is_err());
+
+            let (xv, wv, bv, rv) = (
+                Var::from_tensor(&x)?,
+                Var::from_tensor(&w)?,
+                Var::from_tensor(&b)?,
+                Var::from_tensor(&r)?,
+            );
+            let got = linear_act(
+                xv.as_tensor(),
+                wv.as_tensor(),
+                Some(bv.as_tensor()),
+                Activation::Gelu,
+            )?;
+            let got =
+                (linear_residual(xv.as_tensor(), wv.as_tensor(), None, rv.as_tensor())? + got)?;
+            let xw = xv.as_tensor().broadcast_matmul(&wv.as_tensor().t()?)?;
+            let want = ((xw.broadcast_add(bv.as_tensor())?.gelu_erf()? + xw)? + rv.as_tensor())?;
+            assert!(rel(&got, &want)? < 1e-5);
+            let g1 = got.sum_all()?.backward()?;
+            let g0 = want.sum_all()?.backward()?;
+            for v in [&xv, &wv, &bv, &rv] {
+                let (a, e) = (
+                    g1.get(v.as_tensor()).unwrap(),
+                    g0.get(v.as_tensor()).unwrap(),
+                );
+                assert!(rel(a, e)? < 1e-5, "gradient of {:?}", v.dims());
             }
         }
         Ok(())

@@ -58,10 +58,11 @@ mod attention;
 pub mod fastmath;
 mod layer_norm;
 mod linear;
+mod linear_kernel;
 #[doc(hidden)]
 pub use attention::attention_fallback;
 pub use attention::{attention, AttentionOptions};
-pub use linear::linear;
+pub use linear::{linear, linear_act, linear_residual};
 mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
 

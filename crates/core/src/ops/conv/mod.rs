@@ -37,7 +37,9 @@ mod depthwise;
 mod gemm_conv;
 mod grad;
 mod im2col;
-mod kernel;
+pub(in crate::ops) mod kernel;
+#[cfg(target_arch = "x86_64")]
+pub(in crate::ops) mod rows_tile;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
