@@ -3,12 +3,10 @@
 //!
 //! On CPU with f32 tensors that record no gradients it calls the `gemm` crate directly (the
 //! GEMM candle's matmul uses, AVX-512 where the CPU has it) into an output buffer that is never
-//! zero-filled: without a bias `gemm` writes every element, with one the buffer starts as the
-//! broadcast bias and `gemm` accumulates onto it (no separate bias pass). candle's matmul
-//! allocates its output with zeros first, then `gemm` overwrites them — ~6% of Swin-T's
-//! forward. An activation or a residual is applied in place after the GEMM, or, on AVX-512F
-//! for depths up to 256, to each output tile of segkit's own kernel while it is in L1
-//! (`linear_kernel.rs`). Everything else takes candle's ops (same values).
+//! zero-filled (candle's matmul allocates its output with zeros first, then `gemm` overwrites
+//! them: ~6% of Swin-T's forward), then applies the bias, the activation and the residual in
+//! place, in one parallel pass (`linear_epilogue.rs`). Everything else takes candle's ops (same
+//! values).
 //!
 //! # Shapes
 //! `x`: `.. x din`, `weight`: `dout x din`, `bias`: `dout` -> `.. x dout`.
@@ -19,7 +17,7 @@ use rayon::prelude::*;
 use crate::ops::{cpu_operand, cpu_operands, with_cpu_slices};
 
 use super::conv::Activation;
-use super::linear_kernel::{epilogue_rows, gemm_nt, Epilogue};
+use super::linear_epilogue::{epilogue_rows, Epilogue};
 use super::resize::with_cpu_f32;
 use crate::{Error, Result};
 
@@ -134,12 +132,7 @@ fn linear_impl(
                     act,
                     residual: res,
                 };
-                if let Some(y) = gemm_nt(xs, ws, (rows, din, dout), epi) {
-                    return Ok(y);
-                }
-                let mut y = gemm_rows(xs, ws, bias.as_deref(), rows, din, dout);
-                epilogue_rows(&mut y, dout, Epilogue { bias: None, ..epi });
-                Ok(y)
+                Ok(gemm_rows(xs, ws, (rows, din, dout), epi))
             };
             match &residual {
                 Some(r) => with_cpu_f32(r, |rs| run(Some(rs))),
@@ -179,28 +172,20 @@ fn linear_composed(
     })
 }
 
-/// `rows x dout` = `xs (rows x din)` times `ws (dout x din)` transposed, plus `bias`.
+/// `rows x dout` = `xs (rows x din)` times `ws (dout x din)` transposed (the `gemm` crate), then
+/// `epi` (the bias, an activation, a residual) in one parallel pass.
 pub(super) fn gemm_rows(
     xs: &[f32],
     ws: &[f32],
-    bias: Option<&[f32]>,
-    rows: usize,
-    din: usize,
-    dout: usize,
+    (rows, din, dout): (usize, usize, usize),
+    epi: Epilogue<'_>,
 ) -> Vec<f32> {
     let len = rows * dout;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    if let Some(b) = bias {
-        for _ in 0..rows {
-            out.extend_from_slice(b);
-        }
-    }
-    let par = parallelism();
     // SAFETY: `out` has capacity for `rows x dout` (row stride dout, column stride 1); `xs` is
     // `rows x din` row-major, `ws` `dout x din` row-major read as its transpose (`din x dout`:
-    // row stride 1, column stride din); the three do not overlap. With a bias the buffer is
-    // initialised and read (dst = dst + x w^T); without, `gemm` only writes it (read_dst =
-    // false), so every element is initialised before `set_len`.
+    // row stride 1, column stride din); the three do not overlap. `gemm` only writes the
+    // buffer (read_dst = false), so every element is initialised before `set_len`.
     unsafe {
         gemm::gemm(
             rows,
@@ -209,7 +194,7 @@ pub(super) fn gemm_rows(
             out.as_mut_ptr(),
             1,
             dout as isize,
-            bias.is_some(),
+            false,
             xs.as_ptr(),
             1,
             din as isize,
@@ -221,10 +206,11 @@ pub(super) fn gemm_rows(
             false,
             false,
             false,
-            par,
+            parallelism(),
         );
         out.set_len(len);
     }
+    epilogue_rows(&mut out, dout, epi);
     out
 }
 
@@ -248,7 +234,11 @@ fn parallelism() -> gemm::Parallelism {
 impl LinearOp {
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> (CpuStorage, Shape) {
         let Self { rows, din, dout } = *self;
-        let y = gemm_rows(x, w, b, rows, din, dout);
+        let epi = Epilogue {
+            bias: b,
+            ..Epilogue::default()
+        };
+        let y = gemm_rows(x, w, (rows, din, dout), epi);
         (CpuStorage::F32(y), Shape::from((rows, dout)))
     }
 

@@ -58,7 +58,7 @@ mod attention;
 pub mod fastmath;
 mod layer_norm;
 mod linear;
-mod linear_kernel;
+mod linear_epilogue;
 #[doc(hidden)]
 pub use attention::attention_fallback;
 pub use attention::{attention, AttentionOptions};

@@ -16,9 +16,9 @@ use rayon::prelude::*;
 use super::act::Simd;
 
 /// Rows of `C` per microkernel tile (output channels).
-pub(in crate::ops) const MR: usize = 6;
+pub(super) const MR: usize = 6;
 /// Columns of `C` per microkernel tile (pixels or Winograd tiles).
-pub(in crate::ops) const NR: usize = 16;
+pub(super) const NR: usize = 16;
 /// Greatest depth of one packed block of `k`.
 const KC: usize = 256;
 /// Rows of `A` per L2-resident block.
@@ -203,7 +203,7 @@ pub(super) fn packed_b_len(kc: usize, np: usize) -> usize {
 
 /// A raw pointer to `C` that rayon tasks writing disjoint tiles may share.
 #[derive(Clone, Copy)]
-pub(in crate::ops) struct OutPtr(pub(in crate::ops) *mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: tasks only write disjoint regions, as documented where an `OutPtr` is shared.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
@@ -212,7 +212,7 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
     #[inline]
-    pub(in crate::ops) fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -309,7 +309,7 @@ unsafe fn ukernel(
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(in crate::ops) mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{PackedA, MC, MR, NR};
@@ -449,7 +449,7 @@ pub(in crate::ops) mod x86 {
     /// The CPU has AVX-512F; `c` is valid for `t.len()` rows of the (masked) tile.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(in crate::ops) unsafe fn store_rows512<const P: usize>(
+    pub(in super::super) unsafe fn store_rows512<const P: usize>(
         t: &[[__m512; P]],
         c: *mut f32,
         ldc: usize,

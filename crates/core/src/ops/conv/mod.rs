@@ -37,9 +37,7 @@ mod depthwise;
 mod gemm_conv;
 mod grad;
 mod im2col;
-pub(in crate::ops) mod kernel;
-#[cfg(target_arch = "x86_64")]
-pub(in crate::ops) mod rows_tile;
+mod kernel;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
