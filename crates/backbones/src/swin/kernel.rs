@@ -39,7 +39,9 @@ impl WindowAttention<'_> {
     /// Runs the attention; returns `B x L x C`.
     pub fn run(&self) -> Vec<f32> {
         let (l, c) = (self.tokens, self.dim);
-        let mut out = vec![0f32; self.batch * l * c];
+        // Not zero-filled: the kernels write every element (below).
+        let len = self.batch * l * c;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         let nw = self.index.len() / self.window_area;
         let jobs = self.batch * nw;
         let threads = candle_core::utils::get_num_threads().clamp(1, jobs.max(1));
@@ -75,6 +77,10 @@ impl WindowAttention<'_> {
                 work(0..per.min(jobs));
             });
         }
+        // SAFETY: every real token appears in exactly one window position (the index is a
+        // bijection onto 0..l plus padding), and each job writes all `c` channels of each of
+        // its tokens (every head's `hd`), so all `len` elements are written.
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -160,12 +166,13 @@ impl WindowAttention<'_> {
                     let inv = 1.0 / sum;
                     // SAFETY: `t < l` is a real token; every real token appears in exactly one
                     // window position (the index is a bijection onto 0..l plus padding), so this
-                    // row slice of `out` is written by this thread only, once per head, and the
-                    // buffer outlives the scoped threads.
-                    let dst_row = unsafe {
-                        std::slice::from_raw_parts_mut(dst.0.add((b * l + t) * c + h * hd), hd)
-                    };
-                    dst_row.iter_mut().zip(&o).for_each(|(d, &x)| *d = x * inv);
+                    // row of `out` (`hd` elements inside its capacity) is written by this thread
+                    // only, once per head, and the buffer outlives the scoped threads.
+                    let row = unsafe { dst.0.add((b * l + t) * c + h * hd) };
+                    for (j, &x) in o.iter().enumerate() {
+                        // SAFETY: j < hd (as above); a plain write to possibly uninit memory.
+                        unsafe { row.add(j).write(x * inv) };
+                    }
                 }
             }
         }

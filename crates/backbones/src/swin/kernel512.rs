@@ -121,15 +121,14 @@ impl WindowAttention<'_> {
                             let inv = sc.inv[i0 + ri];
                             let cols = width.min(hd - c0);
                             // SAFETY: `t < l` is a real token; every real token appears in
-                            // exactly one window position, so this part of its row is written
-                            // by this thread only, once, and the buffer outlives the threads.
-                            let dst_row = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    dst.0.add((b * l + t) * c + h * hd + c0),
-                                    cols,
-                                )
-                            };
-                            dst_row.iter_mut().zip(o).for_each(|(d, &x)| *d = x * inv);
+                            // exactly one window position, so this part of its row (`cols`
+                            // elements inside the buffer's capacity) is written by this thread
+                            // only, once, and the buffer outlives the threads.
+                            let row = unsafe { dst.0.add((b * l + t) * c + h * hd + c0) };
+                            for (j, &x) in o.iter().take(cols).enumerate() {
+                                // SAFETY: j < cols (as above); a plain write.
+                                unsafe { row.add(j).write(x * inv) };
+                            }
                         }
                         c0 += width;
                     }

@@ -12,6 +12,8 @@
 //! `dx = inv_std (g - mean(g) - x_hat mean(g x_hat))`, `dweight = sum_rows dy x_hat`,
 //! `dbias = sum_rows dy` (the sums over rows in f64).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -20,16 +22,19 @@ use crate::ops::cpu_operands;
 
 const LANES: usize = 16;
 
-/// Normalises each `weight.len()`-long row of `x`; returns a new buffer.
+/// Normalises each `weight.len()`-long row of `x`; returns a new buffer (never zero-filled:
+/// each row kernel writes every element of its row).
 pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let d = weight.len();
-    let mut out = vec![0f32; x.len()];
     if d == 0 {
-        return out;
+        return vec![0f32; x.len()];
     }
+    let rows = x.len() / d;
+    let mut out: Vec<f32> = Vec::with_capacity(rows * d);
     let simd = has_avx2_fma();
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
+    out.spare_capacity_mut()[..rows * d]
+        .par_chunks_mut(d)
+        .zip(x.par_chunks_exact(d))
         .for_each(|(o, r)| {
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -39,6 +44,8 @@ pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32)
             let _ = simd;
             row(o, r, weight, bias, eps)
         });
+    // SAFETY: the row kernels wrote all `rows * d` elements.
+    unsafe { out.set_len(rows * d) };
     out
 }
 
@@ -155,7 +162,7 @@ impl CustomOp3 for LnOp {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
+unsafe fn row_avx2(o: &mut [MaybeUninit<f32>], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
     row(o, r, w, b, eps)
 }
 
@@ -172,13 +179,13 @@ fn lane_sum(r: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 #[inline(always)]
-fn row(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
+fn row(o: &mut [MaybeUninit<f32>], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
     let d = r.len() as f32;
     let m = lane_sum(r, |v| v) / d;
     let var = lane_sum(r, |v| (v - m) * (v - m)) / d;
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, &x), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
-        *o = (x - m) * inv * w + b;
+        o.write((x - m) * inv * w + b);
     }
 }
 
