@@ -2,7 +2,7 @@
 //! `OneFormerPixelDecoderEncoderMultiscaleDeformableAttention` and
 //! `multi_scale_deformable_attention`: the module, the CPU kernel and the composed path.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use rayon::prelude::*;
 use segkit_core::ops::{self, GridSampleMode, GridSamplePadding};
@@ -67,18 +67,10 @@ impl MsDeformAttn {
             ));
         }
         let q = hidden.broadcast_add(pos)?.reshape((n * s, c))?;
-        let value = self
-            .value_proj
-            .forward(&hidden.reshape((n * s, c))?)?
-            .reshape((n, s, h, c / h))?;
-        let offsets = self
-            .sampling_offsets
-            .forward(&q)?
-            .reshape((n, s, h, l, p, 2))?;
-        let attn = self
-            .attention_weights
-            .forward(&q)?
-            .reshape((n, s, h, l * p))?;
+        let value =
+            linear(&self.value_proj, &hidden.reshape((n * s, c))?)?.reshape((n, s, h, c / h))?;
+        let offsets = linear(&self.sampling_offsets, &q)?.reshape((n, s, h, l, p, 2))?;
+        let attn = linear(&self.attention_weights, &q)?.reshape((n, s, h, l * p))?;
         // candle's fused softmax records no gradient: training takes the composed one.
         let attn = if attn.track_op() {
             candle_nn::ops::softmax(&attn, candle_core::D::Minus1)?
@@ -96,11 +88,14 @@ impl MsDeformAttn {
         let refp = reference_points.reshape((1, s, 1, 1, 1, 2))?;
         let locs = offsets.broadcast_div(&norm)?.broadcast_add(&refp)?;
         let out = multi_scale_deformable_attention(&value, shapes, &locs, &attn)?;
-        Ok(self
-            .output_proj
-            .forward(&out.reshape((n * s, c))?)?
-            .reshape((n, s, c))?)
+        Ok(linear(&self.output_proj, &out.reshape((n * s, c))?)?.reshape((n, s, c))?)
     }
+}
+
+/// `l` applied through [`ops::linear`] (no zero-filled output, the bias added in a
+/// parallel pass on CPU f32).
+fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    ops::linear(x, l.weight(), l.bias())
 }
 
 fn check_msda(

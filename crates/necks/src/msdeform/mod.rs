@@ -65,7 +65,7 @@
 //! assert_eq!(out.multi_scale_features[2].dims(), &[1, 256, 13, 17]);
 //! ```
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use segkit_core::nn::{ConvModuleConfig, ConvNormAct, Norm};
 use segkit_core::ops::{self, Activation};
@@ -292,31 +292,21 @@ impl EncoderLayer {
         let a = self.drop(a, train)?;
         let x = self.self_attn_layer_norm.forward(&(hidden + a)?)?;
         let x2 = x.reshape((n * s, c))?;
-        let f = self.ffn(&x2, train)?;
-        Ok(self
-            .final_layer_norm
-            .forward(&(x2 + f)?)?
-            .reshape((n, s, c))?)
+        let x2 = self.ffn_residual(&x2, train)?;
+        Ok(self.final_layer_norm.forward(&x2)?.reshape((n, s, c))?)
     }
 
-    /// `fc2(relu(fc1(x)))` (with dropouts) of `x` (`M x C`). On CPU f32 the two linears run as
-    /// channel-first 1x1 convolutions (segkit's GEMM with the bias and ReLU fused), which beats
-    /// candle's matmul; elsewhere candle's `Linear`.
-    fn ffn(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
-            let f = self.drop(self.fc1.forward(x)?.relu()?, train)?;
-            return self.drop(self.fc2.forward(&f)?, train);
+    /// `x + fc2(relu(fc1(x)))` (with dropouts) of `x` (`M x C`): [`ops::linear_act`] and
+    /// [`ops::linear_residual`], which apply the bias, the ReLU and the residual in one pass
+    /// after each GEMM on CPU f32 (candle's ops elsewhere and with gradients).
+    fn ffn_residual(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (w1, b1) = (self.fc1.weight(), self.fc1.bias());
+        let (w2, b2) = (self.fc2.weight(), self.fc2.bias());
+        let f = self.drop(ops::linear_act(x, w1, b1, Activation::Relu)?, train)?;
+        if train && self.dropout > 0.0 {
+            return Ok((x + self.drop(ops::linear(&f, w2, b2)?, train)?)?);
         }
-        let (m, c) = x.dims2()?;
-        let conv = |x: &Tensor, l: &Linear, act: Activation| -> Result<Tensor> {
-            let (o, i) = l.weight().dims2()?;
-            let w = l.weight().reshape((o, i, 1, 1))?;
-            ops::conv2d(x, &w, l.bias(), Default::default(), act)
-        };
-        let xt = x.t()?.contiguous()?.reshape((1, c, m, 1))?;
-        let f = self.drop(conv(&xt, &self.fc1, Activation::Relu)?, train)?;
-        let f = conv(&f, &self.fc2, Activation::None)?;
-        self.drop(f.reshape((c, m))?.t()?, train)
+        ops::linear_residual(&f, w2, b2, x)
     }
 }
 
