@@ -1,6 +1,7 @@
 //! Unit tests of the pixel decoder and the deformable-attention kernel.
 
 use super::*;
+use candle_core::DType;
 
 fn small_cfg() -> MsDeformAttnPixelDecoderConfig {
     MsDeformAttnPixelDecoderConfig {
