@@ -266,10 +266,8 @@ impl TransformerDecoder {
                 ));
             }
             m.memories.push(
-                f.reshape((b, c, h * w))?
-                    .transpose(1, 2)?
-                    .broadcast_add(&self.level_embed.get(i)?)?
-                    .contiguous()?,
+                segkit_core::ops::transpose_last2(&f.reshape((b, c, h * w))?)?
+                    .broadcast_add(&self.level_embed.get(i)?)?,
             );
             m.positions.push(position_embedding(h, w, c, dev)?);
             m.sizes.push((h, w));
@@ -291,13 +289,14 @@ impl TransformerDecoder {
         let dev = mask_features.device();
         let qt_pos = query_embed.narrow(1, 0, n - 1)?;
         let memory = position_embedding(mh, mw, c, dev)?; // 1 x hw x C (same for every image)
+                                                          // The 1x1 projection as a linear layer over the pixels: B x hw x C directly (a blocked
+                                                          // transpose of the input, one GEMM, the bias in one pass).
         let mf = mask_features.reshape((b, self.dims.mask_dim, mh * mw))?;
-        let proj = self
-            .query_input_projection_w
-            .broadcast_matmul(&mf)?
-            .broadcast_add(&self.query_input_projection_b.reshape((1, c, 1))?)?
-            .transpose(1, 2)?
-            .contiguous()?; // B x hw x C
+        let proj = segkit_core::ops::linear(
+            &segkit_core::ops::transpose_last2(&mf)?,
+            &self.query_input_projection_w,
+            Some(&self.query_input_projection_b),
+        )?; // B x hw x C
         let memory = memory.broadcast_as((b, mh * mw, c))?.contiguous()?;
         let q = if self.cfg.use_task_norm {
             task.unsqueeze(1)?
