@@ -72,11 +72,19 @@ pub fn sine_position_embedding(
             a.cos()
         }
     };
+    // Each half of a row depends on the row (y) or the column (x) only: the h + w encodings
+    // are computed once and copied (the same values as evaluating each element).
+    let table = |e: &[f32]| -> Vec<f32> {
+        e.iter()
+            .flat_map(|&v| (0..feats).map(move |k| enc(v, k)))
+            .collect()
+    };
+    let (yt, xt) = (table(&ye), table(&xe));
     let mut out = Vec::with_capacity(h * w * 2 * feats);
-    for &y in &ye {
-        for &x in &xe {
-            out.extend((0..feats).map(|k| enc(y, k)));
-            out.extend((0..feats).map(|k| enc(x, k)));
+    for yr in yt.chunks_exact(feats.max(1)).take(h) {
+        for xr in xt.chunks_exact(feats.max(1)).take(w) {
+            out.extend_from_slice(yr);
+            out.extend_from_slice(xr);
         }
     }
     Tensor::from_vec(out, (h * w, 2 * feats), dev)
@@ -143,5 +151,34 @@ impl LayerNorm {
         let out =
             crate::ops::with_cpu_f32(x, |xv| Ok(crate::ops::layer_norm_rows(xv, &w, &b, eps)))?;
         Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element equals DETR's formula evaluated at that element (the y encoding in the
+    /// first `feats` channels, the x encoding in the rest; sin on even channels, cos on odd).
+    #[test]
+    fn sine_position_embedding_matches_the_formula() -> candle_core::Result<()> {
+        let (h, w, feats) = (5, 3, 6);
+        let got = sine_position_embedding(h, w, feats, &Device::Cpu)?.to_vec2::<f32>()?;
+        assert_eq!((got.len(), got[0].len()), (h * w, 2 * feats));
+        let two_pi = (2.0 * std::f64::consts::PI) as f32;
+        for (p, row) in got.iter().enumerate() {
+            let (y, x) = ((p / w + 1) as f32, (p % w + 1) as f32);
+            for (k, &v) in row.iter().enumerate() {
+                let (pos, kk) = if k < feats {
+                    (y / (h as f32 + 1e-6) * two_pi, k)
+                } else {
+                    (x / (w as f32 + 1e-6) * two_pi, k - feats)
+                };
+                let a = pos / 10000f32.powf((2 * (kk / 2)) as f32 / feats as f32);
+                let want = if kk % 2 == 0 { a.sin() } else { a.cos() };
+                assert_eq!(v, want, "position {p}, channel {k}");
+            }
+        }
+        Ok(())
     }
 }
