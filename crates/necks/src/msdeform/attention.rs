@@ -246,14 +246,14 @@ struct Geo<'a> {
 /// PyTorch's `grid_sample` unnormalisation (align_corners = false) of a location in `[0, 1]`:
 /// `g = 2 loc - 1`, then `(g + 1) * (size / 2) - 0.5` rounded once (the FMA of PyTorch's x86
 /// build).
-#[inline]
+#[inline(always)]
 fn unnormalize(loc: f32, size: usize) -> f32 {
     let g = 2.0 * loc - 1.0;
     ((g + 1.0) as f64 * (size as f32 / 2.0) as f64 - 0.5) as f32
 }
 
 /// `floor(v)` for `-1 < v < 2^24` without a libm call (x86-64's baseline has no `roundss`).
-#[inline]
+#[inline(always)]
 fn floor_i64(v: f32) -> i64 {
     let t = v as i64;
     if (t as f32) > v {
@@ -264,8 +264,59 @@ fn floor_i64(v: f32) -> i64 {
 }
 
 /// Output rows `row0 ..` (row = batch item x query) of the deformable attention into `dst`,
-/// head by head; `v` is the value laid out `N x heads x S x D`.
+/// head by head; `v` is the value laid out `N x heads x S x D`. The same code compiled for
+/// AVX-512F or AVX2 where the CPU has it (the weighted sums of `D` floats vectorise 16 or 8
+/// wide instead of SSE's 4; the same operations in the same order, so the same values).
 fn msda_rows(g: &Geo<'_>, v: &[f32], locs: &[f32], attn: &[f32], row0: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if segkit_core::ops::cpu_has_avx512f() {
+            // SAFETY: AVX-512F was detected on this CPU.
+            return unsafe { msda_rows_avx512(g, v, locs, attn, row0, dst) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected on this CPU.
+            return unsafe { msda_rows_avx2(g, v, locs, attn, row0, dst) };
+        }
+    }
+    msda_rows_impl(g, v, locs, attn, row0, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn msda_rows_avx512(
+    g: &Geo<'_>,
+    v: &[f32],
+    locs: &[f32],
+    attn: &[f32],
+    row0: usize,
+    dst: &mut [f32],
+) {
+    msda_rows_impl(g, v, locs, attn, row0, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn msda_rows_avx2(
+    g: &Geo<'_>,
+    v: &[f32],
+    locs: &[f32],
+    attn: &[f32],
+    row0: usize,
+    dst: &mut [f32],
+) {
+    msda_rows_impl(g, v, locs, attn, row0, dst)
+}
+
+#[inline(always)]
+fn msda_rows_impl(
+    g: &Geo<'_>,
+    v: &[f32],
+    locs: &[f32],
+    attn: &[f32],
+    row0: usize,
+    dst: &mut [f32],
+) {
     let (h, d, l, p) = (g.h, g.d, g.l, g.p);
     let lp = l * p;
     let mut tap_off = vec![0usize; 4 * lp];
@@ -328,7 +379,7 @@ fn msda_rows(g: &Geo<'_>, v: &[f32], locs: &[f32], attn: &[f32], row0: usize, ds
 
 /// `o += sum_k wts[k] * v[offs[k] .. offs[k] + D]` with a compile-time head size, accumulated in
 /// registers.
-#[inline]
+#[inline(always)]
 fn accumulate<const D: usize>(o: &mut [f32], v: &[f32], offs: &[usize], wts: &[f32]) {
     let mut acc = [0f32; D];
     for (&off, &wt) in offs.iter().zip(wts) {
