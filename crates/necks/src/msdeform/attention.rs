@@ -205,7 +205,9 @@ pub fn multi_scale_deformable_attention(
                 let chunk = rows.div_ceil(tasks).clamp(1, 64);
                 out.par_chunks_mut(chunk * h * d)
                     .enumerate()
-                    .for_each(|(ci, dst)| msda_rows(&geo, v, locs, attn, ci * chunk, dst));
+                    .for_each(|(ci, dst)| {
+                        msda_rows(&geo, MsdaIn { v, locs, attn }, ci * chunk, dst)
+                    });
                 Ok(())
             })
         })
@@ -263,60 +265,49 @@ fn floor_i64(v: f32) -> i64 {
     }
 }
 
+/// The deformable attention's inputs as [`msda_rows`] reads them: the value laid out
+/// `N x heads x S x D`, the sampling locations and the attention weights.
+#[derive(Clone, Copy)]
+struct MsdaIn<'a> {
+    v: &'a [f32],
+    locs: &'a [f32],
+    attn: &'a [f32],
+}
+
 /// Output rows `row0 ..` (row = batch item x query) of the deformable attention into `dst`,
-/// head by head; `v` is the value laid out `N x heads x S x D`. The same code compiled for
-/// AVX-512F or AVX2 where the CPU has it (the weighted sums of `D` floats vectorise 16 or 8
-/// wide instead of SSE's 4; the same operations in the same order, so the same values).
-fn msda_rows(g: &Geo<'_>, v: &[f32], locs: &[f32], attn: &[f32], row0: usize, dst: &mut [f32]) {
+/// head by head. The same code compiled for AVX-512F or AVX2 where the CPU has it (the
+/// weighted sums of `D` floats vectorise 16 or 8 wide instead of SSE's 4; the same operations in
+/// the same order, so the same values).
+fn msda_rows(g: &Geo<'_>, x: MsdaIn<'_>, row0: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if segkit_core::ops::cpu_has_avx512f() {
             // SAFETY: AVX-512F was detected on this CPU.
-            return unsafe { msda_rows_avx512(g, v, locs, attn, row0, dst) };
+            return unsafe { msda_rows_avx512(g, x, row0, dst) };
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was detected on this CPU.
-            return unsafe { msda_rows_avx2(g, v, locs, attn, row0, dst) };
+            return unsafe { msda_rows_avx2(g, x, row0, dst) };
         }
     }
-    msda_rows_impl(g, v, locs, attn, row0, dst)
+    msda_rows_impl(g, x, row0, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn msda_rows_avx512(
-    g: &Geo<'_>,
-    v: &[f32],
-    locs: &[f32],
-    attn: &[f32],
-    row0: usize,
-    dst: &mut [f32],
-) {
-    msda_rows_impl(g, v, locs, attn, row0, dst)
+unsafe fn msda_rows_avx512(g: &Geo<'_>, x: MsdaIn<'_>, row0: usize, dst: &mut [f32]) {
+    msda_rows_impl(g, x, row0, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn msda_rows_avx2(
-    g: &Geo<'_>,
-    v: &[f32],
-    locs: &[f32],
-    attn: &[f32],
-    row0: usize,
-    dst: &mut [f32],
-) {
-    msda_rows_impl(g, v, locs, attn, row0, dst)
+unsafe fn msda_rows_avx2(g: &Geo<'_>, x: MsdaIn<'_>, row0: usize, dst: &mut [f32]) {
+    msda_rows_impl(g, x, row0, dst)
 }
 
 #[inline(always)]
-fn msda_rows_impl(
-    g: &Geo<'_>,
-    v: &[f32],
-    locs: &[f32],
-    attn: &[f32],
-    row0: usize,
-    dst: &mut [f32],
-) {
+fn msda_rows_impl(g: &Geo<'_>, x: MsdaIn<'_>, row0: usize, dst: &mut [f32]) {
+    let MsdaIn { v, locs, attn } = x;
     let (h, d, l, p) = (g.h, g.d, g.l, g.p);
     let lp = l * p;
     let mut tap_off = vec![0usize; 4 * lp];
