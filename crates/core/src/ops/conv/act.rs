@@ -71,14 +71,16 @@ fn gelu<const FMA: bool>(x: f32) -> f32 {
     madd::<FMA>(h, erf_approx::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2), h)
 }
 
-/// `row[i] = act(row[i] + b)` for every element.
+/// `row[i] = act(row[i] s + b)` for every element (one rounding for `row[i] s + b`, which is
+/// `row[i] + b` exactly when `s = 1`).
 #[inline(always)]
-fn bias_act_row<const FMA: bool>(row: &mut [f32], b: f32, act: Activation) {
+fn bias_act_row<const FMA: bool>(row: &mut [f32], s: f32, b: f32, act: Activation) {
+    let y = |v: f32| madd::<FMA>(v, s, b);
     match act {
-        Activation::None => row.iter_mut().for_each(|v| *v += b),
-        Activation::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
-        Activation::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid::<FMA>(*v + b)),
-        Activation::Gelu => row.iter_mut().for_each(|v| *v = gelu::<FMA>(*v + b)),
+        Activation::None => row.iter_mut().for_each(|v| *v = y(*v)),
+        Activation::Relu => row.iter_mut().for_each(|v| *v = y(*v).max(0.0)),
+        Activation::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid::<FMA>(y(*v))),
+        Activation::Gelu => row.iter_mut().for_each(|v| *v = gelu::<FMA>(y(*v))),
     }
 }
 
@@ -96,8 +98,8 @@ fn act_map<const FMA: bool>(src: &[f32], dst: &mut [f32], act: Activation) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bias_act_row_avx2(row: &mut [f32], b: f32, act: Activation) {
-    bias_act_row::<true>(row, b, act)
+unsafe fn bias_act_row_avx2(row: &mut [f32], s: f32, b: f32, act: Activation) {
+    bias_act_row::<true>(row, s, b, act)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -195,15 +197,21 @@ impl Simd {
 
 /// `row = act(row + b)` in place, on the calling thread.
 pub(crate) fn bias_act(row: &mut [f32], b: f32, act: Activation) {
-    if act == Activation::None && b == 0.0 {
+    scale_bias_act(row, 1.0, b, act)
+}
+
+/// `row[i] = act(row[i] s + b)`: [`bias_act`] after a per-row scale (a BatchNorm folded into
+/// the outputs instead of the weights).
+pub(super) fn scale_bias_act(row: &mut [f32], s: f32, b: f32, act: Activation) {
+    if act == Activation::None && b == 0.0 && s == 1.0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { bias_act_row_avx2(row, b, act) };
+        return unsafe { bias_act_row_avx2(row, s, b, act) };
     }
-    bias_act_row::<false>(row, b, act)
+    bias_act_row::<false>(row, s, b, act)
 }
 
 /// `dst = act(src)` element-wise, on the calling thread.

@@ -38,6 +38,8 @@ mod gemm_conv;
 mod grad;
 mod im2col;
 mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod rows_a;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -348,7 +350,14 @@ fn run_kernel(
     } else if winograd::applies(g) {
         winograd::conv_winograd(x, &winograd::pack_weights(w, scale, g), bias, g, act, simd)
     } else {
-        im2col::conv_im2col(x, &im2col::pack_weights(w, scale, g), bias, g, act, simd)
+        im2col::conv_im2col(
+            x,
+            &im2col::pack_weights(w, scale, g, simd),
+            bias,
+            g,
+            act,
+            simd,
+        )
     }
 }
 

@@ -139,7 +139,7 @@ fn im2col_matches_naive() {
             geometry(1, 40, 17, 5, 20, 3, 1, 1, 1, 1),
         ] {
             check(&g, |x, w, b, g, a| {
-                im2col::conv_im2col(x, &im2col::pack_weights(w, None, g), b, g, a, simd)
+                im2col::conv_im2col(x, &im2col::pack_weights(w, None, g, simd), b, g, a, simd)
             });
         }
     }

@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::kernel::{OutPtr, MR, NR};
+use super::rows_a::tile;
 use super::Geometry;
 
 /// Depth (padded pixels) of one block: its `NR`-channel panels of `dYp^T` stay in L1 / L2.
@@ -121,9 +122,9 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                         unsafe {
                             let c = cptr.get().add((t0 + r0) * g.o + jr * NR);
                             if pair {
-                                x86::tile512::<2>(qc, a, b, ps, c, g.o, acc, rows, NR);
+                                tile::<2>(qc, a, b, ps, c, g.o, acc, rows, NR);
                             } else {
-                                x86::tile512::<1>(qc, a, b, ps, c, g.o, acc, rows, cols);
+                                tile::<1>(qc, a, b, ps, c, g.o, acc, rows, cols);
                             }
                         }
                     }
@@ -197,50 +198,5 @@ fn par_planes(buf: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync)
         buf.chunks_mut(len.max(1))
             .enumerate()
             .for_each(|(i, c)| f(i, c));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{MR, NR};
-
-    /// One `rows x (P NR)` tile of `C (+)= A B` (only the first `cols` columns when `P = 1`):
-    /// row `r` of `A` read from `a[r]` (`kc` elements), `B` as `P` packed micro-panels (`ps`
-    /// apart).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; each `a[r]` holds `kc` elements; each panel `kc * NR`; `c` is
-    /// valid for the tile, row stride `ldc`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile512<const P: usize>(
-        kc: usize,
-        a: [*const f32; MR],
-        b: *const f32,
-        ps: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        rows: usize,
-        cols: usize,
-    ) {
-        let mut t = [[_mm512_setzero_ps(); P]; MR];
-        for kk in 0..kc {
-            // SAFETY: kk < kc: inside each row of A and each panel of B (caller).
-            unsafe {
-                let bv: [__m512; P] =
-                    std::array::from_fn(|p| _mm512_loadu_ps(b.add(p * ps + kk * NR)));
-                for (r, tr) in t.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a[r].add(kk));
-                    for (s, &bp) in tr.iter_mut().zip(&bv) {
-                        *s = _mm512_fmadd_ps(av, bp, *s);
-                    }
-                }
-            }
-        }
-        // SAFETY: forwarded (the tile's rows lie inside C).
-        unsafe { super::super::kernel::x86::store_rows512(&t[..rows], c, ldc, acc, cols) }
     }
 }

@@ -1,0 +1,106 @@
+//! The packed GEMM block of [`super::kernel`] with `A` (the weights, `m x k` row-major) read in
+//! place through row pointers instead of packed into `MR`-row panels: no per-call copy of the
+//! weights. AVX-512F only; each tile broadcasts its six rows' elements from six pointers into
+//! `A` (sequential streams, one per row) while `B` is the same packed micro-panels.
+
+use std::arch::x86_64::*;
+
+use super::kernel::{x86::store_rows512, MC, MR, NR};
+
+/// `A` in place: rows of `k` contiguous elements.
+#[derive(Clone, Copy)]
+pub(super) struct RowsA<'a> {
+    /// Row-major `m x k`.
+    pub(super) data: &'a [f32],
+    /// Depth.
+    pub(super) k: usize,
+}
+
+/// `C[o0..o1, 0..np] (+)= A[o0..o1, k0..k0+kc] * B`, as [`super::kernel::gemm_block`] with `A`
+/// read in place. Accumulates into `C` unless `k0 == 0`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `b` holds the `kc x np` block as micro-panels `ps` apart (each at
+/// least `kc * NR`); `c` is valid for reads and writes of rows `0..o1 - o0` of `np` elements,
+/// `ldc` apart, and nobody else accesses them meanwhile; `k0 + kc <= a.k`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_block_rows(
+    a: RowsA<'_>,
+    o0: usize,
+    o1: usize,
+    (k0, kc): (usize, usize),
+    b: &[f32],
+    ps: usize,
+    np: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let acc = k0 != 0;
+    let panels = np.div_ceil(NR);
+    for ic in (o0..o1).step_by(MC) {
+        let ic1 = (ic + MC).min(o1);
+        let mut jr = 0;
+        while jr < panels {
+            let pair = jr + 1 < panels && np >= (jr + 2) * NR;
+            let cols = NR.min(np - jr * NR);
+            for r0 in (ic..ic1).step_by(MR) {
+                let rows = MR.min(ic1 - r0);
+                let ap: [*const f32; MR] = std::array::from_fn(|r| {
+                    a.data[(r0 + r.min(rows - 1)) * a.k + k0..][..kc].as_ptr()
+                });
+                // SAFETY: the six rows hold kc elements each (sliced above); the panels hold
+                // kc x NR elements, `ps` apart (caller); the tile lies inside C's rows
+                // 0..o1 - o0 and columns 0..np (caller).
+                unsafe {
+                    let ct = c.add((r0 - o0) * ldc + jr * NR);
+                    let bp = b[jr * ps..].as_ptr();
+                    if pair {
+                        tile::<2>(kc, ap, bp, ps, ct, ldc, acc, rows, NR);
+                    } else {
+                        tile::<1>(kc, ap, bp, ps, ct, ldc, acc, rows, cols);
+                    }
+                }
+            }
+            jr += if pair { 2 } else { 1 };
+        }
+    }
+}
+
+/// One `rows x (P NR)` tile (only the first `cols` columns when `P = 1`): row `r` of `A` read
+/// from `a[r]` (`kc` elements), `B` as `P` packed micro-panels `ps` apart. The direct weight
+/// gradient (`wgrad_direct`) runs its tiles through it too.
+///
+/// # Safety
+/// The CPU has AVX-512F; each `a[r]` holds `kc` elements; each panel `kc * NR`; `c` is valid
+/// for the tile, row stride `ldc`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile<const P: usize>(
+    kc: usize,
+    a: [*const f32; MR],
+    b: *const f32,
+    ps: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    rows: usize,
+    cols: usize,
+) {
+    let mut t = [[_mm512_setzero_ps(); P]; MR];
+    for kk in 0..kc {
+        // SAFETY: kk < kc: inside each row of A and each panel of B (caller).
+        unsafe {
+            let bv: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(b.add(p * ps + kk * NR)));
+            for (r, tr) in t.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a[r].add(kk));
+                for (s, &bp) in tr.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, bp, *s);
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded (the tile's rows lie inside C).
+    unsafe { store_rows512(&t[..rows], c, ldc, acc, cols) }
+}
