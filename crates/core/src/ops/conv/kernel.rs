@@ -22,7 +22,7 @@ pub(super) const NR: usize = 16;
 /// Greatest depth of one packed block of `k`.
 const KC: usize = 256;
 /// Rows of `A` per L2-resident block.
-pub(super) const MC: usize = 144;
+const MC: usize = 144;
 
 /// Depth of the blocks that `k` is cut into: at most [`KC`], and as even as possible (a short
 /// last block would pay the loads and stores of `C` for little work).
@@ -335,6 +335,34 @@ pub(super) mod x86 {
         ldc: usize,
         acc: bool,
     ) {
+        for_each_tile512(o0, o1, np, |r0, rows, jr, pair, cols| {
+            let ap = a.panel(k0, r0 / MR);
+            // SAFETY: the tile lies inside C's rows 0..o1-o0 and columns 0..np (caller); the
+            // panels hold kc x MR and kc x NR elements, `ps` apart.
+            unsafe {
+                let ct = c.add((r0 - o0) * ldc + jr * NR);
+                let bp = b[jr * ps..].as_ptr();
+                if pair {
+                    debug_assert!(b.len() >= (jr + 1) * ps + kc * NR);
+                    rows512::<2>(kc, ap, bp, ps, ct, ldc, acc, rows, NR);
+                } else {
+                    debug_assert!(b.len() >= jr * ps + kc * NR);
+                    rows512::<1>(kc, ap, bp, ps, ct, ldc, acc, rows, cols);
+                }
+            }
+        });
+    }
+
+    /// The tiles of `C[o0..o1, 0..np]` in the AVX-512 GEMM blocks' order: blocks of `MC` rows,
+    /// then pairs of full-width micro-panels (a single or partial last one), then `MR`-row
+    /// tiles; `f(r0, rows, jr, pair, cols)` with `cols` the width of a single panel.
+    #[inline(always)]
+    pub(in crate::ops::conv) fn for_each_tile512(
+        o0: usize,
+        o1: usize,
+        np: usize,
+        mut f: impl FnMut(usize, usize, usize, bool, usize),
+    ) {
         let panels = np.div_ceil(NR);
         for ic in (o0..o1).step_by(MC) {
             let ic1 = (ic + MC).min(o1);
@@ -344,21 +372,7 @@ pub(super) mod x86 {
                 let pair = jr + 1 < panels && np >= (jr + 2) * NR;
                 let cols = NR.min(np - jr * NR);
                 for r0 in (ic..ic1).step_by(MR) {
-                    let rows = MR.min(ic1 - r0);
-                    let ap = a.panel(k0, r0 / MR);
-                    // SAFETY: the tile lies inside C's rows 0..o1-o0 and columns 0..np
-                    // (caller); the panels hold kc x MR and kc x NR elements, `ps` apart.
-                    unsafe {
-                        let ct = c.add((r0 - o0) * ldc + jr * NR);
-                        let bp = b[jr * ps..].as_ptr();
-                        if pair {
-                            debug_assert!(b.len() >= (jr + 1) * ps + kc * NR);
-                            rows512::<2>(kc, ap, bp, ps, ct, ldc, acc, rows, NR);
-                        } else {
-                            debug_assert!(b.len() >= jr * ps + kc * NR);
-                            rows512::<1>(kc, ap, bp, ps, ct, ldc, acc, rows, cols);
-                        }
-                    }
+                    f(r0, MR.min(ic1 - r0), jr, pair, cols);
                 }
                 jr += if pair { 2 } else { 1 };
             }

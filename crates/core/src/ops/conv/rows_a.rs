@@ -5,7 +5,8 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{x86::store_rows512, MC, MR, NR};
+use super::kernel::x86::{for_each_tile512, store_rows512};
+use super::kernel::{MR, NR};
 
 /// `A` in place: rows of `k` contiguous elements.
 #[derive(Clone, Copy)]
@@ -37,34 +38,22 @@ pub(super) unsafe fn gemm_block_rows(
     ldc: usize,
 ) {
     let acc = k0 != 0;
-    let panels = np.div_ceil(NR);
-    for ic in (o0..o1).step_by(MC) {
-        let ic1 = (ic + MC).min(o1);
-        let mut jr = 0;
-        while jr < panels {
-            let pair = jr + 1 < panels && np >= (jr + 2) * NR;
-            let cols = NR.min(np - jr * NR);
-            for r0 in (ic..ic1).step_by(MR) {
-                let rows = MR.min(ic1 - r0);
-                let ap: [*const f32; MR] = std::array::from_fn(|r| {
-                    a.data[(r0 + r.min(rows - 1)) * a.k + k0..][..kc].as_ptr()
-                });
-                // SAFETY: the six rows hold kc elements each (sliced above); the panels hold
-                // kc x NR elements, `ps` apart (caller); the tile lies inside C's rows
-                // 0..o1 - o0 and columns 0..np (caller).
-                unsafe {
-                    let ct = c.add((r0 - o0) * ldc + jr * NR);
-                    let bp = b[jr * ps..].as_ptr();
-                    if pair {
-                        tile::<2>(kc, ap, bp, ps, ct, ldc, acc, rows, NR);
-                    } else {
-                        tile::<1>(kc, ap, bp, ps, ct, ldc, acc, rows, cols);
-                    }
-                }
+    for_each_tile512(o0, o1, np, |r0, rows, jr, pair, cols| {
+        let ap: [*const f32; MR] =
+            std::array::from_fn(|r| a.data[(r0 + r.min(rows - 1)) * a.k + k0..][..kc].as_ptr());
+        // SAFETY: the six rows hold kc elements each (sliced above); the panels hold kc x NR
+        // elements, `ps` apart (caller); the tile lies inside C's rows 0..o1 - o0 and columns
+        // 0..np (caller).
+        unsafe {
+            let ct = c.add((r0 - o0) * ldc + jr * NR);
+            let bp = b[jr * ps..].as_ptr();
+            if pair {
+                tile::<2>(kc, ap, bp, ps, ct, ldc, acc, rows, NR);
+            } else {
+                tile::<1>(kc, ap, bp, ps, ct, ldc, acc, rows, cols);
             }
-            jr += if pair { 2 } else { 1 };
         }
-    }
+    });
 }
 
 /// One `rows x (P NR)` tile (only the first `cols` columns when `P = 1`): row `r` of `A` read
