@@ -87,11 +87,9 @@ pub fn run_make_data(args: &[String]) -> Result<(), String> {
 
 /// Runs `cargo xtask train-demo`.
 pub fn run_train(args: &[String]) -> Result<(), String> {
-    // candle's element-wise ops on the calling thread (see segkit::train); xtask is still
-    // single-threaded here, before any tensor op.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // candle's element-wise pool parks between ops (segkit_core::runtime; already applied
+    // before `main` on Linux, this call makes the dependency explicit).
+    segkit::core::runtime::configure_cpu_threads();
     let root = crate::root();
     let mut data = root.join("target/demo-data");
     let mut work = root.join("target/demo-train");

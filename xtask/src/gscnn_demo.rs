@@ -95,9 +95,9 @@ fn table(results: &[GscnnRunResult]) -> String {
 
 /// Runs `cargo xtask gscnn-demo`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // candle's element-wise pool parks between ops (segkit_core::runtime; already applied
+    // before `main` on Linux, this call makes the dependency explicit).
+    segkit::core::runtime::configure_cpu_threads();
     let root = crate::root();
     let mut data = root.join("target/demo-data");
     let mut out = root.join("target/gscnn-demo/results.json");

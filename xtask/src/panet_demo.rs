@@ -196,9 +196,9 @@ fn train(root: &Path, config: &Path, iterations: usize, batch: usize) -> Result<
 
 /// Runs `cargo xtask panet-demo`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // candle's element-wise pool parks between ops (segkit_core::runtime; already applied
+    // before `main` on Linux, this call makes the dependency explicit).
+    segkit::core::runtime::configure_cpu_threads();
     let root = crate::root();
     let mut data = root.join("target/demo-data");
     let mut work = root.join("target/panet-demo");

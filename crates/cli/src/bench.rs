@@ -118,16 +118,18 @@ fn status_mb(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// How candle's element-wise pool is sized in this process, as segkit-core left it at load
-/// time (`CANDLE_NUM_THREADS=1 (segkit default)` without any variable set by the user).
+/// How candle's element-wise pool waits for work in this process, as segkit-core left it at
+/// load time (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0 (segkit default)` without any variable set by
+/// the user); its size is `candle_workers` in the JSON line.
 fn candle_pool() -> String {
-    let v = std::env::var(segkit_core::runtime::CANDLE_THREADS_VAR).unwrap_or_default();
+    let v = std::env::var(segkit_core::runtime::CANDLE_SPIN_VAR).unwrap_or_default();
+    let var = segkit_core::runtime::CANDLE_SPIN_VAR;
     match segkit_core::runtime::cpu_threads() {
         Some(segkit_core::runtime::CpuThreads::SegkitDefault) => {
-            format!("CANDLE_NUM_THREADS={v} (segkit default)")
+            format!("{var}={v} (segkit default)")
         }
-        Some(segkit_core::runtime::CpuThreads::UserSet) => format!("CANDLE_NUM_THREADS={v} (user)"),
-        None => format!("CANDLE_NUM_THREADS={v} (not configured)"),
+        Some(segkit_core::runtime::CpuThreads::UserSet) => format!("{var}={v} (user)"),
+        None => format!("{var}={v} (not configured)"),
     }
 }
 

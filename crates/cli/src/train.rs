@@ -66,11 +66,11 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
-/// candle's element-wise CPU ops spin on their own thread pool, which next to segkit's rayon
-/// kernels wastes a small machine's time: segkit-core keeps them on the calling thread unless
-/// the user set `CANDLE_NUM_THREADS` (`segkit_core::runtime`, applied before `main`; this call
-/// only makes the dependency explicit).
-fn single_threaded_candle_pool() {
+/// candle's element-wise CPU pool spins after every op by default, which next to segkit's rayon
+/// kernels wastes a small machine's time: segkit-core makes its workers park instead unless the
+/// user set `CANDLE_BARRIER_POOL_SPIN_LIMIT` (`segkit_core::runtime`, applied before `main`;
+/// this call only makes the dependency explicit).
+fn parking_candle_pool() {
     segkit_core::runtime::configure_cpu_threads();
 }
 
@@ -84,7 +84,7 @@ fn train_err(e: segkit::train::TrainError) -> CliError {
 
 /// Runs `segkit train`.
 pub fn run_train(a: TrainArgs) -> Result<(), CliError> {
-    single_threaded_candle_pool();
+    parking_candle_pool();
     let cfg = load_config(&a.config)?;
     if !a.resume && !a.overwrite {
         let earlier: Vec<&str> = [
@@ -144,7 +144,7 @@ pub fn run_train(a: TrainArgs) -> Result<(), CliError> {
 
 /// Runs `segkit eval`.
 pub fn run_eval(a: EvalArgs) -> Result<(), CliError> {
-    single_threaded_candle_pool();
+    parking_candle_pool();
     let cfg = load_config(&a.config)?;
     let out = a
         .out

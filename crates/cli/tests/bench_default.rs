@@ -1,22 +1,28 @@
 //! "No environment variable is needed for full speed": a process started without
-//! `CANDLE_NUM_THREADS` gets segkit-core's default (candle's spinning element-wise pool off:
-//! no worker thread, its ops on the calling thread), and a value the user sets wins. Checked
-//! on the `segkit` binary, as a user runs it, through `segkit bench`'s JSON line: what
-//! segkit-core's runtime decided before anything was built (`candle_pool`) and the number of
-//! workers candle's element-wise pool really has after the case ran (`candle_workers`).
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT` or `CANDLE_NUM_THREADS` gets segkit-core's default (candle's
+//! element-wise pool with one worker per core besides the caller, each parking right after
+//! every op instead of spinning), and values the user sets win. Checked on the `segkit`
+//! binary, as a user runs it, through `segkit bench`'s JSON line: what segkit-core's runtime
+//! decided before anything was built (`candle_pool`) and the number of workers candle's
+//! element-wise pool really has after the case ran (`candle_workers`).
 
 use std::process::Command;
 
-/// Runs `segkit bench conv3x3_256` once with `CANDLE_NUM_THREADS` removed or set to `value`,
-/// and returns its JSON line.
-fn bench_json(value: Option<&str>) -> serde_json::Value {
+/// Runs `segkit bench conv3x3_256` once on 2 rayon threads with the two candle variables
+/// removed or set as given, and returns its JSON line.
+fn bench_json(spin: Option<&str>, threads: Option<&str>) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_segkit"));
     cmd.args(["bench", "conv3x3_256", "--runs", "1", "--warmup", "0"])
         .env("RAYON_NUM_THREADS", "2");
-    match value {
-        Some(v) => cmd.env("CANDLE_NUM_THREADS", v),
-        None => cmd.env_remove("CANDLE_NUM_THREADS"),
-    };
+    for (var, value) in [
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", spin),
+        ("CANDLE_NUM_THREADS", threads),
+    ] {
+        match value {
+            Some(v) => cmd.env(var, v),
+            None => cmd.env_remove(var),
+        };
+    }
     let out = cmd.output().expect("run segkit bench");
     assert!(
         out.status.success(),
@@ -33,18 +39,28 @@ fn bench_json(value: Option<&str>) -> serde_json::Value {
 }
 
 #[test]
-fn library_default_turns_candles_pool_off_without_any_variable() {
-    let j = bench_json(None);
+fn library_default_parks_candles_pool_without_any_variable() {
+    let j = bench_json(None, None);
     assert_eq!(
-        j["candle_pool"], "CANDLE_NUM_THREADS=1 (segkit default)",
+        j["candle_pool"], "CANDLE_BARRIER_POOL_SPIN_LIMIT=0 (segkit default)",
         "{j}"
     );
-    assert_eq!(j["candle_workers"], 0, "{j}");
+    // candle sizes its pool from RAYON_NUM_THREADS: the caller plus one worker.
+    assert_eq!(j["candle_workers"], 1, "{j}");
 }
 
 #[test]
-fn a_value_the_user_sets_wins() {
-    let j = bench_json(Some("3"));
-    assert_eq!(j["candle_pool"], "CANDLE_NUM_THREADS=3 (user)", "{j}");
+fn values_the_user_sets_win() {
+    let j = bench_json(Some("5000"), Some("3"));
+    assert_eq!(
+        j["candle_pool"], "CANDLE_BARRIER_POOL_SPIN_LIMIT=5000 (user)",
+        "{j}"
+    );
     assert_eq!(j["candle_workers"], 2, "{j}");
+    let j = bench_json(None, Some("1"));
+    assert_eq!(
+        j["candle_pool"], "CANDLE_BARRIER_POOL_SPIN_LIMIT=0 (segkit default)",
+        "{j}"
+    );
+    assert_eq!(j["candle_workers"], 0, "{j}");
 }

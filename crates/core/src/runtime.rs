@@ -3,17 +3,24 @@
 //!
 //! candle 0.11 runs its element-wise ops on tensors of 64k+ elements (the additions that sum
 //! gradients, the optimizer's updates, broadcast ops) on its own "barrier pool": one thread per
-//! core besides the caller, each spinning ~25 000 iterations after every op before it parks.
+//! core besides the caller (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the core
+//! count). By default each worker spins ~25 000 iterations after every op before it parks.
 //! segkit's kernels (convolutions, BatchNorm, resize, losses) run on rayon's pool, so on a
-//! small machine the spinning workers take cores from them: a training step on 2 cores spent
-//! ~35% more CPU time (and up to 1.6x the wall time) with the pool than without it, and the
-//! element-wise ops themselves gain little from a second thread. Inference CPU time is the
-//! same either way (it runs few candle element-wise ops).
+//! small machine those spinning workers take cores from them: a training step on 2 cores spent
+//! ~35% more CPU time (and up to 1.6x the wall time) with the spinning pool than without it.
 //!
-//! candle sizes that pool once, from `CANDLE_NUM_THREADS`, the first time an element-wise op
-//! runs. [`configure_cpu_threads`] sets `CANDLE_NUM_THREADS=1` (no worker: element-wise ops run
-//! on the calling thread) unless the variable is already set — the user's value always wins —
-//! and it runs by itself:
+//! What costs the time is the spinning, not the pool. [`configure_cpu_threads`] sets
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` unless the variable is already set: a worker parks as
+//! soon as its share of an op is done and is woken (one `unpark`) by the next op. candle's
+//! element-wise ops then run on every core and leave them to rayon in between. Measured on 2
+//! cores against the single-threaded pool segkit used before (`CANDLE_NUM_THREADS=1`), old and
+//! new settings alternating: PSPNet-R50-D8 training steps 5-10% faster at 512x512 and at
+//! 512x1024 (the `zeros_like + add` that sums each gradient in candle's backward pass runs on
+//! both cores), the demo model and inference level (docs/PERFORMANCE.md, "sixth").
+//!
+//! candle reads both variables once, the first time an element-wise op runs. Values the user
+//! sets always win (`CANDLE_NUM_THREADS=1` still gives the single-threaded pool). The function
+//! runs by itself:
 //! - before `main` on Linux (an ELF `.init_array` entry of this module, so before any thread or
 //!   tensor exists), in every binary that links segkit-core's layers or ops;
 //! - on the first `ConvNormAct` built and the first BatchNorm training pass, for platforms
@@ -23,22 +30,25 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The variable candle reads to size its element-wise pool.
+/// The variable candle reads to size its element-wise pool (segkit leaves it alone).
 pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
+
+/// The variable candle reads for how long a pool worker spins before it parks.
+pub const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
 /// 0: not configured yet; 1: segkit set the variable; 2: the user had set it.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-/// Who decided the size of candle's element-wise pool.
+/// Who decided how candle's element-wise pool waits for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuThreads {
-    /// segkit set `CANDLE_NUM_THREADS=1`: candle's element-wise ops run on the calling thread.
+    /// segkit set `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`: candle's workers park after every op.
     SegkitDefault,
     /// The variable was already set (by the user or the environment); segkit left it alone.
     UserSet,
 }
 
-/// Sets `CANDLE_NUM_THREADS=1` unless it is set; see the module docs. Idempotent.
+/// Sets `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` unless it is set; see the module docs. Idempotent.
 #[inline(never)]
 pub fn configure_cpu_threads() -> CpuThreads {
     match STATE.load(Ordering::Acquire) {
@@ -46,12 +56,12 @@ pub fn configure_cpu_threads() -> CpuThreads {
         2 => return CpuThreads::UserSet,
         _ => {}
     }
-    let state = if std::env::var_os(CANDLE_THREADS_VAR).is_some() {
+    let state = if std::env::var_os(CANDLE_SPIN_VAR).is_some() {
         2
     } else {
         // Edition 2021: `set_var` is safe. It runs before `main` on Linux (one thread), and
         // elsewhere on the first layer built, before candle's pool reads the variable.
-        std::env::set_var(CANDLE_THREADS_VAR, "1");
+        std::env::set_var(CANDLE_SPIN_VAR, "0");
         1
     };
     STATE.store(state, Ordering::Release);
@@ -91,13 +101,13 @@ mod tests {
     /// The library default: in this test binary nobody called `configure_cpu_threads`, yet the
     /// variable is set (by the constructor) unless the environment set it first.
     #[test]
-    fn candle_pool_is_single_threaded_without_any_variable() {
+    fn candle_pool_parks_without_any_variable() {
         #[cfg(target_os = "linux")]
         assert!(cpu_threads().is_some(), "the constructor did not run");
         let decided = configure_cpu_threads();
-        let v = std::env::var(CANDLE_THREADS_VAR).ok();
+        let v = std::env::var(CANDLE_SPIN_VAR).ok();
         match decided {
-            CpuThreads::SegkitDefault => assert_eq!(v.as_deref(), Some("1")),
+            CpuThreads::SegkitDefault => assert_eq!(v.as_deref(), Some("0")),
             CpuThreads::UserSet => assert!(v.is_some()),
         }
         assert_eq!(configure_cpu_threads(), decided, "idempotent");

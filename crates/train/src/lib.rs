@@ -20,10 +20,12 @@
 //! differentiable implementations when their inputs record gradients (see
 //! `segkit_core::ops`).
 //!
-//! Performance note: candle's element-wise CPU ops run on a spinning thread pool that, next
-//! to segkit's rayon kernels, wastes most of a small machine's time; the `segkit` CLI sets
-//! `CANDLE_NUM_THREADS=1` for training (unless already set), which keeps those ops on the
-//! calling thread (measured 4-6x faster steps on 2 cores).
+//! Performance note: candle's element-wise CPU ops run on a thread pool whose workers spin
+//! after every op by default, which next to segkit's rayon kernels wastes most of a small
+//! machine's time (4-6x slower steps on 2 cores). segkit-core sets
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` before `main` (unless already set;
+//! `segkit_core::runtime`): the workers park after each op, and the element-wise ops (the sums
+//! of gradients among them) still run on every core.
 
 #![deny(missing_docs)]
 

@@ -468,6 +468,8 @@ fn parse(args: &[String]) -> Result<(Sizes, Dirs, Option<PathBuf>), String> {
 
 /// Runs `cargo xtask pssl-demo`.
 pub fn run(args: &[String]) -> Result<(), String> {
+    // The fine-tuning runs go in parallel, one per rayon thread: candle's element-wise ops stay
+    // on each run's own thread (candle's pool serves one caller at a time).
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
