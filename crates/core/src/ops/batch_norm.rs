@@ -373,18 +373,14 @@ impl BnOp {
         r: Option<&[f32]>,
     ) -> candle_core::Result<Vec<f32>> {
         let st = self.stats(x);
-        let mut y = super::resize::alloc_output(x.len());
         let (c, plane, relu) = (self.c, self.plane, self.relu);
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(i, (yo, xi))| {
-                let ch = i % c;
-                let s = w[ch] * st.invstd[ch];
-                let t = b[ch] - st.mean[ch] as f32 * s;
-                let ri = r.map(|r| &r[i * plane..(i + 1) * plane]);
-                fwd_plane(yo, xi, ri, s, t, relu);
-            });
+        let y = super::resize::alloc_filled(x.len(), plane, |i, yo| {
+            let ch = i % c;
+            let s = w[ch] * st.invstd[ch];
+            let t = b[ch] - st.mean[ch] as f32 * s;
+            let ri = r.map(|r| &r[i * plane..(i + 1) * plane]);
+            fwd_plane(yo, &x[i * plane..(i + 1) * plane], ri, s, t, relu);
+        });
         *self
             .stats
             .lock()
@@ -421,8 +417,7 @@ impl BnOp {
                 (sg, sgx)
             })
             .unzip();
-        let mut dx = super::resize::alloc_output(xs.len());
-        dx.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+        let dx = super::resize::alloc_filled(xs.len(), plane, |i, out| {
             let ch = i % c;
             let o = i * plane;
             let (mu, is) = (st.mean[ch] as f32, st.invstd[ch]);
@@ -434,11 +429,10 @@ impl BnOp {
         // d residual = g, the upstream gradient through the activation, masked here in one
         // pass (no mask tensor, no zeros).
         let dr = (self.residual && self.relu).then(|| {
-            let mut dr = super::resize::alloc_output(xs.len());
-            dr.par_chunks_mut(plane)
-                .zip(dys.par_chunks(plane).zip(ys.par_chunks(plane)))
-                .for_each(|(out, (gp, yp))| relu_mask(out, gp, yp));
-            dr
+            super::resize::alloc_filled(xs.len(), plane, |i, out| {
+                let o = i * plane;
+                relu_mask(out, &dys[o..o + plane], &ys[o..o + plane]);
+            })
         });
         (dx, dr, dw, db)
     }
