@@ -110,7 +110,7 @@ fn linear_impl(
         && bias.is_none_or(cpu_f32)
         && residual.is_none_or(cpu_f32);
     if tracked || !fast {
-        let y = linear_composed(x, weight, bias, (rows, din, dout), fast)?.reshape(out_dims)?;
+        let y = linear_composed(x, weight, bias, (rows, din, dout), fast, &out_dims)?;
         let y = super::activate(&y, act)?;
         return Ok(match residual {
             Some(r) => (r + y)?,
@@ -151,12 +151,20 @@ fn linear_composed(
     bias: Option<&Tensor>,
     (rows, din, dout): (usize, usize, usize),
     cpu_f32: bool,
+    out_dims: &[usize],
 ) -> Result<Tensor> {
     if cpu_f32 {
         rows.checked_mul(dout).ok_or_else(|| {
             Error::InvalidArgument(format!("linear: {rows} x {dout} outputs overflow usize"))
         })?;
-        let op = LinearOp { rows, din, dout };
+        // The op's output has the final shape: a reshape would be one more graph node, whose
+        // gradient candle's backward pass zero-fills and adds once more at full size.
+        let op = LinearOp {
+            rows,
+            din,
+            dout,
+            out: Shape::from(out_dims),
+        };
         let (x, w) = (x.contiguous()?, weight.contiguous()?);
         return Ok(match bias {
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
@@ -166,10 +174,11 @@ fn linear_composed(
     let y = x
         .reshape((x.elem_count() / din.max(1), din))?
         .matmul(&weight.t()?)?;
-    Ok(match bias {
+    let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
-    })
+    };
+    Ok(y.reshape(out_dims)?)
 }
 
 /// `rows x dout` = `xs (rows x din)` times `ws (dout x din)` transposed (the `gemm` crate), then
@@ -214,11 +223,13 @@ pub(super) fn gemm_rows(
     out
 }
 
-/// The differentiable form: `(x, weight)` or `(x, weight, bias)`, all contiguous.
+/// The differentiable form: `(x, weight)` or `(x, weight, bias)`, all contiguous; the output
+/// has shape `out` (`x`'s with the last dimension `dout`, `rows x dout` elements).
 struct LinearOp {
     rows: usize,
     din: usize,
     dout: usize,
+    out: Shape,
 }
 
 /// `gemm`'s parallelism over the pool's threads.
@@ -233,18 +244,18 @@ fn parallelism() -> gemm::Parallelism {
 
 impl LinearOp {
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> (CpuStorage, Shape) {
-        let Self { rows, din, dout } = *self;
+        let (rows, din, dout) = (self.rows, self.din, self.dout);
         let epi = Epilogue {
             bias: b,
             ..Epilogue::default()
         };
         let y = gemm_rows(x, w, (rows, din, dout), epi);
-        (CpuStorage::F32(y), Shape::from((rows, dout)))
+        (CpuStorage::F32(y), self.out.clone())
     }
 
     /// `(dx, dW, db)` for `dy` (`rows x dout`).
     fn backward(&self, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let Self { rows, din, dout } = *self;
+        let (rows, din, dout) = (self.rows, self.din, self.dout);
         let (mut dx, mut dw) = (
             Vec::with_capacity(rows * din),
             Vec::with_capacity(dout * din),
