@@ -249,17 +249,22 @@ pub(super) fn print_report(
 }
 
 /// Prints the tensors the autograd graph of `loss` keeps alive, grouped by shape (storage
-/// shared by views counted once): what the backward pass holds on to.
+/// shared by views counted once): what the backward pass holds on to. With
+/// `SEGKIT_BENCH_GRAPH=nodes` every node counts, views included: what candle's backward pass
+/// zero-fills and adds once per incoming gradient.
 pub(super) fn graph_census(loss: &Tensor) {
+    let every_node = std::env::var("SEGKIT_BENCH_GRAPH").is_ok_and(|v| v == "nodes");
     let mut seen = std::collections::HashSet::new();
+    let mut nodes = 0usize;
     let mut by_shape: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     let mut total = 0f64;
     for t in loss.sorted_nodes() {
         let (s, _) = t.storage_and_layout();
         let key = &*s as *const candle_core::Storage as usize;
-        if !seen.insert(key) {
+        if !seen.insert(key) && !every_node {
             continue;
         }
+        nodes += 1;
         let mb = (t.elem_count() * t.dtype().size_in_bytes()) as f64 / 1048576.0;
         let e = by_shape.entry(format!("{:?}", t.dims())).or_default();
         e.0 += 1;
@@ -268,7 +273,8 @@ pub(super) fn graph_census(loss: &Tensor) {
     }
     let mut v: Vec<_> = by_shape.into_iter().collect();
     v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    eprintln!("graph: {} storages, {total:.1} MB", seen.len());
+    let what = if every_node { "nodes" } else { "storages" };
+    eprintln!("graph: {nodes} {what}, {total:.1} MB");
     for (shape, (n, mb)) in v.iter().take(25) {
         eprintln!("  {shape:<24} x{n:<4} {mb:8.1} MB");
     }
