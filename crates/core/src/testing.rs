@@ -226,6 +226,18 @@ impl candle_nn::var_builder::SimpleBackend for SyntheticWeights {
     }
 }
 
+/// The bit patterns of every element of a float tensor (as f32), row-major: for tests that
+/// check two computations agree bit for bit (`-0.0` and `0.0` differ, equal NaNs compare
+/// equal).
+pub fn f32_bits(t: &Tensor) -> candle_core::Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
 /// Reports a test that cannot check what it is for on this machine: prints
 /// `skipped: WHAT (WHY)` and appends the line to the file named by `SEGKIT_SKIP_LOG`, if set
 /// (`.ci/run` lists them at the end; cargo hides a passing test's output). The caller returns

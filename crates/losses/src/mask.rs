@@ -301,15 +301,7 @@ mod tests {
             .unwrap()
             .broadcast_div(&hw)
             .unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
+        let bits = |t: &Tensor| segkit_core::testing::f32_bits(t).unwrap();
         assert_eq!(bits(&pos), bits(&pos_ref));
         assert_eq!(bits(&neg), bits(&neg_ref));
     }

@@ -116,13 +116,7 @@ fn sgd() -> OptimizerConfig {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+    segkit_core::testing::f32_bits(t).unwrap()
 }
 
 /// The metrics log without its timing fields.

@@ -353,13 +353,7 @@ mod tests {
     use super::*;
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+        segkit_core::testing::f32_bits(t).unwrap()
     }
 
     /// The one-pass kernels equal the composed ops bit for bit (first and later steps, with
