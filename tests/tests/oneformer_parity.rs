@@ -61,6 +61,19 @@ fn full_swin_tiny_all_tasks() {
             .unwrap();
         assert_eq!(out.auxiliary.len(), 9);
         check_outputs(&out, &f);
+        // The inference path (`predict_image`'s) drops the auxiliary stages as it goes and
+        // gives the same final predictions, bit for bit.
+        let fin = model.forward_final(&x, get(&f, "task_inputs")).unwrap();
+        assert!(fin.auxiliary.is_empty());
+        let bits = |t: &Tensor| segkit_core::testing::f32_bits(t).unwrap();
+        for (a, b) in [
+            (&fin.class_queries_logits, &out.class_queries_logits),
+            (&fin.masks_queries_logits, &out.masks_queries_logits),
+            (&fin.contrastive_queries, &out.contrastive_queries),
+            (&fin.task_token, &out.task_token),
+        ] {
+            assert_eq!(bits(a), bits(b), "forward_final vs forward ({task})");
+        }
     }
 }
 

@@ -271,8 +271,10 @@ fn oneformer_swin_t(dev: &Device) -> Result<Job, CliError> {
         .task_inputs(segkit::oneformer_parts::tokenizer::Task::Semantic)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(Box::new(move || {
+        // The inference path of `predict_image`: the final stage's predictions, earlier
+        // stages freed as the decoder goes (transformers' model keeps them in its outputs).
         Ok(model
-            .forward(&x, &ti, None, false)
+            .forward_final(&x, &ti)
             .map_err(|e| CliError::Usage(e.to_string()))?
             .masks_queries_logits)
     }))

@@ -290,7 +290,7 @@ impl OneFormer {
     ) -> Result<OneFormerPrediction> {
         let rgb = crate::image::to_rgb8(img)?;
         let x = self.preprocess(&rgb)?;
-        let out = self.forward(&x, &self.task_inputs(task)?, None, false)?;
+        let out = self.forward_final(&x, &self.task_inputs(task)?)?;
         let target = [(rgb.height() as usize, rgb.width() as usize)];
         let (cls, masks) = (&out.class_queries_logits, &out.masks_queries_logits);
         let first = |mut v: Vec<SegmentationResult>| {
@@ -335,17 +335,38 @@ impl OneFormer {
         text_inputs: Option<&Tensor>,
         train: bool,
     ) -> Result<OneFormerOutput> {
+        self.forward_impl(pixel_values, task_inputs, text_inputs, train, true)
+    }
+
+    /// Inference without the auxiliary stages (what [`predict_image`](Self::predict_image)
+    /// runs): the same final predictions as [`forward`](Self::forward) with `train = false`
+    /// and no text inputs, `auxiliary` empty, and each earlier stage's mask prediction freed
+    /// as soon as the next stage has used it (see `TransformerDecoder::forward_final`).
+    pub fn forward_final(
+        &self,
+        pixel_values: &Tensor,
+        task_inputs: &Tensor,
+    ) -> Result<OneFormerOutput> {
+        self.forward_impl(pixel_values, task_inputs, None, false, false)
+    }
+
+    fn forward_impl(
+        &self,
+        pixel_values: &Tensor,
+        task_inputs: &Tensor,
+        text_inputs: Option<&Tensor>,
+        train: bool,
+        keep_auxiliary: bool,
+    ) -> Result<OneFormerOutput> {
         let feats = self.backbone.forward(pixel_values, train)?;
         let pd = self.pixel_decoder.forward(&feats, train)?;
-        let out = self
-            .decoder
-            .forward(
-                &pd.multi_scale_features,
-                &pd.mask_features,
-                task_inputs,
-                train,
-            )
-            .map_err(oneformer_err)?;
+        let (ms, mf) = (&pd.multi_scale_features, &pd.mask_features);
+        let out = if keep_auxiliary {
+            self.decoder.forward(ms, mf, task_inputs, train)
+        } else {
+            self.decoder.forward_final(ms, mf, task_inputs, train)
+        }
+        .map_err(oneformer_err)?;
         let text_queries = match (text_inputs, &self.text_mapper) {
             (None, _) => None,
             (Some(t), Some(m)) => Some(m.forward(t, train).map_err(oneformer_err)?),
