@@ -364,7 +364,7 @@ impl OneFormer {
         let out = if keep_auxiliary {
             self.decoder.forward(ms, mf, task_inputs, train)
         } else {
-            self.decoder.forward_final(ms, mf, task_inputs, train)
+            self.decoder.forward_final(ms, mf, task_inputs)
         }
         .map_err(oneformer_err)?;
         let text_queries = match (text_inputs, &self.text_mapper) {

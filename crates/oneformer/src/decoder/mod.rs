@@ -331,24 +331,18 @@ impl TransformerDecoder {
         )
     }
 
-    /// [`forward`](Self::forward) without the auxiliary stages: each stage's prediction is
-    /// dropped once the next stage's attention mask is built, so inference holds one
+    /// Inference (`train = false`) without the auxiliary stages: each stage's prediction is
+    /// dropped once the next stage's attention mask is built, so it holds one
     /// `B x N x H/4 x W/4` mask prediction instead of `decoder_layers` of them (~88 MB less at
-    /// 512 x 512 with 150 queries). `auxiliary` is empty; everything else is identical.
+    /// 512 x 512 with 150 queries). `auxiliary` is empty; everything else is identical to
+    /// [`forward`](Self::forward)'s.
     pub fn forward_final(
         &self,
-        multi_scale_features: &[Tensor],
-        mask_features: &Tensor,
-        task_inputs: &Tensor,
-        train: bool,
+        levels: &[Tensor],
+        mask: &Tensor,
+        task: &Tensor,
     ) -> Result<TransformerDecoderOutput> {
-        self.forward_impl(
-            multi_scale_features,
-            mask_features,
-            task_inputs,
-            train,
-            false,
-        )
+        self.forward_impl(levels, mask, task, false, false)
     }
 
     fn forward_impl(
