@@ -15,7 +15,13 @@
 //! # Tolerances
 //! With `eps = rtol * max(1, absmax)` (DESIGN.md's element tolerance, `rtol = 1e-4`):
 //! - each sampled value: `|got - ref| <= eps`;
-//! - `sum` and `abssum`: within `rtol / 100 * max(1, abssum)` (`1e-6 * abssum`);
+//! - `sum` and `abssum`: within `max(rtol / 100 * max(1, abssum), N eps / 100)` (`1e-6 *
+//!   abssum`, or an average signed deviation of 1% of `eps`, whichever is larger). These
+//!   catch a systematic bias far below `eps`; the second form keeps them from failing
+//!   rounding that is coherent across elements: OneFormer's mask logits (150 queries times the
+//!   same mask features) on an AVX2 EPYC had every sampled value within 1% of `eps` (3e-6 vs
+//!   2.9e-4) and the projections within 0.2% of theirs, but a sum 1.2x `1e-6 * abssum` off
+//!   (an average signed deviation of 0.2% of `eps`);
 //! - projection of a block of `B` elements: `|p_got - p_ref| <= eps * min(B, 6 sqrt(B))`
 //!   plus the f32 rounding of the stored `p_ref` (`|p_ref| * 2^-24`). If every element is
 //!   within `eps`, `sum_i s_i e_i` is at most `B eps` (always) and, because the signs are
@@ -226,7 +232,7 @@ pub fn check_sampled_rtol(
     // Whole-tensor sum and absolute sum.
     let sum_ref = scalar(f, &format!("{name}.sum"))?;
     let abssum_ref = scalar(f, &format!("{name}.abssum"))?;
-    let tol_sum = rtol / 100.0 * abssum_ref.max(1.0);
+    let tol_sum = (rtol / 100.0 * abssum_ref.max(1.0)).max(x.len() as f64 * eps / 100.0);
     let sum: f64 = x.iter().map(|&v| v as f64).sum();
     let abssum: f64 = x.iter().map(|&v| (v as f64).abs()).sum();
     for (what, g, w) in [("sum", sum, sum_ref), ("abssum", abssum, abssum_ref)] {

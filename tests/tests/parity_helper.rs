@@ -128,3 +128,24 @@ fn within_tolerance_noise_on_every_element_passes() {
     assert!(r.is_ok(), "{r:?}");
     eprintln!("{}", r.unwrap());
 }
+
+/// The sum checks catch a systematic bias that the sampled values and the projections cannot
+/// (3% of `eps` on every element), and let a smaller one through (0.5% of `eps`, the order of
+/// coherent f32 rounding across elements that share their inputs).
+#[test]
+fn sum_checks_catch_a_small_uniform_bias() {
+    let x = base();
+    let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let eps = 1e-4 * absmax.max(1.0);
+    let want = summarize("logits", &tensor(x.clone()), 0xb1a5);
+    let biased = |frac: f64| -> Vec<f32> {
+        x.iter().map(|&a| (a as f64 + frac * eps) as f32).collect()
+    };
+    let r = check_sampled("logits", &tensor(biased(0.005)), &want);
+    assert!(r.is_ok(), "{r:?}");
+    let e = check_sampled("logits", &tensor(biased(0.03)), &want).expect_err("3% bias passed");
+    assert!(
+        e.contains("sum") && !e.contains("sampled value") && !e.contains("projection of"),
+        "{e}"
+    );
+}

@@ -18,7 +18,9 @@
 //! # Shapes
 //! `text_inputs: B x T x L` token ids (u32 / i64 / float) -> `B x (T + n_ctx) x hidden_dim`.
 
-use candle_core::{DType, IndexOp, Module, Tensor, D};
+use std::collections::HashMap;
+
+use candle_core::{DType, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use segkit_core::nn::{LayerNorm, Mlp, MlpKeys};
 
@@ -161,6 +163,14 @@ impl TextMapper {
     }
 
     /// Encodes `M x L` token ids into `M x width` (pooled at the end-of-text token).
+    ///
+    /// Identical rows are encoded once: each row's output depends on that row alone (the
+    /// text transformer attends within a row, and the pooling reads the row's own end-of-text
+    /// token), so the distinct rows go through the transformer and a gather hands every row
+    /// its result; the gather's backward sums the duplicates' gradients, which is what the
+    /// per-row computation's gradient sums to. The entries of a training image are mostly
+    /// duplicates: its "a photo with a {class}" entries repeat per instance of a class, and
+    /// the padding "a/an {task} photo" fills the rest of the 134.
     pub fn encode(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let (m, l) = ids.dims2()?;
         if l != self.cfg.text_encoder_context_length {
@@ -170,21 +180,58 @@ impl TextMapper {
             )));
         }
         let ids = ids.to_dtype(DType::U32)?;
+        let rows = ids.to_vec2::<u32>()?;
+        let mut first: HashMap<&[u32], u32> = HashMap::with_capacity(m);
+        let mut distinct: Vec<&[u32]> = Vec::new();
+        let inverse: Vec<u32> = rows
+            .iter()
+            .map(|r| {
+                *first.entry(r.as_slice()).or_insert_with(|| {
+                    distinct.push(r.as_slice());
+                    (distinct.len() - 1) as u32
+                })
+            })
+            .collect();
+        if distinct.len() == m {
+            return self.encode_rows(&ids, &rows, train);
+        }
+        let distinct_rows: Vec<Vec<u32>> = distinct.iter().map(|r| r.to_vec()).collect();
+        let flat: Vec<u32> = distinct_rows.concat();
+        let u = Tensor::from_vec(flat, (distinct_rows.len(), l), ids.device())?;
+        let enc = self.encode_rows(&u, &distinct_rows, train)?;
+        let inverse = Tensor::from_vec(inverse, m, ids.device())?;
+        Ok(enc.index_select(&inverse, 0)?)
+    }
+
+    /// [`Self::encode`] without merging identical rows: `ids` (`M x L`, u32) and the same ids
+    /// on the host.
+    fn encode_rows(&self, ids: &Tensor, rows: &[Vec<u32>], train: bool) -> Result<Tensor> {
         let x = self
             .token_embedding
-            .forward(&ids)?
+            .forward(ids)?
             .broadcast_add(&self.positional_embedding)?;
         let mut x = x;
         for layer in &self.layers {
             x = layer.forward(&x, train)?;
         }
         let x = self.ln_final.forward(&x)?;
-        let eot = ids.to_dtype(DType::F32)?.argmax(D::Minus1)?; // first maximum, as torch
-        let eot = eot.to_vec1::<u32>()?;
-        let rows = (0..m)
-            .map(|i| x.i((i, eot[i] as usize)))
+        // The end-of-text token has the largest id: the first maximum, as torch's argmax.
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let eot = r
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, 0u32),
+                        |(bi, bv), (j, &v)| if v > bv { (j, v) } else { (bi, bv) },
+                    )
+                    .0;
+                x.i((i, eot))
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&rows, 0)?)
+        Ok(Tensor::stack(&pooled, 0)?)
     }
 
     /// Text queries `B x (T + n_ctx) x hidden_dim` of `B x T x L` token ids (HF `encode_text`).
@@ -210,5 +257,111 @@ impl TextMapper {
             }
             None => Ok(q),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TextMapper, TextMapperConfig};
+    use candle_core::{DType, Device, Tensor, Var};
+    use candle_nn::{VarBuilder, VarMap};
+    use segkit_core::testing::synthetic_tensor;
+
+    /// A two-layer mapper of width 64 over 8 tokens, every variable synthetic; the text
+    /// encoder's variables (the ones `encode` uses).
+    fn mapper() -> (TextMapper, Vec<(String, Var)>) {
+        let cfg = TextMapperConfig {
+            text_encoder_width: 64,
+            text_encoder_context_length: 8,
+            text_encoder_num_layers: 2,
+            text_encoder_vocab_size: 50,
+            text_encoder_n_ctx: 0,
+            hidden_dim: 64,
+            ..TextMapperConfig::default()
+        };
+        let varmap = VarMap::new();
+        let m = TextMapper::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in &vars {
+            let t = synthetic_tensor(k, v.dims(), DType::F32, &Device::Cpu).unwrap();
+            v.set(&t).unwrap();
+        }
+        vars.retain(|(k, _)| k.starts_with("text_encoder."));
+        assert_eq!(vars.len(), 2 + 2 * 12 + 2, "{vars:?}");
+        (m, vars)
+    }
+
+    /// Merging identical rows changes neither the encodings nor the gradients: the
+    /// duplicates' gradients add up in the gather's backward as in the per-row computation.
+    #[test]
+    fn identical_rows_are_encoded_once_with_the_same_values_and_gradients() {
+        let (m, vars) = mapper();
+        // Rows 0, 2, 3 and 5 are one text, 1 and 4 another; the end-of-text token (49) is
+        // the largest id, padding is 0.
+        let texts: [&[u32]; 3] = [
+            &[3, 7, 49, 0, 0, 0, 0, 0],
+            &[3, 9, 11, 49, 0, 0, 0, 0],
+            &[5, 49, 0, 0, 0, 0, 0, 0],
+        ];
+        let order = [0usize, 1, 0, 0, 1, 0, 2];
+        let flat: Vec<u32> = order.iter().flat_map(|&i| texts[i].to_vec()).collect();
+        let ids = Tensor::from_vec(flat.clone(), (order.len(), 8), &Device::Cpu).unwrap();
+        let rows: Vec<Vec<u32>> = order.iter().map(|&i| texts[i].to_vec()).collect();
+        let w = synthetic_tensor(
+            "text_mapper_probe",
+            (order.len(), 64),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |merged: bool| {
+            let enc = if merged {
+                m.encode(&ids, true).unwrap()
+            } else {
+                m.encode_rows(&ids, &rows, true).unwrap()
+            };
+            let loss = (&enc * &w).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|(_, v)| {
+                    grads
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            (enc.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+        };
+        let (enc_m, g_m) = run(true);
+        let (enc_r, g_r) = run(false);
+        let close = |what: &str, a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().fold(1f32, |s, v| s.max(v.abs()));
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() <= 1e-5 * scale, "{what}[{i}]: {x} vs {y}");
+            }
+        };
+        close("encodings", &enc_m, &enc_r);
+        // Rows of one text are equal.
+        assert_eq!(enc_m[..64], enc_m[2 * 64..3 * 64]);
+        for ((k, _), (a, b)) in vars.iter().zip(g_m.iter().zip(&g_r)) {
+            close(k, a, b);
+        }
+        assert!(g_r.iter().flatten().any(|&v| v != 0.0));
     }
 }
