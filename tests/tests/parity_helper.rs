@@ -138,9 +138,8 @@ fn sum_checks_catch_a_small_uniform_bias() {
     let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
     let eps = 1e-4 * absmax.max(1.0);
     let want = summarize("logits", &tensor(x.clone()), 0xb1a5);
-    let biased = |frac: f64| -> Vec<f32> {
-        x.iter().map(|&a| (a as f64 + frac * eps) as f32).collect()
-    };
+    let biased =
+        |frac: f64| -> Vec<f32> { x.iter().map(|&a| (a as f64 + frac * eps) as f32).collect() };
     let r = check_sampled("logits", &tensor(biased(0.005)), &want);
     assert!(r.is_ok(), "{r:?}");
     let e = check_sampled("logits", &tensor(biased(0.03)), &want).expect_err("3% bias passed");

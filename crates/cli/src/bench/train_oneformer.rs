@@ -27,11 +27,12 @@
 //! same model on the same targets: it differs only by the point draws (transformers'
 //! `torch.rand` is not seeded here), 175.857 (segkit) vs 175.79-175.84 at 1x3x128x128.
 //!
-//! Memory: the text mapper encodes 134 x 77 tokens per image whatever the crop, and its graph
-//! holds about 4 GB per image on segkit's side (~1.5 GB in PyTorch): at batch 1 and 128 x 128
-//! segkit peaks at ~6.6 GB, PyTorch at ~3.6 GB. Run this case with `--size 128 --batch 1` on
-//! a shared 24 GB machine (the defaults of the other training cases, 512 and batch 2, need
-//! well over 12 GB).
+//! Memory: transformers' text mapper encodes 134 x 77 tokens per image whatever the crop
+//! (~1.5 GB of its graph); segkit's encodes each distinct entry once (at most 6 of the 134
+//! here: the five segments' entries and the padding). At batch 1 and 128 x 128 segkit
+//! peaks at ~2.4 GB, PyTorch at ~3.6 GB. Run this case with `--size 128 --batch 1` on a
+//! shared 24 GB machine (the defaults of the other training cases, 512 and batch 2, need well
+//! over 12 GB on PyTorch's side).
 
 use std::collections::{BTreeMap, HashMap};
 
