@@ -165,8 +165,8 @@ impl TextMapper {
     /// Encodes `M x L` token ids into `M x width` (pooled at the end-of-text token).
     ///
     /// Identical rows are encoded once: each row's output depends on that row alone (the
-    /// text transformer attends within a row, and the pooling reads the row's own end-of-text
-    /// token), so the distinct rows go through the transformer and a gather hands every row
+    /// text transformer attends within a row and has no dropout, and the pooling reads the
+    /// row's own end-of-text token), so the distinct rows go through the transformer and a gather hands every row
     /// its result; the gather's backward sums the duplicates' gradients, which is what the
     /// per-row computation's gradient sums to. The entries of a training image are mostly
     /// duplicates: its "a photo with a {class}" entries repeat per instance of a class, and
