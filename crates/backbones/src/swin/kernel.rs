@@ -7,8 +7,10 @@
 //! the qkv bias), adds the relative position bias and the shift mask, applies the softmax, and
 //! writes each token's output row to its place in the unpadded `B x L x C` map. The scores of
 //! one window never leave the L1 cache. Windows are split over `candle_core::utils::
-//! get_num_threads()` scoped threads; AVX2 + FMA are used when the CPU has them, and
-//! `kernel512.rs`'s register-tiled AVX-512F version when it has that.
+//! get_num_threads()` scoped threads. The portable version here works one query row at a
+//! time; on x86-64 the register-tiled versions replace it: `kernel512.rs`'s (AVX-512F) when
+//! the CPU has AVX-512F, else `kernel256.rs`'s (AVX2 + FMA) when it has those. The row version
+//! compiled with AVX2 + FMA (`windows::<true>`) is kept for the tests.
 
 use std::ops::Range;
 
@@ -59,7 +61,7 @@ impl WindowAttention<'_> {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: AVX2 and FMA were detected on this CPU.
-                unsafe { self.windows_avx2(r, dst) };
+                unsafe { self.windows_avx2_tiled(r, dst) };
                 return;
             }
             let _ = (simd, avx512);
@@ -84,9 +86,14 @@ impl WindowAttention<'_> {
         out
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// [`Self::windows`] compiled with AVX2 + FMA, one query row at a time (the tests compare
+    /// it with the tiled kernels).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `dst` as in `windows`.
+    #[cfg(all(test, target_arch = "x86_64"))]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn windows_avx2(&self, jobs: Range<usize>, dst: &OutPtr) {
+    pub(super) unsafe fn windows_avx2(&self, jobs: Range<usize>, dst: &OutPtr) {
         self.windows::<true>(jobs, dst)
     }
 

@@ -72,6 +72,7 @@
 mod config;
 mod fused;
 mod kernel;
+mod kernel256;
 mod kernel512;
 mod layers;
 mod patch;
