@@ -25,7 +25,7 @@ use segkit::oneformer_parts::targets::PanopticSegment;
 use segkit::oneformer_parts::targets::{build_target, ClassMetadata, OneFormerTarget};
 use segkit::oneformer_parts::tokenizer::{Task, TaskTokenizer};
 use segkit::{OneFormer, OneFormerConfig};
-use segkit_core::testing::synthetic_tensor;
+use segkit_core::testing::set_synthetic;
 use segkit_losses::{
     ContrastiveInputs, MaskTargets, OneFormerLoss, SeededPointSource, SetPrediction,
 };
@@ -152,17 +152,7 @@ fn targets_equal_oneformer_processor() {
 fn model(cfg: &OneFormerConfig, dev: &Device) -> (OneFormer, HashMap<String, Var>) {
     let varmap = VarMap::new();
     let model = OneFormer::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
-    let vars: HashMap<String, Var> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in &vars {
-        v.set(&synthetic_tensor(k, v.dims(), DType::F32, dev).unwrap())
-            .unwrap();
-    }
+    let vars: HashMap<String, Var> = set_synthetic(&varmap).unwrap().into_iter().collect();
     (model, vars)
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use segkit::backbones::{KeyStyle, ResNetConfig, Stem};
-use segkit::core::testing::synthetic_tensor;
+use segkit::core::testing::set_synthetic;
 use segkit::heads::{EncHeadConfig, InIndex};
 use segkit::{BackboneConfig, EncoderDecoder, HeadConfig, SegmentorConfig};
 use segkit_tests::{assert_close, get, load_fixture};
@@ -70,17 +70,8 @@ fn check(case: &str, cfg: &SegmentorConfig, want_losses: &[&str]) {
     let varmap = VarMap::new();
     let model =
         EncoderDecoder::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-    let vars: HashMap<String, candle_core::Var> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in &vars {
-        v.set(&synthetic_tensor(k, v.dims(), DType::F32, &dev).unwrap())
-            .unwrap();
-    }
+    let vars: HashMap<String, candle_core::Var> =
+        set_synthetic(&varmap).unwrap().into_iter().collect();
     let x = get(&f, "input");
     let labels = get(&f, "labels");
     let out = model.forward_t(x, true).unwrap();

@@ -148,6 +148,25 @@ pub fn synthetic_var_builder(dtype: DType, dev: &Device) -> VarBuilder<'static> 
     VarBuilder::from_backend(Box::new(SyntheticBackend), dtype, dev.clone())
 }
 
+/// The variables of `varmap` by key, each set to its synthetic value (trainable variables
+/// that hold the parity fixtures' weights: build a model over
+/// `VarBuilder::from_varmap(&varmap, ..)`, then call this).
+pub fn set_synthetic(
+    varmap: &candle_nn::VarMap,
+) -> candle_core::Result<std::collections::BTreeMap<String, candle_core::Var>> {
+    let vars: std::collections::BTreeMap<String, candle_core::Var> = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned VarMap lock".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in &vars {
+        v.set(&synthetic_tensor(k, v.dims(), v.dtype(), v.device())?)?;
+    }
+    Ok(vars)
+}
+
 /// [`SyntheticBackend`]'s tensors with some keys multiplied by a factor (a generator's scaled
 /// output layers, say), optionally recording every tensor handed out (to save the model as a
 /// checkpoint afterwards).

@@ -265,7 +265,7 @@ mod tests {
     use super::{TextMapper, TextMapperConfig};
     use candle_core::{DType, Device, Tensor, Var};
     use candle_nn::{VarBuilder, VarMap};
-    use segkit_core::testing::synthetic_tensor;
+    use segkit_core::testing::{set_synthetic, synthetic_tensor};
 
     /// A two-layer mapper of width 64 over 8 tokens, every variable synthetic; the text
     /// encoder's variables (the ones `encode` uses).
@@ -285,18 +285,7 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let mut vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in &vars {
-            let t = synthetic_tensor(k, v.dims(), DType::F32, &Device::Cpu).unwrap();
-            v.set(&t).unwrap();
-        }
+        let mut vars: Vec<(String, Var)> = set_synthetic(&varmap).unwrap().into_iter().collect();
         vars.retain(|(k, _)| k.starts_with("text_encoder."));
         assert_eq!(vars.len(), 2 + 2 * 12 + 2, "{vars:?}");
         (m, vars)

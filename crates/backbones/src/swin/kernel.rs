@@ -268,6 +268,76 @@ pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the threads write disjoint rows (see `windows`), and the buffer outlives them.
 unsafe impl Sync for OutPtr {}
 
+/// Test inputs shared by the kernels' tests: two images of `h x w` tokens, hashed values.
+#[cfg(test)]
+pub(super) struct TestCase {
+    geo: crate::swin::window::WindowGeometry,
+    qkv: Vec<f32>,
+    qkv_bias: Vec<f32>,
+    bias: Vec<f32>,
+    /// Images, tokens per image, channels, heads.
+    pub(super) dims: (usize, usize, usize, usize),
+}
+
+#[cfg(test)]
+impl TestCase {
+    /// The case `(h, w, window, shift, c, heads)`.
+    pub(super) fn new(
+        (h, w, window, shift, c, heads): (usize, usize, usize, usize, usize, usize),
+    ) -> Self {
+        let dev = candle_core::Device::Cpu;
+        let geo = crate::swin::window::WindowGeometry::new(
+            h,
+            w,
+            window,
+            shift,
+            candle_core::DType::F32,
+            &dev,
+        )
+        .expect("geometry");
+        let (b, l, n) = (2, h * w, window * window);
+        let hash = |i: usize, m: usize| ((i * 2_654_435_761) % m) as f32 / m as f32 - 0.5;
+        Self {
+            geo,
+            qkv: (0..b * l * 3 * c).map(|i| 2.0 * hash(i, 997)).collect(),
+            qkv_bias: (0..3 * c).map(|i| hash(i + 7, 101)).collect(),
+            bias: (0..heads * n * n).map(|i| hash(i + 3, 89)).collect(),
+            dims: (b, l, c, heads),
+        }
+    }
+
+    /// The kernel's inputs.
+    pub(super) fn attention(&self) -> WindowAttention<'_> {
+        let (batch, tokens, dim, heads) = self.dims;
+        WindowAttention {
+            qkv: &self.qkv,
+            qkv_bias: &self.qkv_bias,
+            index: &self.geo.forward_host,
+            bias: &self.bias,
+            mask: self.geo.mask_host.as_deref(),
+            batch,
+            tokens,
+            dim,
+            heads,
+            window_area: self.geo.window_area,
+        }
+    }
+
+    /// Every window of every image as one job range.
+    pub(super) fn jobs(&self) -> Range<usize> {
+        0..self.dims.0 * self.geo.num_windows
+    }
+
+    /// The portable kernel's output.
+    pub(super) fn portable(&self) -> Vec<f32> {
+        let (b, l, c, _) = self.dims;
+        let mut want = vec![f32::NAN; b * l * c];
+        self.attention()
+            .windows::<false>(self.jobs(), &OutPtr(want.as_mut_ptr()));
+        want
+    }
+}
+
 #[cfg(test)]
 mod bench {
     use super::*;

@@ -587,8 +587,8 @@ fn hsum(x: __m256) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernel::TestCase;
     use super::*;
-    use crate::swin::window::WindowGeometry;
 
     /// The tiled AVX2 kernel equals the portable one (same exponential, different summation
     /// order) on padded, shifted maps of two images: kernel512's cases (windows of 49 and 144
@@ -602,9 +602,8 @@ mod tests {
             eprintln!("skipped: no AVX2 + FMA on this CPU");
             return;
         }
-        let dev = candle_core::Device::Cpu;
         let mut worst = 0f32;
-        for (h, w, window, shift, c, heads) in [
+        for case in [
             (17, 23, 7, 3, 96, 3),
             (14, 14, 7, 0, 40, 2),
             (26, 13, 12, 6, 64, 2),
@@ -612,45 +611,23 @@ mod tests {
             (9, 11, 5, 2, 36, 3),
             (10, 12, 4, 2, 80, 2),
         ] {
-            let geo = WindowGeometry::new(h, w, window, shift, candle_core::DType::F32, &dev)
-                .expect("geometry");
-            let (b, l, n) = (2, h * w, window * window);
-            let hash = |i: usize, m: usize| ((i * 2_654_435_761) % m) as f32 / m as f32 - 0.5;
-            let qkv: Vec<f32> = (0..b * l * 3 * c).map(|i| 2.0 * hash(i, 997)).collect();
-            let qkv_bias: Vec<f32> = (0..3 * c).map(|i| hash(i + 7, 101)).collect();
-            let bias: Vec<f32> = (0..heads * n * n).map(|i| hash(i + 3, 89)).collect();
-            let k = WindowAttention {
-                qkv: &qkv,
-                qkv_bias: &qkv_bias,
-                index: &geo.forward_host,
-                bias: &bias,
-                mask: geo.mask_host.as_deref(),
-                batch: b,
-                tokens: l,
-                dim: c,
-                heads,
-                window_area: n,
-            };
-            let jobs = b * geo.forward_host.len() / n;
-            let mut want = vec![f32::NAN; b * l * c];
-            k.windows::<false>(0..jobs, &OutPtr(want.as_mut_ptr()));
+            let t = TestCase::new(case);
+            let (k, len) = (t.attention(), t.dims.0 * t.dims.1 * t.dims.2);
+            let want = t.portable();
             // Eight guard floats after the output: a store past a row's `hd` columns reaches
             // them from the last token's last head.
-            let mut got = vec![f32::NAN; b * l * c + 8];
+            let mut got = vec![f32::NAN; len + 8];
             // SAFETY: AVX2 + FMA detected above.
-            unsafe { k.windows_avx2_tiled(0..jobs, &OutPtr(got.as_mut_ptr())) };
-            assert!(
-                got.split_off(b * l * c).iter().all(|x| x.is_nan()),
-                "{h}x{w} c={c}"
-            );
-            let mut rowwise = vec![f32::NAN; b * l * c];
+            unsafe { k.windows_avx2_tiled(t.jobs(), &OutPtr(got.as_mut_ptr())) };
+            assert!(got.split_off(len).iter().all(|x| x.is_nan()), "{case:?}");
+            let mut rowwise = vec![f32::NAN; len];
             // SAFETY: AVX2 + FMA detected above.
-            unsafe { k.windows_avx2(0..jobs, &OutPtr(rowwise.as_mut_ptr())) };
+            unsafe { k.windows_avx2(t.jobs(), &OutPtr(rowwise.as_mut_ptr())) };
             for (name, out) in [("tiled", &got), ("row-at-a-time", &rowwise)] {
                 for (i, (&g, &e)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                        "{name}, {h}x{w} c={c} [{i}]: {g} vs {e}"
+                        "{name}, {case:?} [{i}]: {g} vs {e}"
                     );
                 }
             }

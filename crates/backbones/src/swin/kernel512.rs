@@ -343,8 +343,8 @@ pub(super) unsafe fn exp512(x: __m512) -> __m512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernel::TestCase;
     use super::*;
-    use crate::swin::window::WindowGeometry;
 
     /// The AVX-512 kernel equals the portable one (same exponential, different summation
     /// order) on padded, shifted maps, with head dims that are and are not multiples of 16
@@ -355,42 +355,24 @@ mod tests {
             eprintln!("skipped: no AVX-512F on this CPU");
             return;
         }
-        let dev = candle_core::Device::Cpu;
-        for (h, w, window, shift, c, heads) in [
+        for case in [
             (17, 23, 7, 3, 96, 3),
             (14, 14, 7, 0, 40, 2),
             (26, 13, 12, 6, 64, 2),
             (5, 9, 7, 0, 48, 1),
         ] {
-            let geo = WindowGeometry::new(h, w, window, shift, candle_core::DType::F32, &dev)
-                .expect("geometry");
-            let (b, l, n) = (2, h * w, window * window);
-            let hash = |i: usize, m: usize| ((i * 2_654_435_761) % m) as f32 / m as f32 - 0.5;
-            let qkv: Vec<f32> = (0..b * l * 3 * c).map(|i| 2.0 * hash(i, 997)).collect();
-            let qkv_bias: Vec<f32> = (0..3 * c).map(|i| hash(i + 7, 101)).collect();
-            let bias: Vec<f32> = (0..heads * n * n).map(|i| hash(i + 3, 89)).collect();
-            let k = WindowAttention {
-                qkv: &qkv,
-                qkv_bias: &qkv_bias,
-                index: &geo.forward_host,
-                bias: &bias,
-                mask: geo.mask_host.as_deref(),
-                batch: b,
-                tokens: l,
-                dim: c,
-                heads,
-                window_area: n,
-            };
-            let jobs = b * geo.forward_host.len() / n;
-            let mut want = vec![f32::NAN; b * l * c];
-            k.windows::<false>(0..jobs, &OutPtr(want.as_mut_ptr()));
-            let mut got = vec![f32::NAN; b * l * c];
+            let t = TestCase::new(case);
+            let want = t.portable();
+            let mut got = vec![f32::NAN; want.len()];
             // SAFETY: AVX-512F detected above.
-            unsafe { k.windows_avx512(0..jobs, &OutPtr(got.as_mut_ptr())) };
+            unsafe {
+                t.attention()
+                    .windows_avx512(t.jobs(), &OutPtr(got.as_mut_ptr()))
+            };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "{h}x{w} c={c} [{i}]: {g} vs {w}"
+                    "{case:?} [{i}]: {g} vs {w}"
                 );
             }
         }
