@@ -119,6 +119,21 @@ where
     v
 }
 
+/// An output buffer of `len` values that `fill(out)` writes whole (every element), with
+/// nothing zeroed first, as [`alloc_filled`] (for kernels that write one output in several
+/// passes). If `fill` panics, the buffer is dropped unread.
+pub(super) fn alloc_written(len: usize, fill: impl FnOnce(&mut [f32])) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    advise_huge_pages(v.as_mut_ptr(), len);
+    let out = &mut v.spare_capacity_mut()[..len];
+    // SAFETY: `f32` has no invalid bit patterns and `fill` only writes through the slice (the
+    // contract above).
+    fill(unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) });
+    // SAFETY: `fill` wrote every element of `[0, len)`.
+    unsafe { v.set_len(len) };
+    v
+}
+
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")

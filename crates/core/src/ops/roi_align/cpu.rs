@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::{axis_taps, check_args, parse_rois, Axis, Roi};
-use crate::ops::resize::{alloc_output, cpu_output, target_tasks, with_cpu_f32};
+use crate::ops::resize::{alloc_written, cpu_output, target_tasks, with_cpu_f32};
 use crate::Result;
 
 /// The CPU kernels of [`roi_align`](super::roi_align), with the layout chosen by the caller
@@ -27,9 +27,8 @@ pub fn roi_align_cpu(
     let parsed = parse_rois(rois, n, output_size, spatial_scale, sampling_ratio, aligned)?;
     let (ph, pw) = output_size;
     let bins = ph * pw;
-    let mut out = alloc_output(k * c * bins);
     if k * c == 0 {
-        return cpu_output(out, &[k, c, ph, pw], input.dtype());
+        return cpu_output(Vec::new(), &[k, c, ph, pw], input.dtype());
     }
     let channels_last = channels_last.unwrap_or_else(|| {
         // Bilinear taps read per channel, against one transposition of the maps: the
@@ -41,14 +40,15 @@ pub fn roi_align_cpu(
             .sum();
         c >= 8 && taps >= 0.5 * (n * h * w) as f64
     });
-    with_cpu_f32(&input, |src| {
-        if channels_last {
-            let t = to_channels_last(src, n, c, h * w);
-            roi_align_nhwc(&t, (c, h, w), &parsed, output_size, &mut out);
-        } else {
-            roi_align_planar(src, (c, h, w), &parsed, output_size, &mut out);
-        }
-        Ok(())
+    // Both kernels write every output element: nothing is zeroed first.
+    let out = with_cpu_f32(&input, |src| {
+        Ok(alloc_written(k * c * bins, |out| {
+            if channels_last {
+                roi_align_nhwc(src, (n, c, h, w), &parsed, output_size, out);
+            } else {
+                roi_align_planar(src, (c, h, w), &parsed, output_size, out);
+            }
+        }))
     })?;
     cpu_output(out, &[k, c, ph, pw], input.dtype())
 }
@@ -147,29 +147,6 @@ fn pool_plane(plane: &[f32], offsets: &[usize], taps: &[Sample], count: f32, out
     }
 }
 
-/// `N x C x HW` -> `N x HW x C`, in parallel over blocks of pixels.
-fn to_channels_last(src: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    const PIX: usize = 64;
-    let mut t = alloc_output(n * hw * c);
-    t.par_chunks_mut(hw * c)
-        .zip(src.par_chunks(c * hw))
-        .for_each(|(dst, img)| {
-            dst.par_chunks_mut(PIX * c)
-                .enumerate()
-                .for_each(|(blk, d)| {
-                    let p0 = blk * PIX;
-                    let len = d.len() / c;
-                    for ch in 0..c {
-                        let s = &img[ch * hw + p0..ch * hw + p0 + len];
-                        for (i, &v) in s.iter().enumerate() {
-                            d[i * c + ch] = v;
-                        }
-                    }
-                });
-        });
-    t
-}
-
 /// The distinct rows (or columns) that the samples of each bin read on one axis, with their
 /// summed bilinear weights (zero weights dropped); bin `p` owns `taps[offsets[p]..offsets[p+1]]`.
 pub(super) fn merged_axis(a: &Axis, pooled: usize, size: usize) -> (Vec<usize>, Vec<(usize, f32)>) {
@@ -200,100 +177,132 @@ pub(super) fn merged_axis(a: &Axis, pooled: usize, size: usize) -> (Vec<usize>, 
     (offsets, taps)
 }
 
-/// Channels-last kernel: per RoI, each bin's taps are the product of its merged row and column
-/// taps (separable bilinear weights), applied to whole channel vectors.
+/// Most floats of the channels-last copy of the input that [`roi_align_nhwc`] holds at once
+/// (4 MiB): a block of channels of every image, so that the kernel adds little to the memory
+/// of its output (a whole copy of a 256 x 200 x 200 map would be 41 MB).
+const BLOCK_FLOATS: usize = 1 << 20;
+
+/// Channels per block of [`roi_align_nhwc`]: as many as fit [`BLOCK_FLOATS`] for `pixels`
+/// (`N x H x W`), a multiple of 8 (whole AVX2 vectors) unless `c` itself is smaller.
+fn channel_block(c: usize, pixels: usize) -> usize {
+    let fit = BLOCK_FLOATS / pixels.max(1);
+    (fit / 8 * 8).max(8).min(c)
+}
+
+/// Channels-last kernel, one block of channels at a time: the block is copied channels-last
+/// (`N x HW x cb`), then each RoI's bins take the products of their merged row and column taps
+/// (separable bilinear weights), applied to whole channel vectors.
 fn roi_align_nhwc(
-    t: &[f32],
-    (c, h, w): (usize, usize, usize),
+    src: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
     parsed: &[Roi],
     (ph, pw): (usize, usize),
     out: &mut [f32],
 ) {
-    let bins = ph * pw;
-    let blocks = target_tasks()
-        .div_ceil(parsed.len())
-        .clamp(1, c.div_ceil(8));
-    let cblock = c.div_ceil(blocks);
-    out.par_chunks_mut(c * bins)
-        .zip(parsed.par_iter())
-        .for_each(|(dst, roi)| {
-            let (oy, ty) = merged_axis(&roi.y, ph, h);
-            let (ox, tx) = merged_axis(&roi.x, pw, w);
-            let mut offsets = Vec::with_capacity(bins + 1);
-            let mut taps: Vec<(usize, f32)> = Vec::new();
-            offsets.push(0);
-            for py in 0..ph {
-                for px in 0..pw {
-                    for &(y, wy) in &ty[oy[py]..oy[py + 1]] {
-                        for &(x, wx) in &tx[ox[px]..ox[px + 1]] {
-                            taps.push(((roi.batch * h * w + y * w + x) * c, wy * wx));
-                        }
+    let (bins, hw) = (ph * pw, h * w);
+    // Per RoI, the merged taps of each axis: computed once, reused by every block.
+    let axes: Vec<_> = parsed
+        .par_iter()
+        .map(|roi| (merged_axis(&roi.y, ph, h), merged_axis(&roi.x, pw, w)))
+        .collect();
+    let cb = channel_block(c, n * hw);
+    let mut block = Vec::with_capacity(n * hw * cb);
+    for c0 in (0..c).step_by(cb) {
+        let cbk = cb.min(c - c0);
+        block.clear();
+        block.resize(n * hw * cbk, 0f32);
+        to_channels_last(src, (c, hw), c0, cbk, &mut block);
+        let t = &block[..];
+        out.par_chunks_mut(c * bins)
+            .zip(parsed.par_iter().zip(&axes))
+            .for_each(|(dst, (roi, ((oy, ty), (ox, tx))))| {
+                let mut acc = vec![0f32; bins * cbk];
+                let taps = RoiTaps {
+                    oy,
+                    ty,
+                    ox,
+                    tx,
+                    base: roi.batch * hw,
+                    w,
+                    cb: cbk,
+                };
+                accumulate(&mut acc, &taps, t);
+                let dc = &mut dst[c0 * bins..(c0 + cbk) * bins];
+                for (j, o) in dc.chunks_exact_mut(bins).enumerate() {
+                    for (b, o) in o.iter_mut().enumerate() {
+                        *o = acc[b * cbk + j] / roi.count;
                     }
-                    offsets.push(taps.len());
                 }
-            }
-            dst.par_chunks_mut(cblock * bins)
+            });
+    }
+}
+
+/// Channels `c0..c0 + cb` of `src` (`N x C x HW`) into `dst` (`N x HW x cb`), in parallel over
+/// blocks of pixels.
+fn to_channels_last(src: &[f32], (c, hw): (usize, usize), c0: usize, cb: usize, dst: &mut [f32]) {
+    const PIX: usize = 64;
+    dst.par_chunks_mut(hw * cb)
+        .zip(src.par_chunks(c * hw))
+        .for_each(|(dst, img)| {
+            dst.par_chunks_mut(PIX * cb)
                 .enumerate()
-                .for_each(|(blk, dc)| {
-                    let c0 = blk * cblock;
-                    let cb = dc.len() / bins;
-                    let mut acc = vec![0f32; bins * cb];
-                    accumulate(&mut acc, &offsets, &taps, t, c0, cb);
-                    for (j, o) in dc.chunks_exact_mut(bins).enumerate() {
-                        for (b, o) in o.iter_mut().enumerate() {
-                            *o = acc[b * cb + j] / roi.count;
+                .for_each(|(blk, d)| {
+                    let p0 = blk * PIX;
+                    let len = d.len() / cb;
+                    for j in 0..cb {
+                        let s = &img[(c0 + j) * hw + p0..][..len];
+                        for (i, &v) in s.iter().enumerate() {
+                            d[i * cb + j] = v;
                         }
                     }
                 });
         });
 }
 
-/// `acc[b] += w * t[base + c0 ..][..cb]` over the taps of every bin `b` (the hot loop of the
-/// channels-last kernel), compiled for AVX2 when the CPU has it.
-fn accumulate(
-    acc: &mut [f32],
-    offsets: &[usize],
-    taps: &[(usize, f32)],
-    t: &[f32],
-    c0: usize,
+/// The taps of one RoI on one channel block: the merged row taps `ty` (bin `py` owns
+/// `ty[oy[py]..oy[py + 1]]`) and column taps `tx`, the RoI's first pixel `base` in the block
+/// and the block's width `cb`.
+struct RoiTaps<'a> {
+    oy: &'a [usize],
+    ty: &'a [(usize, f32)],
+    ox: &'a [usize],
+    tx: &'a [(usize, f32)],
+    base: usize,
+    w: usize,
     cb: usize,
-) {
+}
+
+/// `acc[bin] += wy * wx * t[pixel]` (whole channel vectors of `cb`) over every bin's row and
+/// column taps: the hot loop of the channels-last kernel, compiled for AVX2 when the CPU has
+/// it.
+fn accumulate(acc: &mut [f32], r: &RoiTaps<'_>, t: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked above); the function is otherwise safe.
-        unsafe { accumulate_avx2(acc, offsets, taps, t, c0, cb) };
+        unsafe { accumulate_avx2(acc, r, t) };
         return;
     }
-    accumulate_generic(acc, offsets, taps, t, c0, cb)
+    accumulate_generic(acc, r, t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(
-    acc: &mut [f32],
-    offsets: &[usize],
-    taps: &[(usize, f32)],
-    t: &[f32],
-    c0: usize,
-    cb: usize,
-) {
-    accumulate_generic(acc, offsets, taps, t, c0, cb)
+unsafe fn accumulate_avx2(acc: &mut [f32], r: &RoiTaps<'_>, t: &[f32]) {
+    accumulate_generic(acc, r, t)
 }
 
 #[inline(always)]
-fn accumulate_generic(
-    acc: &mut [f32],
-    offsets: &[usize],
-    taps: &[(usize, f32)],
-    t: &[f32],
-    c0: usize,
-    cb: usize,
-) {
+fn accumulate_generic(acc: &mut [f32], r: &RoiTaps<'_>, t: &[f32]) {
+    let (pw, cb) = (r.ox.len() - 1, r.cb);
     for (b, a) in acc.chunks_exact_mut(cb).enumerate() {
-        for &(base, wt) in &taps[offsets[b]..offsets[b + 1]] {
-            let v = &t[base + c0..base + c0 + cb];
-            for (x, &y) in a.iter_mut().zip(v) {
-                *x += wt * y;
+        let (py, px) = (b / pw, b % pw);
+        for &(y, wy) in &r.ty[r.oy[py]..r.oy[py + 1]] {
+            for &(x, wx) in &r.tx[r.ox[px]..r.ox[px + 1]] {
+                let at = (r.base + y * r.w + x) * cb;
+                let wt = wy * wx;
+                for (s, &v) in a.iter_mut().zip(&t[at..at + cb]) {
+                    *s += wt * v;
+                }
             }
         }
     }
