@@ -180,14 +180,17 @@ fn zero_upsample(dy: &Tensor, g: &Geometry, rem_h: usize, rem_w: usize) -> crate
 /// `dL/dw` (`O x C/G x kh x kw`, row-major) from contiguous `x` and `dy`: Winograd's
 /// transposed algorithm where the forward takes Winograd and the input is deep
 /// (`winograd_grad`), the implicit GEMM over padded planes for other stride-1 kernels larger
-/// than 1x1 on AVX-512F (`wgrad_direct`), else [`weight_grad_im2col`].
+/// than 1x1 on AVX2 + FMA (`wgrad_direct`), else [`weight_grad_im2col`].
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     if super::winograd_grad::applies(g) {
         return super::winograd_grad::weight_grad_winograd(x, dy, g);
     }
     #[cfg(target_arch = "x86_64")]
-    if super::wgrad_direct::applies(g, super::act::Simd::detect().avx512()) {
-        return super::wgrad_direct::weight_grad_direct(x, dy, g);
+    {
+        let simd = super::act::Simd::detect();
+        if super::wgrad_direct::applies(g, simd) {
+            return super::wgrad_direct::weight_grad_direct(x, dy, g, simd);
+        }
     }
     weight_grad_im2col(x, dy, g)
 }

@@ -25,7 +25,7 @@
 //! zero-upsampled output gradient with the flipped kernel, the weight gradient as per-image
 //! im2col GEMMs summed in a fixed order; for 3x3 stride-1 convs with at least 1024 input
 //! channels as Winograd's transposed algorithm, `winograd_grad`; for other stride-1 kernels
-//! larger than 1x1 on AVX-512F as an implicit GEMM over zero-padded planes, `wgrad_direct`),
+//! larger than 1x1 on AVX2 + FMA as an implicit GEMM over zero-padded planes, `wgrad_direct`),
 //! followed by candle's broadcast bias add and
 //! activation, which have their own backward passes. Off the CPU or for other dtypes the
 //! tracked path is candle's `conv2d` (whose backward candle provides).

@@ -1,7 +1,9 @@
 //! The packed GEMM block of [`super::kernel`] with `A` (the weights, `m x k` row-major) read in
 //! place through row pointers instead of packed into `MR`-row panels: no per-call copy of the
-//! weights. AVX-512F only; each tile broadcasts its six rows' elements from six pointers into
-//! `A` (sequential streams, one per row) while `B` is the same packed micro-panels.
+//! weights. AVX-512F; each tile broadcasts its six rows' elements from six pointers into `A`
+//! (sequential streams, one per row) while `B` is the same packed micro-panels. The direct
+//! weight gradient (`wgrad_direct`) runs its tiles through [`tile`], or [`tile_avx2`] on CPUs
+//! with AVX2 + FMA and no AVX-512F.
 
 use std::arch::x86_64::*;
 
@@ -92,4 +94,63 @@ pub(super) unsafe fn tile<const P: usize>(
     }
     // SAFETY: forwarded (the tile's rows lie inside C).
     unsafe { store_rows512(&t[..rows], c, ldc, acc, cols) }
+}
+
+/// [`tile`] on AVX2 + FMA: one `rows x cols` tile of a single micro-panel (`cols <= NR`), its
+/// 16 columns in two 8-lane registers per row (12 accumulators, as the conv microkernel).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; each `a[r]` holds `kc` elements; the panel `kc * NR`; `c` is valid
+/// for the `rows x cols` tile, row stride `ldc`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_avx2(
+    kc: usize,
+    a: [*const f32; MR],
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    rows: usize,
+    cols: usize,
+) {
+    let mut t0 = [_mm256_setzero_ps(); MR];
+    let mut t1 = [_mm256_setzero_ps(); MR];
+    for kk in 0..kc {
+        // SAFETY: kk < kc: inside each row of A and the panel of B (caller).
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for r in 0..MR {
+                let av = _mm256_broadcast_ss(&*a[r].add(kk));
+                t0[r] = _mm256_fmadd_ps(av, b0, t0[r]);
+                t1[r] = _mm256_fmadd_ps(av, b1, t1[r]);
+            }
+        }
+    }
+    let mut buf = [0f32; NR];
+    for r in 0..rows {
+        // SAFETY: `buf` holds NR elements; the row's first `cols` elements lie inside C
+        // (caller).
+        unsafe {
+            let p = c.add(r * ldc);
+            if cols == NR {
+                let (mut v0, mut v1) = (t0[r], t1[r]);
+                if acc {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
+                }
+                _mm256_storeu_ps(p, v0);
+                _mm256_storeu_ps(p.add(8), v1);
+            } else {
+                _mm256_storeu_ps(buf.as_mut_ptr(), t0[r]);
+                _mm256_storeu_ps(buf.as_mut_ptr().add(8), t1[r]);
+                for (j, &v) in buf.iter().enumerate().take(cols) {
+                    let q = p.add(j);
+                    *q = if acc { *q + v } else { v };
+                }
+            }
+        }
+    }
 }

@@ -254,36 +254,49 @@ fn winograd_weight_grad_matches_im2col() {
 /// The direct (padded-plane) weight gradient against the im2col GEMMs: 3x3 and 7x7, padding
 /// (none, with a 4 KiB plane), dilation, channel counts that fill no whole micro-panel, a
 /// single micro-panel, taps that fill no whole task; 1x1, stride 2 and tiny maps are left to
-/// im2col. Runs where the CPU has AVX-512F.
+/// im2col. Runs the AVX-512F kernel where the CPU has it and the AVX2 one (at most 32 output
+/// channels) where it has AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn direct_weight_grad_matches_im2col() {
     use super::wgrad_direct;
-    let avx512 = Simd::detect().avx512();
-    for g in [
-        geometry(2, 16, 35, 37, 16, 3, 1, 1, 1, 1),
-        geometry(4, 5, 19, 18, 7, 3, 1, 0, 1, 1),
-        geometry(1, 3, 40, 41, 33, 7, 1, 3, 1, 1),
-        geometry(2, 64, 24, 24, 40, 1, 1, 0, 1, 1),
-        geometry(2, 9, 32, 32, 20, 3, 1, 0, 1, 1),
-        geometry(2, 24, 33, 29, 40, 3, 1, 4, 4, 1),
-        geometry(1, 200, 90, 90, 17, 3, 1, 1, 1, 1),
-        geometry(2, 8, 31, 30, 70, 3, 1, 2, 2, 1),
-        geometry(1, 6, 20, 20, 8, 3, 2, 1, 1, 1),
-        geometry(1, 8, 6, 6, 8, 3, 1, 1, 1, 1),
-    ] {
-        let big = g.n * g.ho * (g.w + 2 * g.padding) >= 1024;
-        let direct = avx512 && g.stride == 1 && g.kh > 1 && big;
-        assert_eq!(wgrad_direct::applies(&g, avx512), direct, "{g:?}");
-        if !wgrad_direct::applies(&g, avx512) {
-            continue;
+    let mut checked = 0;
+    for simd in [Simd::detect(), Simd::avx2_only()] {
+        for g in [
+            geometry(2, 16, 35, 37, 16, 3, 1, 1, 1, 1),
+            geometry(4, 5, 19, 18, 7, 3, 1, 0, 1, 1),
+            geometry(1, 3, 40, 41, 33, 7, 1, 3, 1, 1),
+            geometry(2, 64, 24, 24, 40, 1, 1, 0, 1, 1),
+            geometry(2, 9, 32, 32, 20, 3, 1, 0, 1, 1),
+            geometry(2, 24, 33, 29, 40, 3, 1, 4, 4, 1),
+            geometry(1, 200, 90, 90, 17, 3, 1, 1, 1, 1),
+            geometry(2, 8, 31, 30, 70, 3, 1, 2, 2, 1),
+            geometry(1, 6, 20, 20, 8, 3, 2, 1, 1, 1),
+            geometry(1, 8, 6, 6, 8, 3, 1, 1, 1, 1),
+        ] {
+            let big = g.n * g.ho * (g.w + 2 * g.padding) >= 1024;
+            let kernel = simd.avx512() || (simd.avx2() && g.o <= 32);
+            let direct = kernel && g.stride == 1 && g.kh > 1 && big;
+            assert_eq!(wgrad_direct::applies(&g, simd), direct, "{g:?}");
+            if !direct {
+                continue;
+            }
+            let x = values(g.n * g.c * g.h * g.w, 4);
+            let dy = values(g.n * g.o * g.ho * g.wo, 5);
+            let want = grad::weight_grad_im2col(&x, &dy, &g);
+            let got = wgrad_direct::weight_grad_direct(&x, &dy, &g, simd);
+            compare_tol(&g, &got, &want, 1e-5);
+            checked += 1;
         }
-        let x = values(g.n * g.c * g.h * g.w, 4);
-        let dy = values(g.n * g.o * g.ho * g.wo, 5);
-        let want = grad::weight_grad_im2col(&x, &dy, &g);
-        let got = wgrad_direct::weight_grad_direct(&x, &dy, &g);
-        compare_tol(&g, &got, &want, 1e-5);
     }
+    // Seven geometries qualify for the AVX-512F kernel, four (at most 32 output channels) for
+    // the AVX2 one.
+    let want = match (Simd::detect().avx512(), Simd::detect().avx2()) {
+        (true, _) => 11,
+        (false, true) => 8,
+        (false, false) => 0,
+    };
+    assert_eq!(checked, want);
 }
 
 /// `dL/dw` from its definition, in f64.
@@ -335,5 +348,61 @@ fn im2col_weight_grad_matches_naive() {
         let dy = values(g.n * g.o * g.ho * g.wo, 7);
         let want = naive_weight_grad(&x, &dy, &g);
         compare_tol(&g, &grad::weight_grad_im2col(&x, &dy, &g), &want, 1e-5);
+    }
+}
+
+/// What the direct weight gradient buys over the im2col GEMMs on this CPU, on the 3x3 layers
+/// of the training bench cases (run with `cargo test --release -p segkit-core
+/// timing_of_the_weight_gradient -- --ignored --nocapture`).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "timing, not a check"]
+fn timing_of_the_weight_gradient() {
+    use super::wgrad_direct;
+    let simd = Simd::detect();
+    for (name, g) in [
+        (
+            "demo 16->16 128x128 b8",
+            geometry(8, 16, 128, 128, 16, 3, 1, 1, 1, 1),
+        ),
+        (
+            "demo 32->32 64x64 b8",
+            geometry(8, 32, 64, 64, 32, 3, 1, 1, 1, 1),
+        ),
+        (
+            "r50 64->64 128x128 b2",
+            geometry(2, 64, 128, 128, 64, 3, 1, 1, 1, 1),
+        ),
+        (
+            "r50 128->128 64x64 b2",
+            geometry(2, 128, 64, 64, 128, 3, 1, 1, 1, 1),
+        ),
+        (
+            "d8 256->256 64x64 d2 b2",
+            geometry(2, 256, 64, 64, 256, 3, 1, 2, 2, 1),
+        ),
+        (
+            "d8 512->512 64x64 d4 b2",
+            geometry(2, 512, 64, 64, 512, 3, 1, 4, 4, 1),
+        ),
+    ] {
+        // Timed past `applies`' channel limit too: the limit comes from these figures.
+        if !simd.avx2() {
+            return;
+        }
+        let x = values(g.n * g.c * g.h * g.w, 4);
+        let dy = values(g.n * g.o * g.ho * g.wo, 5);
+        let best = |f: &dyn Fn() -> Vec<f32>| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(f());
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let im2col = best(&|| grad::weight_grad_im2col(&x, &dy, &g));
+        let direct = best(&|| wgrad_direct::weight_grad_direct(&x, &dy, &g, simd));
+        println!("{name}: im2col {im2col:.2} ms, direct {direct:.2} ms");
     }
 }

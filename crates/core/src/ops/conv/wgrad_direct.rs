@@ -12,13 +12,15 @@
 //! taps per tile) straight from six shifted pointers into the padded input, and only `dYp^T`
 //! is packed (into `NR`-channel micro-panels, the kernel's vector operand; the output gradient is
 //! the small operand). Tasks own blocks of taps and run over every image and pixel block in a
-//! fixed order, so the sum is deterministic and needs no per-image buffers. AVX-512F only; the
-//! caller keeps the im2col path elsewhere.
+//! fixed order, so the sum is deterministic and needs no per-image buffers. AVX-512F (tiles of
+//! two panels, 6 x 32) or AVX2 + FMA (one panel, 6 x 16); the caller keeps the im2col path on
+//! other CPUs.
 
 use rayon::prelude::*;
 
+use super::act::Simd;
 use super::kernel::{OutPtr, MR, NR};
-use super::rows_a::tile;
+use super::rows_a::{tile, tile_avx2};
 use super::Geometry;
 
 /// Depth (padded pixels) of one block: its `NR`-channel panels of `dYp^T` stay in L1 / L2.
@@ -31,11 +33,20 @@ const SERIAL_MAX: usize = 1 << 17;
 /// path is faster.
 const MIN_PIXELS: usize = 1024;
 
-/// Whether [`weight_grad_direct`] handles `g` on this CPU: a kernel larger than 1x1 (1x1
-/// convolutions are plain GEMMs, which the im2col path runs as fast), stride 1, one group,
-/// AVX-512F, enough pixels.
-pub(super) fn applies(g: &Geometry, avx512: bool) -> bool {
-    avx512
+/// Most output channels for the AVX2 kernel. Its tiles hold one 16-channel panel (the AVX-512
+/// kernel's two), so every tap row streams past each panel; against the im2col GEMMs of the
+/// `gemm` crate (`timing_of_the_weight_gradient`, 2 threads, AMD EPYC Zen 3) it wins where the
+/// output channels are few: 16 -> 16 at 128 x 128 (batch 8) 8.5 -> 5.3 ms, 32 -> 32 at
+/// 64 x 64 6.0 -> 4.2 ms; but 64 -> 64 at 128 x 128 (batch 2) 17.6 -> 20.7 ms, 128 -> 128
+/// 15.6 -> 14.3 ms, 256 -> 256 58 -> 59 ms, 512 -> 512 264 -> 276 ms.
+const AVX2_MAX_CHANNELS: usize = 32;
+
+/// Whether [`weight_grad_direct`] handles `g` on a CPU with `simd`: a kernel larger than 1x1
+/// (1x1 convolutions are plain GEMMs, which the im2col path runs as fast), stride 1, one group,
+/// enough pixels, and AVX-512F, or AVX2 + FMA with at most [`AVX2_MAX_CHANNELS`] output
+/// channels.
+pub(super) fn applies(g: &Geometry, simd: Simd) -> bool {
+    (simd.avx512() || (simd.avx2() && g.o <= AVX2_MAX_CHANNELS))
         && g.kh * g.kw > 1
         && g.stride == 1
         && g.groups == 1
@@ -48,8 +59,9 @@ pub(super) fn applies(g: &Geometry, avx512: bool) -> bool {
 /// `x` and `dy` (see the module docs).
 ///
 /// # Panics
-/// Never for a geometry [`applies`] accepts on a CPU with AVX-512F (checked by the caller).
-pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+/// Never for a geometry [`applies`] accepts for `simd` (checked by the caller).
+pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry, simd: Simd) -> Vec<f32> {
+    let avx512 = simd.avx512();
     let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
     let taps = g.kh * g.kw;
     let k = g.c * taps;
@@ -105,7 +117,7 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                 // tap tile of the block streams past it from L2.
                 let mut jr = j0;
                 while jr < j1 {
-                    let pair = jr + 1 < j1 && g.o >= (jr + 2) * NR;
+                    let pair = avx512 && jr + 1 < j1 && g.o >= (jr + 2) * NR;
                     let cols = NR.min(g.o - jr * NR);
                     let b = bn[jr * ps + q0 * NR..].as_ptr();
                     for r0 in (0..nt).step_by(MR) {
@@ -118,10 +130,13 @@ pub(super) fn weight_grad_direct(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32
                         // panels hold q * NR elements, from q0 on at least qc * NR (two panels
                         // `ps` apart for a pair); the C tile (rows t0 + r0.. of dW^T, columns
                         // jr * NR.., row stride O) lies in this task's rectangle, which no
-                        // other task touches.
+                        // other task touches. `applies` checked AVX2 + FMA, and `tile` runs
+                        // only with AVX-512F.
                         unsafe {
                             let c = cptr.get().add((t0 + r0) * g.o + jr * NR);
-                            if pair {
+                            if !avx512 {
+                                tile_avx2(qc, a, b, c, g.o, acc, rows, cols);
+                            } else if pair {
                                 tile::<2>(qc, a, b, ps, c, g.o, acc, rows, NR);
                             } else {
                                 tile::<1>(qc, a, b, ps, c, g.o, acc, rows, cols);
