@@ -330,6 +330,22 @@ impl ResNet {
 
     /// Runs the network; `train` selects batch statistics for BatchNorm outside frozen stages.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
+        let [c2, c3, c4, c5] = self.run(x, train, [true; 4])?;
+        let stage = |t: Option<Tensor>| {
+            t.ok_or_else(|| Error::InvalidConfig("ResNet has four stages".into()))
+        };
+        Ok(ResNetOutput {
+            c2: stage(c2)?,
+            c3: stage(c3)?,
+            c4: stage(c4)?,
+            c5: stage(c5)?,
+        })
+    }
+
+    /// The network up to the last stage that `keep` asks for, returning the outputs of the
+    /// stages it asks for: a stage's output that nobody asked for is dropped as soon as the
+    /// next stage has read it, and no stage runs past the last one asked for.
+    fn run(&self, x: &Tensor, train: bool, keep: [bool; 4]) -> Result<[Option<Tensor>; 4]> {
         let (_, c, h, w) = x.dims4().map_err(|_| {
             segkit_core::Error::shape("ResNet input (N x 3 x H x W)", &[1, 3, 224, 224], x.dims())
         })?;
@@ -340,6 +356,10 @@ impl ResNet {
                 &[c],
             ));
         }
+        let mut outs: [Option<Tensor>; 4] = Default::default();
+        let Some(last) = keep.iter().rposition(|&k| k) else {
+            return Ok(outs);
+        };
         let t = self.stage_train(0, train);
         let mut y = x.clone();
         for conv in &self.stem.convs {
@@ -349,8 +369,7 @@ impl ResNet {
         if self.cfg.frozen_stages >= 0 && train {
             y = y.detach();
         }
-        let mut outs = Vec::with_capacity(4);
-        for (i, stage) in self.stages.iter().enumerate() {
+        for (i, stage) in self.stages.iter().enumerate().take(last + 1) {
             let t = self.stage_train(i as i32 + 1, train);
             for block in stage {
                 y = block.forward(&y, t)?;
@@ -358,19 +377,11 @@ impl ResNet {
             if train && (i as i32 + 1) <= self.cfg.frozen_stages {
                 y = y.detach();
             }
-            outs.push(y.clone());
+            if keep[i] {
+                outs[i] = Some(y.clone());
+            }
         }
-        let mut it = outs.into_iter();
-        let mut next = || {
-            it.next()
-                .ok_or_else(|| Error::InvalidConfig("ResNet has four stages".into()))
-        };
-        Ok(ResNetOutput {
-            c2: next()?,
-            c3: next()?,
-            c4: next()?,
-            c5: next()?,
-        })
+        Ok(outs)
     }
 }
 
@@ -388,19 +399,21 @@ impl Backbone for ResNet {
             .collect()
     }
 
-    /// The outputs of the stages in [`ResNetConfig::out_indices`].
+    /// The outputs of the stages in [`ResNetConfig::out_indices`]; the other stages' outputs
+    /// are dropped as the network goes, and the stages past the last index do not run.
     fn forward_features(&self, x: &Tensor, train: bool) -> segkit_core::Result<Vec<Tensor>> {
-        let mut all: Vec<Option<Tensor>> = self
-            .forward(x, train)?
-            .into_vec()
-            .into_iter()
-            .map(Some)
-            .collect();
+        let mut keep = [false; 4];
+        for &i in &self.cfg.out_indices {
+            if let Some(k) = keep.get_mut(i) {
+                *k = true;
+            }
+        }
+        let all = self.run(x, train, keep)?;
         Ok(self
             .cfg
             .out_indices
             .iter()
-            .filter_map(|&i| all[i].take())
+            .filter_map(|&i| all.get(i).cloned().flatten())
             .collect())
     }
 }
@@ -412,5 +425,51 @@ impl std::fmt::Debug for ResNet {
             .field("config", &self.cfg)
             .field("feature_specs", &segkit_core::Backbone::feature_specs(self))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use segkit_core::testing::{synthetic_input, synthetic_var_builder};
+    use segkit_core::Backbone;
+
+    use super::{ResNet, ResNetConfig};
+
+    /// `forward_features` returns, for any `out_indices`, exactly the stages `forward` returns
+    /// (it only drops the others early and stops after the last one asked for). Synthetic
+    /// weights depend on the key alone, so every network here has the same weights.
+    #[test]
+    fn forward_features_returns_the_stages_forward_computes() {
+        let base = ResNetConfig {
+            base_channels: 8,
+            ..ResNetConfig::mmseg_v1c(18)
+        };
+        let x = synthetic_input("x", (1, 3, 48, 40), &Device::Cpu).unwrap();
+        let full = ResNet::new(&base, synthetic_var_builder(DType::F32, &Device::Cpu))
+            .unwrap()
+            .forward(&x, false)
+            .unwrap()
+            .into_vec();
+        for idx in [vec![0], vec![3], vec![1, 3], vec![0, 2], vec![0, 1, 2, 3]] {
+            let cfg = base.clone().with_out_indices(&idx);
+            let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, &Device::Cpu)).unwrap();
+            let got = net.forward_features(&x, false).unwrap();
+            assert_eq!(got.len(), idx.len(), "{idx:?}");
+            for (g, &i) in got.iter().zip(&idx) {
+                let diff = (g - &full[i])
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(g.dims(), full[i].dims(), "{idx:?} stage {i}");
+                assert_eq!(diff, 0.0, "{idx:?} stage {i}");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use segkit_backbones::{ResNet, ResNetConfig};
 use segkit_core::ops::{self, Activation, Conv2dParams, GridSampleMode, GridSamplePadding};
 use segkit_core::testing::{synthetic_input, synthetic_tensor, synthetic_var_builder};
+use segkit_core::Backbone;
 
 use crate::CliError;
 
@@ -181,10 +182,18 @@ fn image_input(dev: &Device) -> Result<Tensor, CliError> {
 
 /// torchvision's ResNet-50 at output stride `os`: C5.
 fn resnet50(os: usize, dev: &Device) -> Result<Job, CliError> {
-    let cfg = ResNetConfig::torchvision(50).with_output_stride(os)?;
+    // C5 only, as the PyTorch side returns `layer4`'s output: the earlier stages' outputs are
+    // dropped as the network goes.
+    let cfg = ResNetConfig::torchvision(50)
+        .with_output_stride(os)?
+        .with_out_indices(&[3]);
     let net = ResNet::new(&cfg, synthetic_var_builder(DType::F32, dev))?;
     let x = image_input(dev)?;
-    Ok(Box::new(move || Ok(net.forward(&x, false)?.c5)))
+    Ok(Box::new(move || {
+        let mut c5 = net.forward_features(&x, false)?;
+        c5.pop()
+            .ok_or_else(|| CliError::Usage("ResNet returned no C5".into()))
+    }))
 }
 
 /// The ADE20K preset of an mmseg segmentor case: decode logits.

@@ -1,6 +1,7 @@
 //! The CPU kernels of [`roi_align`](super::roi_align): torchvision's planar loop (per RoI, the
 //! four taps of every valid sample applied to each channel plane) and a channels-last kernel
-//! (separable row and column taps applied to whole channel vectors), chosen by estimated work.
+//! (separable row and column taps applied to whole channel vectors, one block of channels at a
+//! time), chosen by estimated work.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;

@@ -12,7 +12,10 @@
 //!   clamped at `0` and, past `H - 1` / `W - 1`, snapped to the last row / column.
 //!
 //! On CPU the kernel precomputes, per RoI, the four taps (flat index and weight) of every valid
-//! sample, then applies them to each channel plane, in parallel over RoIs and channel blocks.
+//! sample, then applies them to each channel plane, in parallel over RoIs and channel blocks;
+//! where the RoIs read about as many taps as the maps have pixels, a channels-last kernel
+//! copies one block of channels at a time (at most 4 MiB, not a transposed copy of the whole
+//! input) and applies each bin's separable row and column taps to whole channel vectors.
 //! A CPU input that records gradients ([`Tensor::track_op`]) takes one custom op with
 //! torchvision's backward (gradient to `input` only). Other devices use the separability
 //! of the bilinear weights: per RoI, a `PH x H` row-weight
