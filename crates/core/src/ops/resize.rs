@@ -103,20 +103,13 @@ where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
     debug_assert!(chunk > 0 && len.is_multiple_of(chunk));
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    advise_huge_pages(v.as_mut_ptr(), len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, out)| {
-            // SAFETY: `f32` has no invalid bit patterns and `fill` only writes through the
-            // slice (the contract above); the slices partition the spare capacity.
-            let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-            fill(i, out);
-        });
-    // SAFETY: the chunks cover `[0, len)` and `fill` wrote every element of each.
-    unsafe { v.set_len(len) };
-    v
+    // The chunks cover `[0, len)` and `fill` writes every element of each: `alloc_written`'s
+    // contract.
+    alloc_written(len, |out| {
+        out.par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, out)| fill(i, out));
+    })
 }
 
 /// An output buffer of `len` values that `fill(out)` writes whole (every element), with
