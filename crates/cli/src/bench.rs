@@ -345,6 +345,14 @@ fn roi_align(dev: &Device) -> Result<Job, CliError> {
     }))
 }
 
+/// Whether `a` names a training case (`train_*`), which keeps the allocator's default purge
+/// delay (see `crate::alloc`).
+pub fn is_training_case(a: &BenchArgs) -> bool {
+    a.case
+        .as_deref()
+        .is_some_and(|case| train::CASES.iter().any(|c| c.0 == case))
+}
+
 /// Runs `segkit bench`.
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.list || a.case.is_none() {
@@ -382,13 +390,14 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     println!(
-        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\", \"candle_workers\": {}}}",
+        "{{\"impl\": \"segkit\", \"case\": \"{case}\", \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \"runs\": {}, \"peak_rss_mb\": {:.1}, \"forward_mb\": {:.1}, \"candle_pool\": \"{pool}\", \"candle_workers\": {}, \"purge_delay_ms\": {}}}",
         ms[0],
         ms.len(),
         status_mb("VmHWM:"),
         status_mb("VmHWM:") - rss_before,
         // The worker threads of candle's element-wise pool (0: its ops run on the caller).
-        candle_core::utils::barrier_pool().n_workers()
+        candle_core::utils::barrier_pool().n_workers(),
+        crate::alloc::purge_delay_ms()
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alloc;
 mod bench;
 mod dump;
 mod error;
@@ -74,6 +75,15 @@ fn exit_cleanly_on_signals() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     exit_cleanly_on_signals();
+    // Inference keeps freed memory longer than training does (see `alloc`).
+    let inference = match &cli.command {
+        Command::Infer(_) | Command::Dump(_) | Command::Eval(_) => true,
+        Command::Bench(a) => !bench::is_training_case(a),
+        Command::Train(_) | Command::Pssl(_) => false,
+    };
+    if inference {
+        alloc::tune_for_inference();
+    }
     let r = match cli.command {
         Command::Infer(a) => infer::run(a),
         Command::Dump(a) => dump::run(a),
