@@ -31,8 +31,11 @@ pub(super) fn block_depth(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).max(1)
 }
 
-/// Most floats of packed-weight buffers each thread keeps for reuse.
-const POOL_MAX: usize = 6 << 20;
+/// Most floats of packed-weight buffers each thread keeps for reuse (8 MiB). At 24 MiB the
+/// pool held ~25 MB more between layers of a ResNet-50 forward at 512 x 512 (fwd MB 80 -> 55
+/// at 8 MiB) and bought no measurable time there, in PSPNet or in the training steps
+/// (docs/PERFORMANCE.md, ninth section).
+const POOL_MAX: usize = 2 << 20;
 
 thread_local! {
     /// Buffers of dropped [`PackedA`]s, reused by the next ones (packing a layer's weights into
