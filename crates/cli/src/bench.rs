@@ -369,8 +369,9 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     // Recorded before anything is built: segkit-core's load-time default, not a layer's call.
     let pool = candle_pool();
+    let training = is_training_case(&a);
     let case = a.case.unwrap_or_default();
-    if train::CASES.iter().any(|c| c.0 == case) {
+    if training {
         return train::run(&case, a.size, a.batch, a.runs, a.warmup, &pool);
     }
     let job = make(&case)?;

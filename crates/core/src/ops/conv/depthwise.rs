@@ -94,8 +94,7 @@ fn plane_s1<const FMA: bool>(
                 let prow = &pad[(ho + i * d) * wp + c0..];
                 for j in 0..g.kw {
                     let t = taps[i * g.kw + j];
-                    let src: &[f32; WB] = prow[j * d..j * d + WB].try_into().expect("WB"); // ok: WB-long slice
-                    for (a, &v) in acc.iter_mut().zip(src) {
+                    for (a, &v) in acc.iter_mut().zip(&prow[j * d..j * d + WB]) {
                         *a = if FMA { t.mul_add(v, *a) } else { t * v + *a };
                     }
                 }

@@ -158,10 +158,7 @@ fn put_row(buf: &mut [f32], ps: usize, kk: usize, q: usize, src: &[f32]) {
     }
     let mut chunks = src.chunks_exact(NR);
     for piece in &mut chunks {
-        let dst: &mut [f32; NR] = (&mut buf[(q / NR) * ps + kk * NR..][..NR])
-            .try_into()
-            .expect("NR elements"); // ok: a slice of exactly NR by construction
-        *dst = piece.try_into().expect("NR elements"); // ok: chunks_exact(NR)
+        buf[(q / NR) * ps + kk * NR..][..NR].copy_from_slice(piece);
         q += NR;
     }
     let rest = chunks.remainder();
