@@ -15,7 +15,7 @@ use super::act::{scale_bias_act, Simd};
 use super::depthwise::valid_range;
 use super::kernel::{block_depth, gemm_block, packed_b_len, panel_stride, OutPtr, PackedA, MR, NR};
 #[cfg(target_arch = "x86_64")]
-use super::rows_a::{gemm_block_rows, RowsA};
+use super::rows_a::{gemm_block_rows, gemm_block_rows_avx2, RowsA};
 use super::{Activation, Geometry};
 
 /// Most output pixels per task.
@@ -402,7 +402,7 @@ pub(super) enum ImWeights<'a> {
     /// Packed per group into `MR`-row panels, each output channel's weights multiplied by its
     /// scale while packing.
     Packed(Vec<PackedA>),
-    /// Read in place (AVX-512F): `O x C/groups x kh x kw`, with each output channel's scale
+    /// Read in place (AVX-512F, or AVX2 + FMA): `O x C/groups x kh x kw`, with each output channel's scale
     /// applied to its outputs before the bias.
     #[cfg(target_arch = "x86_64")]
     Rows {
@@ -416,13 +416,18 @@ pub(super) enum ImWeights<'a> {
 /// Most output pixels (over the batch) for which [`pack_weights`] leaves the weights in place.
 /// Packing costs a copy of the weights per call against a GEMM of `2 x pixels` flops per
 /// weight; the packed kernel is a little faster per flop (one contiguous stream of `A`). Measured
-/// with `conv_bench` (2 threads, AVX-512 Xeon): 1x1 convolutions at 256 and 1024 pixels run
-/// 4-29% faster in place, at 4096 pixels 3-10% slower.
+/// with `conv_bench` (2 threads, minimum of 11-15 calls, old and new binaries alternating):
+/// - AVX-512 Xeon: 1x1 convolutions at 256 and 1024 pixels run 4-29% faster in place, at 4096
+///   pixels 3-10% slower.
+/// - AVX2 AMD EPYC (Zen 3): at 256 pixels 1x1 2048 -> 512 4.25-5.45 -> 2.99-4.03 ms, 512 ->
+///   2048 3.81-5.24 -> 3.08-3.63 ms, 3x3 512 -> 512 10.8-11.6 -> 7.4-10.3 ms; at 1024 pixels
+///   1x1 1024 -> 256 3.66-4.34 -> 3.30-3.88 ms; at 2048 pixels level (1x1 1024 -> 256 and
+///   256 -> 1024 at 32 x 64, 6.4-7.1 ms either way).
 const ROWS_MAX_PIXELS: usize = 2048;
 
 /// Contiguous `O x C/groups x kh x kw` `w` for [`conv_im2col`], the outputs of channel `o`
-/// multiplied by `scale[o]` when given: read in place on AVX-512F for small outputs (up to
-/// [`ROWS_MAX_PIXELS`]), packed per group otherwise.
+/// multiplied by `scale[o]` when given: read in place on AVX-512F or AVX2 + FMA for small
+/// outputs (up to [`ROWS_MAX_PIXELS`]), packed per group otherwise.
 pub(super) fn pack_weights<'a>(
     w: &'a [f32],
     scale: Option<&'a [f64]>,
@@ -430,8 +435,10 @@ pub(super) fn pack_weights<'a>(
     simd: Simd,
 ) -> ImWeights<'a> {
     #[cfg(target_arch = "x86_64")]
-    if simd.avx512() && g.n * g.ho * g.wo <= ROWS_MAX_PIXELS {
-        return ImWeights::Rows { w, scale };
+    {
+        if simd.avx2() && g.n * g.ho * g.wo <= ROWS_MAX_PIXELS {
+            return ImWeights::Rows { w, scale };
+        }
     }
     let _ = simd;
     let (cg, og) = (g.c / g.groups, g.o / g.groups);
@@ -506,8 +513,15 @@ pub(super) fn conv_im2col(
                             data: &w[gi * og * k..][..og * k],
                             k,
                         };
-                        // SAFETY: AVX-512F (`Rows` is built only then); as above.
-                        unsafe { gemm_block_rows(a, o0, o1, (k0, kc), buf, ps, np, c, p_out) }
+                        // SAFETY: `Rows` is built only with AVX-512F or AVX2 + FMA (`simd`, as
+                        // detected); as above.
+                        unsafe {
+                            if simd.avx512() {
+                                gemm_block_rows(a, o0, o1, (k0, kc), buf, ps, np, c, p_out)
+                            } else {
+                                gemm_block_rows_avx2(a, o0, o1, (k0, kc), buf, ps, np, c, p_out)
+                            }
+                        }
                     }
                 }
             }

@@ -22,7 +22,7 @@ pub(super) const NR: usize = 16;
 /// Greatest depth of one packed block of `k`.
 const KC: usize = 256;
 /// Rows of `A` per L2-resident block.
-const MC: usize = 144;
+pub(super) const MC: usize = 144;
 
 /// Depth of the blocks that `k` is cut into: at most [`KC`], and as even as possible (a short
 /// last block would pay the loads and stores of `C` for little work).

@@ -1,14 +1,14 @@
 //! The packed GEMM block of [`super::kernel`] with `A` (the weights, `m x k` row-major) read in
 //! place through row pointers instead of packed into `MR`-row panels: no per-call copy of the
 //! weights. AVX-512F; each tile broadcasts its six rows' elements from six pointers into `A`
-//! (sequential streams, one per row) while `B` is the same packed micro-panels. The direct
-//! weight gradient (`wgrad_direct`) runs its tiles through [`tile`], or [`tile_avx2`] on CPUs
-//! with AVX2 + FMA and no AVX-512F.
+//! (sequential streams, one per row) while `B` is the same packed micro-panels; on CPUs with
+//! AVX2 + FMA and no AVX-512F, [`gemm_block_rows_avx2`] does the same with [`tile_avx2`]. The
+//! direct weight gradient (`wgrad_direct`) runs its tiles through [`tile`] or [`tile_avx2`].
 
 use std::arch::x86_64::*;
 
 use super::kernel::x86::{for_each_tile512, store_rows512};
-use super::kernel::{MR, NR};
+use super::kernel::{MC, MR, NR};
 
 /// `A` in place: rows of `k` contiguous elements.
 #[derive(Clone, Copy)]
@@ -56,6 +56,57 @@ pub(super) unsafe fn gemm_block_rows(
             }
         }
     });
+}
+
+/// [`gemm_block_rows`] on AVX2 + FMA: the loops of [`super::kernel::gemm_block`] (blocks of
+/// [`MC`] rows, then micro-panels, then tiles of [`MR`] rows) with each tile's rows of `A` read
+/// in place by [`tile_avx2`]. Accumulates into `C` unless `k0 == 0`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise as [`gemm_block_rows`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_block_rows_avx2(
+    a: RowsA<'_>,
+    o0: usize,
+    o1: usize,
+    (k0, kc): (usize, usize),
+    b: &[f32],
+    ps: usize,
+    np: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let acc = k0 != 0;
+    for ic in (o0..o1).step_by(MC) {
+        let ic1 = (ic + MC).min(o1);
+        for jr in 0..np.div_ceil(NR) {
+            let bp = b[jr * ps..][..kc * NR].as_ptr();
+            let cols = NR.min(np - jr * NR);
+            for r0 in (ic..ic1).step_by(MR) {
+                let rows = MR.min(ic1 - r0);
+                // Rows past the last repeat it: computed, never stored.
+                let ap: [*const f32; MR] = std::array::from_fn(|r| {
+                    a.data[(r0 + r.min(rows - 1)) * a.k + k0..][..kc].as_ptr()
+                });
+                // SAFETY: the six rows hold kc elements each and the panel kc x NR (sliced
+                // above); the tile lies inside C's rows 0..o1 - o0 and columns 0..np (caller);
+                // AVX2 + FMA (caller).
+                unsafe {
+                    tile_avx2(
+                        kc,
+                        ap,
+                        bp,
+                        c.add((r0 - o0) * ldc + jr * NR),
+                        ldc,
+                        acc,
+                        rows,
+                        cols,
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// One `rows x (P NR)` tile (only the first `cols` columns when `P = 1`): row `r` of `A` read

@@ -137,11 +137,34 @@ fn im2col_matches_naive() {
             geometry(1, 3, 20, 21, 13, 7, 2, 3, 1, 1),
             geometry(1, 300, 6, 7, 9, 1, 1, 0, 1, 1),
             geometry(1, 40, 17, 5, 20, 3, 1, 1, 1, 1),
+            // Above `ROWS_MAX_PIXELS`: packed weights on AVX2 too.
+            geometry(1, 8, 48, 50, 10, 3, 1, 1, 1, 1),
+            geometry(1, 20, 50, 45, 13, 1, 1, 0, 1, 1),
         ] {
             check(&g, |x, w, b, g, a| {
                 im2col::conv_im2col(x, &im2col::pack_weights(w, None, g, simd), b, g, a, simd)
             });
         }
+    }
+}
+
+/// On AVX2 + FMA (AVX-512F included), im2col reads the weights in place for outputs of up to
+/// `ROWS_MAX_PIXELS` pixels and packs them above; without AVX2 it always packs.
+#[test]
+fn im2col_reads_small_outputs_in_place() {
+    let small = geometry(2, 8, 32, 32, 16, 3, 1, 1, 1, 1);
+    let large = geometry(2, 8, 33, 32, 16, 3, 1, 1, 1, 1);
+    assert_eq!(small.n * small.ho * small.wo, 2048);
+    let w = values(16 * 8 * 9, 2);
+    for simd in simds() {
+        let rows = |g: &Geometry| {
+            !matches!(
+                im2col::pack_weights(&w, None, g, simd),
+                im2col::ImWeights::Packed(_)
+            )
+        };
+        assert_eq!(rows(&small), simd.avx2(), "{simd:?}");
+        assert!(!rows(&large), "{simd:?}");
     }
 }
 
@@ -201,6 +224,7 @@ fn scaled_weights_match_naive_of_scaled_copy() {
             geometry(1, 300, 24, 40, 17, 3, 1, 0, 3, 1),
             geometry(2, 6, 9, 40, 6, 3, 1, 4, 4, 6),
             geometry(1, 4, 11, 13, 8, 3, 2, 1, 1, 4),
+            geometry(1, 20, 50, 45, 13, 1, 1, 0, 1, 1),
         ] {
             let x = values(g.n * g.c * g.h * g.w, 1);
             let w = values(g.o * (g.c / g.groups) * g.kh * g.kw, 2);
