@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: segkit vs PyTorch, side by side, in one run.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::{python, root, run_cmd};
 
@@ -37,6 +39,17 @@ const CASES: &[&str] = &[
     "train_pspnet_r50-d8_cityscapes",
 ];
 
+/// Seconds to wait before starting each measured process (`--settle`, default 5). A process
+/// started right after a large one exits runs slower on these VMs: ResNet-50 (segkit, median of
+/// 5) right after a 1.6 GB process exited took 261-381 ms, 5 s later 258-342 ms, slower in 8 of
+/// 10 alternating pairs, ~10% on average (docs/PERFORMANCE.md, tenth section). Without the
+/// pause every segkit case started right after the previous case's PyTorch process (0.9-3 GB).
+static SETTLE_SECS: AtomicU64 = AtomicU64::new(5);
+
+fn settle() {
+    std::thread::sleep(Duration::from_secs(SETTLE_SECS.load(Ordering::Relaxed)));
+}
+
 fn field(json: &str, key: &str) -> Option<f64> {
     let k = format!("\"{key}\":");
     let i = json.find(&k)? + k.len();
@@ -57,10 +70,12 @@ fn run_sides(
     threads: &str,
     columns: usize,
 ) -> Result<Option<(String, String)>, String> {
+    settle();
     let s = segkit
         .env("RAYON_NUM_THREADS", threads)
         .output()
         .map_err(|e| format!("segkit bench {case}: {e}"))?;
+    settle();
     let t = torch
         .env("SEGKIT_BENCH_THREADS", threads)
         .env("OMP_NUM_THREADS", threads)
@@ -103,6 +118,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--runs" => runs = it.next().cloned().ok_or("--runs needs a value")?,
             "--threads" => threads = it.next().cloned().ok_or("--threads needs a value")?,
+            "--settle" => {
+                let v = it.next().ok_or("--settle needs a value (seconds)")?;
+                let secs = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("--settle: {v:?} is not a whole number of seconds"))?;
+                SETTLE_SECS.store(secs, Ordering::Relaxed);
+            }
             "--heavy-runs" => {
                 heavy_runs = it.next().cloned().ok_or("--heavy-runs needs a value")?
             }

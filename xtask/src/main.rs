@@ -85,7 +85,7 @@ fn python(install: bool) -> Result<PathBuf, String> {
 const USAGE: &str = "usage: cargo xtask <list | download NAME.. [--force] [--convert] | \
                      convert IN.pth OUT.safetensors --preset NAME | fixtures [NAME..] | \
                      bench [--runs N] [--heavy-runs N] [--train-runs N] [--size S] [--batch B] \
-                     [--threads T] [--cases a,b,..] | make-demo-data [--out DIR] | \
+                     [--threads T] [--settle SECONDS] [--cases a,b,..] | make-demo-data [--out DIR] | \
                      train-demo [--iterations N] | gscnn-demo [--iterations N] | \
                      panet-demo [--iterations N] .. | oneformer-demo [--iterations N] .. | \
                      pssl-demo [--train N] [--pretrain-iters N] [--finetune-iters N] ..>";
