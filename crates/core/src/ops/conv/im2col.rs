@@ -148,7 +148,7 @@ fn prefetch(v: &[f32]) {
 /// Copies `src` into block columns `q..q + src.len()` of packed row `kk`, split at
 /// micro-panel boundaries.
 #[inline(always)]
-fn put_row(buf: &mut [f32], ps: usize, kk: usize, q: usize, src: &[f32]) {
+pub(super) fn put_row(buf: &mut [f32], ps: usize, kk: usize, q: usize, src: &[f32]) {
     let mut src = src;
     let mut q = q;
     if !q.is_multiple_of(NR) {

@@ -240,10 +240,32 @@ pub(super) unsafe fn gemm_block(
     ldc: usize,
     simd: Simd,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_block_acc(a, o0, o1, k0, k0 != 0, b, ps, np, c, ldc, simd) }
+}
+
+/// [`gemm_block`] that accumulates into `C` when `acc`, whatever `k0` (a sum of several
+/// GEMMs, as the taps of `dilated`).
+///
+/// # Safety
+/// As [`gemm_block`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_block_acc(
+    a: &PackedA,
+    o0: usize,
+    o1: usize,
+    k0: usize,
+    acc: bool,
+    b: &[f32],
+    ps: usize,
+    np: usize,
+    c: *mut f32,
+    ldc: usize,
+    simd: Simd,
+) {
     let avx2 = simd.avx2();
     let kc = block_depth(a.k).min(a.k - k0);
     debug_assert!(o0.is_multiple_of(MR) && o1 <= a.m && ps >= kc * NR);
-    let acc = k0 != 0;
     #[cfg(target_arch = "x86_64")]
     if simd.avx512() {
         // SAFETY: forwarded from the caller; the CPU has AVX-512F (`simd`).

@@ -7,6 +7,9 @@
 //!   register-tile microkernel) driven two ways:
 //!   - `winograd`: 3x3 stride-1 convs (any padding / dilation) as Winograd F(2x2, 3x3), 2.25x
 //!     fewer multiplications, the transforms writing straight into the GEMM's packed layout;
+//!   - `dilated`: 3x3 stride-1 convs at rates whose outer taps mostly read the padding (ASPP's
+//!     24 and 36 on a 64 x 64 map), as one GEMM per tap over the rectangles where it reads the
+//!     input, the padded taps skipped;
 //!   - `im2col`: every other conv (1x1 stride 1 included); the im2col matrix is never
 //!     materialised, each task packs the block of it that it needs straight from the input;
 //! - elsewhere, `gemm_conv`: im2col in bounded tiles plus the `gemm` crate;
@@ -34,6 +37,7 @@ mod act;
 mod bn;
 mod cat;
 mod depthwise;
+mod dilated;
 mod gemm_conv;
 mod grad;
 mod im2col;
@@ -347,6 +351,8 @@ fn run_kernel(
         depthwise::depthwise(x, w, bias, g, act, simd)
     } else if !simd.avx2() {
         gemm_conv::conv_gemm(x, w, bias, g, act)
+    } else if dilated::applies(g, simd) {
+        dilated::conv_taps(x, &dilated::pack_weights(w, scale, g), bias, g, act, simd)
     } else if winograd::applies(g) {
         winograd::conv_winograd(x, &winograd::pack_weights(w, scale, g), bias, g, act, simd)
     } else {

@@ -2,7 +2,8 @@
 
 use super::act::Simd;
 use super::{
-    depthwise, gemm_conv, grad, im2col, run_kernel, winograd, winograd_grad, Activation, Geometry,
+    depthwise, dilated, gemm_conv, grad, im2col, run_kernel, winograd, winograd_grad, Activation,
+    Geometry,
 };
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -184,6 +185,38 @@ fn winograd_matches_naive() {
     }
 }
 
+/// Dilated 3x3 convolutions whose outer taps mostly read padding: the per-tap GEMMs over the
+/// rectangles where each tap is valid, against the naive convolution. Covers several images,
+/// padding other than the rate, channels past one depth block, output channels off the tile
+/// size, and kernels wider than the padded input's valid part (some pixels read no input).
+#[test]
+fn dilated_taps_match_naive() {
+    for g in [
+        geometry(1, 16, 20, 20, 16, 3, 1, 8, 8, 1),
+        geometry(2, 20, 19, 23, 22, 3, 1, 10, 9, 1),
+        geometry(1, 300, 17, 14, 17, 3, 1, 12, 12, 1),
+        geometry(1, 24, 9, 30, 19, 3, 1, 20, 20, 1),
+        geometry(1, 16, 40, 40, 64, 3, 1, 24, 24, 1),
+        geometry(1, 32, 64, 64, 48, 3, 1, 36, 36, 1),
+    ] {
+        assert!(dilated::applies(&g, Simd::avx2_only()), "{g:?}");
+        if !Simd::detect().avx2() {
+            continue;
+        }
+        check(&g, |x, w, b, g, a| {
+            let simd = Simd::detect();
+            dilated::conv_taps(x, &dilated::pack_weights(w, None, g), b, g, a, simd)
+        });
+    }
+    // Small rates keep Winograd: most taps read the input.
+    for d in [2, 6, 12, 18] {
+        let g = geometry(1, 64, 64, 64, 64, 3, 1, d, d, 1);
+        assert!(!dilated::applies(&g, Simd::avx2_only()), "{g:?}");
+    }
+    let g = geometry(1, 64, 64, 64, 64, 3, 1, 24, 24, 1);
+    assert!(!dilated::applies(&g, Simd::portable()), "{g:?}");
+}
+
 #[test]
 fn depthwise_matches_naive() {
     for simd in simds() {
@@ -225,6 +258,8 @@ fn scaled_weights_match_naive_of_scaled_copy() {
             geometry(2, 6, 9, 40, 6, 3, 1, 4, 4, 6),
             geometry(1, 4, 11, 13, 8, 3, 2, 1, 1, 4),
             geometry(1, 20, 50, 45, 13, 1, 1, 0, 1, 1),
+            // The dilated per-tap path.
+            geometry(2, 20, 19, 23, 22, 3, 1, 10, 9, 1),
         ] {
             let x = values(g.n * g.c * g.h * g.w, 1);
             let w = values(g.o * (g.c / g.groups) * g.kh * g.kw, 2);
