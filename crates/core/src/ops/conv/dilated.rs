@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::act::{scale_bias_act, Simd};
 use super::depthwise::valid_range;
 use super::im2col::{put_row, with_scratch};
-use super::kernel::{block_depth, gemm_block_acc, packed_b_len, panel_stride, OutPtr, PackedA, NR};
+use super::kernel::{block_depth, gemm_block, packed_b_len, panel_stride, OutPtr, PackedA, NR};
 use super::{Activation, Geometry};
 
 /// Most output pixels per task.
@@ -213,12 +213,11 @@ pub(super) fn conv_taps(
                         // SAFETY: `acc` holds rows 0..o1 - o0 of `np` elements, this task's
                         // own; o0 is a multiple of MR.
                         unsafe {
-                            gemm_block_acc(
+                            gemm_block(
                                 &packed[3 * i + j],
                                 o0,
                                 o1,
-                                c0,
-                                !first,
+                                (c0, !first),
                                 buf,
                                 ps,
                                 np,

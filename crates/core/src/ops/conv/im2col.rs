@@ -505,7 +505,18 @@ pub(super) fn conv_im2col(
                 match weights {
                     // SAFETY: see above; o0 is a multiple of MR.
                     ImWeights::Packed(packed) => unsafe {
-                        gemm_block(&packed[gi], o0, o1, k0, buf, ps, np, c, p_out, simd)
+                        gemm_block(
+                            &packed[gi],
+                            o0,
+                            o1,
+                            (k0, k0 != 0),
+                            buf,
+                            ps,
+                            np,
+                            c,
+                            p_out,
+                            simd,
+                        )
                     },
                     #[cfg(target_arch = "x86_64")]
                     ImWeights::Rows { w, .. } => {

@@ -222,7 +222,8 @@ impl OutPtr {
 
 /// `C[o0..o1, 0..np] (+)= A[o0..o1, k0..k0+kc] * B`, with `B` one packed `kc x np` block
 /// (micro-panels `ps` apart) and `C` at `c` with row stride `ldc` (row `o0` first).
-/// Accumulates into `C` unless `k0 == 0`.
+/// Accumulates into `C` when `acc` (a later block of `k`, or a later term of a sum of GEMMs
+/// such as `dilated`'s taps), stores otherwise.
 ///
 /// # Safety
 /// `c` must be valid for reads and writes of rows `0..o1 - o0` of `np` elements, `ldc` apart,
@@ -232,30 +233,7 @@ pub(super) unsafe fn gemm_block(
     a: &PackedA,
     o0: usize,
     o1: usize,
-    k0: usize,
-    b: &[f32],
-    ps: usize,
-    np: usize,
-    c: *mut f32,
-    ldc: usize,
-    simd: Simd,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { gemm_block_acc(a, o0, o1, k0, k0 != 0, b, ps, np, c, ldc, simd) }
-}
-
-/// [`gemm_block`] that accumulates into `C` when `acc`, whatever `k0` (a sum of several
-/// GEMMs, as the taps of `dilated`).
-///
-/// # Safety
-/// As [`gemm_block`].
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm_block_acc(
-    a: &PackedA,
-    o0: usize,
-    o1: usize,
-    k0: usize,
-    acc: bool,
+    (k0, acc): (usize, bool),
     b: &[f32],
     ps: usize,
     np: usize,

@@ -417,7 +417,18 @@ pub(super) fn conv_winograd(
                         // SAFETY: M_xi holds o1 - o0 rows of ldm >= ntc columns, private to this
                         // task; o0 is a multiple of MR.
                         unsafe {
-                            gemm_block(ux, o0, o1, k0, &v[xi * vlen..], ps, ntc, mp, ldm, simd)
+                            gemm_block(
+                                ux,
+                                o0,
+                                o1,
+                                (k0, k0 != 0),
+                                &v[xi * vlen..],
+                                ps,
+                                ntc,
+                                mp,
+                                ldm,
+                                simd,
+                            )
                         };
                     }
                 }
