@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::act::{scale_bias_act, Simd};
 use super::depthwise::valid_range;
 use super::im2col::{put_row, with_scratch};
-use super::kernel::{block_depth, gemm_block, packed_b_len, panel_stride, OutPtr, PackedA, NR};
+use super::kernel::{block_depth, gemm_block, packed_b_len, panel_stride, OutPtr, PackedA, MR, NR};
 use super::{Activation, Geometry};
 
 /// Most output pixels per task.
@@ -85,14 +85,11 @@ pub(super) fn applies(g: &Geometry, simd: Simd) -> bool {
 pub(super) fn pack_weights(w: &[f32], scale: Option<&[f64]>, g: &Geometry) -> [PackedA; 9] {
     let c = g.c;
     PackedA::new_multi_rows::<9>(g.o, c, |r, c0, out| {
-        let f = scale.map_or(1.0, |s| s[r]);
+        let f = scale.map(|s| s[r]);
         for (jj, o) in out.iter_mut().enumerate() {
             let src = &w[(r * c + c0 + jj) * 9..][..9];
-            for (t, v) in o.iter_mut().enumerate() {
-                *v = match scale {
-                    Some(_) => (src[t] as f64 * f) as f32,
-                    None => src[t],
-                };
+            for (v, &x) in o.iter_mut().zip(src) {
+                *v = f.map_or(x, |f| (x as f64 * f) as f32);
             }
         }
     })
@@ -185,9 +182,9 @@ pub(super) fn conv_taps(
     let p_out = g.ho * g.wo;
     let threads = rayon::current_num_threads().max(1);
     let strips = strips(g);
-    let panels = g.o.div_ceil(super::kernel::MR);
+    let panels = g.o.div_ceil(MR);
     let o_split = (2 * threads).div_ceil(strips.len()).clamp(1, panels);
-    let o_blk = panels.div_ceil(o_split) * super::kernel::MR;
+    let o_blk = panels.div_ceil(o_split) * MR;
     let o_split = g.o.div_ceil(o_blk);
     let kb = block_depth(g.c);
 
