@@ -56,7 +56,10 @@ use crate::{TrainError, TrainResult};
 /// [`TrainModel::losses`] on a batch collated with [`TrainModel::preprocessor`]; at each
 /// evaluation [`TrainModel::evaluate`] with a detached copy of the weights; at the end
 /// [`TrainModel::save`].
-pub trait TrainModel {
+///
+/// `Send`: the trainer runs each step on a worker of rayon's pool
+/// ([`segkit_core::runtime::on_pool`]).
+pub trait TrainModel: Send {
     /// The model's name (logs, error messages).
     fn name(&self) -> &str;
 

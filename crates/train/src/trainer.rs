@@ -398,8 +398,13 @@ impl Trainer {
             .collect()
     }
 
-    /// One optimizer step (`accumulate` forward / backward passes).
+    /// One optimizer step (`accumulate` forward / backward passes), run on a worker of rayon's
+    /// pool ([`segkit_core::runtime::on_pool`]: no thread switch per op).
     pub fn step(&mut self) -> TrainResult<IterLosses> {
+        segkit_core::runtime::on_pool(|| self.step_here())
+    }
+
+    fn step_here(&mut self) -> TrainResult<IterLosses> {
         let lr =
             self.cfg
                 .schedule

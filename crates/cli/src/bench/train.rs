@@ -206,12 +206,14 @@ pub fn run(
     let (cfg, k, shape) = case_spec(case, size, batch)?;
     let mut s = build(&cfg, k, shape)?;
     let rss_before = status_mb("VmRSS:");
+    // As `Trainer::step` runs a step: on a worker of rayon's pool.
+    let one = |s: &mut Step| segkit_core::runtime::on_pool(|| step(s));
     for _ in 0..warmup {
-        step(&mut s)?;
+        one(&mut s)?;
     }
     let mut all = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
-        all.push(step(&mut s)?);
+        all.push(one(&mut s)?);
     }
     print_report(case, shape, &all, rss_before, pool, "");
     Ok(())

@@ -239,15 +239,17 @@ pub fn run(
     let mut s = build(size, batch)?;
     let rss_before = status_mb("VmRSS:");
     let mut first_loss = f64::NAN;
+    // As `Trainer::step` runs a step: on a worker of rayon's pool.
+    let one = |s: &mut Step| segkit_core::runtime::on_pool(|| step(s));
     for _ in 0..warmup {
-        let p = step(&mut s)?;
+        let p = one(&mut s)?;
         if first_loss.is_nan() {
             first_loss = p.loss;
         }
     }
     let mut all = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
-        let p = step(&mut s)?;
+        let p = one(&mut s)?;
         if first_loss.is_nan() {
             first_loss = p.loss;
         }

@@ -313,8 +313,8 @@ fn winograd_weight_grad_matches_im2col() {
 /// The direct (padded-plane) weight gradient against the im2col GEMMs: 3x3 and 7x7, padding
 /// (none, with a 4 KiB plane), dilation, channel counts that fill no whole micro-panel, a
 /// single micro-panel, taps that fill no whole task; 1x1, stride 2 and tiny maps are left to
-/// im2col. Runs the AVX-512F kernel where the CPU has it and the AVX2 one (at most 32 output
-/// channels) where it has AVX2 + FMA.
+/// im2col. Runs the AVX-512F kernel where the CPU has it and the AVX2 one (at most
+/// `AVX2_MAX_CHANNELS` = 128 output channels; one geometry has more) where it has AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn direct_weight_grad_matches_im2col() {
@@ -332,9 +332,10 @@ fn direct_weight_grad_matches_im2col() {
             geometry(2, 8, 31, 30, 70, 3, 1, 2, 2, 1),
             geometry(1, 6, 20, 20, 8, 3, 2, 1, 1, 1),
             geometry(1, 8, 6, 6, 8, 3, 1, 1, 1, 1),
+            geometry(1, 8, 40, 40, 136, 3, 1, 1, 1, 1),
         ] {
             let big = g.n * g.ho * (g.w + 2 * g.padding) >= 1024;
-            let kernel = simd.avx512() || (simd.avx2() && g.o <= 32);
+            let kernel = simd.avx512() || (simd.avx2() && g.o <= wgrad_direct::AVX2_MAX_CHANNELS);
             let direct = kernel && g.stride == 1 && g.kh > 1 && big;
             assert_eq!(wgrad_direct::applies(&g, simd), direct, "{g:?}");
             if !direct {
@@ -348,11 +349,11 @@ fn direct_weight_grad_matches_im2col() {
             checked += 1;
         }
     }
-    // Seven geometries qualify for the AVX-512F kernel, four (at most 32 output channels) for
-    // the AVX2 one.
+    // Eight geometries qualify for the AVX-512F kernel, seven (at most 128 output channels)
+    // for the AVX2 one.
     let want = match (Simd::detect().avx512(), Simd::detect().avx2()) {
-        (true, _) => 11,
-        (false, true) => 8,
+        (true, _) => 15,
+        (false, true) => 14,
         (false, false) => 0,
     };
     assert_eq!(checked, want);
@@ -420,6 +421,18 @@ fn timing_of_the_weight_gradient() {
     use super::wgrad_direct;
     let simd = Simd::detect();
     for (name, g) in [
+        (
+            "demo 128->128 16x16 b8",
+            geometry(8, 128, 16, 16, 128, 3, 1, 1, 1, 1),
+        ),
+        (
+            "demo 128->128 16x16 d4 b8",
+            geometry(8, 128, 16, 16, 128, 3, 1, 4, 4, 1),
+        ),
+        (
+            "demo 64->64 16x16 b8",
+            geometry(8, 64, 16, 16, 64, 3, 1, 1, 1, 1),
+        ),
         (
             "demo 16->16 128x128 b8",
             geometry(8, 16, 128, 128, 16, 3, 1, 1, 1, 1),

@@ -34,12 +34,17 @@ const SERIAL_MAX: usize = 1 << 17;
 const MIN_PIXELS: usize = 1024;
 
 /// Most output channels for the AVX2 kernel. Its tiles hold one 16-channel panel (the AVX-512
-/// kernel's two), so every tap row streams past each panel; against the im2col GEMMs of the
-/// `gemm` crate (`timing_of_the_weight_gradient`, 2 threads, AMD EPYC Zen 3) it wins where the
-/// output channels are few: 16 -> 16 at 128 x 128 (batch 8) 8.5 -> 5.3 ms, 32 -> 32 at
-/// 64 x 64 6.0 -> 4.2 ms; but 64 -> 64 at 128 x 128 (batch 2) 17.6 -> 20.7 ms, 128 -> 128
-/// 15.6 -> 14.3 ms, 256 -> 256 58 -> 59 ms, 512 -> 512 264 -> 276 ms.
-const AVX2_MAX_CHANNELS: usize = 32;
+/// kernel's two), so every tap row streams past each panel, and from 256 output channels the
+/// im2col GEMMs of the `gemm` crate win. Best of 5, three runs of
+/// `timing_of_the_weight_gradient` (2 threads, AMD EPYC Zen 3), im2col -> direct, ms:
+/// 16 -> 16 at 128 x 128 (batch 8) 8.6-10.9 -> 5.8-6.6, 32 -> 32 at 64 x 64 (batch 8)
+/// 6.1-7.7 -> 4.4-5.1, 64 -> 64 at 16 x 16 (batch 8) 1.4-2.0 -> 1.1-1.3, 128 -> 128 at
+/// 16 x 16 (batch 8) 6.7-7.2 -> 5.4-5.8 (dilation 4: 6.4-7.0 -> 5.4-5.6), 64 -> 64 at
+/// 128 x 128 (batch 2) 17.8-18.1 -> 15.7-16.1, 128 -> 128 at 64 x 64 16.0-20.5 -> 14.7-17.0;
+/// but 256 -> 256 at 64 x 64 (dilation 2) 59-63 -> 68-72. (The limit was 32 when this
+/// kernel landed, from one run where 64 -> 64 at 128 x 128 read 17.6 -> 20.7; re-measured
+/// as above on 2026-12-07.)
+pub(super) const AVX2_MAX_CHANNELS: usize = 128;
 
 /// Whether [`weight_grad_direct`] handles `g` on a CPU with `simd`: a kernel larger than 1x1
 /// (1x1 convolutions are plain GEMMs, which the im2col path runs as fast), stride 1, one group,
