@@ -60,11 +60,6 @@ impl Linear {
         linear(x, &self.weight, self.bias.as_ref())
     }
 
-    /// `gelu(x W^T + b)` (exact GELU), fused on f32 CPU tensors ([`ops::linear_act`]).
-    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear_act(x, &self.weight, self.bias.as_ref(), Activation::Gelu)
-    }
-
     /// `residual + (x W^T + b)`, fused on f32 CPU tensors ([`ops::linear_residual`]).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         ops::linear_residual(x, &self.weight, self.bias.as_ref(), residual)
@@ -364,11 +359,18 @@ impl SwinBlock {
             // dropout are identities here.
             let attn = self.attention_cpu(&y, params, rel_bias, qkv_bias, geo)?;
             let x = self.proj.forward_residual(&attn, x)?;
+            if self.act == HiddenAct::Gelu {
+                // LayerNorm, fc1 + GELU, fc2 + residual in blocks of rows: the 4x-wide hidden
+                // map never exists at full size.
+                return self.layernorm_after.0.forward_feed_forward(
+                    &x,
+                    (&self.fc1.weight, self.fc1.bias.as_ref()),
+                    Activation::Gelu,
+                    (&self.fc2.weight, self.fc2.bias.as_ref()),
+                );
+            }
             let y = self.layernorm_after.forward(&x, train)?;
-            let y = match self.act {
-                HiddenAct::Gelu => self.fc1.forward_gelu(&y)?,
-                _ => act(&self.fc1.forward(&y)?, self.act, train)?,
-            };
+            let y = act(&self.fc1.forward(&y)?, self.act, train)?;
             return self.fc2.forward_residual(&y, &x);
         }
         let attn = self.attention_composed(&y, params, geo, train)?;

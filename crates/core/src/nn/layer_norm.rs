@@ -144,6 +144,112 @@ impl LayerNorm {
             .broadcast_add(&self.bias.to_dtype(x.dtype())?)?)
     }
 
+    /// `x + fc2(act(fc1(norm(x))))`: a pre-norm transformer block's feed-forward sub-layer
+    /// (Swin's and ViT's MLP with its residual), `fc1 = (weight hidden x d, bias)`,
+    /// `fc2 = (weight d x hidden, bias)`.
+    ///
+    /// On CPU f32 tensors that record no gradients it runs in blocks of rows, so the hidden
+    /// activations never exist at full size (see `ops/mlp.rs`); the values are those of
+    /// [`LayerNorm::forward`], [`crate::ops::linear_act`] and [`crate::ops::linear_residual`]
+    /// in turn, which is what runs otherwise.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use segkit_core::nn::LayerNorm;
+    /// use segkit_core::ops::Activation;
+    /// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    /// let norm = LayerNorm::new(4, 1e-5, vb)?;
+    /// let x = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape((2, 3, 4))?;
+    /// let (w1, w2) = (Tensor::ones((8, 4), DType::F32, &Device::Cpu)?, Tensor::ones((4, 8), DType::F32, &Device::Cpu)?);
+    /// let y = norm.forward_feed_forward(&x, (&w1, None), Activation::Gelu, (&w2, None))?;
+    /// // A zero norm weight and bias zero the branch: only the residual is left.
+    /// assert_eq!(y.to_vec3::<f32>()?, x.to_vec3::<f32>()?);
+    /// # Ok::<(), segkit_core::Error>(())
+    /// ```
+    ///
+    /// Errors if `x`'s last dimension is not the norm's size or a weight's shape does not fit.
+    pub fn forward_feed_forward(
+        &self,
+        x: &Tensor,
+        (w1, b1): (&Tensor, Option<&Tensor>),
+        act: crate::ops::Activation,
+        (w2, b2): (&Tensor, Option<&Tensor>),
+    ) -> Result<Tensor> {
+        let d = self.weight.elem_count();
+        if x.dim(candle_core::D::Minus1)? != d {
+            return Err(Error::shape("LayerNorm input (last dim)", &[d], x.dims()));
+        }
+        let hidden = w1.dim(0)?;
+        if w1.dims() != [hidden, d] {
+            return Err(Error::shape(
+                "feed-forward fc1 weight",
+                &[hidden, d],
+                w1.dims(),
+            ));
+        }
+        if w2.dims() != [d, hidden] {
+            return Err(Error::shape(
+                "feed-forward fc2 weight",
+                &[d, hidden],
+                w2.dims(),
+            ));
+        }
+        for (name, b, len) in [("fc1", b1, hidden), ("fc2", b2, d)] {
+            if let Some(b) = b {
+                if b.dims() != [len] {
+                    return Err(Error::shape(
+                        format!("feed-forward {name} bias"),
+                        &[len],
+                        b.dims(),
+                    ));
+                }
+            }
+        }
+        let all = [
+            Some(x),
+            Some(w1),
+            b1,
+            Some(w2),
+            b2,
+            Some(&self.weight),
+            Some(&self.bias),
+        ];
+        let fast = hidden > 0
+            && act != crate::ops::Activation::Sigmoid
+            && all
+                .iter()
+                .flatten()
+                .all(|t| !t.track_op() && t.device().is_cpu() && t.dtype() == DType::F32);
+        if !fast {
+            let y = self.forward(x)?;
+            let y = crate::ops::linear_act(&y, w1, b1, act)?;
+            return crate::ops::linear_residual(&y, w2, b2, x);
+        }
+        let vec = |t: Option<&Tensor>| t.map(|t| t.flatten_all()?.to_vec1::<f32>()).transpose();
+        let (nw, nb) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        let (b1, b2) = (vec(b1)?, vec(b2)?);
+        let out = crate::ops::with_cpu_f32(x, |xs| {
+            crate::ops::with_cpu_f32(w1, |w1| {
+                crate::ops::with_cpu_f32(w2, |w2| {
+                    let ff = crate::ops::FeedForward {
+                        w1,
+                        b1: b1.as_deref(),
+                        act,
+                        w2,
+                        b2: b2.as_deref(),
+                        hidden,
+                    };
+                    Ok(crate::ops::norm_feed_forward_rows(
+                        xs,
+                        (&nw, &nb, self.eps as f32),
+                        &ff,
+                    ))
+                })
+            })
+        })?;
+        Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+    }
+
     fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let b = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -157,6 +263,56 @@ impl LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked CPU path against candle's ops (LayerNorm, matmuls, erf GELU, adds) on 700
+    /// rows whose 4096-wide hidden map takes three blocks (256, 256, 188 rows), with and
+    /// without biases; and the error for a misshapen weight.
+    #[test]
+    fn feed_forward_matches_candles_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (d, hidden) = (24, 4096);
+        let vm = candle_nn::VarMap::new();
+        let norm = LayerNorm::new(d, 1e-5, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        for v in vm.all_vars() {
+            v.set(&(Tensor::randn(0f32, 0.5, v.shape(), &dev)? + 1.0)?)?;
+        }
+        let x = Tensor::randn(0f32, 1.0, (2, 350, d), &dev)?;
+        let w1 = (Tensor::randn(0f32, 1.0, (hidden, d), &dev)? * 0.2)?;
+        let b1 = Tensor::randn(0f32, 1.0, hidden, &dev)?;
+        let w2 = (Tensor::randn(0f32, 1.0, (d, hidden), &dev)? * 0.02)?;
+        let b2 = Tensor::randn(0f32, 1.0, d, &dev)?;
+        for biases in [true, false] {
+            let (b1, b2) = if biases {
+                (Some(&b1), Some(&b2))
+            } else {
+                (None, None)
+            };
+            let got =
+                norm.forward_feed_forward(&x, (&w1, b1), crate::ops::Activation::Gelu, (&w2, b2))?;
+            let (nw, nb) = (norm.weight.detach(), norm.bias.detach());
+            let y = candle_nn::ops::layer_norm(&x, &nw, &nb, 1e-5)?;
+            let mut h = y.broadcast_matmul(&w1.t()?)?;
+            if let Some(b) = b1 {
+                h = h.broadcast_add(b)?;
+            }
+            let mut o = h.gelu_erf()?.broadcast_matmul(&w2.t()?)?;
+            if let Some(b) = b2 {
+                o = o.broadcast_add(b)?;
+            }
+            let want = (o + &x)?;
+            let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                diff <= 2e-5 * scale.max(1.0),
+                "biases {biases}: {diff} of {scale}"
+            );
+        }
+        let bad = Tensor::zeros((hidden, d + 1), DType::F32, &dev)?;
+        let err =
+            norm.forward_feed_forward(&x, (&bad, None), crate::ops::Activation::Gelu, (&w2, None));
+        assert!(err.is_err());
+        Ok(())
+    }
 
     /// Every element equals DETR's formula evaluated at that element (the y encoding in the
     /// first `feats` channels, the x encoding in the rest; sin on even channels, cos on odd).

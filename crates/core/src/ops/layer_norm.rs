@@ -29,11 +29,33 @@ pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32)
     if d == 0 {
         return vec![0f32; x.len()];
     }
-    let rows = x.len() / d;
-    let mut out: Vec<f32> = Vec::with_capacity(rows * d);
+    let len = x.len() / d * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    layer_norm_rows_into(x, weight, bias, eps, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `layer_norm_rows_into` wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`layer_norm_rows`] into `out` (`x`'s whole rows), which it writes whole: it may be
+/// uninitialised. `weight` is not empty.
+pub(crate) fn layer_norm_rows_into<'o>(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    out: &'o mut [MaybeUninit<f32>],
+) -> &'o mut [f32] {
+    let d = weight.len();
+    assert!(
+        d > 0 && out.len() == x.len() / d * d && bias.len() == d,
+        "layer_norm_rows_into: rows of {d} ({} / {} / {})",
+        x.len(),
+        bias.len(),
+        out.len()
+    );
     let simd = has_avx2_fma();
-    out.spare_capacity_mut()[..rows * d]
-        .par_chunks_mut(d)
+    out.par_chunks_mut(d)
         .zip(x.par_chunks_exact(d))
         .for_each(|(o, r)| {
             #[cfg(target_arch = "x86_64")]
@@ -44,9 +66,8 @@ pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32)
             let _ = simd;
             row(o, r, weight, bias, eps)
         });
-    // SAFETY: the row kernels wrote all `rows * d` elements.
-    unsafe { out.set_len(rows * d) };
-    out
+    // SAFETY: the row kernels wrote every element of every row.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// LayerNorm over the last dimension of `x` (`.. x D`, `weight` and `bias` of length `D`) as

@@ -11,6 +11,8 @@
 //! # Shapes
 //! `x`: `.. x din`, `weight`: `dout x din`, `bias`: `dout` -> `.. x dout`.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -191,16 +193,45 @@ pub(super) fn gemm_rows(
 ) -> Vec<f32> {
     let len = rows * dout;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: `out` has capacity for `rows x dout` (row stride dout, column stride 1); `xs` is
+    gemm_rows_into(
+        xs,
+        ws,
+        (rows, din, dout),
+        epi,
+        &mut out.spare_capacity_mut()[..len],
+    );
+    // SAFETY: `gemm_rows_into` wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`gemm_rows`] into `out` (`rows x dout`, row-major), which it writes whole: it may be
+/// uninitialised. `din` is at least 1 (with `din = 0` the GEMM would write nothing).
+pub(super) fn gemm_rows_into<'o>(
+    xs: &[f32],
+    ws: &[f32],
+    (rows, din, dout): (usize, usize, usize),
+    epi: Epilogue<'_>,
+    out: &'o mut [MaybeUninit<f32>],
+) -> &'o mut [f32] {
+    assert!(
+        din > 0 && out.len() == rows * dout && xs.len() >= rows * din && ws.len() >= dout * din,
+        "gemm_rows_into: {rows} x {din} x {dout} with buffers {} / {} / {}",
+        xs.len(),
+        ws.len(),
+        out.len()
+    );
+    // SAFETY: `out` holds `rows x dout` (row stride dout, column stride 1); `xs` is
     // `rows x din` row-major, `ws` `dout x din` row-major read as its transpose (`din x dout`:
-    // row stride 1, column stride din); the three do not overlap. `gemm` only writes the
-    // buffer (read_dst = false), so every element is initialised before `set_len`.
-    unsafe {
+    // row stride 1, column stride din); the three do not overlap (`out` is borrowed mutably).
+    // `gemm` only writes the buffer (read_dst = false, depth din >= 1), so every element is
+    // initialised afterwards.
+    let out = unsafe {
         gemm::gemm(
             rows,
             dout,
             din,
-            out.as_mut_ptr(),
+            out.as_mut_ptr().cast::<f32>(),
             1,
             dout as isize,
             false,
@@ -217,9 +248,9 @@ pub(super) fn gemm_rows(
             false,
             parallelism(),
         );
-        out.set_len(len);
-    }
-    epilogue_rows(&mut out, dout, epi);
+        &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32])
+    };
+    epilogue_rows(out, dout, epi);
     out
 }
 

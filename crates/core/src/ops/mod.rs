@@ -59,12 +59,14 @@ pub mod fastmath;
 mod layer_norm;
 mod linear;
 mod linear_epilogue;
+mod mlp;
 #[doc(hidden)]
 pub use attention::attention_fallback;
 pub use attention::{attention, AttentionOptions};
 pub use linear::{linear, linear_act, linear_residual};
 mod log_softmax;
 pub(crate) use layer_norm::{layer_norm_rows, layer_norm_train};
+pub(crate) use mlp::{norm_feed_forward_rows, FeedForward};
 
 pub use log_softmax::log_softmax_gather;
 mod resized_log_softmax;
