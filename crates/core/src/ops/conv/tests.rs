@@ -421,44 +421,20 @@ fn im2col_weight_grad_matches_naive() {
 fn timing_of_the_weight_gradient() {
     use super::wgrad_direct;
     let simd = Simd::detect();
-    for (name, g) in [
-        (
-            "demo 128->128 16x16 b8",
-            geometry(8, 128, 16, 16, 128, 3, 1, 1, 1, 1),
-        ),
-        (
-            "demo 128->128 16x16 d4 b8",
-            geometry(8, 128, 16, 16, 128, 3, 1, 4, 4, 1),
-        ),
-        (
-            "demo 64->64 16x16 b8",
-            geometry(8, 64, 16, 16, 64, 3, 1, 1, 1, 1),
-        ),
-        (
-            "demo 16->16 128x128 b8",
-            geometry(8, 16, 128, 128, 16, 3, 1, 1, 1, 1),
-        ),
-        (
-            "demo 32->32 64x64 b8",
-            geometry(8, 32, 64, 64, 32, 3, 1, 1, 1, 1),
-        ),
-        (
-            "r50 64->64 128x128 b2",
-            geometry(2, 64, 128, 128, 64, 3, 1, 1, 1, 1),
-        ),
-        (
-            "r50 128->128 64x64 b2",
-            geometry(2, 128, 64, 64, 128, 3, 1, 1, 1, 1),
-        ),
-        (
-            "d8 256->256 64x64 d2 b2",
-            geometry(2, 256, 64, 64, 256, 3, 1, 2, 2, 1),
-        ),
-        (
-            "d8 512->512 64x64 d4 b2",
-            geometry(2, 512, 64, 64, 512, 3, 1, 4, 4, 1),
-        ),
-    ] {
+    // (name, [batch, channels in, map side, channels out, dilation = padding]), 3x3, stride 1.
+    let layers = [
+        ("demo 128->128 16x16 b8", [8, 128, 16, 128, 1]),
+        ("demo 128->128 16x16 d4 b8", [8, 128, 16, 128, 4]),
+        ("demo 64->64 16x16 b8", [8, 64, 16, 64, 1]),
+        ("demo 16->16 128x128 b8", [8, 16, 128, 16, 1]),
+        ("demo 32->32 64x64 b8", [8, 32, 64, 32, 1]),
+        ("r50 64->64 128x128 b2", [2, 64, 128, 64, 1]),
+        ("r50 128->128 64x64 b2", [2, 128, 64, 128, 1]),
+        ("d8 256->256 64x64 d2 b2", [2, 256, 64, 256, 2]),
+        ("d8 512->512 64x64 d4 b2", [2, 512, 64, 512, 4]),
+    ];
+    for (name, [n, c, hw, o, d]) in layers {
+        let g = geometry(n, c, hw, hw, o, 3, 1, d, d, 1);
         // Timed past `applies`' channel limit too: the limit comes from these figures.
         if !simd.avx2() {
             return;

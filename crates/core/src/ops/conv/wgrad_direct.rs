@@ -39,7 +39,8 @@ const MIN_PIXELS: usize = 1024;
 /// `timing_of_the_weight_gradient` (2 threads, AMD EPYC Zen 3), im2col -> direct, ms:
 /// 16 -> 16 at 128 x 128 (batch 8) 8.6-10.9 -> 5.8-6.6, 32 -> 32 at 64 x 64 (batch 8)
 /// 6.1-7.7 -> 4.4-5.1, 64 -> 64 at 16 x 16 (batch 8) 1.4-2.0 -> 1.1-1.3, 128 -> 128 at
-/// 16 x 16 (batch 8) 6.7-7.2 -> 5.4-5.8 (dilation 4: 6.4-7.0 -> 5.4-5.6), 64 -> 64 at
+/// 16 x 16 (batch 8) 6.7-7.2 -> 5.4-5.8 (dilation 4: 6.4-7.0 -> 5.4-5.6, but 6.6-7.0 ->
+/// 7.3-8.2 in four later runs: its padded planes are 1.5x the output's width), 64 -> 64 at
 /// 128 x 128 (batch 2) 17.8-18.1 -> 15.7-16.1, 128 -> 128 at 64 x 64 16.0-20.5 -> 14.7-17.0;
 /// but 256 -> 256 at 64 x 64 (dilation 2) 59-63 -> 68-72. (The limit was 32 when this
 /// kernel landed, from one run where 64 -> 64 at 128 x 128 read 17.6 -> 20.7; re-measured
