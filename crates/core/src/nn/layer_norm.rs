@@ -214,7 +214,10 @@ impl LayerNorm {
             Some(&self.weight),
             Some(&self.bias),
         ];
-        let fast = hidden > 0
+        // Empty rows or an empty hidden map take the composed ops (the blocked kernels need
+        // both widths >= 1).
+        let fast = d > 0
+            && hidden > 0
             && act != crate::ops::Activation::Sigmoid
             && all
                 .iter()
@@ -306,6 +309,24 @@ mod tests {
                 diff <= 2e-5 * scale.max(1.0),
                 "biases {biases}: {diff} of {scale}"
             );
+        }
+        // Zero-width rows: no panic (the blocked kernels need both widths >= 1); the composed
+        // ops give an empty result of the input's shape or a typed error.
+        let empty = LayerNorm::new(0, 1e-5, VarBuilder::zeros(DType::F32, &dev))?;
+        let z = Tensor::zeros((3, 0), DType::F32, &dev)?;
+        let (w1z, w2z) = (
+            Tensor::zeros((5, 0), DType::F32, &dev)?,
+            Tensor::zeros((0, 5), DType::F32, &dev)?,
+        );
+        let r = empty.forward_feed_forward(
+            &z,
+            (&w1z, None),
+            crate::ops::Activation::Gelu,
+            (&w2z, None),
+        );
+        match r {
+            Ok(y) => assert_eq!(y.dims(), [3, 0]),
+            Err(e) => assert!(matches!(e, crate::Error::Candle(_)), "{e}"),
         }
         let bad = Tensor::zeros((hidden, d + 1), DType::F32, &dev)?;
         let err =
