@@ -40,19 +40,31 @@ const MIN_PIXELS: usize = 1024;
 /// 16 -> 16 at 128 x 128 (batch 8) 8.6-10.9 -> 5.8-6.6, 32 -> 32 at 64 x 64 (batch 8)
 /// 6.1-7.7 -> 4.4-5.1, 64 -> 64 at 16 x 16 (batch 8) 1.4-2.0 -> 1.1-1.3, 128 -> 128 at
 /// 16 x 16 (batch 8) 6.7-7.2 -> 5.4-5.8 (dilation 4: 6.4-7.0 -> 5.4-5.6, but 6.6-7.0 ->
-/// 7.3-8.2 in four later runs: its padded planes are 1.5x the output's width), 64 -> 64 at
+/// 7.3-8.2 in four later runs: its padded planes are 1.5x the output's width, which
+/// [`avx2_padding_fits`] now leaves to im2col), 64 -> 64 at
 /// 128 x 128 (batch 2) 17.8-18.1 -> 15.7-16.1, 128 -> 128 at 64 x 64 16.0-20.5 -> 14.7-17.0;
 /// but 256 -> 256 at 64 x 64 (dilation 2) 59-63 -> 68-72. (The limit was 32 when this
 /// kernel landed, from one run where 64 -> 64 at 128 x 128 read 17.6 -> 20.7; re-measured
 /// as above on 2026-12-07.)
 pub(super) const AVX2_MAX_CHANNELS: usize = 128;
 
+/// Whether the AVX2 kernel's padded rows are narrow enough: it computes `ho x (w + 2p)`
+/// positions per tap where the output has `ho x wo`, so its work grows with the padded width
+/// and im2col's does not. At most 5/4 of the output's width. Measured (best of 5, two runs of
+/// `timing_of_the_weight_gradient`, 2026-12-07): 128 -> 128 at 16 x 16, batch 8, padding 1
+/// (18 / 16 wide) im2col 5.8-6.4 -> direct 5.2-5.3 ms; the same with dilation and padding 4
+/// (24 / 16 wide) 6.4-6.5 -> 7.0-7.3 ms, the direct kernel's time in the ratio of the widths.
+/// The AVX-512 kernel keeps its own tiles and has no such bound (not re-measured).
+pub(super) fn avx2_padding_fits(g: &Geometry) -> bool {
+    4 * (g.w + 2 * g.padding) <= 5 * g.wo
+}
+
 /// Whether [`weight_grad_direct`] handles `g` on a CPU with `simd`: a kernel larger than 1x1
 /// (1x1 convolutions are plain GEMMs, which the im2col path runs as fast), stride 1, one group,
 /// enough pixels, and AVX-512F, or AVX2 + FMA with at most [`AVX2_MAX_CHANNELS`] output
-/// channels.
+/// channels and padded rows within [`avx2_padding_fits`].
 pub(super) fn applies(g: &Geometry, simd: Simd) -> bool {
-    (simd.avx512() || (simd.avx2() && g.o <= AVX2_MAX_CHANNELS))
+    (simd.avx512() || (simd.avx2() && g.o <= AVX2_MAX_CHANNELS && avx2_padding_fits(g)))
         && g.kh * g.kw > 1
         && g.stride == 1
         && g.groups == 1
