@@ -63,7 +63,9 @@ fn cross_entropy(logits: &Tensor, targets: &Tensor) -> TrainResult<Tensor> {
 }
 
 /// Trains a fresh classifier of `cfg` on `images` / `classes` (initial weights drawn from
-/// `tc.seed`, as the segmentation trainer draws them).
+/// `tc.seed`, as the segmentation trainer draws them). Each step runs on a worker of rayon's
+/// pool ([`segkit_core::runtime::on_pool`]), as the trainer's steps do; the results do not
+/// depend on the thread that calls this.
 pub fn train_classifier(
     cfg: &ClassifierConfig,
     tc: &ClassifyConfig,
@@ -111,15 +113,30 @@ pub fn train_classifier(
             let x = model.normalize(&images.index_select(&idx, 0)?)?;
             let t: Vec<u32> = chunk.iter().map(|i| classes[*i]).collect();
             let t = Tensor::new(t.as_slice(), &dev)?;
-            let loss = cross_entropy(&model.forward_t(&x, true)?, &t)?;
-            let grads = loss.backward()?;
-            let named: HashMap<String, Tensor> = params
-                .iter()
-                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
-                .collect();
             let lr = tc.optimizer.lr() * (1.0 - step as f64 / total as f64).powf(0.9);
-            opt.step(&params, &named, lr)?;
-            sum += loss.to_scalar::<f32>()? as f64;
+            // The step runs on a worker of rayon's pool, as `Trainer::step` runs it
+            // (`segkit_core::runtime::on_pool`); the seeded dropout stream goes with it and
+            // comes back, so the draws are those of a loop on the caller's thread.
+            let rng = segkit_core::random::thread_state();
+            let (loss, rng) = segkit_core::runtime::on_pool(|| {
+                segkit_core::random::set_thread_state(rng);
+                let mut one_step = || -> TrainResult<f32> {
+                    let loss = cross_entropy(&model.forward_t(&x, true)?, &t)?;
+                    let grads = loss.backward()?;
+                    let named: HashMap<String, Tensor> = params
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone()))
+                        })
+                        .collect();
+                    opt.step(&params, &named, lr)?;
+                    Ok(loss.to_scalar::<f32>()?)
+                };
+                let loss = one_step();
+                (loss, segkit_core::random::thread_state())
+            });
+            segkit_core::random::set_thread_state(rng);
+            sum += loss? as f64;
             step += 1;
         }
         let mean = sum / steps_per_epoch as f64;
@@ -207,5 +224,13 @@ mod tests {
             t.epoch_loss
         );
         assert_eq!(accuracy(&t.model, &images, &cls, 16).unwrap(), 1.0);
+        // Called from a worker of rayon's pool the steps run inline, on that thread: the
+        // same losses as from this thread, whose steps hop to a worker and back.
+        let tc = ClassifyConfig { epochs: 2, ..tc };
+        let here = train_classifier(&cfg, &tc, &images, &cls, &mut |_, _| {}).unwrap();
+        let on_worker = segkit_core::runtime::on_pool(|| {
+            train_classifier(&cfg, &tc, &images, &cls, &mut |_, _| {}).unwrap()
+        });
+        assert_eq!(here.epoch_loss, on_worker.epoch_loss);
     }
 }
