@@ -137,7 +137,7 @@ impl PanetTask {
 /// `rpn_heads.py`, `fast_rcnn_heads.py`) — and, since the caffe body has no normalisation to
 /// train (its affines are frozen at 1 / 0), Fixup's rule for it (Zhang et al., ICLR 2019): the
 /// last convolution of every bottleneck (`conv3`) starts at zero, so every block starts as its
-/// shortcut. Everything else as segkit's default ([`crate::init`]: Kaiming-normal
+/// shortcut. Everything else as segkit's default (`segkit_train`'s `init` module: Kaiming-normal
 /// convolutions, N(0, 0.01) fully-connected weights, norms 1 / 0).
 pub fn init_value(name: &str, dims: &[usize], seed: u64) -> TrainResult<Tensor> {
     let matrix = name.ends_with(".weight") && dims.len() > 1;
