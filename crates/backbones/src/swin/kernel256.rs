@@ -21,6 +21,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use segkit_core::ops::fastmath::exp_avx2;
+
 use super::kernel::{OutPtr, WindowAttention};
 
 /// Most query rows of a score tile (two key vectors: 12 accumulators).
@@ -503,65 +505,14 @@ fn exp_block<const N: usize>(p: &mut [f32], m: __m256, sum: &mut __m256) {
     for e in e.iter_mut() {
         *e = _mm256_sub_ps(*e, m);
     }
-    exp256(&mut e);
+    // SAFETY: this function runs only where AVX2 and FMA were detected (its callers' check).
+    e = unsafe { exp_avx2(e) };
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     for (k, (&x, &e)) in x.iter().zip(&e).enumerate() {
         // -inf (padding, or a fully masked entry) is exactly 0, as in the reference.
         let e = _mm256_and_ps(_mm256_cmp_ps::<_CMP_NEQ_OQ>(x, ninf), e);
         store8(&mut p[8 * k..], e);
         *sum = _mm256_add_ps(*sum, e);
-    }
-}
-
-/// `x = exp(x)` on `N` vectors of 8 lanes, the same steps as `kernel::exp_approx` (range
-/// reduction and the degree-6 Cephes polynomial; flushes to `exp(-87)` below -87), taken
-/// step by step over the `N` vectors so that their dependency chains overlap.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn exp256<const N: usize>(x: &mut [__m256; N]) {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-    let c = _mm256_set1_ps;
-    for x in x.iter_mut() {
-        *x = _mm256_max_ps(*x, c(-87.0));
-    }
-    let mut kf = *x;
-    for kf in kf.iter_mut() {
-        *kf = _mm256_fmadd_ps(*kf, c(std::f32::consts::LOG2_E), c(ROUND));
-    }
-    // The exponent field of 2^k: k + 127 = bits(kf) - bits(ROUND) + 127.
-    let mut k = [_mm256_setzero_si256(); N];
-    for (k, &kf) in k.iter_mut().zip(&kf) {
-        *k = _mm256_add_epi32(
-            _mm256_castps_si256(kf),
-            _mm256_set1_epi32(127 - ROUND.to_bits() as i32),
-        );
-    }
-    for kf in kf.iter_mut() {
-        *kf = _mm256_sub_ps(*kf, c(ROUND));
-    }
-    let r = x;
-    for (r, &kf) in r.iter_mut().zip(&kf) {
-        *r = _mm256_fmadd_ps(kf, c(-0.693_359_4), *r);
-    }
-    for (r, &kf) in r.iter_mut().zip(&kf) {
-        *r = _mm256_fmadd_ps(kf, c(2.121_944_4e-4), *r);
-    }
-    let mut p = [c(1.987_569_1e-4); N];
-    for coef in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
-        for (p, &r) in p.iter_mut().zip(r.iter()) {
-            *p = _mm256_fmadd_ps(*p, r, c(coef));
-        }
-    }
-    for ((r, &p), &k) in r.iter_mut().zip(&p).zip(&k) {
-        let e = _mm256_fmadd_ps(p, _mm256_mul_ps(*r, *r), *r);
-        let e = _mm256_add_ps(e, c(1.0));
-        *r = _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(k)));
     }
 }
 

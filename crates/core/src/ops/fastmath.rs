@@ -27,6 +27,31 @@ pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The degree-6 polynomial of [`exp_approx`] for `exp(r) - 1 - r` over `r^2`, highest degree
+/// first (Cephes' `expf`); every vector form evaluates it in this order.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `P(t)` of [`gelu_erf`]'s `erfc(z) = t exp(-z^2 + P(t))`, highest degree first.
+const ERFC_POLY: [f32; 10] = [
+    0.170_872_77,
+    -0.822_152_23,
+    1.488_515_9,
+    -1.135_204,
+    0.278_868_07,
+    -0.186_288_06,
+    0.096_784_18,
+    0.374_091_96,
+    1.000_023_7,
+    -1.265_512_2,
+];
+
 /// `exp(x)` for `x <= 0` by range reduction `x = k ln2 + r`, `|r| <= ln2 / 2`, and a degree-6
 /// polynomial for `exp(r)` (Cephes coefficients, ~2 ulp); flushes to 0 below -87.
 #[inline(always)]
@@ -39,12 +64,10 @@ pub fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     // r = x - k ln2 in two parts (ln2 = 0.693359375 - 2.12194440e-4).
     let r = madd::<FMA>(kf, -0.693_359_4, x);
     let r = madd::<FMA>(kf, 2.121_944_4e-4, r);
-    let mut p = 1.987_569_1e-4f32;
-    p = madd::<FMA>(p, r, 1.398_199_9e-3);
-    p = madd::<FMA>(p, r, 8.333_452e-3);
-    p = madd::<FMA>(p, r, 4.166_579_6e-2);
-    p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 0.5);
+    let mut p = EXP_POLY[0];
+    for &k in &EXP_POLY[1..] {
+        p = madd::<FMA>(p, r, k);
+    }
     let e = madd::<FMA>(p, r * r, r) + 1.0;
     e * f32::from_bits(((k + 127) << 23) as u32)
 }
@@ -56,16 +79,10 @@ pub fn exp_approx<const FMA: bool>(x: f32) -> f32 {
 pub fn gelu_erf<const FMA: bool>(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / madd::<FMA>(0.5, z, 1.0);
-    let mut p = 0.170_872_77f32;
-    p = madd::<FMA>(p, t, -0.822_152_23);
-    p = madd::<FMA>(p, t, 1.488_515_9);
-    p = madd::<FMA>(p, t, -1.135_204);
-    p = madd::<FMA>(p, t, 0.278_868_07);
-    p = madd::<FMA>(p, t, -0.186_288_06);
-    p = madd::<FMA>(p, t, 0.096_784_18);
-    p = madd::<FMA>(p, t, 0.374_091_96);
-    p = madd::<FMA>(p, t, 1.000_023_7);
-    p = madd::<FMA>(p, t, -1.265_512_2);
+    let mut p = ERFC_POLY[0];
+    for &k in &ERFC_POLY[1..] {
+        p = madd::<FMA>(p, t, k);
+    }
     // erfc(z) for z >= 0; erfc(-z) = 2 - erfc(z).
     let erfc = t * exp_approx::<FMA>(madd::<FMA>(-z, z, p));
     let phi2 = if x >= 0.0 { 2.0 - erfc } else { erfc };
@@ -89,18 +106,8 @@ pub unsafe fn gelu_erf_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64
     let r0 = _mm512_rcp14_ps(d);
     // t = r0 (2 - d r0)
     let t = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, c(2.0)));
-    let mut p = c(0.170_872_77);
-    for k in [
-        -0.822_152_23,
-        1.488_515_9,
-        -1.135_204,
-        0.278_868_07,
-        -0.186_288_06,
-        0.096_784_18,
-        0.374_091_96,
-        1.000_023_7,
-        -1.265_512_2,
-    ] {
+    let mut p = c(ERFC_POLY[0]);
+    for &k in &ERFC_POLY[1..] {
         p = _mm512_fmadd_ps(p, t, c(k));
     }
     let e = exp_avx512(_mm512_fnmadd_ps(z, z, p));
@@ -128,14 +135,8 @@ fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     let kf = _mm512_sub_ps(kf, c(ROUND));
     let r = _mm512_fmadd_ps(kf, c(-0.693_359_4), x);
     let r = _mm512_fmadd_ps(kf, c(2.121_944_4e-4), r);
-    let mut p = c(1.987_569_1e-4);
-    for k in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let mut p = c(EXP_POLY[0]);
+    for &k in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, c(k));
     }
     let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
@@ -164,24 +165,16 @@ pub unsafe fn gelu_erf_avx2<const N: usize>(
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let z = x.map(|x| _mm256_mul_ps(_mm256_and_ps(x, abs), c(std::f32::consts::FRAC_1_SQRT_2)));
     let t = z.map(|z| _mm256_div_ps(c(1.0), _mm256_fmadd_ps(c(0.5), z, c(1.0))));
-    let mut p = [c(0.170_872_77); N];
-    for k in [
-        -0.822_152_23,
-        1.488_515_9,
-        -1.135_204,
-        0.278_868_07,
-        -0.186_288_06,
-        0.096_784_18,
-        0.374_091_96,
-        1.000_023_7,
-        -1.265_512_2,
-    ] {
+    let mut p = [c(ERFC_POLY[0]); N];
+    for &k in &ERFC_POLY[1..] {
         for j in 0..N {
             p[j] = _mm256_fmadd_ps(p[j], t[j], c(k));
         }
     }
     // `madd(-z, z, p)` of the scalar form: the same single rounding.
-    let e: [__m256; N] = exp_avx2(std::array::from_fn(|j| _mm256_fnmadd_ps(z[j], z[j], p[j])));
+    // SAFETY: the caller guarantees AVX2 and FMA (this function's contract).
+    let e: [__m256; N] =
+        unsafe { exp_avx2(std::array::from_fn(|j| _mm256_fnmadd_ps(z[j], z[j], p[j]))) };
     std::array::from_fn(|j| {
         let erfc = _mm256_mul_ps(t[j], e[j]);
         let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(x[j], _mm256_setzero_ps());
@@ -190,12 +183,18 @@ pub unsafe fn gelu_erf_avx2<const N: usize>(
     })
 }
 
-/// [`exp_approx`] on `N` 8-lane vectors, step by step as in [`gelu_erf_avx2`], with the
-/// scalar form's operations (bit-identical lanes).
+/// [`exp_approx`] on `N` 8-lane vectors, each step applied to all `N` before the next so that
+/// their dependency chains overlap, with the scalar form's operations (bit-identical lanes;
+/// Swin's AVX2 window attention takes its softmax exponentials from here).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn exp_avx2<const N: usize>(x: [std::arch::x86_64::__m256; N]) -> [std::arch::x86_64::__m256; N] {
+pub unsafe fn exp_avx2<const N: usize>(
+    x: [std::arch::x86_64::__m256; N],
+) -> [std::arch::x86_64::__m256; N] {
     use std::arch::x86_64::*;
     let c = _mm256_set1_ps;
     const ROUND: f32 = 12_582_912.0;
@@ -213,14 +212,8 @@ fn exp_avx2<const N: usize>(x: [std::arch::x86_64::__m256; N]) -> [std::arch::x8
         let r = _mm256_fmadd_ps(kf[j], c(-0.693_359_4), x[j]);
         _mm256_fmadd_ps(kf[j], c(2.121_944_4e-4), r)
     });
-    let mut p = [c(1.987_569_1e-4); N];
-    for k in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let mut p = [c(EXP_POLY[0]); N];
+    for &k in &EXP_POLY[1..] {
         for j in 0..N {
             p[j] = _mm256_fmadd_ps(p[j], r[j], c(k));
         }
