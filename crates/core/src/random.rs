@@ -41,6 +41,19 @@ pub fn thread_state() -> Option<u64> {
     STATE.with(Cell::get)
 }
 
+/// Runs `f` with the calling thread's stream at `*state`, then stores where `f` left the
+/// stream in `*state` and puts the thread's previous stream back: a caller that owns its
+/// stream (a trainer's model-side draws) draws from the thread's source without disturbing
+/// it, on whichever thread it runs.
+pub fn with_thread_state<R>(state: &mut u64, f: impl FnOnce() -> R) -> R {
+    let prev = thread_state();
+    set_thread_state(Some(*state));
+    let out = f();
+    *state = thread_state().unwrap_or(0);
+    set_thread_state(prev);
+    out
+}
+
 /// One SplitMix64 step: advances `state` and returns the next output.
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -104,6 +104,8 @@ pub fn train_classifier(
     let total = (tc.epochs * steps_per_epoch).max(1);
     let mut epoch_loss = Vec::with_capacity(tc.epochs);
     let mut step = 0;
+    // The dropout stream, seeded above; each step draws from it on the thread it runs on.
+    let mut rng = segkit_core::random::thread_state().unwrap_or(tc.seed);
     for epoch in 0..tc.epochs {
         let order = permutation(n, tc.seed.wrapping_add(epoch as u64));
         let mut sum = 0.0;
@@ -117,10 +119,8 @@ pub fn train_classifier(
             // The step runs on a worker of rayon's pool, as `Trainer::step` runs it
             // (`segkit_core::runtime::on_pool`); the seeded dropout stream goes with it and
             // comes back, so the draws are those of a loop on the caller's thread.
-            let rng = segkit_core::random::thread_state();
-            let (loss, rng) = segkit_core::runtime::on_pool(|| {
-                segkit_core::random::set_thread_state(rng);
-                let mut one_step = || -> TrainResult<f32> {
+            let loss = segkit_core::runtime::on_pool(|| {
+                segkit_core::random::with_thread_state(&mut rng, || -> TrainResult<f32> {
                     let loss = cross_entropy(&model.forward_t(&x, true)?, &t)?;
                     let grads = loss.backward()?;
                     let named: HashMap<String, Tensor> = params
@@ -131,11 +131,8 @@ pub fn train_classifier(
                         .collect();
                     opt.step(&params, &named, lr)?;
                     Ok(loss.to_scalar::<f32>()?)
-                };
-                let loss = one_step();
-                (loss, segkit_core::random::thread_state())
+                })
             });
-            segkit_core::random::set_thread_state(rng);
             sum += loss? as f64;
             step += 1;
         }

@@ -165,11 +165,9 @@ impl TrainModel for ClassifierTask {
     fn losses(&self, batch: &Batch, ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
         let targets = batch_classes(&batch.labels, ignore_index)?;
         let targets = Tensor::new(targets.as_slice(), batch.images.device())?;
-        let prev = segkit_core::random::thread_state();
-        segkit_core::random::set_thread_state(Some(*rng));
-        let logits = self.model.forward_t(&batch.images, true);
-        *rng = segkit_core::random::thread_state().unwrap_or(0);
-        segkit_core::random::set_thread_state(prev);
+        let logits = segkit_core::random::with_thread_state(rng, || {
+            self.model.forward_t(&batch.images, true)
+        });
         let loss = cross_entropy(&logits?, &targets)?;
         Ok(NamedLosses {
             total: loss.clone(),

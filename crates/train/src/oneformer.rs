@@ -406,13 +406,10 @@ impl TrainModel for OneFormerTask {
             .collect::<segkit_core::Result<Vec<_>>>()?;
         let text = Tensor::stack(&text, 0)?;
         // Dropout draws from the run's model-side stream (exact resume).
-        let prev = segkit_core::random::thread_state();
-        segkit_core::random::set_thread_state(Some(*rng));
-        let out = self
-            .model
-            .forward(&batch.images, &task_inputs, Some(&text), true);
-        *rng = segkit_core::random::thread_state().unwrap_or(0);
-        segkit_core::random::set_thread_state(prev);
+        let out = segkit_core::random::with_thread_state(rng, || {
+            self.model
+                .forward(&batch.images, &task_inputs, Some(&text), true)
+        });
         let out = out?;
         let mask_targets = targets
             .iter()

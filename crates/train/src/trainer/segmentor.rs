@@ -106,11 +106,9 @@ impl TrainModel for SegmentorTask {
     }
 
     fn losses(&self, batch: &Batch, ignore_index: u16, rng: &mut u64) -> TrainResult<NamedLosses> {
-        let prev = segkit_core::random::thread_state();
-        segkit_core::random::set_thread_state(Some(*rng));
-        let out = self.model.forward_t(&batch.images, true);
-        *rng = segkit_core::random::thread_state().unwrap_or(0);
-        segkit_core::random::set_thread_state(prev);
+        let out = segkit_core::random::with_thread_state(rng, || {
+            self.model.forward_t(&batch.images, true)
+        });
         self.losses
             .compute(&out?, &batch.labels, i64::from(ignore_index))
     }
