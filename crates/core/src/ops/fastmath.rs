@@ -352,4 +352,38 @@ mod tests {
             }
         }
     }
+
+    /// The 8-lane exponential (Swin's AVX2 softmax) equals the scalar FMA form bit for bit
+    /// over [-100, 0], -inf and NaN (both flush to exp(-87)), on three vectors at once.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_avx2_equals_the_scalar_form() {
+        use std::arch::x86_64::*;
+        if !has_avx2_fma() {
+            return;
+        }
+        #[target_feature(enable = "fma")]
+        unsafe fn scalar(x: f32) -> f32 {
+            exp_approx::<true>(x)
+        }
+        let mut xs: Vec<f32> = (0..=40_000).map(|i| -(i as f32) * 2.5e-3).collect();
+        xs.extend([-0.0, f32::NEG_INFINITY, f32::NAN, -1e-30]);
+        xs.resize(xs.len().div_ceil(24) * 24, -1.0);
+        for chunk in xs.chunks_exact(24) {
+            let mut got = [0f32; 24];
+            // SAFETY: AVX2 and FMA were detected; each load and store covers 8 of 24 floats.
+            unsafe {
+                let v: [__m256; 3] =
+                    std::array::from_fn(|j| _mm256_loadu_ps(chunk.as_ptr().add(8 * j)));
+                for (j, v) in exp_avx2(v).into_iter().enumerate() {
+                    _mm256_storeu_ps(got.as_mut_ptr().add(8 * j), v);
+                }
+            }
+            for (&x, g) in chunk.iter().zip(got) {
+                // SAFETY: FMA was detected.
+                let want = unsafe { scalar(x) };
+                assert_eq!(g.to_bits(), want.to_bits(), "{x}: {g} vs {want}");
+            }
+        }
+    }
 }
