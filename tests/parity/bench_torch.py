@@ -114,6 +114,21 @@ def status_mb(field):
     return float("nan")
 
 
+def count_gflop(run):
+    """The matmul and convolution work of one run in GFLOP (2 per multiply-add), counted by
+    torch's FlopCounterMode after the timed runs and the memory reading: convolutions count
+    as direct ones (segkit's Winograd layers do fewer), element-wise ops, pooling, resizing and
+    sampling count nothing. None where the counter is unavailable."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    fc = FlopCounterMode(display=False)
+    with fc:
+        run()
+    return round(fc.get_total_flops() / 1e9, 3)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("case")
@@ -137,11 +152,12 @@ def main():
             t = time.perf_counter()
             run()
             ms.append((time.perf_counter() - t) * 1e3)
-    ms.sort()
-    peak = status_mb("VmHWM:")
+        ms.sort()
+        peak = status_mb("VmHWM:")
+        gflop = count_gflop(run)
     print(json.dumps({"impl": "torch", "case": a.case, "median_ms": round(ms[len(ms) // 2], 3),
                       "min_ms": round(ms[0], 3), "runs": len(ms), "peak_rss_mb": round(peak, 1),
-                      "forward_mb": round(peak - rss_before, 1)}))
+                      "forward_mb": round(peak - rss_before, 1), "gflop": gflop}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::{python, root, run_cmd};
 
 mod groups;
+mod peak;
 mod train;
 use train::TrainArgs;
 
@@ -37,6 +38,7 @@ const CASES: &[&str] = &[
     "train_danet_r50-d8",
     "train_demo_b8",
     "train_pspnet_r50-d8_cityscapes",
+    "train_oneformer_swin_t",
 ];
 
 /// Seconds to wait before starting each measured process (`--settle`, default 5). A process
@@ -107,6 +109,32 @@ fn last_json(out: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Cases whose PyTorch side runs another model than segkit's (torchvision's Mask R-CNN next to
+/// segkit's PANet): their work is PyTorch's only.
+const OTHER_MODEL: &[&str] = &["torchvision_maskrcnn"];
+
+/// The last four cells of an inference row: the case's work (counted on the PyTorch side),
+/// segkit's rate and both sides' share of the FP32 peak (`-` where the work was not counted
+/// or is under 0.5 GFLOP, as for the resampling ops, whose time is memory traffic).
+fn work_cells(gflop: Option<f64>, (sm, tm): (f64, f64), peak: Option<f64>, case: &str) -> String {
+    let Some(g) = gflop.filter(|&g| g >= 0.5) else {
+        return "- | - | - | -".to_string();
+    };
+    let share = |ms: f64| match peak {
+        Some(p) if p > 0.0 => format!("{:.0}%", 100.0 * g / (ms / 1e3) / p),
+        _ => "-".to_string(),
+    };
+    if OTHER_MODEL.contains(&case) {
+        return format!("{g:.1} | - | - | {}", share(tm));
+    }
+    format!(
+        "{g:.1} | {:.0} | {} | {}",
+        g / (sm / 1e3),
+        share(sm),
+        share(tm)
+    )
+}
+
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut runs = "9".to_string();
     let mut threads = "2".to_string();
@@ -128,8 +156,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--heavy-runs" => {
                 heavy_runs = it.next().cloned().ok_or("--heavy-runs needs a value")?
             }
-            "--size" => train.size = it.next().cloned().ok_or("--size needs a value")?,
-            "--batch" => train.batch = it.next().cloned().ok_or("--batch needs a value")?,
+            "--size" => train.size = Some(it.next().cloned().ok_or("--size needs a value")?),
+            "--batch" => train.batch = Some(it.next().cloned().ok_or("--batch needs a value")?),
             "--train-runs" => {
                 train.runs = it.next().cloned().ok_or("--train-runs needs a value")?
             }
@@ -156,10 +184,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!(
         "threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process"
     );
+    let peak = peak::fp32_peak(threads.parse().unwrap_or(1));
+    match peak {
+        Some((g, isa)) => println!(
+            "FP32 peak of {threads} threads, measured (12 chains of {isa} FMAs per thread): {g:.1} GFLOP/s"
+        ),
+        None => println!("FP32 peak: not measured (no AVX2 + FMA on this CPU)"),
+    }
     println!(
-        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB |"
+        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB | GFLOP | segkit GFLOP/s | segkit % of peak | PyTorch % of peak |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (train_cases, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| c.starts_with("train_"));
     let (heavy, cases): (Vec<String>, Vec<String>) =
@@ -172,7 +207,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .arg(&script)
                 .args([case.as_str(), "--runs", &runs]),
             &threads,
-            9,
+            13,
         )?
         else {
             continue;
@@ -182,9 +217,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
         let (sf, tf) = (g(&sj, "forward_mb"), g(&tj, "forward_mb"));
         println!(
-            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {sf:.0} | {tf:.0} |",
+            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {sf:.0} | {tf:.0} | {} |",
             sm / tm,
-            sp / tp
+            sp / tp,
+            work_cells(field(&tj, "gflop"), (sm, tm), peak.map(|p| p.0), case)
         );
     }
     if !heavy.is_empty() {
@@ -194,6 +230,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         train::run(&train_cases, &train, &threads, &segkit, &py, &root)?;
     }
     println!("ratios are segkit / PyTorch: below 1.00x means segkit is faster or smaller");
+    if !cases.is_empty() {
+        println!(
+            "GFLOP = one run's matmul and convolution work as torch.utils.flop_counter counts it \
+         (2 per multiply-add, convolutions as direct ones); % of peak = that work per second \
+         over the measured FP32 peak (- where a case does under 0.5 GFLOP)"
+        );
+    }
     println!("peak = process peak RSS during the timed runs (weights and runtime included);");
     println!(
         "fwd = that peak minus the RSS just before the first run (memory the forward passes add)"
