@@ -123,10 +123,34 @@ def count_gflop(run):
         from torch.utils.flop_counter import FlopCounterMode
     except ImportError:
         return None
-    fc = FlopCounterMode(display=False)
-    with fc:
-        run()
-    return round(fc.get_total_flops() / 1e9, 3)
+    def count():
+        fc = FlopCounterMode(display=False)
+        with fc:
+            run()
+        return round(fc.get_total_flops() / 1e9, 3)
+
+    try:
+        return count()
+    except (AttributeError, AssertionError):
+        pass
+    # The counter's module tracker hooks the gradients of every tensor argument that requires
+    # them, to attribute backward FLOPs to modules; a tensor made under inference_mode that
+    # requires gradients (OneFormer passes such embeddings between modules) has no gradient
+    # node to hook. The totals do not use those hooks: count without them.
+    import torch.utils.module_tracker as mt
+
+    class _NoHook:
+        def remove(self):
+            pass
+
+    hook = mt.register_multi_grad_hook
+    mt.register_multi_grad_hook = lambda *a, **k: _NoHook()
+    try:
+        return count()
+    except (AttributeError, AssertionError):
+        return None
+    finally:
+        mt.register_multi_grad_hook = hook
 
 
 def main():
