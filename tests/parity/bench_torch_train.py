@@ -47,6 +47,7 @@ import mmseg_stub  # noqa: E402,F401  (stubs mmcv.ops before importing mmseg)
 CASES = {
     "train_pspnet_r50-d8": "pspnet_r50-d8_ade20k-512x512",
     "train_danet_r50-d8": "danet_r50-d8_ade20k-512x512",
+    "train_fastfcn_r50-d32_jpu_psp": "fastfcn_r50-d32_jpu_psp_ade20k-512x512",
     "train_pspnet_r50-d8_cityscapes": "pspnet_r50-d8_cityscapes-512x1024",
     "train_demo_b8": "pspnet_r50-d8_ade20k-512x512",
     "train_oneformer_swin_t": None,

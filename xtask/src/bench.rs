@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: segkit vs PyTorch, side by side, in one run.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,6 +37,7 @@ const CASES: &[&str] = &[
     "pspnet_r50-d8_b8",
     "train_pspnet_r50-d8",
     "train_danet_r50-d8",
+    "train_fastfcn_r50-d32_jpu_psp",
     "train_demo_b8",
     "train_pspnet_r50-d8_cityscapes",
     "train_oneformer_swin_t",
@@ -135,6 +137,55 @@ fn work_cells(gflop: Option<f64>, (sm, tm): (f64, f64), peak: Option<f64>, case:
     )
 }
 
+/// The inference table: this CPU's measured FP32 peak, then one row per case (segkit and
+/// PyTorch side by side, time, memory, the case's work and both sides' share of the peak).
+fn inference_table(
+    cases: &[String],
+    runs: &str,
+    threads: &str,
+    segkit: &Path,
+    py: &Path,
+    root: &Path,
+) -> Result<(), String> {
+    let script = root.join("tests/parity/bench_torch.py");
+    let peak = peak::fp32_peak(threads.parse().unwrap_or(1));
+    match peak {
+        Some((g, isa)) => println!(
+            "FP32 peak of {threads} threads, measured (12 chains of {isa} FMAs per thread): {g:.1} GFLOP/s"
+        ),
+        None => println!("FP32 peak: not measured (no AVX2 + FMA on this CPU)"),
+    }
+    println!(
+        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB | GFLOP | segkit GFLOP/s | segkit % of peak | PyTorch % of peak |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for case in cases {
+        let Some((sj, tj)) = run_sides(
+            case,
+            Command::new(segkit).args(["bench", case, "--runs", runs]),
+            Command::new(py)
+                .arg(&script)
+                .args([case.as_str(), "--runs", runs]),
+            threads,
+            13,
+        )?
+        else {
+            continue;
+        };
+        let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
+        let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
+        let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
+        let (sf, tf) = (g(&sj, "forward_mb"), g(&tj, "forward_mb"));
+        println!(
+            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {sf:.0} | {tf:.0} | {} |",
+            sm / tm,
+            sp / tp,
+            work_cells(field(&tj, "gflop"), (sm, tm), peak.map(|p| p.0), case)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut runs = "9".to_string();
     let mut threads = "2".to_string();
@@ -180,48 +231,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     )?;
     let py = python(false)?;
     let segkit = root.join("target/release/segkit");
-    let script = root.join("tests/parity/bench_torch.py");
     println!(
         "threads: {threads}, timed runs per case: {runs} (median), each case in a fresh process"
     );
-    let peak = peak::fp32_peak(threads.parse().unwrap_or(1));
-    match peak {
-        Some((g, isa)) => println!(
-            "FP32 peak of {threads} threads, measured (12 chains of {isa} FMAs per thread): {g:.1} GFLOP/s"
-        ),
-        None => println!("FP32 peak: not measured (no AVX2 + FMA on this CPU)"),
-    }
-    println!(
-        "| case | segkit ms | PyTorch ms | time ratio | segkit peak MB | PyTorch peak MB | peak ratio | segkit fwd MB | PyTorch fwd MB | GFLOP | segkit GFLOP/s | segkit % of peak | PyTorch % of peak |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (train_cases, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| c.starts_with("train_"));
     let (heavy, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| groups::is_heavy(c));
-    for case in &cases {
-        let Some((sj, tj)) = run_sides(
-            case,
-            Command::new(&segkit).args(["bench", case, "--runs", &runs]),
-            Command::new(&py)
-                .arg(&script)
-                .args([case.as_str(), "--runs", &runs]),
-            &threads,
-            13,
-        )?
-        else {
-            continue;
-        };
-        let g = |j: &str, k| field(j, k).unwrap_or(f64::NAN);
-        let (sm, tm) = (g(&sj, "median_ms"), g(&tj, "median_ms"));
-        let (sp, tp) = (g(&sj, "peak_rss_mb"), g(&tj, "peak_rss_mb"));
-        let (sf, tf) = (g(&sj, "forward_mb"), g(&tj, "forward_mb"));
-        println!(
-            "| {case} | {sm:.1} | {tm:.1} | {:.2}x | {sp:.0} | {tp:.0} | {:.2}x | {sf:.0} | {tf:.0} | {} |",
-            sm / tm,
-            sp / tp,
-            work_cells(field(&tj, "gflop"), (sm, tm), peak.map(|p| p.0), case)
-        );
+    if !cases.is_empty() {
+        inference_table(&cases, &runs, &threads, &segkit, &py, &root)?;
     }
     if !heavy.is_empty() {
         groups::run(&heavy, &heavy_runs, &threads, &segkit, &py, &root)?;

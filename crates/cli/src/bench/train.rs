@@ -38,6 +38,10 @@ pub const CASES: &[(&str, &str)] = &[
         "PSPNet R50-D8 (Cityscapes preset) SGD training step, --batch x 3 x --size x 2--size",
     ),
     (
+        "train_fastfcn_r50-d32_jpu_psp",
+        "FastFCN R50-D32 JPU + PSP (ADE20K preset) SGD training step, --batch x 3 x --size x --size",
+    ),
+    (
         "train_demo_b8",
         "segkit's demo model (ResNetV1c-18 w16 + PSP) SGD training step, 8x3x128x128 (fixed)",
     ),
