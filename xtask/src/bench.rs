@@ -54,6 +54,25 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(SETTLE_SECS.load(Ordering::Relaxed)));
 }
 
+/// What every table's rows share: the thread count and the two sides' programs.
+pub struct Sides<'a> {
+    /// `--threads`, given to both sides.
+    pub threads: &'a str,
+    /// `target/release/segkit`.
+    pub segkit: &'a Path,
+    /// The venv's Python.
+    pub py: &'a Path,
+    /// The repository root (the PyTorch scripts live under `tests/parity/`).
+    pub root: &'a Path,
+}
+
+impl Sides<'_> {
+    /// A PyTorch-side script of `tests/parity/`.
+    pub fn script(&self, name: &str) -> std::path::PathBuf {
+        self.root.join("tests/parity").join(name)
+    }
+}
+
 fn field(json: &str, key: &str) -> Option<f64> {
     let k = format!("\"{key}\":");
     let i = json.find(&k)? + k.len();
@@ -139,15 +158,14 @@ fn work_cells(gflop: Option<f64>, (sm, tm): (f64, f64), peak: Option<f64>, case:
 
 /// The inference table: this CPU's measured FP32 peak, then one row per case (segkit and
 /// PyTorch side by side, time, memory, the case's work and both sides' share of the peak).
-fn inference_table(
-    cases: &[String],
-    runs: &str,
-    threads: &str,
-    segkit: &Path,
-    py: &Path,
-    root: &Path,
-) -> Result<(), String> {
-    let script = root.join("tests/parity/bench_torch.py");
+fn inference_table(cases: &[String], runs: &str, sides: &Sides<'_>) -> Result<(), String> {
+    let Sides {
+        threads,
+        segkit,
+        py,
+        ..
+    } = *sides;
+    let script = sides.script("bench_torch.py");
     let peak = peak::fp32_peak(threads.parse().unwrap_or(1));
     match peak {
         Some((g, isa)) => println!(
@@ -238,14 +256,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
         cases.into_iter().partition(|c| c.starts_with("train_"));
     let (heavy, cases): (Vec<String>, Vec<String>) =
         cases.into_iter().partition(|c| groups::is_heavy(c));
+    let sides = Sides {
+        threads: &threads,
+        segkit: &segkit,
+        py: &py,
+        root: &root,
+    };
     if !cases.is_empty() {
-        inference_table(&cases, &runs, &threads, &segkit, &py, &root)?;
+        inference_table(&cases, &runs, &sides)?;
     }
     if !heavy.is_empty() {
-        groups::run(&heavy, &heavy_runs, &threads, &segkit, &py, &root)?;
+        groups::run(&heavy, &heavy_runs, &sides)?;
     }
     if !train_cases.is_empty() {
-        train::run(&train_cases, &train, &threads, &segkit, &py, &root)?;
+        train::run(&train_cases, &train, &sides)?;
     }
     println!("ratios are segkit / PyTorch: below 1.00x means segkit is faster or smaller");
     if !cases.is_empty() {

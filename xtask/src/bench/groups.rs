@@ -4,10 +4,9 @@
 //! own table. They are the slow ones (an e2e PSPNet run is a 2048x1024 forward pass, a b8 run
 //! eight 512x512 ones), so they run `--heavy-runs` timed runs (default 3) after 1 warm-up.
 
-use std::path::Path;
 use std::process::Command;
 
-use super::{field, run_sides};
+use super::{field, run_sides, Sides};
 
 /// Images per run of the `*_b8` cases (crates/cli/src/bench/throughput.rs).
 const BATCH: f64 = 8.0;
@@ -18,16 +17,15 @@ pub fn is_heavy(case: &str) -> bool {
 }
 
 /// Runs the e2e cases, then the throughput cases, among `cases`, printing one table each.
-pub fn run(
-    cases: &[String],
-    runs: &str,
-    threads: &str,
-    segkit: &Path,
-    py: &Path,
-    root: &Path,
-) -> Result<(), String> {
+pub fn run(cases: &[String], runs: &str, sides: &Sides<'_>) -> Result<(), String> {
+    let Sides {
+        threads,
+        segkit,
+        py,
+        ..
+    } = *sides;
     let (e2e, b8): (Vec<&String>, Vec<&String>) = cases.iter().partition(|c| c.starts_with("e2e_"));
-    let script = root.join("tests/parity/bench_torch.py");
+    let script = sides.script("bench_torch.py");
     let args = ["--runs", runs, "--warmup", "1"];
     let side = |case: &str| {
         run_sides(

@@ -9,10 +9,9 @@
 //! at 1 x 3 x 128 x 128 unless `--size` / `--batch` are given: at 512 x 512, batch 2,
 //! transformers' step would need more memory than the 24 GB machines this runs on.
 
-use std::path::Path;
 use std::process::Command;
 
-use super::{field, run_sides};
+use super::{field, run_sides, Sides};
 
 /// `--size`, `--batch` (each case's default where not given), `--train-runs` of
 /// `cargo xtask bench`.
@@ -46,15 +45,14 @@ fn case_shape<'a>(case: &str, a: &'a TrainArgs) -> (&'a str, &'a str) {
     )
 }
 
-pub fn run(
-    cases: &[String],
-    a: &TrainArgs,
-    threads: &str,
-    segkit: &Path,
-    py: &Path,
-    root: &Path,
-) -> Result<(), String> {
-    let script = root.join("tests/parity/bench_torch_train.py");
+pub fn run(cases: &[String], a: &TrainArgs, sides: &Sides<'_>) -> Result<(), String> {
+    let Sides {
+        threads,
+        segkit,
+        py,
+        ..
+    } = *sides;
+    let script = sides.script("bench_torch_train.py");
     println!();
     println!(
         "training step (forward + losses, backward, SGD; OneFormer: clipping + AdamW), shape per row, {} timed steps after 1 warm-up (median); peak MB = resident memory per phase",
