@@ -159,12 +159,7 @@ fn work_cells(gflop: Option<f64>, (sm, tm): (f64, f64), peak: Option<f64>, case:
 /// The inference table: this CPU's measured FP32 peak, then one row per case (segkit and
 /// PyTorch side by side, time, memory, the case's work and both sides' share of the peak).
 fn inference_table(cases: &[String], runs: &str, sides: &Sides<'_>) -> Result<(), String> {
-    let Sides {
-        threads,
-        segkit,
-        py,
-        ..
-    } = *sides;
+    let (threads, segkit, py) = (sides.threads, sides.segkit, sides.py);
     let script = sides.script("bench_torch.py");
     let peak = peak::fp32_peak(threads.parse().unwrap_or(1));
     match peak {

@@ -18,12 +18,7 @@ pub fn is_heavy(case: &str) -> bool {
 
 /// Runs the e2e cases, then the throughput cases, among `cases`, printing one table each.
 pub fn run(cases: &[String], runs: &str, sides: &Sides<'_>) -> Result<(), String> {
-    let Sides {
-        threads,
-        segkit,
-        py,
-        ..
-    } = *sides;
+    let (threads, segkit, py) = (sides.threads, sides.segkit, sides.py);
     let (e2e, b8): (Vec<&String>, Vec<&String>) = cases.iter().partition(|c| c.starts_with("e2e_"));
     let script = sides.script("bench_torch.py");
     let args = ["--runs", runs, "--warmup", "1"];

@@ -46,12 +46,7 @@ fn case_shape<'a>(case: &str, a: &'a TrainArgs) -> (&'a str, &'a str) {
 }
 
 pub fn run(cases: &[String], a: &TrainArgs, sides: &Sides<'_>) -> Result<(), String> {
-    let Sides {
-        threads,
-        segkit,
-        py,
-        ..
-    } = *sides;
+    let (threads, segkit, py) = (sides.threads, sides.segkit, sides.py);
     let script = sides.script("bench_torch_train.py");
     println!();
     println!(
